@@ -1,0 +1,73 @@
+"""Optimizers as optax GradientTransformations, exact to the published update rules."""
+
+from optimizers._adadelta import ScaleByAdadeltaState as ScaleByAdadeltaState
+from optimizers._adadelta import adadelta as adadelta
+from optimizers._adadelta import scale_by_adadelta as scale_by_adadelta
+from optimizers._adagrad import ScaleByRssState as ScaleByRssState
+from optimizers._adagrad import adagrad as adagrad
+from optimizers._adagrad import scale_by_rss as scale_by_rss
+from optimizers._adam import ScaleByAdamState as ScaleByAdamState
+from optimizers._adam import ScaleByAdamaxState as ScaleByAdamaxState
+from optimizers._adam import ScaleByAmsgradState as ScaleByAmsgradState
+from optimizers._adam import adam as adam
+from optimizers._adam import adamax as adamax
+from optimizers._adam import adamw as adamw
+from optimizers._adam import amsgrad as amsgrad
+from optimizers._adam import scale_by_adam as scale_by_adam
+from optimizers._adam import scale_by_adamax as scale_by_adamax
+from optimizers._adam import scale_by_amsgrad as scale_by_amsgrad
+from optimizers._hyperparams import get_hyperparams as get_hyperparams
+from optimizers._hyperparams import set_hyperparams as set_hyperparams
+from optimizers._momentum import TraceState as TraceState
+from optimizers._momentum import sgd as sgd
+from optimizers._momentum import trace as trace
+from optimizers._nadam import ScaleByNadamState as ScaleByNadamState
+from optimizers._nadam import nadam as nadam
+from optimizers._nadam import scale_by_nadam as scale_by_nadam
+from optimizers._radam import ScaleByRadamState as ScaleByRadamState
+from optimizers._radam import radam as radam
+from optimizers._radam import scale_by_radam as scale_by_radam
+from optimizers._rmsprop import ScaleByRmsState as ScaleByRmsState
+from optimizers._rmsprop import rmsprop as rmsprop
+from optimizers._rmsprop import scale_by_rms as scale_by_rms
+from optimizers._scaling import AddDecayedWeightsState as AddDecayedWeightsState
+from optimizers._scaling import ScaleByLearningRateState as ScaleByLearningRateState
+from optimizers._scaling import add_decayed_weights as add_decayed_weights
+from optimizers._scaling import scale_by_learning_rate as scale_by_learning_rate
+
+__all__ = [
+    "AddDecayedWeightsState",
+    "ScaleByAdadeltaState",
+    "ScaleByAdamState",
+    "ScaleByAdamaxState",
+    "ScaleByAmsgradState",
+    "ScaleByLearningRateState",
+    "ScaleByNadamState",
+    "ScaleByRadamState",
+    "ScaleByRmsState",
+    "ScaleByRssState",
+    "TraceState",
+    "adadelta",
+    "adagrad",
+    "adam",
+    "adamax",
+    "adamw",
+    "add_decayed_weights",
+    "amsgrad",
+    "get_hyperparams",
+    "nadam",
+    "radam",
+    "rmsprop",
+    "scale_by_adadelta",
+    "scale_by_adam",
+    "scale_by_adamax",
+    "scale_by_amsgrad",
+    "scale_by_learning_rate",
+    "scale_by_nadam",
+    "scale_by_radam",
+    "scale_by_rms",
+    "scale_by_rss",
+    "set_hyperparams",
+    "sgd",
+    "trace",
+]

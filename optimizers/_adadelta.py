@@ -1,0 +1,69 @@
+"""Adadelta: RMSProp with the units corrected by a moving average of squared steps."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
+from optimizers._scaling import scale_by_learning_rate
+from schedules import ScalarOrSchedule
+
+
+class ScaleByAdadeltaState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {"rho": ..., "eps": ...}
+    nu: optax.Updates  # v_t: moving average of g^2
+    delta_nu: optax.Updates  # X_t: moving average of the squared steps
+
+
+def scale_by_adadelta(rho: ScalarOrSchedule = 0.9, eps: ScalarOrSchedule = 1e-6) -> optax.GradientTransformation:
+    r"""Adadelta's direction.
+
+    .. math::
+        v_t = \rho v_{t-1} + (1-\rho) g_t^2, \quad
+        d_t = \frac{\sqrt{X_{t-1} + \epsilon}}{\sqrt{v_t + \epsilon}} g_t, \quad
+        X_t = \rho X_{t-1} + (1-\rho) d_t^2
+
+    Document 003's table (:math:`\rho = 0.9`, :math:`\epsilon = 10^{-6}`) with the step
+    :math:`\Delta\theta_t = -d_t`; the same as ``torch.optim.Adadelta`` and
+    ``optax.scale_by_adadelta``, which also accumulate :math:`d_t` before the learning rate.
+
+    Args:
+        rho: :math:`\rho \in [0, 1)`.
+        eps: :math:`\epsilon > 0`.
+
+    References:
+        Zeiler, "ADADELTA: An Adaptive Learning Rate Method", arXiv:1212.5701, Algorithm 1.
+    """
+    check_range("scale_by_adadelta", "rho", rho, 0.0, 1.0, high_open=True)
+    check_range("scale_by_adadelta", "eps", eps, 0.0, low_open=True)
+
+    def init_fn(params):
+        return ScaleByAdadeltaState(jnp.zeros([], jnp.int32), init_hyperparams(rho=rho, eps=eps),
+                                    optax.tree.zeros_like(params), optax.tree.zeros_like(params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        hp = current_hyperparams(dict(rho=rho, eps=eps), state.hyperparams, state.count)
+        r, e = hp["rho"], hp["eps"]
+        v = jax.tree.map(lambda g, s: (r * s + (1 - r) * g * g).astype(s.dtype), updates, state.nu)
+        d = jax.tree.map(lambda g, s, x: jnp.sqrt(x + e) / jnp.sqrt(s + e) * g, updates, v, state.delta_nu)
+        x = jax.tree.map(lambda dd, s: (r * s + (1 - r) * dd * dd).astype(s.dtype), d, state.delta_nu)
+        out = jax.tree.map(lambda dd, g: dd.astype(g.dtype), d, updates)
+        return out, ScaleByAdadeltaState(optax.safe_increment(state.count), hp, v, x)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def adadelta(learning_rate: ScalarOrSchedule = 1.0, rho: ScalarOrSchedule = 0.9,
+             eps: ScalarOrSchedule = 1e-6) -> optax.GradientTransformation:
+    r"""Adadelta: :math:`\theta_t = \theta_{t-1} - \gamma_t d_t` (:func:`scale_by_adadelta`).
+
+    The paper has no learning rate (:math:`\gamma = 1`, the default). optax's ``adadelta``
+    defaults to ``learning_rate=None``, which ascends.
+    """
+    return optax.chain(scale_by_adadelta(rho, eps), scale_by_learning_rate(learning_rate))

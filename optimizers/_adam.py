@@ -1,0 +1,201 @@
+"""Adam and its close relatives: AdamW, AMSGrad and Adamax."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
+from optimizers._moments import bias_correction, ema, step_number
+from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
+from schedules import ScalarOrSchedule
+
+
+def _check_betas(owner, b1, b2, eps):
+    check_range(owner, "b1", b1, 0.0, 1.0, high_open=True)
+    check_range(owner, "b2", b2, 0.0, 1.0, high_open=True)
+    check_range(owner, "eps", eps, 0.0, low_open=True)
+
+
+def _init(state_cls, b1, b2, eps, params, n_buffers):
+    buffers = [optax.tree.zeros_like(params) for _ in range(n_buffers)]
+    return state_cls(jnp.zeros([], jnp.int32), init_hyperparams(b1=b1, b2=b2, eps=eps), *buffers)
+
+
+class ScaleByAdamState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {"b1": ..., "b2": ..., "eps": ...}
+    mu: optax.Updates  # m_t, first moment
+    nu: optax.Updates  # v_t, second moment
+
+
+def scale_by_adam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
+                  eps: ScalarOrSchedule = 1e-8) -> optax.GradientTransformation:
+    r"""Adam's direction.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \quad
+        u_t = \frac{m_t / (1-\beta_1^t)}{\sqrt{v_t / (1-\beta_2^t)} + \epsilon}
+
+    The same as ``optax.scale_by_adam`` and ``torch.optim.Adam``.
+
+    Args:
+        b1: :math:`\beta_1 \in [0, 1)`.
+        b2: :math:`\beta_2 \in [0, 1)`.
+        eps: :math:`\epsilon > 0`.
+
+    References:
+        Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, Algorithm 1.
+    """
+    _check_betas("scale_by_adam", b1, b2, eps)
+
+    def update_fn(updates, state, params=None):
+        del params
+        hp = current_hyperparams(dict(b1=b1, b2=b2, eps=eps), state.hyperparams, state.count)
+        t = step_number(state.count, hp["b1"].dtype)
+        m, v = ema(updates, state.mu, hp["b1"]), ema(updates, state.nu, hp["b2"], 2)
+        c1, c2 = bias_correction(hp["b1"], t), bias_correction(hp["b2"], t)
+        out = jax.tree.map(lambda g, a, b: (a / c1 / (jnp.sqrt(b / c2) + hp["eps"])).astype(g.dtype), updates, m, v)
+        return out, ScaleByAdamState(optax.safe_increment(state.count), hp, m, v)
+
+    return optax.GradientTransformation(lambda p: _init(ScaleByAdamState, b1, b2, eps, p, 2), update_fn)
+
+
+def adam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
+         eps: ScalarOrSchedule = 1e-8) -> optax.GradientTransformation:
+    r"""Adam: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` with :func:`scale_by_adam`'s :math:`u_t`."""
+    return optax.chain(scale_by_adam(b1, b2, eps), scale_by_learning_rate(learning_rate))
+
+
+def adamw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
+          eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.01,
+          mask: MaskOrFn = None) -> optax.GradientTransformation:
+    r"""AdamW: :math:`\theta_t = \theta_{t-1} - \gamma_t (u_t + \lambda \theta_{t-1})`.
+
+    Decoupled weight decay multiplied by the learning rate, as in document 003's table
+    (:math:`\lambda = 0.01`), ``torch.optim.AdamW`` and ``optax.adamw``.
+
+    .. warning::
+        optax's ``adamw`` defaults to ``weight_decay=1e-4``; this one to the table's and
+        PyTorch's ``0.01``. The paper's schedule multiplier :math:`\eta_t` is the learning
+        rate's schedule here.
+
+    References:
+        Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019, Algorithm 2.
+    """
+    return optax.chain(
+        scale_by_adam(b1, b2, eps),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+class ScaleByAmsgradState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {"b1": ..., "b2": ..., "eps": ...}
+    mu: optax.Updates  # m_t
+    nu: optax.Updates  # v_t
+    nu_max: optax.Updates  # running max of v_hat_t ("corrected") or of v_t ("raw")
+
+
+def scale_by_amsgrad(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
+                     eps: ScalarOrSchedule = 1e-8, max_over: str = "corrected") -> optax.GradientTransformation:
+    r"""AMSGrad's direction: Adam with a non-decreasing second moment.
+
+    ``max_over="corrected"`` (document 003's table, optax):
+
+    .. math::
+        \hat v_t^{max} = \max(\hat v_{t-1}^{max}, v_t / (1-\beta_2^t)), \quad
+        u_t = \frac{\hat m_t}{\sqrt{\hat v_t^{max}} + \epsilon}
+
+    ``max_over="raw"`` (``torch.optim.Adam(amsgrad=True)``): the max is over the raw
+    :math:`v_t`, then divided by :math:`1-\beta_2^t`:
+    :math:`u_t = \hat m_t / (\sqrt{v_t^{max} / (1-\beta_2^t)} + \epsilon)`. The two differ
+    because :math:`1-\beta_2^t` grows with :math:`t`: the raw max remembers a large early
+    :math:`v` less strongly.
+
+    Args:
+        b1, b2, eps: as in :func:`scale_by_adam`.
+        max_over: ``"corrected"`` or ``"raw"``.
+
+    References:
+        Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018, Algorithm 2.
+    """
+    _check_betas("scale_by_amsgrad", b1, b2, eps)
+    if max_over not in ("corrected", "raw"):
+        raise ValueError(f"scale_by_amsgrad: max_over must be 'corrected' or 'raw', got {max_over!r}")
+
+    def update_fn(updates, state, params=None):
+        del params
+        hp = current_hyperparams(dict(b1=b1, b2=b2, eps=eps), state.hyperparams, state.count)
+        t = step_number(state.count, hp["b1"].dtype)
+        m, v = ema(updates, state.mu, hp["b1"]), ema(updates, state.nu, hp["b2"], 2)
+        c1, c2 = bias_correction(hp["b1"], t), bias_correction(hp["b2"], t)
+        if max_over == "corrected":
+            vmax = jax.tree.map(lambda b, s: jnp.maximum(s, b / c2).astype(s.dtype), v, state.nu_max)
+            denom = jax.tree.map(lambda s: jnp.sqrt(s) + hp["eps"], vmax)
+        else:
+            vmax = jax.tree.map(lambda b, s: jnp.maximum(s, b), v, state.nu_max)
+            denom = jax.tree.map(lambda s: jnp.sqrt(s / c2) + hp["eps"], vmax)
+        out = jax.tree.map(lambda g, a, d: (a / c1 / d).astype(g.dtype), updates, m, denom)
+        return out, ScaleByAmsgradState(optax.safe_increment(state.count), hp, m, v, vmax)
+
+    return optax.GradientTransformation(lambda p: _init(ScaleByAmsgradState, b1, b2, eps, p, 3), update_fn)
+
+
+def amsgrad(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
+            eps: ScalarOrSchedule = 1e-8, max_over: str = "corrected") -> optax.GradientTransformation:
+    r"""AMSGrad: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_amsgrad`).
+
+    ``max_over="raw"`` gives ``torch.optim.Adam(amsgrad=True)``.
+    """
+    return optax.chain(scale_by_amsgrad(b1, b2, eps, max_over), scale_by_learning_rate(learning_rate))
+
+
+class ScaleByAdamaxState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {"b1": ..., "b2": ..., "eps": ...}
+    mu: optax.Updates  # m_t
+    nu: optax.Updates  # v_t, exponentially weighted infinity norm
+
+
+def scale_by_adamax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
+                    eps: ScalarOrSchedule = 1e-8) -> optax.GradientTransformation:
+    r"""Adamax's direction: Adam with the infinity norm.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+        v_t = \max(\beta_2 v_{t-1}, |g_t| + \epsilon), \quad
+        u_t = \frac{m_t}{(1-\beta_1^t)\, v_t}
+
+    Document 003's table, which is also ``torch.optim.Adamax`` and ``optax.scale_by_adamax``
+    (the paper has :math:`\epsilon = 0`; the table's :math:`\epsilon` keeps
+    :math:`v_t > 0`).
+
+    References:
+        Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, Algorithm 2.
+    """
+    _check_betas("scale_by_adamax", b1, b2, eps)
+
+    def update_fn(updates, state, params=None):
+        del params
+        hp = current_hyperparams(dict(b1=b1, b2=b2, eps=eps), state.hyperparams, state.count)
+        t = step_number(state.count, hp["b1"].dtype)
+        m = ema(updates, state.mu, hp["b1"])
+        v = jax.tree.map(lambda g, s: jnp.maximum(hp["b2"] * s, jnp.abs(g) + hp["eps"]).astype(s.dtype),
+                         updates, state.nu)
+        c1 = bias_correction(hp["b1"], t)
+        out = jax.tree.map(lambda g, a, b: (a / (c1 * b)).astype(g.dtype), updates, m, v)
+        return out, ScaleByAdamaxState(optax.safe_increment(state.count), hp, m, v)
+
+    return optax.GradientTransformation(lambda p: _init(ScaleByAdamaxState, b1, b2, eps, p, 2), update_fn)
+
+
+def adamax(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
+           eps: ScalarOrSchedule = 1e-8) -> optax.GradientTransformation:
+    r"""Adamax: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_adamax`)."""
+    return optax.chain(scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate))

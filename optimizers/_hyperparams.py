@@ -1,0 +1,118 @@
+"""Hyperparameters: range checks, values kept in the state, reading and changing them.
+
+Every transform with scalar hyperparameters keeps them in its state as ``hyperparams``, a
+dict of scalar arrays, next to an int32 ``count``:
+
+* a **number** is stored at ``init`` and read back from the state at every update, so a new
+  value set with :func:`set_hyperparams` takes effect at the next step of an already
+  compiled train step, without recompiling (the value is a traced input, not a constant);
+* a **schedule** ``step -> value`` is evaluated at ``count`` (0 at the first update) and the
+  value it gave is written to the state, for logging;
+* an **array** (what ``optax.inject_hyperparams`` passes) is used as given and recorded.
+
+:func:`get_hyperparams` reads the values of the latest update from any optimizer state,
+chains and optax wrappers included.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+import schedules
+
+_INF = float("inf")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def float_dtype():
+    """The default float dtype: float32, or float64 when ``jax_enable_x64`` is on."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
+def check_range(owner: str, name: str, value, low: float = -_INF, high: float = _INF,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """Raises ``ValueError`` naming ``owner``'s ``name`` when a number lies outside the range.
+
+    Schedules and arrays are not checked: their values are known only at update time.
+    """
+    if not _is_number(value):
+        return
+    above = low < value if low_open else low <= value
+    below = value < high if high_open else value <= high
+    if above and below:
+        return
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    raise ValueError(f"{owner}: {name} must be in {interval}, got {value!r}")
+
+
+def init_hyperparams(**values) -> dict[str, jax.Array]:
+    """The hyperparameters' values at step 0, as scalar arrays to keep in a state."""
+    return {k: jnp.asarray(schedules.resolve(v, 0), float_dtype()) for k, v in values.items()}
+
+
+def current_hyperparams(values: dict[str, Any], stored: dict[str, jax.Array], count) -> dict:
+    """The values for the update at ``count``: numbers from the state, schedules evaluated."""
+    return {
+        k: stored[k] if _is_number(v) else jnp.asarray(schedules.resolve(v, count), stored[k].dtype)
+        for k, v in values.items()
+    }
+
+
+def _has_hyperparams(node) -> bool:
+    return hasattr(node, "_fields") and "hyperparams" in node._fields and isinstance(node.hyperparams, dict)
+
+
+def get_hyperparams(state) -> dict[str, jax.Array]:
+    """The hyperparameters of the latest update, read from an optimizer state.
+
+    Walks the whole state (chains, optax wrappers, ``optax.inject_hyperparams``). Where two
+    transforms share a name (LAMB's ``eps``), the first in the chain is returned.
+    """
+    found: dict[str, jax.Array] = {}
+    for node in jax.tree.leaves(state, is_leaf=_has_hyperparams):
+        if _has_hyperparams(node):
+            for k, v in node.hyperparams.items():
+                found.setdefault(k, v)
+    return found
+
+
+def set_hyperparams(state, **values):
+    """A copy of ``state`` with the named hyperparameters replaced in every transform holding them.
+
+    The new values keep the stored dtype and shape, so a jit-compiled train step that takes
+    the state as an argument runs with them without recompiling. A hyperparameter given as
+    a schedule is re-evaluated at the next update, so setting it has no lasting effect.
+
+    Raises:
+        ValueError: a name no transform in ``state`` holds.
+    """
+    unknown = set(values) - set(get_hyperparams(state))
+    if unknown:
+        raise ValueError(
+            f"set_hyperparams: no hyperparameter named {sorted(unknown)} in this state; "
+            f"it holds {sorted(get_hyperparams(state))}"
+        )
+
+    def replace(node):
+        if not _has_hyperparams(node):
+            return node
+        new = {k: jnp.asarray(values[k], v.dtype) if k in values else v for k, v in node.hyperparams.items()}
+        return node._replace(hyperparams=new)
+
+    return jax.tree.map(replace, state, is_leaf=_has_hyperparams)
+
+
+def is_zero(value) -> bool:
+    """Whether a hyperparameter is ``None`` or the number 0, so its transform can be left out.
+
+    Arrays (even zero) and schedules count as present, so a chain has the same structure
+    under ``optax.inject_hyperparams`` at ``init`` and at ``update``.
+    """
+    return value is None or (_is_number(value) and value == 0)

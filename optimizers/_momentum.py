@@ -1,0 +1,89 @@
+"""Heavy-ball and Nesterov momentum, and SGD built from them."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
+from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
+from schedules import ScalarOrSchedule
+
+
+class TraceState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {"decay": value of the latest update}
+    trace: optax.Updates  # momentum buffer, same tree and dtype as params
+
+
+def trace(decay: ScalarOrSchedule = 0.9, nesterov: bool = False) -> optax.GradientTransformation:
+    r"""Accumulates a momentum trace of the updates.
+
+    .. math::
+        m_t = \mu_t m_{t-1} + g_t, \qquad
+        u_t = m_t \ \text{(heavy ball)}, \quad u_t = g_t + \mu_t m_t \ \text{(Nesterov)}
+
+    The same as ``torch.optim.SGD(momentum=mu, dampening=0, nesterov=...)`` and
+    ``optax.trace``.
+
+    Args:
+        decay: momentum :math:`\mu_t` in ``[0, 1)``, or a schedule of it.
+        nesterov: use the Nesterov form of :math:`u_t`.
+
+    References:
+        Polyak, "Some methods of speeding up the convergence of iteration methods", 1964;
+        Sutskever et al., "On the importance of initialization and momentum in deep
+        learning", ICML 2013, Eq. (3)-(4).
+    """
+    check_range("trace", "decay", decay, 0.0, 1.0, high_open=True)
+
+    def init_fn(params):
+        return TraceState(jnp.zeros([], jnp.int32), init_hyperparams(decay=decay), optax.tree.zeros_like(params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        hp = current_hyperparams(dict(decay=decay), state.hyperparams, state.count)
+        mu = hp["decay"]
+        m = jax.tree.map(lambda g, t: (g + mu * t).astype(t.dtype), updates, state.trace)
+        if nesterov:
+            out = jax.tree.map(lambda g, t: (g + mu * t).astype(g.dtype), updates, m)
+        else:
+            out = jax.tree.map(lambda g, t: t.astype(g.dtype), updates, m)
+        return out, TraceState(optax.safe_increment(state.count), hp, m)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 0.0,
+        nesterov: bool = False, weight_decay: ScalarOrSchedule = 0.0,
+        mask: MaskOrFn = None) -> optax.GradientTransformation:
+    r"""Stochastic gradient descent, with optional momentum and L2 weight decay.
+
+    .. math::
+        g_t \leftarrow g_t + \lambda \theta_{t-1}, \quad
+        m_t = \mu m_{t-1} + g_t, \quad
+        \theta_t = \theta_{t-1} - \gamma m_t \ \text{(or } \gamma (g_t + \mu m_t)
+        \text{ with Nesterov)}
+
+    Document 003's SGD, momentum (:math:`\mu = 0.9` in its table) and NAG rows. The decay is
+    added to the gradient before the momentum (coupled L2), exactly as
+    ``torch.optim.SGD(lr, momentum, dampening=0, nesterov, weight_decay)``; for SGDW put
+    :func:`add_decayed_weights` after :func:`trace` in a chain.
+
+    Args:
+        learning_rate: :math:`\gamma \ge 0`, a number or a schedule.
+        momentum: :math:`\mu \in [0, 1)`; ``0`` or ``None`` for plain SGD.
+        nesterov: Nesterov's accelerated gradient (needs ``momentum``).
+        weight_decay: L2 coefficient :math:`\lambda \ge 0`.
+        mask: which leaves are decayed (see :func:`add_decayed_weights`).
+    """
+    if nesterov and is_zero(momentum):
+        raise ValueError(f"sgd: nesterov=True needs a momentum in (0, 1), got momentum={momentum!r}")
+    return optax.chain(
+        optax.identity() if is_zero(weight_decay) else add_decayed_weights(weight_decay, mask),
+        optax.identity() if is_zero(momentum) else trace(momentum, nesterov),
+        scale_by_learning_rate(learning_rate),
+    )

@@ -1,0 +1,88 @@
+"""Nadam: Adam with Nesterov momentum and Dozat's momentum schedule."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams
+from optimizers._moments import bias_correction, ema, step_number
+from optimizers._scaling import scale_by_learning_rate
+from schedules import ScalarOrSchedule
+
+
+class ScaleByNadamState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {"b1": ..., "b2": ..., "eps": ...}
+    mu_product: jax.Array  # prod_{i<=t} mu_i, float scalar
+    mu: optax.Updates  # m_t
+    nu: optax.Updates  # v_t
+
+
+def scale_by_nadam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
+                   momentum_decay: float = 0.004) -> optax.GradientTransformation:
+    r"""Nadam's direction, with Dozat's momentum schedule.
+
+    .. math::
+        \mu_t = \beta_1 \bigl(1 - \tfrac12 0.96^{t\psi}\bigr), \quad
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,
+
+    .. math::
+        u_t = \Bigl(\frac{(1-\mu_t)\, g_t}{1 - \prod_{i\le t}\mu_i}
+              + \frac{\mu_{t+1} m_t}{1 - \prod_{i\le t+1}\mu_i}\Bigr)
+              \Big/ \Bigl(\sqrt{v_t / (1-\beta_2^t)} + \epsilon\Bigr)
+
+    This is Dozat's paper and ``torch.optim.NAdam(momentum_decay=psi)``.
+
+    .. warning::
+        Document 003's table divides the momentum term by :math:`1 - \prod_{i\le t}\mu_i`;
+        the paper (followed here) by :math:`1 - \prod_{i\le t+1}\mu_i`. ``optax.nadam``
+        has no momentum schedule (constant :math:`\beta_1`).
+
+    Args:
+        b1: :math:`\beta_1 \in [0, 1)`.
+        b2: :math:`\beta_2 \in [0, 1)`.
+        eps: :math:`\epsilon > 0`.
+        momentum_decay: :math:`\psi \ge 0` (0.004).
+
+    References:
+        Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop, Algorithm 2.
+    """
+    for name, value in (("b1", b1), ("b2", b2)):
+        check_range("scale_by_nadam", name, value, 0.0, 1.0, high_open=True)
+    check_range("scale_by_nadam", "eps", eps, 0.0, low_open=True)
+    check_range("scale_by_nadam", "momentum_decay", momentum_decay, 0.0)
+
+    def init_fn(params):
+        return ScaleByNadamState(jnp.zeros([], jnp.int32), init_hyperparams(b1=b1, b2=b2, eps=eps),
+                                 jnp.ones([], float_dtype()), optax.tree.zeros_like(params),
+                                 optax.tree.zeros_like(params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        hp = current_hyperparams(dict(b1=b1, b2=b2, eps=eps), state.hyperparams, state.count)
+        t = step_number(state.count, hp["b1"].dtype)
+        mu_t = hp["b1"] * (1 - 0.5 * 0.96 ** (t * momentum_decay))
+        mu_next = hp["b1"] * (1 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
+        prod = state.mu_product * mu_t
+        m, v = ema(updates, state.mu, hp["b1"]), ema(updates, state.nu, hp["b2"], 2)
+        c2 = bias_correction(hp["b2"], t)
+
+        def direction(g, a, b):
+            nesterov = (1 - mu_t) * g / (1 - prod) + mu_next * a / (1 - prod * mu_next)
+            return (nesterov / (jnp.sqrt(b / c2) + hp["eps"])).astype(g.dtype)
+
+        out = jax.tree.map(direction, updates, m, v)
+        return out, ScaleByNadamState(optax.safe_increment(state.count), hp, prod, m, v)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def nadam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
+          eps: ScalarOrSchedule = 1e-8, momentum_decay: float = 0.004) -> optax.GradientTransformation:
+    r"""Nadam: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_nadam`)."""
+    return optax.chain(scale_by_nadam(b1, b2, eps, momentum_decay), scale_by_learning_rate(learning_rate))

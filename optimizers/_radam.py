@@ -1,0 +1,101 @@
+"""RAdam: Adam with the variance of the adaptive learning rate rectified."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
+from optimizers._moments import bias_correction, ema, step_number
+from optimizers._scaling import scale_by_learning_rate
+from schedules import ScalarOrSchedule
+
+
+class ScaleByRadamState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {"b1": ..., "b2": ..., "eps": ...}
+    mu: optax.Updates  # m_t
+    nu: optax.Updates  # v_t
+
+
+def _rectification(b2, t, threshold):
+    """(rho_t > threshold, r_t) of the RAdam paper, Eq. (6)-(8)."""
+    rho_inf = 2 / (1 - b2) - 1
+    rho_t = rho_inf - 2 * t * b2**t / (1 - b2**t)
+    num = jnp.maximum((rho_t - 4) * (rho_t - 2) * rho_inf, 0.0)
+    den = (rho_inf - 4) * (rho_inf - 2) * rho_t
+    adapt = rho_t > threshold
+    return adapt, jnp.sqrt(num / jnp.where(adapt, den, 1.0))
+
+
+def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
+                   threshold: float = 4.0, eps_on_raw_sqrt: bool = False) -> optax.GradientTransformation:
+    r"""RAdam's direction.
+
+    .. math::
+        \rho_\infty = \frac{2}{1-\beta_2} - 1, \quad
+        \rho_t = \rho_\infty - \frac{2t\beta_2^t}{1-\beta_2^t}, \quad
+        r_t = \sqrt{\frac{(\rho_t-4)(\rho_t-2)\rho_\infty}{(\rho_\infty-4)(\rho_\infty-2)\rho_t}}
+
+    .. math::
+        u_t = r_t \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon} \ \text{ if } \rho_t > 4,
+        \qquad u_t = \hat m_t \ \text{ otherwise (un-adapted momentum)}
+
+    with Adam's bias-corrected :math:`\hat m_t, \hat v_t`, as in the paper and document
+    003's table.
+
+    .. warning::
+        PyTorch rectifies only when :math:`\rho_t > 5` and adds :math:`\epsilon` to the raw
+        :math:`\sqrt{v_t}`: ``threshold=5, eps_on_raw_sqrt=True`` gives
+        ``torch.optim.RAdam``. optax uses :math:`\rho_t \ge 5`.
+
+    Args:
+        b1, b2, eps: as in Adam.
+        threshold: rectify when :math:`\rho_t` exceeds it; at least 4 (4 in the paper).
+        eps_on_raw_sqrt: :math:`r_t \hat m_t \sqrt{1-\beta_2^t} / (\sqrt{v_t} + \epsilon)`.
+
+    References:
+        Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020,
+        Algorithm 2.
+    """
+    for name, value in (("b1", b1), ("b2", b2)):
+        check_range("scale_by_radam", name, value, 0.0, 1.0, high_open=True)
+    check_range("scale_by_radam", "eps", eps, 0.0, low_open=True)
+    check_range("scale_by_radam", "threshold", threshold, 4.0)
+
+    def init_fn(params):
+        return ScaleByRadamState(jnp.zeros([], jnp.int32), init_hyperparams(b1=b1, b2=b2, eps=eps),
+                                 optax.tree.zeros_like(params), optax.tree.zeros_like(params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        hp = current_hyperparams(dict(b1=b1, b2=b2, eps=eps), state.hyperparams, state.count)
+        t = step_number(state.count, hp["b1"].dtype)
+        m, v = ema(updates, state.mu, hp["b1"]), ema(updates, state.nu, hp["b2"], 2)
+        c1, c2 = bias_correction(hp["b1"], t), bias_correction(hp["b2"], t)
+        adapt, r = _rectification(hp["b2"], t, threshold)
+
+        def direction(g, a, b):
+            if eps_on_raw_sqrt:
+                adaptive = jnp.sqrt(c2) / (jnp.sqrt(b) + hp["eps"])
+            else:
+                adaptive = 1 / (jnp.sqrt(b / c2) + hp["eps"])
+            return jnp.where(adapt, r * adaptive, 1.0) * (a / c1)
+
+        out = jax.tree.map(lambda g, a, b: direction(g, a, b).astype(g.dtype), updates, m, v)
+        return out, ScaleByRadamState(optax.safe_increment(state.count), hp, m, v)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def radam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
+          eps: ScalarOrSchedule = 1e-8, threshold: float = 4.0,
+          eps_on_raw_sqrt: bool = False) -> optax.GradientTransformation:
+    r"""RAdam: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_radam`).
+
+    ``threshold=5, eps_on_raw_sqrt=True`` gives ``torch.optim.RAdam``.
+    """
+    return optax.chain(scale_by_radam(b1, b2, eps, threshold, eps_on_raw_sqrt), scale_by_learning_rate(learning_rate))

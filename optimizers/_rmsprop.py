@@ -1,0 +1,91 @@
+"""RMSProp: steps scaled by an exponential moving average of squared gradients."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
+from optimizers._momentum import trace
+from optimizers._scaling import scale_by_learning_rate
+from schedules import ScalarOrSchedule
+
+
+class ScaleByRmsState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {"decay": ..., "eps": ...}
+    nu: optax.Updates  # v_t: moving average of g^2
+    mu: optax.Updates  # moving average of g (centered form); zeros otherwise
+
+
+def scale_by_rms(decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
+                 initial_scale: float = 0.0, eps_in_sqrt: bool = False,
+                 centered: bool = False) -> optax.GradientTransformation:
+    r"""Divides by the root of a moving average of squared gradients.
+
+    .. math::
+        v_t = \rho v_{t-1} + (1 - \rho) g_t^2, \qquad
+        u_t = \frac{g_t}{\sqrt{v_t} + \epsilon}
+
+    Document 003's table (:math:`\rho = 0.99`, :math:`\epsilon = 10^{-8}`, outside the
+    root), which is ``torch.optim.RMSprop``. ``eps_in_sqrt=True`` gives
+    :math:`g_t / \sqrt{v_t + \epsilon}`, optax's default. ``centered=True`` also tracks
+    :math:`\bar g_t = \rho \bar g_{t-1} + (1-\rho) g_t` and divides by
+    :math:`\sqrt{v_t - \bar g_t^2} + \epsilon` (Graves 2013; ``RMSprop(centered=True)``).
+
+    .. warning::
+        optax's ``scale_by_rms`` defaults to ``decay=0.9`` and ``eps_in_sqrt=True``.
+
+    Args:
+        decay: :math:`\rho \in [0, 1)`.
+        eps: :math:`\epsilon > 0`.
+        initial_scale: :math:`v_0 \ge 0`.
+        eps_in_sqrt: put :math:`\epsilon` inside the root.
+        centered: divide by the root of the variance instead of the second moment.
+
+    References:
+        Tieleman & Hinton, "Lecture 6.5 - RMSProp", COURSERA: Neural Networks for Machine
+        Learning, 2012; Graves, "Generating Sequences With Recurrent Neural Networks", 2013.
+    """
+    check_range("scale_by_rms", "decay", decay, 0.0, 1.0, high_open=True)
+    check_range("scale_by_rms", "eps", eps, 0.0, low_open=True)
+    check_range("scale_by_rms", "initial_scale", initial_scale, 0.0)
+
+    def init_fn(params):
+        return ScaleByRmsState(jnp.zeros([], jnp.int32), init_hyperparams(decay=decay, eps=eps),
+                               optax.tree.full_like(params, initial_scale), optax.tree.zeros_like(params))
+
+    def denominator(v, m, e):
+        var = v - m * m if centered else v
+        var = jnp.maximum(var, 0.0)
+        return jnp.sqrt(var + e) if eps_in_sqrt else jnp.sqrt(var) + e
+
+    def update_fn(updates, state, params=None):
+        del params
+        hp = current_hyperparams(dict(decay=decay, eps=eps), state.hyperparams, state.count)
+        rho = hp["decay"]
+        v = jax.tree.map(lambda g, s: (rho * s + (1 - rho) * g * g).astype(s.dtype), updates, state.nu)
+        m = jax.tree.map(lambda g, s: (rho * s + (1 - rho) * g).astype(s.dtype), updates, state.mu) if centered else state.mu
+        out = jax.tree.map(lambda g, s, a: (g / denominator(s, a, hp["eps"])).astype(g.dtype), updates, v, m)
+        return out, ScaleByRmsState(optax.safe_increment(state.count), hp, v, m)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def rmsprop(learning_rate: ScalarOrSchedule, decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
+            initial_scale: float = 0.0, eps_in_sqrt: bool = False, centered: bool = False,
+            momentum: ScalarOrSchedule = 0.0, nesterov: bool = False) -> optax.GradientTransformation:
+    r"""RMSProp: :math:`\theta_t = \theta_{t-1} - \gamma_t b_t`, :math:`b_t = \mu b_{t-1} + u_t`.
+
+    :math:`u_t` from :func:`scale_by_rms`; with ``momentum`` the buffer :math:`b_t` holds
+    :math:`u_t` before the learning rate, as in ``torch.optim.RMSprop``, so a learning-rate
+    schedule gives PyTorch's trajectory (optax's ``rmsprop`` scales before its momentum).
+    """
+    return optax.chain(
+        scale_by_rms(decay, eps, initial_scale, eps_in_sqrt, centered),
+        optax.identity() if is_zero(momentum) else trace(momentum, nesterov),
+        scale_by_learning_rate(learning_rate),
+    )
