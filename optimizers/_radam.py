@@ -21,14 +21,32 @@ class ScaleByRadamState(NamedTuple):
     nu: optax.Updates  # v_t
 
 
+def _rho(b2, t):
+    r"""The SMA length :math:`\rho_t = \rho_\infty - 2t\beta_2^t / (1-\beta_2^t)`, without cancellation.
+
+    In float32 the direct formula subtracts two numbers near :math:`\rho_\infty` (~2000)
+    to get one near :math:`t`, which puts ~1% errors into :math:`r_t` just above the
+    threshold. With :math:`\delta = 1-\beta_2`, :math:`\ell = -\log(1-\delta)` and
+    :math:`x = t\ell` it equals :math:`2/\delta - 2/\ell - 1 + (2/\ell)(1 - x/(e^x-1))`, and
+    both small differences are summed from their Taylor series where they would cancel.
+    """
+    delta = 1 - b2
+    ell = -jnp.log1p(-delta)
+    ell_minus_delta = jnp.where(delta < 0.1, sum(delta**k / k for k in range(2, 10)), ell - delta)
+    x = t * ell
+    one_minus_b = jnp.where(x < 0.5, x / 2 - x**2 / 12 + x**4 / 720 - x**6 / 30240 + x**8 / 1209600,
+                            1 - x / jnp.expm1(jnp.maximum(x, 0.5)))
+    return 2 * ell_minus_delta / (delta * ell) - 1 + 2 / ell * one_minus_b
+
+
 def _rectification(b2, t, threshold):
     """(rho_t > threshold, r_t) of the RAdam paper, Eq. (6)-(8)."""
     rho_inf = 2 / (1 - b2) - 1
-    rho_t = rho_inf - 2 * t * b2**t / (1 - b2**t)
-    num = jnp.maximum((rho_t - 4) * (rho_t - 2) * rho_inf, 0.0)
-    den = (rho_inf - 4) * (rho_inf - 2) * rho_t
+    rho_t = _rho(b2, t)
     adapt = rho_t > threshold
-    return adapt, jnp.sqrt(num / jnp.where(adapt, den, 1.0))
+    num = jnp.maximum((rho_t - 4) * (rho_t - 2) * rho_inf, 0.0)
+    den = jnp.where(adapt, (rho_inf - 4) * (rho_inf - 2) * rho_t, 1.0)
+    return adapt, jnp.sqrt(num / den)
 
 
 def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
