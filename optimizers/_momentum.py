@@ -15,7 +15,7 @@ from schedules import ScalarOrSchedule
 
 class TraceState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
-    hyperparams: dict  # {"decay": value of the latest update}
+    hyperparams: dict  # {"momentum": mu of the latest update} (named as in sgd, rmsprop)
     trace: optax.Updates  # momentum buffer, same tree and dtype as params
 
 
@@ -41,12 +41,12 @@ def trace(decay: ScalarOrSchedule = 0.9, nesterov: bool = False) -> optax.Gradie
     check_range("trace", "decay", decay, 0.0, 1.0, high_open=True)
 
     def init_fn(params):
-        return TraceState(jnp.zeros([], jnp.int32), init_hyperparams(decay=decay), optax.tree.zeros_like(params))
+        return TraceState(jnp.zeros([], jnp.int32), init_hyperparams(momentum=decay), optax.tree.zeros_like(params))
 
     def update_fn(updates, state, params=None):
         del params
-        hp = current_hyperparams(dict(decay=decay), state.hyperparams, state.count)
-        mu = hp["decay"]
+        hp = current_hyperparams(dict(momentum=decay), state.hyperparams, state.count)
+        mu = hp["momentum"]
         m = jax.tree.map(lambda g, t: (g + mu * t).astype(t.dtype), updates, state.trace)
         if nesterov:
             out = jax.tree.map(lambda g, t: (g + mu * t).astype(g.dtype), updates, m)
