@@ -80,6 +80,8 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 
         weight_decay: L2 coefficient :math:`\lambda \ge 0`.
         mask: which leaves are decayed (see :func:`add_decayed_weights`).
     """
+    if momentum is not None:
+        check_range("sgd", "momentum", momentum, 0.0, 1.0, high_open=True)
     if nesterov and is_zero(momentum):
         raise ValueError(f"sgd: nesterov=True needs a momentum in (0, 1), got momentum={momentum!r}")
     return optax.chain(

@@ -84,6 +84,7 @@ def rmsprop(learning_rate: ScalarOrSchedule, decay: ScalarOrSchedule = 0.99, eps
     :math:`u_t` before the learning rate, as in ``torch.optim.RMSprop``, so a learning-rate
     schedule gives PyTorch's trajectory (optax's ``rmsprop`` scales before its momentum).
     """
+    check_range("rmsprop", "momentum", momentum, 0.0, 1.0, high_open=True)
     return optax.chain(
         scale_by_rms(decay, eps, initial_scale, eps_in_sqrt, centered),
         optax.identity() if is_zero(momentum) else trace(momentum, nesterov),

@@ -1,0 +1,59 @@
+"""Every public constructor rejects out-of-range hyperparameters with a ValueError naming them.
+
+A constructor is every function in ``optimizers.__all__`` that returns a transformation;
+every one of its parameters that takes a number or a string must have bad values in
+``BAD``, so a new constructor or parameter is enrolled automatically.
+"""
+
+import inspect
+
+import pytest
+
+import optimizers
+
+NAN = float("nan")
+UNIT = [-0.1, 1.0, NAN]  # allowed: [0, 1)
+BAD = {
+    "learning_rate": [-0.1, NAN],
+    "b1": UNIT, "b2": UNIT, "decay": UNIT, "momentum": UNIT, "rho": UNIT,
+    "eps": [-1e-8, 0.0, NAN],
+    "weight_decay": [-1e-4, NAN],
+    "initial_accumulator_value": [-0.1, NAN],
+    "initial_scale": [-0.1, NAN],
+    "momentum_decay": [-0.004, NAN],
+    "threshold": [3.9, NAN],
+    "max_over": ["bias"],
+}
+CONSTRUCTORS = sorted(n for n in optimizers.__all__
+                      if "GradientTransformation" in str(inspect.signature(getattr(optimizers, n)).return_annotation))
+
+
+def _checked_parameters(name):
+    sig = inspect.signature(getattr(optimizers, name))
+    return [k for k, p in sig.parameters.items()
+            if any(t in str(p.annotation) for t in ("ScalarOrSchedule", "float", "int", "str"))]
+
+
+def test_every_numeric_parameter_has_bad_values():
+    assert CONSTRUCTORS, "no constructors found"
+    missing = {(n, k) for n in CONSTRUCTORS for k in _checked_parameters(n) if k not in BAD}
+    assert not missing
+
+
+def _required(name):
+    sig = inspect.signature(getattr(optimizers, name))
+    return {k: 0.1 for k, p in sig.parameters.items() if p.default is inspect.Parameter.empty}
+
+
+CASES = [(n, k, v) for n in CONSTRUCTORS for k in _checked_parameters(n) for v in BAD[k]]
+
+
+@pytest.mark.parametrize("name,param,value", CASES)
+def test_bad_value_raises(name, param, value):
+    with pytest.raises(ValueError, match=rf"{param} must be .*got {value!r}"):
+        getattr(optimizers, name)(**{**_required(name), param: value})
+
+
+@pytest.mark.parametrize("name", CONSTRUCTORS)
+def test_defaults_are_accepted(name):
+    getattr(optimizers, name)(**_required(name))

@@ -1,0 +1,84 @@
+"""Reading hyperparameters from a state, and changing them between jit-compiled steps."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import random_grads, random_tree
+
+import optimizers
+import schedules
+
+
+def _f32(tree):
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
+
+
+GRADS = [_f32(g) for g in random_grads(6, seed=1)]
+PARAMS = _f32(random_tree(np.random.default_rng(2)))
+
+
+def test_current_values_are_readable():
+    lr = lambda t: 0.1 * 0.5**t  # noqa: E731
+    b1 = lambda t: 0.95 - 0.01 * t  # noqa: E731
+    tx = optimizers.adamw(lr, b1=b1, weight_decay=0.05)
+    state = tx.init(PARAMS)
+    assert set(optimizers.get_hyperparams(state)) == {"learning_rate", "b1", "b2", "eps", "weight_decay"}
+    for k, g in enumerate(GRADS):
+        _, state = jax.jit(tx.update)(g, state, PARAMS)
+        hp = optimizers.get_hyperparams(state)
+        np.testing.assert_allclose(hp["learning_rate"], lr(k), rtol=1e-6)
+        np.testing.assert_allclose(hp["b1"], b1(k), rtol=1e-6)
+        np.testing.assert_allclose(hp["weight_decay"], 0.05, rtol=1e-6)
+
+
+def test_momentum_is_readable_under_its_name():
+    state = optimizers.sgd(0.1, momentum=0.9).init(PARAMS)
+    np.testing.assert_allclose(optimizers.get_hyperparams(state)["momentum"], 0.9, rtol=1e-6)
+
+
+def test_set_learning_rate_without_recompiling():
+    tx = optimizers.adam(1e-2)
+    traces = []
+
+    @jax.jit
+    def step(params, state, grads):
+        traces.append(1)  # runs once per trace, not per call
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    params, state = PARAMS, tx.init(PARAMS)
+    for k, g in enumerate(GRADS):
+        if k == 3:
+            state = optimizers.set_hyperparams(state, learning_rate=1e-3)
+        params, state = step(params, state, g)
+    assert len(traces) == 1
+    # The same as three steps at 1e-2 and three at 1e-3 with a schedule.
+    want_tx = optimizers.adam(lambda t: jnp.where(t < 3, 1e-2, 1e-3))
+    want, want_state = PARAMS, want_tx.init(PARAMS)
+    for g in GRADS:
+        u, want_state = want_tx.update(g, want_state, want)
+        want = optax.apply_updates(want, u)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_set_every_holder_and_keep_dtype():
+    tx = optax.chain(optimizers.trace(0.9), optimizers.rmsprop(1e-3, momentum=0.5))
+    state = optimizers.set_hyperparams(tx.init(PARAMS), momentum=0.2)
+    values = [s.hyperparams["momentum"] for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "hyperparams"))
+              if hasattr(s, "hyperparams") and "momentum" in s.hyperparams]
+    assert len(values) == 2 and all(v.dtype == jnp.float32 and float(v) == pytest.approx(0.2) for v in values)
+
+
+def test_set_unknown_name_raises():
+    with pytest.raises(ValueError, match="no hyperparameter named \\['lr'\\].*learning_rate"):
+        optimizers.set_hyperparams(optimizers.adam(1e-3).init(PARAMS), lr=1e-4)
+
+
+def test_works_through_inject_hyperparams():
+    tx = optax.inject_hyperparams(optimizers.adam)(learning_rate=schedules.constant(3e-3))
+    state = tx.init(PARAMS)
+    _, state = tx.update(GRADS[0], state, PARAMS)
+    np.testing.assert_allclose(optimizers.get_hyperparams(state)["learning_rate"], 3e-3, rtol=1e-6)
