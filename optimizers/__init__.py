@@ -24,6 +24,8 @@ from optimizers._momentum import trace as trace
 from optimizers._nadam import ScaleByNadamState as ScaleByNadamState
 from optimizers._nadam import nadam as nadam
 from optimizers._nadam import scale_by_nadam as scale_by_nadam
+from optimizers._plateau import ReduceOnPlateauState as ReduceOnPlateauState
+from optimizers._plateau import reduce_on_plateau as reduce_on_plateau
 from optimizers._radam import ScaleByRadamState as ScaleByRadamState
 from optimizers._radam import radam as radam
 from optimizers._radam import scale_by_radam as scale_by_radam
@@ -37,6 +39,7 @@ from optimizers._scaling import scale_by_learning_rate as scale_by_learning_rate
 
 __all__ = [
     "AddDecayedWeightsState",
+    "ReduceOnPlateauState",
     "ScaleByAdadeltaState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
@@ -57,6 +60,7 @@ __all__ = [
     "get_hyperparams",
     "nadam",
     "radam",
+    "reduce_on_plateau",
     "rmsprop",
     "scale_by_adadelta",
     "scale_by_adam",

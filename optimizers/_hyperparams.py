@@ -1,4 +1,4 @@
-"""Hyperparameters: range checks, values kept in the state, reading and changing them.
+"""Hyperparameters: values kept in the state, reading and changing them.
 
 Every transform with scalar hyperparameters keeps them in its state as ``hyperparams``, a
 dict of scalar arrays, next to an int32 ``count``:
@@ -16,40 +16,19 @@ chains and optax wrappers included.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 import schedules
-
-_INF = float("inf")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+from schedules._base import check_range as check_range  # noqa: F401  (re-exported for the transforms)
+from schedules._base import is_number as _is_number
 
 
 def float_dtype():
     """The default float dtype: float32, or float64 when ``jax_enable_x64`` is on."""
     return jax.dtypes.canonicalize_dtype(jnp.float64)
-
-
-def check_range(owner: str, name: str, value, low: float = -_INF, high: float = _INF,
-                low_open: bool = False, high_open: bool = False) -> None:
-    """Raises ``ValueError`` naming ``owner``'s ``name`` when a number lies outside the range.
-
-    Schedules and arrays are not checked: their values are known only at update time.
-    """
-    if not _is_number(value):
-        return
-    above = low < value if low_open else low <= value
-    below = value < high if high_open else value <= high
-    if above and below:
-        return
-    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    raise ValueError(f"{owner}: {name} must be in {interval}, got {value!r}")
 
 
 def init_hyperparams(**values) -> dict[str, jax.Array]:

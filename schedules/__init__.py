@@ -4,5 +4,32 @@ from schedules._base import ScalarOrSchedule as ScalarOrSchedule
 from schedules._base import Schedule as Schedule
 from schedules._base import constant as constant
 from schedules._base import resolve as resolve
+from schedules._compose import join as join
+from schedules._compose import warmup as warmup
+from schedules._cosine import cosine as cosine
+from schedules._cosine import sgdr as sgdr
+from schedules._cyclical import cyclical as cyclical
+from schedules._cyclical import one_cycle as one_cycle
+from schedules._decay import factor as factor
+from schedules._decay import multi_factor as multi_factor
+from schedules._decay import polynomial as polynomial
+from schedules._ramps import lr_range as lr_range
+from schedules._ramps import swa_lr as swa_lr
 
-__all__ = ["ScalarOrSchedule", "Schedule", "constant", "resolve"]
+__all__ = [
+    "ScalarOrSchedule",
+    "Schedule",
+    "constant",
+    "cosine",
+    "cyclical",
+    "factor",
+    "join",
+    "lr_range",
+    "multi_factor",
+    "one_cycle",
+    "polynomial",
+    "resolve",
+    "sgdr",
+    "swa_lr",
+    "warmup",
+]
