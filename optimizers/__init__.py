@@ -16,8 +16,17 @@ from optimizers._adam import amsgrad as amsgrad
 from optimizers._adam import scale_by_adam as scale_by_adam
 from optimizers._adam import scale_by_adamax as scale_by_adamax
 from optimizers._adam import scale_by_amsgrad as scale_by_amsgrad
+from optimizers._averaging import EmaState as EmaState
+from optimizers._averaging import SwaState as SwaState
+from optimizers._averaging import averaged_params as averaged_params
+from optimizers._averaging import ema as ema
+from optimizers._averaging import recompute_batch_stats as recompute_batch_stats
+from optimizers._averaging import swa as swa
 from optimizers._hyperparams import get_hyperparams as get_hyperparams
 from optimizers._hyperparams import set_hyperparams as set_hyperparams
+from optimizers._lookahead import LookaheadState as LookaheadState
+from optimizers._lookahead import lookahead as lookahead
+from optimizers._lookahead import slow_params as slow_params
 from optimizers._momentum import TraceState as TraceState
 from optimizers._momentum import sgd as sgd
 from optimizers._momentum import trace as trace
@@ -39,6 +48,8 @@ from optimizers._scaling import scale_by_learning_rate as scale_by_learning_rate
 
 __all__ = [
     "AddDecayedWeightsState",
+    "EmaState",
+    "LookaheadState",
     "ReduceOnPlateauState",
     "ScaleByAdadeltaState",
     "ScaleByAdamState",
@@ -49,6 +60,7 @@ __all__ = [
     "ScaleByRadamState",
     "ScaleByRmsState",
     "ScaleByRssState",
+    "SwaState",
     "TraceState",
     "adadelta",
     "adagrad",
@@ -57,9 +69,13 @@ __all__ = [
     "adamw",
     "add_decayed_weights",
     "amsgrad",
+    "averaged_params",
+    "ema",
     "get_hyperparams",
+    "lookahead",
     "nadam",
     "radam",
+    "recompute_batch_stats",
     "reduce_on_plateau",
     "rmsprop",
     "scale_by_adadelta",
@@ -73,5 +89,7 @@ __all__ = [
     "scale_by_rss",
     "set_hyperparams",
     "sgd",
+    "slow_params",
+    "swa",
     "trace",
 ]

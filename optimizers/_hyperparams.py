@@ -48,17 +48,34 @@ def _has_hyperparams(node) -> bool:
     return hasattr(node, "_fields") and "hyperparams" in node._fields and isinstance(node.hyperparams, dict)
 
 
+def _visit(node, fn):
+    """``node`` rebuilt with ``fn`` applied to every state holding hyperparams, at any depth
+    (wrappers such as lookahead hold the inner optimizer's state inside their own)."""
+    if _has_hyperparams(node):
+        node = fn(node)
+    if hasattr(node, "_fields"):
+        return type(node)(*(_visit(child, fn) for child in node))
+    if isinstance(node, (tuple, list)):
+        return type(node)(_visit(child, fn) for child in node)
+    if isinstance(node, dict):
+        return type(node)((k, _visit(v, fn)) for k, v in node.items())
+    return node
+
+
 def get_hyperparams(state) -> dict[str, jax.Array]:
     """The hyperparameters of the latest update, read from an optimizer state.
 
-    Walks the whole state (chains, optax wrappers, ``optax.inject_hyperparams``). Where two
+    Walks the whole state (chains, wrappers, ``optax.inject_hyperparams``). Where two
     transforms share a name (LAMB's ``eps``), the first in the chain is returned.
     """
     found: dict[str, jax.Array] = {}
-    for node in jax.tree.leaves(state, is_leaf=_has_hyperparams):
-        if _has_hyperparams(node):
-            for k, v in node.hyperparams.items():
-                found.setdefault(k, v)
+
+    def collect(node):
+        for k, v in node.hyperparams.items():
+            found.setdefault(k, v)
+        return node
+
+    _visit(state, collect)
     return found
 
 
@@ -72,20 +89,17 @@ def set_hyperparams(state, **values):
     Raises:
         ValueError: a name no transform in ``state`` holds.
     """
-    unknown = set(values) - set(get_hyperparams(state))
+    held = get_hyperparams(state)
+    unknown = set(values) - set(held)
     if unknown:
-        raise ValueError(
-            f"set_hyperparams: no hyperparameter named {sorted(unknown)} in this state; "
-            f"it holds {sorted(get_hyperparams(state))}"
-        )
+        raise ValueError(f"set_hyperparams: no hyperparameter named {sorted(unknown)} in this state; "
+                         f"it holds {sorted(held)}")
 
     def replace(node):
-        if not _has_hyperparams(node):
-            return node
         new = {k: jnp.asarray(values[k], v.dtype) if k in values else v for k, v in node.hyperparams.items()}
         return node._replace(hyperparams=new)
 
-    return jax.tree.map(replace, state, is_leaf=_has_hyperparams)
+    return _visit(state, replace)
 
 
 def is_zero(value) -> bool:
