@@ -37,7 +37,19 @@ ALIASES = sorted(n for n in optimizers.__all__
                  if "learning_rate" in inspect.signature(getattr(optimizers, n)).parameters)
 
 
+# The wrappers, around an optimizer that passes every test on its own.
+WRAPPED = {
+    "ema(adam)": lambda **o: optax.chain(make("adam", **o), optimizers.ema(0.9)),
+    "lookahead(adam)": lambda **o: optimizers.lookahead(make("adam", **o), sync_period=5, slow_step_size=0.5),
+    "lookahead(sgd)": lambda **o: optimizers.lookahead(make("sgd", **o), sync_period=3, slow_step_size=0.8),
+    "swa(adam)": lambda **o: optax.chain(make("adam", **o), optimizers.swa(start_step=10, every=2)),
+}
+NAMES = ALIASES + sorted(WRAPPED)
+
+
 def make(name, **overrides):
+    if name in WRAPPED:
+        return WRAPPED[name](**overrides)
     return getattr(optimizers, name)(**{**KWARGS[name], **overrides})
 
 
@@ -62,7 +74,7 @@ GRADS = [_f32(random_tree(np.random.default_rng(k))) for k in range(8)]  # RAdam
 PARAMS = _f32(random_tree(np.random.default_rng(100)))
 
 
-@pytest.mark.parametrize("name", ALIASES)
+@pytest.mark.parametrize("name", NAMES)
 def test_jit_matches_eager(name):
     jitted, _ = _steps(make(name), PARAMS, GRADS)
     eager, _ = _steps(make(name), PARAMS, GRADS, jit=False)
@@ -70,7 +82,7 @@ def test_jit_matches_eager(name):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", ALIASES)
+@pytest.mark.parametrize("name", NAMES)
 def test_inside_chain_with_clipping(name):
     def clip(g):
         norm = np.sqrt(sum(np.sum(np.square(x, dtype=np.float64)) for x in jax.tree.leaves(g)))
@@ -82,17 +94,22 @@ def test_inside_chain_with_clipping(name):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ALIASES)
+@pytest.mark.parametrize("name", NAMES)
 def test_inside_inject_hyperparams(name):
-    injected = optax.inject_hyperparams(getattr(optimizers, name))(**{**KWARGS[name], "learning_rate": 1e-3})
+    injected = optax.inject_hyperparams(lambda learning_rate: make(name, learning_rate=learning_rate))(
+        learning_rate=1e-3)
     want, _ = _steps(make(name, learning_rate=1e-3), PARAMS, GRADS)
     got, state = _steps(injected, PARAMS, GRADS)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    # A learning rate of 0 set in the injected state freezes the params at the next step.
-    state.hyperparams["learning_rate"] = jnp.zeros_like(state.hyperparams["learning_rate"])
+    # A new learning rate set in the injected state is used at the next step, as if scheduled.
+    state.hyperparams["learning_rate"] = jnp.full_like(state.hyperparams["learning_rate"], 2e-3)
     u, _ = jax.jit(injected.update)(GRADS[0], state, got)
-    assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(u))
+    switched = make(name, learning_rate=lambda t: jnp.where(t < len(GRADS), 1e-3, 2e-3))
+    p_sw, s_sw = _steps(switched, PARAMS, GRADS)
+    u_sw, _ = jax.jit(switched.update)(GRADS[0], s_sw, p_sw)
+    for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_sw)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 class _Mlp(nn.Module):
@@ -106,7 +123,7 @@ def _data():
     return rng.normal(size=(16, 3)).astype(np.float32), rng.normal(size=(16, 2)).astype(np.float32)
 
 
-@pytest.mark.parametrize("name", ALIASES)
+@pytest.mark.parametrize("name", NAMES)
 def test_flax_train_state(name):
     x, y = _data()
     model = _Mlp()
@@ -127,7 +144,7 @@ def test_flax_train_state(name):
     assert float(loss(state.params)) != float(loss(params))
 
 
-@pytest.mark.parametrize("name", ALIASES)
+@pytest.mark.parametrize("name", NAMES)
 def test_flax_nnx_optimizer(name):
     x, y = _data()
     model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
@@ -155,7 +172,7 @@ def test_flax_nnx_optimizer(name):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
-@pytest.mark.parametrize("name", ALIASES)
+@pytest.mark.parametrize("name", NAMES)
 def test_keeps_dtype(name, dtype):
     with jax.enable_x64(dtype == "float64"):
         params = jax.tree.map(lambda x: jnp.asarray(x, dtype), PARAMS)
@@ -172,7 +189,7 @@ def test_keeps_dtype(name, dtype):
         assert all(x.dtype == jnp.dtype(dtype) for x in buffers)
 
 
-@pytest.mark.parametrize("name", ALIASES)
+@pytest.mark.parametrize("name", NAMES)
 def test_nested_empty_and_none_pytrees(name):
     params = {"a": [jnp.ones(3), (jnp.zeros((2, 2)), None)], "b": {"c": jnp.ones(())}, "d": None}
     grads = jax.tree.map(lambda x: 0.1 * x + 0.2, params)
@@ -202,13 +219,13 @@ def _minimize(tx, f, params, steps=20_000):
     return params
 
 
-@pytest.mark.parametrize("name", ALIASES)
+@pytest.mark.parametrize("name", NAMES)
 def test_minimizes_quadratic(name):
     p = _minimize(make(name), _quadratic, {"w": jnp.ones(5)})
     assert float(jnp.max(jnp.abs(p["w"]))) < 1e-3
 
 
-@pytest.mark.parametrize("name", ALIASES)
+@pytest.mark.parametrize("name", NAMES)
 def test_minimizes_rosenbrock(name):
     p = _minimize(make(name), _rosenbrock, {"x": jnp.array(-1.0), "y": jnp.array(1.0)})
     assert abs(float(p["x"]) - 1) < 1e-2 and abs(float(p["y"]) - 1) < 1e-2

@@ -31,11 +31,16 @@ BAD = {
     "min_scale": [-0.1, 1.5, NAN],
     "mode": ["minimum"],
     "accumulation_size": [0],
+    "sync_period": [0, NAN],
+    "slow_step_size": [-0.1, 1.1, NAN],
+    "start_step": [-1, NAN],
+    "every": [0, NAN],
 }
 # Where one constructor gives a name another range than BAD's.
 OVERRIDES = {
     ("reduce_on_plateau", "eps"): [-1e-8, NAN],  # the smallest applied change of the scale: 0 is fine
     ("reduce_on_plateau", "threshold"): [-1e-4, NAN],
+    ("ema", "decay"): [-0.1, 1.1, NAN],  # 1 (a frozen average) is allowed
 }
 CONSTRUCTORS = sorted(n for n in optimizers.__all__
                       if "GradientTransformation" in str(inspect.signature(getattr(optimizers, n)).return_annotation))
