@@ -13,10 +13,13 @@ from schedules._cyclical import one_cycle as one_cycle
 from schedules._decay import factor as factor
 from schedules._decay import multi_factor as multi_factor
 from schedules._decay import polynomial as polynomial
+from schedules._lr_finder import LRFinderResult as LRFinderResult
+from schedules._lr_finder import lr_finder as lr_finder
 from schedules._ramps import lr_range as lr_range
 from schedules._ramps import swa_lr as swa_lr
 
 __all__ = [
+    "LRFinderResult",
     "ScalarOrSchedule",
     "Schedule",
     "constant",
@@ -24,6 +27,7 @@ __all__ = [
     "cyclical",
     "factor",
     "join",
+    "lr_finder",
     "lr_range",
     "multi_factor",
     "one_cycle",
