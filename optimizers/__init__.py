@@ -22,6 +22,12 @@ from optimizers._averaging import averaged_params as averaged_params
 from optimizers._averaging import ema as ema
 from optimizers._averaging import recompute_batch_stats as recompute_batch_stats
 from optimizers._averaging import swa as swa
+from optimizers._data_echoing import data_echoing as data_echoing
+from optimizers._gradient_free import GradientlessDescent as GradientlessDescent
+from optimizers._gradient_free import GradientlessDescentState as GradientlessDescentState
+from optimizers._gradient_free import forward_value_and_grad as forward_value_and_grad
+from optimizers._gradient_free import gradientless_descent as gradientless_descent
+from optimizers._gradient_free import zeroth_order_value_and_grad as zeroth_order_value_and_grad
 from optimizers._hyperparams import get_hyperparams as get_hyperparams
 from optimizers._hyperparams import set_hyperparams as set_hyperparams
 from optimizers._lookahead import LookaheadState as LookaheadState
@@ -49,6 +55,8 @@ from optimizers._scaling import scale_by_learning_rate as scale_by_learning_rate
 __all__ = [
     "AddDecayedWeightsState",
     "EmaState",
+    "GradientlessDescent",
+    "GradientlessDescentState",
     "LookaheadState",
     "ReduceOnPlateauState",
     "ScaleByAdadeltaState",
@@ -70,8 +78,11 @@ __all__ = [
     "add_decayed_weights",
     "amsgrad",
     "averaged_params",
+    "data_echoing",
     "ema",
+    "forward_value_and_grad",
     "get_hyperparams",
+    "gradientless_descent",
     "lookahead",
     "nadam",
     "radam",
@@ -92,4 +103,5 @@ __all__ = [
     "slow_params",
     "swa",
     "trace",
+    "zeroth_order_value_and_grad",
 ]
