@@ -39,6 +39,9 @@ from optimizers._momentum import trace as trace
 from optimizers._nadam import ScaleByNadamState as ScaleByNadamState
 from optimizers._nadam import nadam as nadam
 from optimizers._nadam import scale_by_nadam as scale_by_nadam
+from optimizers._novograd import ScaleByNovogradState as ScaleByNovogradState
+from optimizers._novograd import novograd as novograd
+from optimizers._novograd import scale_by_novograd as scale_by_novograd
 from optimizers._plateau import ReduceOnPlateauState as ReduceOnPlateauState
 from optimizers._plateau import reduce_on_plateau as reduce_on_plateau
 from optimizers._radam import ScaleByRadamState as ScaleByRadamState
@@ -51,6 +54,12 @@ from optimizers._scaling import AddDecayedWeightsState as AddDecayedWeightsState
 from optimizers._scaling import ScaleByLearningRateState as ScaleByLearningRateState
 from optimizers._scaling import add_decayed_weights as add_decayed_weights
 from optimizers._scaling import scale_by_learning_rate as scale_by_learning_rate
+from optimizers._trust_ratio import ScaleByLarsState as ScaleByLarsState
+from optimizers._trust_ratio import ScaleByTrustRatioState as ScaleByTrustRatioState
+from optimizers._trust_ratio import lamb as lamb
+from optimizers._trust_ratio import lars as lars
+from optimizers._trust_ratio import scale_by_lars as scale_by_lars
+from optimizers._trust_ratio import scale_by_trust_ratio as scale_by_trust_ratio
 
 __all__ = [
     "AddDecayedWeightsState",
@@ -63,11 +72,14 @@ __all__ = [
     "ScaleByAdamState",
     "ScaleByAdamaxState",
     "ScaleByAmsgradState",
+    "ScaleByLarsState",
     "ScaleByLearningRateState",
     "ScaleByNadamState",
+    "ScaleByNovogradState",
     "ScaleByRadamState",
     "ScaleByRmsState",
     "ScaleByRssState",
+    "ScaleByTrustRatioState",
     "SwaState",
     "TraceState",
     "adadelta",
@@ -83,8 +95,11 @@ __all__ = [
     "forward_value_and_grad",
     "get_hyperparams",
     "gradientless_descent",
+    "lamb",
+    "lars",
     "lookahead",
     "nadam",
+    "novograd",
     "radam",
     "recompute_batch_stats",
     "reduce_on_plateau",
@@ -93,11 +108,14 @@ __all__ = [
     "scale_by_adam",
     "scale_by_adamax",
     "scale_by_amsgrad",
+    "scale_by_lars",
     "scale_by_learning_rate",
     "scale_by_nadam",
+    "scale_by_novograd",
     "scale_by_radam",
     "scale_by_rms",
     "scale_by_rss",
+    "scale_by_trust_ratio",
     "set_hyperparams",
     "sgd",
     "slow_params",

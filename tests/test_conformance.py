@@ -27,7 +27,12 @@ KWARGS = {
     "adamax": dict(learning_rate=0.01),
     "adamw": dict(learning_rate=0.01, weight_decay=1e-4),
     "amsgrad": dict(learning_rate=0.01),
+    # A per-leaf trust ratio on the scalar leaves of Rosenbrock is a sign step of size
+    # lr |x|: these need a decaying learning rate to settle (LAMB also phi's lower bound).
+    "lamb": dict(learning_rate=lambda t: 0.01 * 0.9997**t, min_param_norm=0.1),
+    "lars": dict(learning_rate=lambda t: 50.0 * 0.9997**t, eps=1e-8),
     "nadam": dict(learning_rate=0.003),
+    "novograd": dict(learning_rate=lambda t: 0.01 * 0.9997**t),
     "radam": dict(learning_rate=0.01),
     "rmsprop": dict(learning_rate=1e-3),
     "scale_by_learning_rate": dict(learning_rate=2e-3),

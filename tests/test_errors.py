@@ -35,6 +35,9 @@ BAD = {
     "slow_step_size": [-0.1, 1.1, NAN],
     "start_step": [-1, NAN],
     "every": [0, NAN],
+    "trust_coefficient": [0.0, -0.1, NAN],
+    "min_param_norm": [-0.1, float("inf"), NAN],
+    "max_param_norm": [0.0, -1.0, NAN],
 }
 # Where one constructor gives a name another range than BAD's.
 OVERRIDES = {

@@ -1,0 +1,270 @@
+"""Layer-wise trust ratios (one per pytree leaf): the trust ratio itself, LARS and LAMB."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optimizers._adam import scale_by_adam
+from optimizers._hyperparams import _is_number, check_range, current_hyperparams, init_hyperparams
+from optimizers._momentum import trace
+from optimizers._scaling import MaskOrFn, _mask_tree, add_decayed_weights, scale_by_learning_rate
+from schedules import ScalarOrSchedule
+
+_INF = float("inf")
+
+
+def _norm(x, dtype):
+    """The L2 norm of a whole leaf, computed in ``dtype`` (or wider)."""
+    x = x.astype(jnp.promote_types(x.dtype, dtype))
+    return jnp.sqrt(jnp.sum(jnp.square(x)))
+
+
+def _ratio(coefficient, num, den, zero):
+    """``coefficient * num / den``, or 1 where ``zero`` (a zero norm), without dividing by zero."""
+    return jnp.where(zero, 1.0, coefficient * num / jnp.where(zero, 1.0, den))
+
+
+def _leaf_masks(mask: MaskOrFn, params):
+    """One boolean per leaf of ``params`` from a mask, a mask prefix or a function of params."""
+    return jax.tree.map(lambda on, p: jax.tree.map(lambda _: on, p), _mask_tree(mask, params), params)
+
+
+def _values(**values):
+    """The schedulable hyperparameters that are given (an ``eps`` of ``None`` is left out)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _check_eps(owner, eps):
+    if eps is not None:
+        check_range(owner, "eps", eps, 0.0, low_open=True)
+
+
+class ScaleByTrustRatioState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {"trust_coefficient": ...} and "eps" when one is given
+
+
+def scale_by_trust_ratio(trust_coefficient: ScalarOrSchedule = 1.0, eps: Optional[ScalarOrSchedule] = None,
+                         min_param_norm: float = 0.0, max_param_norm: float = _INF,
+                         mask: MaskOrFn = None) -> optax.GradientTransformation:
+    r"""Rescales each leaf's update by the trust ratio :math:`\eta\,\phi(\|\theta\|) / \|u\|`.
+
+    For every leaf (layer) :math:`\theta^{(i)}` with incoming update :math:`u^{(i)}`:
+
+    .. math::
+        \phi(z) = \min(\max(z, \gamma_l), \gamma_u), \quad
+        d^{(i)} = \frac{\eta\, \phi(\|\theta^{(i)}\|)}{\|u^{(i)}\| + \epsilon}\, u^{(i)},
+
+    and :math:`d^{(i)} = u^{(i)}` (ratio 1) where :math:`\phi(\|\theta^{(i)}\|) = 0` or
+    :math:`\|u^{(i)}\| = 0`, so zero-initialised leaves still move and nothing divides by
+    zero. Norms are Frobenius norms of the whole leaf.
+
+    The defaults (:math:`\eta = 1`, no :math:`\epsilon`, :math:`\phi(z) = z`) are LAMB's
+    ratio and ``optax.scale_by_trust_ratio()``. After :func:`trace` this is the table's
+    LARS row, :math:`\|\theta\| / \|m_t\|` applied to the momentum.
+
+    .. warning::
+        ``optax.scale_by_trust_ratio(min_norm=c)`` clips both norms from below by
+        :math:`c`; here only the parameter norm is clipped, by the paper's :math:`\phi`
+        (``min_param_norm``, ``max_param_norm``). With the defaults the two are equal.
+
+    Args:
+        trust_coefficient: :math:`\eta > 0`.
+        eps: :math:`\epsilon > 0` added to :math:`\|u\|`, or ``None`` for none.
+        min_param_norm: :math:`\gamma_l \ge 0`, lower clip of :math:`\|\theta\|`.
+        max_param_norm: :math:`\gamma_u > 0` (at least :math:`\gamma_l`), upper clip.
+        mask: leaves to rescale, as in :func:`add_decayed_weights`; ``False`` leaves pass
+            through unchanged (biases, norm scales).
+
+    References:
+        You, Li, Reddi et al., "Large Batch Optimization for Deep Learning: Training BERT in
+        76 minutes", ICLR 2020, Section 3.1 (:math:`\phi`) and Algorithm 2.
+    """
+    check_range("scale_by_trust_ratio", "trust_coefficient", trust_coefficient, 0.0, low_open=True)
+    _check_eps("scale_by_trust_ratio", eps)
+    check_range("scale_by_trust_ratio", "min_param_norm", min_param_norm, 0.0, _INF, high_open=True)
+    check_range("scale_by_trust_ratio", "max_param_norm", max_param_norm, 0.0, low_open=True)
+    if _is_number(min_param_norm) and _is_number(max_param_norm):
+        check_range("scale_by_trust_ratio", "max_param_norm", max_param_norm, min_param_norm)
+    values = _values(trust_coefficient=trust_coefficient, eps=eps)
+
+    def init_fn(params):
+        del params
+        return ScaleByTrustRatioState(jnp.zeros([], jnp.int32), init_hyperparams(**values))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("scale_by_trust_ratio: update needs params, got params=None")
+        hp = current_hyperparams(values, state.hyperparams, state.count)
+        coefficient = hp["trust_coefficient"]
+
+        def scale(u, p, on):
+            if not on:
+                return u
+            p_norm = jnp.clip(_norm(p, coefficient.dtype), min_param_norm, max_param_norm)
+            u_norm = _norm(u, coefficient.dtype)
+            ratio = _ratio(coefficient, p_norm, u_norm + hp.get("eps", 0.0), (p_norm == 0) | (u_norm == 0))
+            return (ratio * u).astype(u.dtype)
+
+        updates = jax.tree.map(scale, updates, params, _leaf_masks(mask, params))
+        return updates, ScaleByTrustRatioState(optax.safe_increment(state.count), hp)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class ScaleByLarsState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {"weight_decay": ..., "trust_coefficient": ...} and "eps" when given
+
+
+def scale_by_lars(weight_decay: ScalarOrSchedule = 0.0, trust_coefficient: ScalarOrSchedule = 0.001,
+                  eps: Optional[ScalarOrSchedule] = None, weight_decay_mask: MaskOrFn = None,
+                  trust_ratio_mask: MaskOrFn = None) -> optax.GradientTransformation:
+    r"""LARS's direction before the momentum: the decayed gradient times the local learning rate.
+
+    For every leaf (layer) :math:`w^{(i)}`, with :math:`\beta` the weight decay:
+
+    .. math::
+        \lambda^{(i)} = \frac{\eta\, \|w^{(i)}\|}{\|g^{(i)}\| + \beta \|w^{(i)}\| + \epsilon},
+        \quad d^{(i)} = \lambda^{(i)} (g^{(i)} + \beta w^{(i)}),
+
+    with :math:`\lambda^{(i)} = 1` where :math:`\|w^{(i)}\| = 0` or
+    :math:`\|g^{(i)}\| + \beta\|w^{(i)}\| = 0`. A leaf that ``weight_decay_mask`` leaves
+    out has :math:`\beta = 0` (in the ratio too); one that ``trust_ratio_mask`` leaves out
+    has :math:`\lambda = 1`.
+
+    .. warning::
+        The paper divides by :math:`\|g\| + \beta\|w\|`; ``optax.lars`` (decay, then
+        ``scale_by_trust_ratio``) divides by :math:`\|g + \beta w\|`, which is smaller
+        unless :math:`g` and :math:`w` are parallel. The two agree when
+        ``weight_decay=0``.
+
+    Args:
+        weight_decay: :math:`\beta \ge 0`.
+        trust_coefficient: :math:`\eta > 0` (the paper's LARS coefficient, 0.001).
+        eps: :math:`\epsilon > 0` added to the denominator, or ``None`` (the paper) for none.
+        weight_decay_mask: leaves to decay, as in :func:`add_decayed_weights`.
+        trust_ratio_mask: leaves to rescale; ``False`` leaves keep :math:`\lambda = 1`.
+
+    References:
+        You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks",
+        arXiv:1708.03888, 2017, Eq. (6) and Algorithm 1.
+    """
+    check_range("scale_by_lars", "weight_decay", weight_decay, 0.0)
+    check_range("scale_by_lars", "trust_coefficient", trust_coefficient, 0.0, low_open=True)
+    _check_eps("scale_by_lars", eps)
+    values = _values(weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps)
+
+    def init_fn(params):
+        del params
+        return ScaleByLarsState(jnp.zeros([], jnp.int32), init_hyperparams(**values))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("scale_by_lars: update needs params, got params=None")
+        hp = current_hyperparams(values, state.hyperparams, state.count)
+        beta, coefficient = hp["weight_decay"], hp["trust_coefficient"]
+
+        def scale(g, w, decay_on, ratio_on):
+            b = beta if decay_on else jnp.zeros_like(beta)
+            d = g + b * w
+            if ratio_on:
+                w_norm, g_norm = _norm(w, beta.dtype), _norm(g, beta.dtype)
+                den = g_norm + b * w_norm
+                d = _ratio(coefficient, w_norm, den + hp.get("eps", 0.0), (w_norm == 0) | (den == 0)) * d
+            return d.astype(g.dtype)
+
+        masks = _leaf_masks(weight_decay_mask, params), _leaf_masks(trust_ratio_mask, params)
+        updates = jax.tree.map(scale, updates, params, *masks)
+        return updates, ScaleByLarsState(optax.safe_increment(state.count), hp)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, weight_decay_mask: MaskOrFn = None,
+         trust_coefficient: ScalarOrSchedule = 0.001, eps: Optional[ScalarOrSchedule] = None,
+         trust_ratio_mask: MaskOrFn = None, momentum: ScalarOrSchedule = 0.9,
+         nesterov: bool = False) -> optax.GradientTransformation:
+    r"""LARS: momentum SGD on the layer-wise rescaled, decayed gradient (paper, Algorithm 1).
+
+    .. math::
+        m_t = \mu m_{t-1} + \gamma_t d_t, \quad \theta_t = \theta_{t-1} - m_t
+
+    with :math:`d_t` from :func:`scale_by_lars` (:math:`\eta\|w\|/(\|g\|+\beta\|w\|)`
+    applied to :math:`g + \beta w`) and :func:`trace`'s momentum (Nesterov optional).
+    The arguments are ``optax.lars``'s, in its order, with defaults that mean the same
+    (``None`` masks and ``eps`` for its ``True`` and ``0.0``).
+
+    .. warning::
+        * Document 003's table applies :math:`\|\theta\|/\|m_t\|` to the momentum instead,
+          after it: that is ``optax.chain(trace(momentum), scale_by_trust_ratio(),
+          scale_by_learning_rate(lr))``. The paper's form, here, rescales before it.
+        * The learning rate sits inside the momentum, as in the paper and ``optax.lars``;
+          ``torch.optim.SGD`` multiplies the buffer instead (:math:`\theta_t =
+          \theta_{t-1} - \gamma_t m_t`, :math:`m_t = \mu m_{t-1} + d_t`). The two are equal
+          for a constant learning rate; with a schedule PyTorch's form is
+          ``optax.chain(scale_by_lars(...), trace(momentum), scale_by_learning_rate(lr))``.
+        * With ``weight_decay > 0``, ``optax.lars`` divides by :math:`\|g + \beta w\|`
+          (see :func:`scale_by_lars`); equal when ``weight_decay=0``.
+
+    Args:
+        learning_rate: :math:`\gamma_t \ge 0`, a number or a schedule.
+        weight_decay, weight_decay_mask, trust_coefficient, eps, trust_ratio_mask: as in
+            :func:`scale_by_lars`.
+        momentum: :math:`\mu \in [0, 1)` (the table's 0.9).
+        nesterov: Nesterov momentum.
+
+    References:
+        You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks",
+        arXiv:1708.03888, 2017, Algorithm 1.
+    """
+    check_range("lars", "momentum", momentum, 0.0, 1.0, high_open=True)
+    return optax.chain(
+        scale_by_lars(weight_decay, trust_coefficient, eps, weight_decay_mask, trust_ratio_mask),
+        scale_by_learning_rate(learning_rate),
+        trace(momentum, nesterov),
+    )
+
+
+def lamb(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
+         eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = None,
+         trust_ratio_mask: MaskOrFn = None, min_param_norm: float = 0.0,
+         max_param_norm: float = _INF) -> optax.GradientTransformation:
+    r"""LAMB: Adam's direction plus decoupled decay, rescaled per leaf by :math:`\phi(\|\theta\|)/\|r\|`.
+
+    .. math::
+        r_t = \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon} + \lambda \theta_{t-1}, \quad
+        \theta_t = \theta_{t-1} - \gamma_t \frac{\phi(\|\theta_{t-1}\|)}{\|r_t\|} r_t
+        \ \text{(per leaf)}
+
+    :func:`scale_by_adam`, :func:`add_decayed_weights`, :func:`scale_by_trust_ratio`,
+    :func:`scale_by_learning_rate`. With ``weight_decay=0`` it is the table's LAMB row.
+
+    .. warning::
+        The table (and here) :math:`\epsilon = 10^{-8}`; ``optax.lamb`` defaults to
+        ``eps=1e-6``. optax has no ``trust_ratio_mask`` or :math:`\phi` bounds; with
+        ``eps`` equal and the other defaults the two are the same.
+
+    Args:
+        learning_rate: :math:`\gamma_t \ge 0`, a number or a schedule.
+        b1, b2, eps: as in :func:`scale_by_adam`.
+        weight_decay: decoupled decay :math:`\lambda \ge 0`.
+        mask: leaves to decay (optax's name), as in :func:`add_decayed_weights`.
+        trust_ratio_mask: leaves to rescale; others take plain AdamW steps.
+        min_param_norm, max_param_norm: the bounds of :math:`\phi` (identity by default),
+            as in :func:`scale_by_trust_ratio`.
+
+    References:
+        You, Li, Reddi et al., "Large Batch Optimization for Deep Learning: Training BERT in
+        76 minutes", ICLR 2020, Algorithm 2.
+    """
+    return optax.chain(
+        scale_by_adam(b1, b2, eps),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_trust_ratio(min_param_norm=min_param_norm, max_param_norm=max_param_norm, mask=trust_ratio_mask),
+        scale_by_learning_rate(learning_rate),
+    )
