@@ -16,6 +16,12 @@ from optimizers._adam import amsgrad as amsgrad
 from optimizers._adam import scale_by_adam as scale_by_adam
 from optimizers._adam import scale_by_adamax as scale_by_adamax
 from optimizers._adam import scale_by_amsgrad as scale_by_amsgrad
+from optimizers._adax import ScaleByAdaxState as ScaleByAdaxState
+from optimizers._adax import adax as adax
+from optimizers._adax import scale_by_adax as scale_by_adax
+from optimizers._amos import ScaleByAmosState as ScaleByAmosState
+from optimizers._amos import amos as amos
+from optimizers._amos import scale_by_amos as scale_by_amos
 from optimizers._averaging import EmaState as EmaState
 from optimizers._averaging import SwaState as SwaState
 from optimizers._averaging import averaged_params as averaged_params
@@ -23,6 +29,9 @@ from optimizers._averaging import ema as ema
 from optimizers._averaging import recompute_batch_stats as recompute_batch_stats
 from optimizers._averaging import swa as swa
 from optimizers._data_echoing import data_echoing as data_echoing
+from optimizers._funnelled_sgdm import ScaleByFunnelledSgdmState as ScaleByFunnelledSgdmState
+from optimizers._funnelled_sgdm import funnelled_sgdm as funnelled_sgdm
+from optimizers._funnelled_sgdm import scale_by_funnelled_sgdm as scale_by_funnelled_sgdm
 from optimizers._gradient_free import GradientlessDescent as GradientlessDescent
 from optimizers._gradient_free import GradientlessDescentState as GradientlessDescentState
 from optimizers._gradient_free import forward_value_and_grad as forward_value_and_grad
@@ -30,6 +39,9 @@ from optimizers._gradient_free import gradientless_descent as gradientless_desce
 from optimizers._gradient_free import zeroth_order_value_and_grad as zeroth_order_value_and_grad
 from optimizers._hyperparams import get_hyperparams as get_hyperparams
 from optimizers._hyperparams import set_hyperparams as set_hyperparams
+from optimizers._lion import ScaleByLionState as ScaleByLionState
+from optimizers._lion import lion as lion
+from optimizers._lion import scale_by_lion as scale_by_lion
 from optimizers._lookahead import LookaheadState as LookaheadState
 from optimizers._lookahead import lookahead as lookahead
 from optimizers._lookahead import slow_params as slow_params
@@ -50,6 +62,9 @@ from optimizers._radam import scale_by_radam as scale_by_radam
 from optimizers._rmsprop import ScaleByRmsState as ScaleByRmsState
 from optimizers._rmsprop import rmsprop as rmsprop
 from optimizers._rmsprop import scale_by_rms as scale_by_rms
+from optimizers._rprop import ScaleByRpropState as ScaleByRpropState
+from optimizers._rprop import rprop as rprop
+from optimizers._rprop import scale_by_rprop as scale_by_rprop
 from optimizers._scaling import AddDecayedWeightsState as AddDecayedWeightsState
 from optimizers._scaling import ScaleByLearningRateState as ScaleByLearningRateState
 from optimizers._scaling import add_decayed_weights as add_decayed_weights
@@ -71,13 +86,18 @@ __all__ = [
     "ScaleByAdadeltaState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
+    "ScaleByAdaxState",
+    "ScaleByAmosState",
     "ScaleByAmsgradState",
+    "ScaleByFunnelledSgdmState",
     "ScaleByLarsState",
     "ScaleByLearningRateState",
+    "ScaleByLionState",
     "ScaleByNadamState",
     "ScaleByNovogradState",
     "ScaleByRadamState",
     "ScaleByRmsState",
+    "ScaleByRpropState",
     "ScaleByRssState",
     "ScaleByTrustRatioState",
     "SwaState",
@@ -87,16 +107,20 @@ __all__ = [
     "adam",
     "adamax",
     "adamw",
+    "adax",
     "add_decayed_weights",
+    "amos",
     "amsgrad",
     "averaged_params",
     "data_echoing",
     "ema",
     "forward_value_and_grad",
+    "funnelled_sgdm",
     "get_hyperparams",
     "gradientless_descent",
     "lamb",
     "lars",
+    "lion",
     "lookahead",
     "nadam",
     "novograd",
@@ -104,16 +128,22 @@ __all__ = [
     "recompute_batch_stats",
     "reduce_on_plateau",
     "rmsprop",
+    "rprop",
     "scale_by_adadelta",
     "scale_by_adam",
     "scale_by_adamax",
+    "scale_by_adax",
+    "scale_by_amos",
     "scale_by_amsgrad",
+    "scale_by_funnelled_sgdm",
     "scale_by_lars",
     "scale_by_learning_rate",
+    "scale_by_lion",
     "scale_by_nadam",
     "scale_by_novograd",
     "scale_by_radam",
     "scale_by_rms",
+    "scale_by_rprop",
     "scale_by_rss",
     "scale_by_trust_ratio",
     "set_hyperparams",

@@ -23,18 +23,23 @@ import schedules
 KWARGS = {
     "adadelta": dict(learning_rate=lambda t: 0.9997**t),  # Adadelta needs a decay to settle
     "adagrad": dict(learning_rate=0.3),
+    "adax": dict(learning_rate=0.01),
     "adam": dict(learning_rate=0.01),
     "adamax": dict(learning_rate=0.01),
     "adamw": dict(learning_rate=0.01, weight_decay=1e-4),
+    "amos": dict(learning_rate=0.1, eta=1.0),
     "amsgrad": dict(learning_rate=0.01),
+    "funnelled_sgdm": dict(learning_rate=2e-3),
     # A per-leaf trust ratio on the scalar leaves of Rosenbrock is a sign step of size
     # lr |x|: these need a decaying learning rate to settle (LAMB also phi's lower bound).
     "lamb": dict(learning_rate=lambda t: 0.01 * 0.9997**t, min_param_norm=0.1),
     "lars": dict(learning_rate=lambda t: 50.0 * 0.9997**t, eps=1e-8),
+    "lion": dict(learning_rate=lambda t: 3e-3 * 0.9997**t, weight_decay=0.0),  # sign steps need a decay to settle
     "nadam": dict(learning_rate=0.003),
     "novograd": dict(learning_rate=lambda t: 0.01 * 0.9997**t),
     "radam": dict(learning_rate=0.01),
     "rmsprop": dict(learning_rate=1e-3),
+    "rprop": dict(learning_rate=0.01),
     "scale_by_learning_rate": dict(learning_rate=2e-3),
     "sgd": dict(learning_rate=2e-3, momentum=0.9),
 }

@@ -38,6 +38,18 @@ BAD = {
     "trust_coefficient": [0.0, -0.1, NAN],
     "min_param_norm": [-0.1, float("inf"), NAN],
     "max_param_norm": [0.0, -1.0, NAN],
+    "eta_plus": [1.0, 0.5, NAN],
+    "eta_minus": [0.0, 1.0, NAN],
+    "max_scale": [0.5, NAN],
+    "form": ["bogus"],
+    "xi": [-0.1, NAN],
+    "eta": [-0.1, NAN],
+    "beta": UNIT,
+    "c_coef": [-0.25, NAN],
+    "d_coef": [-0.25, NAN],
+    "granularity": ["bogus"],
+    "gamma_p": [-1e-3, NAN],
+    "gamma_s": [-1e-3, NAN],
 }
 # Where one constructor gives a name another range than BAD's.
 OVERRIDES = {

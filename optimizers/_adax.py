@@ -1,0 +1,95 @@
+"""AdaX: Adam with an exponentially growing long-term memory of squared gradients."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
+from optimizers._moments import ema, step_number
+from optimizers._scaling import scale_by_learning_rate
+from schedules import ScalarOrSchedule
+
+
+class ScaleByAdaxState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {"b1": ..., "b2": ..., "eps": ...}
+    mu: optax.Updates  # m_t
+    nu: optax.Updates  # the bias-corrected v_t / ((1+b2)^t - 1), not the raw v_t (see scale_by_adax)
+
+
+def _growth(b2, t):
+    r""":math:`(1+\beta_2)^t - 1`, without the cancellation of the direct formula in float32."""
+    return jnp.expm1(t * jnp.log1p(b2))
+
+
+def scale_by_adax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4, eps: ScalarOrSchedule = 1e-8,
+                  eps_on_raw_sqrt: bool = False) -> optax.GradientTransformation:
+    r"""AdaX's direction.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+        v_t = (1+\beta_2) v_{t-1} + \beta_2 g_t^2, \quad
+        \hat v_t = \frac{v_t}{(1+\beta_2)^t - 1}, \quad
+        u_t = \frac{m_t}{\sqrt{\hat v_t} + \epsilon}
+
+    as in the paper and document 003's table (:math:`m_t` is not bias-corrected). The state
+    keeps :math:`\hat v_t`, updated as
+    :math:`\hat v_t = \hat v_{t-1} + w_t (g_t^2 - \hat v_{t-1})` with
+    :math:`w_t = \beta_2 / ((1+\beta_2)^t - 1)`, which is the same recurrence divided by
+    :math:`(1+\beta_2)^t - 1`: the raw :math:`v_t` grows like :math:`(1+\beta_2)^t` and
+    overflows float32 after :math:`88.7 / \log(1+\beta_2)` steps (887k at the default);
+    :math:`\hat v_t` does not. :math:`(1+\beta_2)^t - 1` is computed as
+    :math:`\operatorname{expm1}(t \log1p(\beta_2))`.
+
+    .. warning::
+        The authors' code (switchablenorms/AdaX) adds :math:`\epsilon` to the raw
+        :math:`\sqrt{v_t}`, that is
+        :math:`u_t = m_t \sqrt{(1+\beta_2)^t - 1} / (\sqrt{v_t} + \epsilon)`: set
+        ``eps_on_raw_sqrt=True`` (their default :math:`\epsilon` is ``1e-12``; their ``AdaX``
+        also adds an L2 term ``5e-4 * theta`` to the gradient, and ``AdaXW`` a decoupled decay,
+        which :func:`add_decayed_weights` gives before or after this transform). Neither optax
+        nor PyTorch has AdaX.
+
+    Args:
+        b1: :math:`\beta_1 \in [0, 1)` (0.9).
+        b2: :math:`\beta_2 \in (0, 1)` (1e-4).
+        eps: :math:`\epsilon > 0` (1e-8).
+        eps_on_raw_sqrt: add :math:`\epsilon` to :math:`\sqrt{v_t}` before the correction.
+
+    References:
+        Li et al., "AdaX: Adaptive Gradient Descent with Exponential Long Term Memory",
+        arXiv:2004.09740, 2020, Algorithm 2.
+    """
+    check_range("scale_by_adax", "b1", b1, 0.0, 1.0, high_open=True)
+    check_range("scale_by_adax", "b2", b2, 0.0, 1.0, low_open=True, high_open=True)
+    check_range("scale_by_adax", "eps", eps, 0.0, low_open=True)
+
+    def init_fn(params):
+        return ScaleByAdaxState(jnp.zeros([], jnp.int32), init_hyperparams(b1=b1, b2=b2, eps=eps),
+                                optax.tree.zeros_like(params), optax.tree.zeros_like(params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        hp = current_hyperparams(dict(b1=b1, b2=b2, eps=eps), state.hyperparams, state.count)
+        growth = _growth(hp["b2"], step_number(state.count, hp["b2"].dtype))
+        w = hp["b2"] / growth
+        m = ema(updates, state.mu, hp["b1"])
+        v = jax.tree.map(lambda g, s: (s + w * (g * g - s)).astype(s.dtype), updates, state.nu)
+        eps_hat = hp["eps"] / jnp.sqrt(growth) if eps_on_raw_sqrt else hp["eps"]
+        out = jax.tree.map(lambda g, a, b: (a / (jnp.sqrt(b) + eps_hat)).astype(g.dtype), updates, m, v)
+        return out, ScaleByAdaxState(optax.safe_increment(state.count), hp, m, v)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def adax(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4,
+         eps: ScalarOrSchedule = 1e-8, eps_on_raw_sqrt: bool = False) -> optax.GradientTransformation:
+    r"""AdaX: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_adax`).
+
+    ``eps_on_raw_sqrt=True, eps=1e-12`` gives the authors' ``AdaX(weight_decay=0)``.
+    """
+    return optax.chain(scale_by_adax(b1, b2, eps, eps_on_raw_sqrt), scale_by_learning_rate(learning_rate))

@@ -1,0 +1,86 @@
+"""Lion: the sign of an interpolated momentum, with decoupled weight decay."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
+from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
+from schedules import ScalarOrSchedule
+
+
+class ScaleByLionState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {"b1": ..., "b2": ...}
+    mu: optax.Updates  # m_t, same tree and dtype as params
+
+
+def scale_by_lion(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.99) -> optax.GradientTransformation:
+    r"""Lion's direction: the sign of an interpolation of the momentum and the gradient.
+
+    .. math::
+        u_t = \operatorname{sign}\bigl(\beta_1 m_{t-1} + (1-\beta_1) g_t\bigr), \qquad
+        m_t = \beta_2 m_{t-1} + (1-\beta_2) g_t
+
+    with :math:`m_0 = 0` and :math:`\operatorname{sign}(0) = 0`. The update uses the momentum
+    *before* it takes in :math:`g_t`; the momentum decays more slowly (:math:`\beta_2`) than the
+    interpolation (:math:`\beta_1`). The same as ``optax.scale_by_lion`` (``mode="hard"``).
+
+    Args:
+        b1: interpolation :math:`\beta_1 \in [0, 1)` (0.9).
+        b2: momentum decay :math:`\beta_2 \in [0, 1)` (0.99).
+
+    References:
+        Chen et al., "Symbolic Discovery of Optimization Algorithms", NeurIPS 2023, Program 1.
+    """
+    check_range("scale_by_lion", "b1", b1, 0.0, 1.0, high_open=True)
+    check_range("scale_by_lion", "b2", b2, 0.0, 1.0, high_open=True)
+
+    def init_fn(params):
+        return ScaleByLionState(jnp.zeros([], jnp.int32), init_hyperparams(b1=b1, b2=b2),
+                                optax.tree.zeros_like(params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        hp = current_hyperparams(dict(b1=b1, b2=b2), state.hyperparams, state.count)
+        out = jax.tree.map(lambda g, m: jnp.sign(hp["b1"] * m + (1 - hp["b1"]) * g).astype(g.dtype),
+                           updates, state.mu)
+        mu = jax.tree.map(lambda g, m: (hp["b2"] * m + (1 - hp["b2"]) * g).astype(m.dtype), updates, state.mu)
+        return out, ScaleByLionState(optax.safe_increment(state.count), hp, mu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def lion(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.99,
+         weight_decay: ScalarOrSchedule = 1.0, mask: MaskOrFn = None) -> optax.GradientTransformation:
+    r"""Lion: :math:`\theta_t = \theta_{t-1} - \gamma_t (u_t + \lambda \theta_{t-1})`.
+
+    :math:`u_t` from :func:`scale_by_lion`; the decay is decoupled and multiplied by the
+    learning rate, as in the paper's Program 1, document 003's table and ``optax.lion``.
+
+    .. warning::
+        The default ``weight_decay=1.0`` is the table's; ``optax.lion`` defaults to ``1e-3``
+        and pytorch-optimizer's ``Lion`` to ``0``. The paper gives no default; it advises a
+        learning rate 3-10x smaller and a decay 3-10x larger than AdamW's, so that
+        :math:`\gamma\lambda` stays about the same. The table writes the decay on
+        :math:`\theta_t`; it is the parameter before the update, :math:`\theta_{t-1}`, in the
+        paper and here.
+
+    Args:
+        learning_rate: :math:`\gamma_t \ge 0`, a number or a schedule.
+        b1, b2: as in :func:`scale_by_lion`.
+        weight_decay: :math:`\lambda \ge 0` (1.0).
+        mask: which leaves are decayed (see :func:`add_decayed_weights`).
+
+    References:
+        Chen et al., "Symbolic Discovery of Optimization Algorithms", NeurIPS 2023, Program 1.
+    """
+    return optax.chain(
+        scale_by_lion(b1, b2),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )

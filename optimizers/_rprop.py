@@ -1,0 +1,116 @@
+"""Rprop: per-element step sizes adapted from the signs of successive gradients."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optimizers._hyperparams import check_range, init_hyperparams
+from optimizers._scaling import scale_by_learning_rate
+from schedules import ScalarOrSchedule
+
+_FORMS = ("table", "torch")
+
+
+class ScaleByRpropState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {}: the factors and bounds are static
+    step_size: optax.Updates  # zeta_t, per element, in units of the learning rate (starts at 1)
+    prev_grad: optax.Updates  # g_{t-1} (set to 0 after a sign change in the "torch" form)
+
+
+def _check(owner, eta_plus, eta_minus, min_scale, max_scale, form):
+    check_range(owner, "eta_plus", eta_plus, 1.0, low_open=True)
+    check_range(owner, "eta_minus", eta_minus, 0.0, 1.0, low_open=True, high_open=True)
+    check_range(owner, "min_scale", min_scale, 0.0, 1.0, low_open=True)
+    check_range(owner, "max_scale", max_scale, 1.0)
+    if form not in _FORMS:
+        raise ValueError(f"{owner}: form must be one of {_FORMS}, got {form!r}")
+
+
+def scale_by_rprop(eta_plus: float = 1.2, eta_minus: float = 0.5, min_scale: float = 1e-4,
+                   max_scale: float = 5e3, form: str = "table") -> optax.GradientTransformation:
+    r"""Rprop's step: a per-element step size times the sign of the gradient.
+
+    ``form="table"`` (document 003's table; Rprop- of Igel & Hüsken):
+
+    .. math::
+        \zeta_t = \begin{cases}
+            \min(\eta_+ \zeta_{t-1}, \zeta_{max}) & g_{t-1} g_t > 0 \\
+            \max(\eta_- \zeta_{t-1}, \zeta_{min}) & g_{t-1} g_t < 0 \\
+            \zeta_{t-1} & g_{t-1} g_t = 0
+        \end{cases}, \qquad u_t = \zeta_t \operatorname{sign}(g_t)
+
+    ``form="torch"`` (``torch.optim.Rprop``; iRprop- of Igel & Hüsken): the same step sizes,
+    but after a sign change the gradient is taken as 0: no step at :math:`t`, and
+    :math:`g_t = 0` is remembered, so :math:`\zeta` is kept at :math:`t+1`. (PyTorch also
+    clips :math:`\zeta` when :math:`g_{t-1} g_t = 0`; as :math:`\zeta_0 = 1` must lie within
+    the bounds, :math:`\zeta` never leaves them and that clip changes nothing.)
+
+    :math:`g_0 = 0`, :math:`\zeta_0 = 1`. The step sizes are in units of whatever multiplies
+    this transform's output: in :func:`rprop` the learning rate :math:`\gamma`, which is then
+    the initial step size :math:`\Delta_0` and the actual step sizes are
+    :math:`\Delta_t = \gamma_t \zeta_t \in [\gamma\zeta_{min}, \gamma\zeta_{max}]`.
+
+    .. warning::
+        The 1993 paper also reverts the previous step after a sign change
+        (weight-backtracking, Rprop+); neither form here does. ``optax.scale_by_rprop`` takes
+        the initial step size as ``learning_rate``, keeps the step size (no clip) when
+        :math:`g_{t-1} g_t = 0`, and returns the *previous* step's update (its first update
+        is 0), so it matches neither form. PyTorch's absolute bounds
+        ``step_sizes=(a, b)`` are ``min_scale=a/lr, max_scale=b/lr`` here.
+
+    Args:
+        eta_plus: growth factor :math:`\eta_+ > 1` (1.2).
+        eta_minus: shrink factor :math:`\eta_- \in (0, 1)` (0.5).
+        min_scale: :math:`\zeta_{min} \in (0, 1]` (1e-4: PyTorch's 1e-6 at its ``lr=0.01``).
+        max_scale: :math:`\zeta_{max} \ge 1` (5e3: PyTorch's 50 at ``lr=0.01``).
+        form: ``"table"`` or ``"torch"``.
+
+    References:
+        Riedmiller & Braun, "A Direct Adaptive Method for Faster Backpropagation Learning:
+        The RPROP Algorithm", IEEE ICNN 1993 (the update-values
+        :math:`\Delta_{ij}` and the weight-update); Igel & Hüsken, "Improving the Rprop
+        Learning Algorithm", NC 2000 (Rprop-, iRprop-).
+    """
+    _check("scale_by_rprop", eta_plus, eta_minus, min_scale, max_scale, form)
+    torch_form = form == "torch"
+
+    def init_fn(params):
+        return ScaleByRpropState(jnp.zeros([], jnp.int32), init_hyperparams(),
+                                 optax.tree.ones_like(params), optax.tree.zeros_like(params))
+
+    def new_scale(s, z):
+        return jnp.clip(z * jnp.where(s > 0, eta_plus, jnp.where(s < 0, eta_minus, 1.0)), min_scale, max_scale)
+
+    def update_fn(updates, state, params=None):
+        del params
+        signs = jax.tree.map(lambda g, p: jnp.sign(g) * jnp.sign(p), updates, state.prev_grad)
+        zeta = jax.tree.map(lambda s, z: new_scale(s, z).astype(z.dtype), signs, state.step_size)
+        if torch_form:
+            grads = jax.tree.map(lambda s, g: jnp.where(s < 0, jnp.zeros_like(g), g), signs, updates)
+        else:
+            grads = updates
+        out = jax.tree.map(lambda g, z: (z * jnp.sign(g)).astype(g.dtype), grads, zeta)
+        prev = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.prev_grad)
+        return out, ScaleByRpropState(optax.safe_increment(state.count), state.hyperparams, zeta, prev)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def rprop(learning_rate: ScalarOrSchedule, eta_plus: float = 1.2, eta_minus: float = 0.5,
+          min_scale: float = 1e-4, max_scale: float = 5e3, form: str = "table") -> optax.GradientTransformation:
+    r"""Rprop: :math:`\theta_t = \theta_{t-1} - \gamma_t \zeta_t \operatorname{sign}(g_t)`.
+
+    :math:`\zeta_t` from :func:`scale_by_rprop`. The learning rate is the initial step size
+    (PyTorch's ``lr``) and the unit of every step size: with a constant :math:`\gamma`,
+    ``rprop(lr, min_scale=a/lr, max_scale=b/lr, form="torch")`` is
+    ``torch.optim.Rprop(lr=lr, step_sizes=(a, b))``; a schedule rescales all step sizes at
+    once (and ``0`` freezes the parameters).
+    """
+    _check("rprop", eta_plus, eta_minus, min_scale, max_scale, form)
+    return optax.chain(scale_by_rprop(eta_plus, eta_minus, min_scale, max_scale, form),
+                       scale_by_learning_rate(learning_rate))
