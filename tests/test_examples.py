@@ -1,5 +1,6 @@
 """The examples run and learn (short runs; the full runs are the README's commands)."""
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,10 @@ def test_main_example_writes_its_table_and_figures(tmp_path):
     table = (tmp_path / "results.md").read_text()
     for recipe in ("(a) AdamW + one-cycle", "(b) SGD + CLR", "(c) SGD + SGDR", "(d) Adam"):
         assert recipe in table
-    rows = (tmp_path / "results.csv").read_text().splitlines()
-    assert len(rows) == 5 and rows[0].startswith("recipe,final_mean")
-    accuracies = [float(r.split(",")[1]) for r in rows[1:]]
+    with open(tmp_path / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    accuracies = [float(r["final_mean"]) for r in rows]
     assert min(accuracies) > 0.3  # 40 steps already learn (chance is 0.1)
     for figure in ("val_accuracy.png", "lr_finder_adamw.png", "lr_finder_sgd.png"):
         assert (tmp_path / figure).read_bytes()[:4] == b"\x89PNG"
