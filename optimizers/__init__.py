@@ -3,6 +3,15 @@
 from optimizers._adadelta import ScaleByAdadeltaState as ScaleByAdadeltaState
 from optimizers._adadelta import adadelta as adadelta
 from optimizers._adadelta import scale_by_adadelta as scale_by_adadelta
+from optimizers._adafactor import ClipByBlockRmsState as ClipByBlockRmsState
+from optimizers._adafactor import ScaleByFactoredRmsState as ScaleByFactoredRmsState
+from optimizers._adafactor import ScaleByParamBlockRmsState as ScaleByParamBlockRmsState
+from optimizers._adafactor import ScaleByRelativeStepState as ScaleByRelativeStepState
+from optimizers._adafactor import adafactor as adafactor
+from optimizers._adafactor import clip_by_block_rms as clip_by_block_rms
+from optimizers._adafactor import scale_by_factored_rms as scale_by_factored_rms
+from optimizers._adafactor import scale_by_param_block_rms as scale_by_param_block_rms
+from optimizers._adafactor import scale_by_relative_step as scale_by_relative_step
 from optimizers._adagrad import ScaleByRssState as ScaleByRssState
 from optimizers._adagrad import adagrad as adagrad
 from optimizers._adagrad import scale_by_rss as scale_by_rss
@@ -29,6 +38,8 @@ from optimizers._averaging import ema as ema
 from optimizers._averaging import recompute_batch_stats as recompute_batch_stats
 from optimizers._averaging import swa as swa
 from optimizers._data_echoing import data_echoing as data_echoing
+from optimizers._ema import ScaleByEmaState as ScaleByEmaState
+from optimizers._ema import scale_by_ema as scale_by_ema
 from optimizers._funnelled_sgdm import ScaleByFunnelledSgdmState as ScaleByFunnelledSgdmState
 from optimizers._funnelled_sgdm import funnelled_sgdm as funnelled_sgdm
 from optimizers._funnelled_sgdm import scale_by_funnelled_sgdm as scale_by_funnelled_sgdm
@@ -69,6 +80,9 @@ from optimizers._scaling import AddDecayedWeightsState as AddDecayedWeightsState
 from optimizers._scaling import ScaleByLearningRateState as ScaleByLearningRateState
 from optimizers._scaling import add_decayed_weights as add_decayed_weights
 from optimizers._scaling import scale_by_learning_rate as scale_by_learning_rate
+from optimizers._sm3 import ScaleBySm3State as ScaleBySm3State
+from optimizers._sm3 import scale_by_sm3 as scale_by_sm3
+from optimizers._sm3 import sm3 as sm3
 from optimizers._trust_ratio import ScaleByLarsState as ScaleByLarsState
 from optimizers._trust_ratio import ScaleByTrustRatioState as ScaleByTrustRatioState
 from optimizers._trust_ratio import lamb as lamb
@@ -78,6 +92,7 @@ from optimizers._trust_ratio import scale_by_trust_ratio as scale_by_trust_ratio
 
 __all__ = [
     "AddDecayedWeightsState",
+    "ClipByBlockRmsState",
     "EmaState",
     "GradientlessDescent",
     "GradientlessDescentState",
@@ -89,20 +104,26 @@ __all__ = [
     "ScaleByAdaxState",
     "ScaleByAmosState",
     "ScaleByAmsgradState",
+    "ScaleByEmaState",
+    "ScaleByFactoredRmsState",
     "ScaleByFunnelledSgdmState",
     "ScaleByLarsState",
     "ScaleByLearningRateState",
     "ScaleByLionState",
     "ScaleByNadamState",
     "ScaleByNovogradState",
+    "ScaleByParamBlockRmsState",
     "ScaleByRadamState",
+    "ScaleByRelativeStepState",
     "ScaleByRmsState",
     "ScaleByRpropState",
     "ScaleByRssState",
+    "ScaleBySm3State",
     "ScaleByTrustRatioState",
     "SwaState",
     "TraceState",
     "adadelta",
+    "adafactor",
     "adagrad",
     "adam",
     "adamax",
@@ -112,6 +133,7 @@ __all__ = [
     "amos",
     "amsgrad",
     "averaged_params",
+    "clip_by_block_rms",
     "data_echoing",
     "ema",
     "forward_value_and_grad",
@@ -135,20 +157,26 @@ __all__ = [
     "scale_by_adax",
     "scale_by_amos",
     "scale_by_amsgrad",
+    "scale_by_ema",
+    "scale_by_factored_rms",
     "scale_by_funnelled_sgdm",
     "scale_by_lars",
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_nadam",
     "scale_by_novograd",
+    "scale_by_param_block_rms",
     "scale_by_radam",
+    "scale_by_relative_step",
     "scale_by_rms",
     "scale_by_rprop",
     "scale_by_rss",
+    "scale_by_sm3",
     "scale_by_trust_ratio",
     "set_hyperparams",
     "sgd",
     "slow_params",
+    "sm3",
     "swa",
     "trace",
     "zeroth_order_value_and_grad",

@@ -22,6 +22,7 @@ import schedules
 
 KWARGS = {
     "adadelta": dict(learning_rate=lambda t: 0.9997**t),  # Adadelta needs a decay to settle
+    "adafactor": dict(learning_rate=0.1, b1=0.9),  # without momentum Rosenbrock stalls at (0.958, 0.928)
     "adagrad": dict(learning_rate=0.3),
     "adax": dict(learning_rate=0.01),
     "adam": dict(learning_rate=0.01),
@@ -41,7 +42,9 @@ KWARGS = {
     "rmsprop": dict(learning_rate=1e-3),
     "rprop": dict(learning_rate=0.01),
     "scale_by_learning_rate": dict(learning_rate=2e-3),
+    "scale_by_relative_step": dict(learning_rate=2e-3),
     "sgd": dict(learning_rate=2e-3, momentum=0.9),
+    "sm3": dict(learning_rate=0.3),
 }
 ALIASES = sorted(n for n in optimizers.__all__
                  if "learning_rate" in inspect.signature(getattr(optimizers, n)).parameters)

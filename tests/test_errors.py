@@ -50,12 +50,19 @@ BAD = {
     "granularity": ["bogus"],
     "gamma_p": [-1e-3, NAN],
     "gamma_s": [-1e-3, NAN],
+    "decay_rate": [-0.1, 1.5, NAN],
+    "clipping_threshold": [0.5, NAN],
+    "min_dim_size_to_factor": [0, NAN],
+    "eps_root": [-1e-8, NAN],
+    "variant": ["III"],
 }
 # Where one constructor gives a name another range than BAD's.
 OVERRIDES = {
     ("reduce_on_plateau", "eps"): [-1e-8, NAN],  # the smallest applied change of the scale: 0 is fine
     ("reduce_on_plateau", "threshold"): [-1e-4, NAN],
     ("ema", "decay"): [-0.1, 1.1, NAN],  # 1 (a frozen average) is allowed
+    ("adafactor", "min_scale"): [-1e-3, 0.0, NAN],  # Adafactor's eps2: any positive number
+    ("scale_by_param_block_rms", "min_scale"): [-1e-3, 0.0, NAN],
 }
 CONSTRUCTORS = sorted(n for n in optimizers.__all__
                       if "GradientTransformation" in str(inspect.signature(getattr(optimizers, n)).return_annotation))

@@ -1,0 +1,289 @@
+r"""Adafactor: factored second moments, update clipping, and steps relative to the parameter scale.
+
+The pieces, each a transform, in the order :func:`adafactor` chains them:
+
+1. :func:`scale_by_factored_rms`: :math:`U_t = G_t / \sqrt{\hat V_t}` (Algorithms 4 and 5);
+2. :func:`clip_by_block_rms`: :math:`\hat U_t = U_t / \max(1, \mathrm{RMS}(U_t)/d)` (Section 6);
+3. :func:`scale_by_param_block_rms`: times :math:`\max(\epsilon_2, \mathrm{RMS}(X_{t-1}))` (Section 8);
+4. the optional first moment, :func:`~optimizers._ema.scale_by_ema`;
+5. :func:`scale_by_relative_step`: times :math:`-\rho_t = -\min(\gamma_t, 1/\sqrt t)` (Section 8),
+   or :func:`scale_by_learning_rate` for an absolute step.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optimizers._ema import scale_by_ema
+from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams, is_zero
+from optimizers._moments import step_number
+from optimizers._scaling import scale_by_learning_rate
+from schedules import ScalarOrSchedule
+
+
+def _rms(x, dtype):
+    """The root mean square of a whole leaf, computed in ``dtype`` (or wider)."""
+    x = x.astype(jnp.promote_types(x.dtype, dtype))
+    return jnp.sqrt(jnp.mean(jnp.square(x)))
+
+
+def _zeros_without(p, axis):
+    """Zeros shaped like ``p`` reduced over ``axis`` (keeping ``p``'s sharding), in ``p``'s dtype."""
+    return jnp.zeros_like(jax.eval_shape(lambda x: jnp.mean(x, axis=axis), p))
+
+
+class ScaleByFactoredRmsState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {}: decay_rate and eps are constants of the algorithm
+    v_row: optax.Updates  # factored leaves: R_t / m, shape p.shape[:-1]; other leaves: empty (0,)
+    v_col: optax.Updates  # factored leaves: C_t / n, shape p.shape[:-2] + p.shape[-1:]; others: empty (0,)
+    v: optax.Updates  # other leaves: V_t, shape p.shape; factored leaves: empty (0,)
+
+
+def scale_by_factored_rms(decay_rate: float = 0.8, eps: float = 1e-30, min_dim_size_to_factor: int = 128,
+                          factored: bool = True) -> optax.GradientTransformation:
+    r"""Divides by the root of a factored (rows x columns) moving average of squared gradients.
+
+    With :math:`\hat\beta_{2,t} = 1 - t^{-c}` and, for a leaf whose last two dims
+    (:math:`n \times m`) are both at least ``min_dim_size_to_factor``:
+
+    .. math::
+        R_t = \hat\beta_{2,t} R_{t-1} + (1-\hat\beta_{2,t}) (G_t^2 + \epsilon_1) 1_m, \quad
+        C_t = \hat\beta_{2,t} C_{t-1} + (1-\hat\beta_{2,t}) 1_n^\top (G_t^2 + \epsilon_1), \quad
+        \hat V_t = \frac{R_t C_t}{1_n^\top R_t}, \quad U_t = \frac{G_t}{\sqrt{\hat V_t}}
+
+    (leading dims are a batch of matrices); for every other leaf (vectors, scalars, small
+    matrices) the full :math:`\hat V_t = \hat\beta_{2,t} \hat V_{t-1} + (1-\hat\beta_{2,t})
+    (G_t^2 + \epsilon_1)`. The state keeps row and column means (:math:`R_t/m`,
+    :math:`C_t/n`), which give the same :math:`\hat V_t` as the paper's sums: a
+    ``(1024, 512)`` matrix keeps 1024 + 512 numbers. :math:`\hat\beta_{2,1} = 0`, so no bias
+    correction is needed. Which leaves are factored is fixed at ``init``.
+
+    .. warning::
+        ``optax.scale_by_factored_rms`` factors the two *largest* dims of a leaf; this one the
+        last two (as ``torch.optim.Adafactor``): the same for matrices, different for e.g. a
+        ``(256, 3, 256)`` kernel (optax factors it, this keeps a full moment). optax computes
+        :math:`\hat\beta_{2,t}` in float32 even under ``jax_enable_x64``.
+        ``torch.optim.Adafactor`` factors every leaf of rank >= 2
+        (``min_dim_size_to_factor=1`` here) and clamps :math:`\hat V_t \ge \epsilon_1^2`
+        instead of adding :math:`\epsilon_1` to :math:`G_t^2` (as the paper and optax do); the
+        two differ only for gradients of magnitude near :math:`\sqrt{\epsilon_1}`.
+
+    Args:
+        decay_rate: :math:`c \in [0, 1]`, the exponent of :math:`\hat\beta_{2,t}` (0.8).
+        eps: :math:`\epsilon_1 > 0` added to :math:`G_t^2` (:math:`10^{-30}`).
+        min_dim_size_to_factor: factor only when both of the last two dims are at least this
+            (``>= 1``; 128 as optax).
+        factored: ``False`` keeps full second moments for every leaf.
+
+    References:
+        Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
+        ICML 2018, Algorithms 4 (matrices) and 5 (other tensors), Section 7 (:math:`\hat\beta_{2,t}`).
+    """
+    owner = "scale_by_factored_rms"
+    check_range(owner, "decay_rate", decay_rate, 0.0, 1.0)
+    check_range(owner, "eps", eps, 0.0, low_open=True)
+    check_range(owner, "min_dim_size_to_factor", min_dim_size_to_factor, 1)
+
+    def init_fn(params):
+        def init_leaf(p):
+            if factored and p.ndim >= 2 and min(p.shape[-2:]) >= min_dim_size_to_factor:
+                return _zeros_without(p, -1), _zeros_without(p, -2), jnp.zeros((0,), p.dtype)
+            empty = jnp.zeros((0,), p.dtype)
+            return empty, empty, jnp.zeros_like(p)
+
+        moments = jax.tree.map(init_leaf, params)
+        pick = [jax.tree.map(lambda _, s, i=i: s[i], params, moments) for i in range(3)]
+        return ScaleByFactoredRmsState(jnp.zeros([], jnp.int32), init_hyperparams(), *pick)
+
+    def update_fn(updates, state, params=None):
+        del params
+        t = step_number(state.count, float_dtype())
+        beta = 1 - t ** (-jnp.asarray(decay_rate, t.dtype))
+
+        def update_leaf(g, r, c, v):
+            x = g.astype(jnp.promote_types(g.dtype, t.dtype))
+            g2 = jnp.square(x) + eps
+            if v.shape != g.shape:  # factored at init
+                r = (beta * r + (1 - beta) * jnp.mean(g2, axis=-1)).astype(r.dtype)
+                c = (beta * c + (1 - beta) * jnp.mean(g2, axis=-2)).astype(c.dtype)
+                rr, cc = r.astype(x.dtype), c.astype(x.dtype)
+                row = rr / jnp.mean(rr, axis=-1, keepdims=True)
+                u = x * jax.lax.rsqrt(row)[..., None] * jax.lax.rsqrt(cc)[..., None, :]
+            else:
+                v = (beta * v + (1 - beta) * g2).astype(v.dtype)
+                u = x * jax.lax.rsqrt(v.astype(x.dtype))
+            return u.astype(g.dtype), r, c, v
+
+        out = jax.tree.map(update_leaf, updates, state.v_row, state.v_col, state.v)
+        u, r, c, v = [jax.tree.map(lambda _, o, i=i: o[i], updates, out) for i in range(4)]
+        return u, ScaleByFactoredRmsState(optax.safe_increment(state.count), state.hyperparams, r, c, v)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class ClipByBlockRmsState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {}: the threshold is a constant
+
+
+def clip_by_block_rms(clipping_threshold: float = 1.0) -> optax.GradientTransformation:
+    r"""Update clipping: scales each leaf down to a root mean square of at most :math:`d`.
+
+    .. math::
+        \hat U_t = \frac{U_t}{\max(1, \mathrm{RMS}(U_t) / d)}, \qquad
+        \mathrm{RMS}(U) = \sqrt{\operatorname{mean}(U^2)}
+
+    The same as ``optax.clip_by_block_rms``. Document 003's table writes :math:`\|u_t\|`;
+    the paper, optax and PyTorch use the root mean square.
+
+    Args:
+        clipping_threshold: :math:`d \ge 1` (1).
+
+    References:
+        Shazeer & Stern, ICML 2018, Section 6 (update clipping).
+    """
+    check_range("clip_by_block_rms", "clipping_threshold", clipping_threshold, 1.0)
+
+    def update_fn(updates, state, params=None):
+        del params
+        dtype = float_dtype()
+        updates = jax.tree.map(
+            lambda u: (u / jnp.maximum(1.0, _rms(u, dtype) / clipping_threshold)).astype(u.dtype), updates)
+        return updates, ClipByBlockRmsState(optax.safe_increment(state.count), state.hyperparams)
+
+    return optax.GradientTransformation(
+        lambda params: ClipByBlockRmsState(jnp.zeros([], jnp.int32), init_hyperparams()), update_fn)
+
+
+class ScaleByParamBlockRmsState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {}: the floor is a constant
+
+
+def scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransformation:
+    r"""Multiplies each leaf by the scale of its parameters, floored at :math:`\epsilon_2`.
+
+    .. math::
+        d_t = \max\bigl(\epsilon_2, \mathrm{RMS}(X_{t-1})\bigr)\, \hat U_t
+
+    so that the learning rate is a *relative* step; the floor lets zero-initialised leaves
+    move. The same as ``optax.scale_by_param_block_rms``; document 003's table writes
+    :math:`\|\theta_{t-1}\|` for the root mean square.
+
+    Args:
+        min_scale: :math:`\epsilon_2 > 0` (:math:`10^{-3}`).
+
+    References:
+        Shazeer & Stern, ICML 2018, Section 8 (relative step size), Algorithms 4 and 5.
+    """
+    check_range("scale_by_param_block_rms", "min_scale", min_scale, 0.0, low_open=True)
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("scale_by_param_block_rms: update needs params, got params=None")
+        dtype = float_dtype()
+        updates = jax.tree.map(lambda u, p: (u * jnp.maximum(min_scale, _rms(p, dtype))).astype(u.dtype),
+                               updates, params)
+        return updates, ScaleByParamBlockRmsState(optax.safe_increment(state.count), state.hyperparams)
+
+    return optax.GradientTransformation(
+        lambda params: ScaleByParamBlockRmsState(jnp.zeros([], jnp.int32), init_hyperparams()), update_fn)
+
+
+class ScaleByRelativeStepState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {"learning_rate": gamma of the latest update}
+
+
+def scale_by_relative_step(learning_rate: ScalarOrSchedule = 1e-2) -> optax.GradientTransformation:
+    r"""Scales by the relative step size, decaying as :math:`1/\sqrt t` and capped: :math:`u_t = -\rho_t d_t`.
+
+    .. math::
+        \rho_t = \min\bigl(\gamma_t, 1/\sqrt{t}\bigr)
+
+    The paper's :math:`\rho_t = \min(10^{-2}, 1/\sqrt t)` is :math:`\gamma = 10^{-2}`; like
+    ``torch.optim.Adafactor``, the cap is the learning rate, which may be a schedule.
+
+    Args:
+        learning_rate: the cap :math:`\gamma_t \ge 0`, a number or a schedule.
+
+    References:
+        Shazeer & Stern, ICML 2018, Section 8 and Section 9 (proposed hyperparameters).
+    """
+    check_range("scale_by_relative_step", "learning_rate", learning_rate, 0.0)
+
+    def init_fn(params):
+        del params
+        return ScaleByRelativeStepState(jnp.zeros([], jnp.int32), init_hyperparams(learning_rate=learning_rate))
+
+    def update_fn(updates, state, params=None):
+        del params
+        hp = current_hyperparams(dict(learning_rate=learning_rate), state.hyperparams, state.count)
+        gamma = hp["learning_rate"]
+        rho = jnp.minimum(gamma, jax.lax.rsqrt(step_number(state.count, gamma.dtype)))
+        updates = jax.tree.map(lambda u: (-rho * u).astype(u.dtype), updates)
+        return updates, ScaleByRelativeStepState(optax.safe_increment(state.count), hp)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSchedule] = None,
+              decay_rate: float = 0.8, eps: float = 1e-30, clipping_threshold: Optional[float] = 1.0,
+              min_scale: float = 1e-3, min_dim_size_to_factor: int = 128, factored: bool = True,
+              multiply_by_parameter_scale: bool = True, relative_step: bool = True
+              ) -> optax.GradientTransformation:
+    r"""Adafactor: :math:`X_t = X_{t-1} - \rho_t m_t`, :math:`m_t = \max(\epsilon_2, \mathrm{RMS}(X_{t-1}))\hat U_t`.
+
+    :math:`\hat U_t` is the clipped factored-RMS direction (:func:`scale_by_factored_rms`,
+    :func:`clip_by_block_rms`), :math:`\max(\epsilon_2, \mathrm{RMS}(X_{t-1}))` the parameter
+    scale (:func:`scale_by_param_block_rms`) and :math:`\rho_t = \min(\gamma_t, 1/\sqrt t)`
+    the relative step (:func:`scale_by_relative_step`). With ``b1``,
+    :math:`m_t = \beta_1 m_{t-1} + (1-\beta_1) \max(\epsilon_2, \mathrm{RMS}(X_{t-1}))\hat U_t`
+    (:func:`~optimizers._ema.scale_by_ema`). The defaults are the paper's Section 9:
+    :math:`\rho_t = \min(10^{-2}, 1/\sqrt t)`, :math:`c = 0.8`, :math:`d = 1`,
+    :math:`\epsilon_1 = 10^{-30}`, :math:`\epsilon_2 = 10^{-3}`, no momentum; document
+    003's table is ``relative_step=False`` (its :math:`\gamma` is the step) with its norms
+    read as root mean squares.
+
+    .. warning::
+        ``optax.adafactor(lr)`` has no relative step: it is ``relative_step=False``
+        (and factors the two largest dims, see :func:`scale_by_factored_rms`). Its momentum
+        averages :math:`\gamma_t \max(\epsilon_2, \mathrm{RMS}) \hat U_t`, as the authors'
+        Tensor2Tensor code does; here :math:`\rho_t` multiplies after the average, which is
+        the same while :math:`\rho_t` is constant (the first :math:`10^4` steps by default)
+        and keeps a learning-rate schedule out of the buffer. Its ``weight_decay_rate`` is
+        not multiplied by the learning rate.
+        ``torch.optim.Adafactor(lr, eps=(1e-30, 1e-3))`` is
+        ``adafactor(lr, min_dim_size_to_factor=1)`` up to its clamp of :math:`\epsilon_1`;
+        its ``weight_decay`` (:math:`\theta \leftarrow (1-\gamma\lambda)\theta` first, not
+        scaled by the parameter scale) is not part of this chain.
+
+    Args:
+        learning_rate: :math:`\gamma_t \ge 0`: the cap of :math:`\rho_t`, or the step itself
+            when ``relative_step=False``; a number or a schedule.
+        b1: first-moment decay :math:`\beta_1 \in [0, 1)`, or ``None`` (no momentum, no memory).
+        decay_rate, eps, min_dim_size_to_factor, factored: see :func:`scale_by_factored_rms`.
+        clipping_threshold: :math:`d \ge 1`, or ``None`` for no update clipping.
+        min_scale: :math:`\epsilon_2 > 0`.
+        multiply_by_parameter_scale: multiply by :math:`\max(\epsilon_2, \mathrm{RMS}(X_{t-1}))`.
+        relative_step: :math:`\rho_t = \min(\gamma_t, 1/\sqrt t)`; ``False``: :math:`\rho_t = \gamma_t`.
+
+    References:
+        Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
+        ICML 2018, Algorithms 4 and 5, Sections 6-9.
+    """
+    if b1 is not None:
+        check_range("adafactor", "b1", b1, 0.0, 1.0, high_open=True)
+    param_scale = scale_by_param_block_rms(min_scale)  # built (and checked) even when left out
+    return optax.chain(
+        scale_by_factored_rms(decay_rate, eps, min_dim_size_to_factor, factored),
+        optax.identity() if clipping_threshold is None else clip_by_block_rms(clipping_threshold),
+        param_scale if multiply_by_parameter_scale else optax.identity(),
+        optax.identity() if is_zero(b1) else scale_by_ema(b1),
+        scale_by_relative_step(learning_rate) if relative_step else scale_by_learning_rate(learning_rate),
+    )

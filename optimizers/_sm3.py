@@ -1,0 +1,141 @@
+"""SM3: AdaGrad with one accumulator per row, per column (per index of each dim) of a tensor."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from optimizers._ema import scale_by_ema
+from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
+from optimizers._scaling import scale_by_learning_rate
+from schedules import ScalarOrSchedule
+
+_VARIANTS = ("I", "II")
+
+
+def _others(ndim, axis):
+    """Every axis of a rank-``ndim`` leaf but ``axis`` (none for a scalar)."""
+    return tuple(a for a in range(ndim) if a != axis)
+
+
+def _cover_axes(ndim):
+    """One family of covers per dim; a scalar is its own single cover."""
+    return range(max(ndim, 1))
+
+
+def _max_over_covers(x, ndim):
+    """For each dim, the max of ``x`` over each cover (the entries sharing an index of that dim)."""
+    return [jnp.max(x, axis=_others(ndim, a)) for a in _cover_axes(ndim)]
+
+
+def _min_of_covers(accumulators, ndim):
+    r""":math:`\nu(i) = \min_{r: S_r \ni i} \mu(r)`, broadcast to the leaf's shape."""
+    return functools.reduce(jnp.minimum, [jnp.expand_dims(acc, _others(ndim, a))
+                                          for a, acc in zip(_cover_axes(ndim), accumulators)])
+
+
+def _split(flat, shape):
+    """The accumulators of a leaf, stored end to end: one (n_d,) per dim, or one () for a scalar."""
+    sizes = list(shape) or [1]
+    pieces = jnp.split(flat, list(itertools.accumulate(sizes))[:-1])
+    return [a.reshape((n,) if shape else ()) for a, n in zip(pieces, sizes)]
+
+
+class ScaleBySm3State(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {"eps_root": ...}
+    mu: optax.Updates  # per leaf, its accumulators end to end: shape (sum(p.shape),), or (1,) for a scalar
+
+
+def scale_by_sm3(eps_root: ScalarOrSchedule = 0.0, variant: str = "I") -> optax.GradientTransformation:
+    r"""Divides by the root of SM3's cover-wise accumulated squared gradients.
+
+    The covers of a rank-:math:`k` leaf are, for each dim, the slices sharing one index of
+    it (rows and columns of a matrix); a vector's covers are its single entries and a
+    scalar is one cover, so vectors and scalars get exact AdaGrad. ``variant="I"``
+    (SM3-I, document 003's table):
+
+    .. math::
+        \mu_t(r) = \mu_{t-1}(r) + \max_{j \in S_r} g_t(j)^2, \qquad
+        \nu_t(i) = \min_{r: S_r \ni i} \mu_t(r)
+
+    ``variant="II"`` (SM3-II, the paper's recommendation, optax's form; tighter,
+    :math:`\nu'_t \le \nu_t`):
+
+    .. math::
+        \nu'_t(i) = \min_{r: S_r \ni i} \mu'_{t-1}(r) + g_t(i)^2, \qquad
+        \mu'_t(r) = \max_{j \in S_r} \nu'_t(j)
+
+    and then :math:`u_t(i) = g_t(i) / \sqrt{\nu_t(i) + \epsilon}` with the paper's
+    convention :math:`0/0 = 0` (:math:`\nu_t(i) = 0` only where :math:`g_t(i) = 0`). A
+    ``(1024, 512)`` matrix keeps 1024 + 512 accumulators.
+
+    .. warning::
+        ``optax.sm3(lr)`` is ``sm3(lr, momentum=0.9, eps_root=1e-8, variant="II")``: SM3-II,
+        momentum 0.9 and :math:`\epsilon = 10^{-8}` inside the root by default, a full-size
+        momentum buffer even when ``momentum=0``, and an error on scalar (0-d) leaves. The
+        paper and the table have no :math:`\epsilon` (``eps_root=0``) and no momentum.
+
+    Args:
+        eps_root: :math:`\epsilon \ge 0` inside the root (0).
+        variant: ``"I"`` (SM3-I) or ``"II"`` (SM3-II).
+
+    References:
+        Anil, Gupta, Koren & Singer, "Memory-Efficient Adaptive Optimization", NeurIPS 2019,
+        Algorithm 1 (SM3-I) and Algorithm 2 (SM3-II).
+    """
+    check_range("scale_by_sm3", "eps_root", eps_root, 0.0)
+    if variant not in _VARIANTS:
+        raise ValueError(f"scale_by_sm3: variant must be 'I' or 'II', got {variant!r}")
+
+    def init_fn(params):
+        mu = jax.tree.map(lambda p: jnp.zeros((sum(p.shape) if p.ndim else 1,), p.dtype), params)
+        return ScaleBySm3State(jnp.zeros([], jnp.int32), init_hyperparams(eps_root=eps_root), mu)
+
+    def update_leaf(g, flat, eps):
+        x, old = g.astype(jnp.promote_types(g.dtype, eps.dtype)), _split(flat, g.shape)
+        if variant == "I":
+            new = [acc + m for acc, m in zip(old, _max_over_covers(x * x, g.ndim))]
+            nu = _min_of_covers(new, g.ndim)
+        else:
+            nu = _min_of_covers(old, g.ndim) + x * x
+            new = _max_over_covers(nu, g.ndim)
+        u = jnp.where(nu > 0, x * jax.lax.rsqrt(jnp.where(nu > 0, nu + eps, 1.0)), 0.0)
+        return u.astype(g.dtype), jnp.concatenate([jnp.ravel(acc) for acc in new]).astype(flat.dtype)
+
+    def update_fn(updates, state, params=None):
+        del params
+        hp = current_hyperparams(dict(eps_root=eps_root), state.hyperparams, state.count)
+        out = jax.tree.map(lambda g, flat: update_leaf(g, flat, hp["eps_root"]), updates, state.mu)
+        u = jax.tree.map(lambda _, o: o[0], updates, out)
+        mu = jax.tree.map(lambda _, o: o[1], updates, out)
+        return u, ScaleBySm3State(optax.safe_increment(state.count), hp, mu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def sm3(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = None,
+        eps_root: ScalarOrSchedule = 0.0, variant: str = "I") -> optax.GradientTransformation:
+    r"""SM3: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_sm3`), memory linear in the dims.
+
+    With ``momentum`` :math:`\beta`, :math:`u_t` is first averaged,
+    :math:`m_t = \beta m_{t-1} + (1-\beta) u_t` (:func:`~optimizers._ema.scale_by_ema`,
+    optax's momentum), at the cost of a full-size buffer.
+
+    Args:
+        learning_rate: :math:`\gamma_t \ge 0`, a number or a schedule.
+        momentum: :math:`\beta \in [0, 1)`, or ``None`` (the paper's SM3, no momentum).
+        eps_root, variant: see :func:`scale_by_sm3`.
+    """
+    if momentum is not None:
+        check_range("sm3", "momentum", momentum, 0.0, 1.0, high_open=True)
+    return optax.chain(
+        scale_by_sm3(eps_root, variant),
+        optax.identity() if is_zero(momentum) else scale_by_ema(momentum),
+        scale_by_learning_rate(learning_rate),
+    )
