@@ -89,6 +89,10 @@ from optimizers._trust_ratio import lamb as lamb
 from optimizers._trust_ratio import lars as lars
 from optimizers._trust_ratio import scale_by_lars as scale_by_lars
 from optimizers._trust_ratio import scale_by_trust_ratio as scale_by_trust_ratio
+from optimizers.sharding import bytes_per_device as bytes_per_device
+from optimizers.sharding import fit_sharding as fit_sharding
+from optimizers.sharding import fsdp_shardings as fsdp_shardings
+from optimizers.sharding import state_shardings as state_shardings
 
 __all__ = [
     "AddDecayedWeightsState",
@@ -133,10 +137,13 @@ __all__ = [
     "amos",
     "amsgrad",
     "averaged_params",
+    "bytes_per_device",
     "clip_by_block_rms",
     "data_echoing",
     "ema",
+    "fit_sharding",
     "forward_value_and_grad",
+    "fsdp_shardings",
     "funnelled_sgdm",
     "get_hyperparams",
     "gradientless_descent",
@@ -177,6 +184,7 @@ __all__ = [
     "sgd",
     "slow_params",
     "sm3",
+    "state_shardings",
     "swa",
     "trace",
     "zeroth_order_value_and_grad",
