@@ -11,9 +11,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# The smoke runs are a few steps each: compiling dominates them, and XLA's cheapest CPU backend
+# optimisation level halves it without changing what is computed.
+FAST_COMPILE = dict(os.environ,
+                    XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip())
+
+
+def run_example(name, *args):
+    return subprocess.run([sys.executable, str(ROOT / "examples" / name), *args],
+                          capture_output=True, text=True, check=True, timeout=600, env=FAST_COMPILE)
+
+
 def test_main_example_writes_its_table_and_figures(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "examples" / "main.py"), "--smoke", "--out", str(tmp_path)],
-                   capture_output=True, text=True, check=True, timeout=600)
+    run_example("main.py", "--smoke", "--out", str(tmp_path))
     table = (tmp_path / "results.md").read_text()
     for recipe in ("(a) AdamW + one-cycle", "(b) SGD + CLR", "(c) SGD + SGDR", "(d) Adam"):
         assert recipe in table
@@ -31,17 +41,6 @@ def test_schedule_gallery_is_drawn(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "examples" / "plot_schedules.py"), "--out", str(out)],
                    check=True, capture_output=True, timeout=600)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
-
-
-# The smoke runs below are a few steps each: compiling dominates them, and XLA's cheapest CPU backend
-# optimisation level halves it without changing what is computed.
-FAST_COMPILE = dict(os.environ,
-                    XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip())
-
-
-def run_example(name, *args):
-    return subprocess.run([sys.executable, str(ROOT / "examples" / name), *args],
-                          capture_output=True, text=True, check=True, timeout=600, env=FAST_COMPILE)
 
 
 def test_optimizer_comparison_writes_its_table_and_figure(tmp_path):
@@ -74,3 +73,11 @@ def test_short_flax_example_prints_an_accuracy_above_chance(example):
     result = run_example(example, "--steps", "60")
     accuracy = float(result.stdout.strip().splitlines()[-1].split(":")[1])
     assert accuracy > 0.5  # chance is 0.1
+
+
+@pytest.mark.parametrize("example", ["data_parallel_pmap.py", "sharded_jit.py"])
+def test_multi_device_example_runs_on_8_cpu_devices(example):
+    env = dict(FAST_COMPILE, XLA_FLAGS=FAST_COMPILE["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8")
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / example), "--steps", "20"],
+                            capture_output=True, text=True, check=True, timeout=600, env=env)
+    assert "accuracy" in result.stdout.lower()
