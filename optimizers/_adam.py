@@ -8,16 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
-from optimizers._moments import bias_correction, ema, step_number
+from optimizers._hyperparams import current_hyperparams, init_hyperparams
+from optimizers._moments import adam_moments, bias_correction, check_betas, ema, step_number
 from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
-
-
-def _check_betas(owner, b1, b2, eps):
-    check_range(owner, "b1", b1, 0.0, 1.0, high_open=True)
-    check_range(owner, "b2", b2, 0.0, 1.0, high_open=True)
-    check_range(owner, "eps", eps, 0.0, low_open=True)
 
 
 def _init(state_cls, b1, b2, eps, params, n_buffers):
@@ -51,14 +45,12 @@ def scale_by_adam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
     References:
         Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, Algorithm 1.
     """
-    _check_betas("scale_by_adam", b1, b2, eps)
+    check_betas("scale_by_adam", b1, b2, eps)
 
     def update_fn(updates, state, params=None):
         del params
         hp = current_hyperparams(dict(b1=b1, b2=b2, eps=eps), state.hyperparams, state.count)
-        t = step_number(state.count, hp["b1"].dtype)
-        m, v = ema(updates, state.mu, hp["b1"]), ema(updates, state.nu, hp["b2"], 2)
-        c1, c2 = bias_correction(hp["b1"], t), bias_correction(hp["b2"], t)
+        t, m, v, c1, c2 = adam_moments(updates, state, hp)
         out = jax.tree.map(lambda g, a, b: (a / c1 / (jnp.sqrt(b / c2) + hp["eps"])).astype(g.dtype), updates, m, v)
         return out, ScaleByAdamState(optax.safe_increment(state.count), hp, m, v)
 
@@ -125,16 +117,14 @@ def scale_by_amsgrad(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
     References:
         Reddi, Kale & Kumar, "On the Convergence of Adam and Beyond", ICLR 2018, Algorithm 2.
     """
-    _check_betas("scale_by_amsgrad", b1, b2, eps)
+    check_betas("scale_by_amsgrad", b1, b2, eps)
     if max_over not in ("corrected", "raw"):
         raise ValueError(f"scale_by_amsgrad: max_over must be 'corrected' or 'raw', got {max_over!r}")
 
     def update_fn(updates, state, params=None):
         del params
         hp = current_hyperparams(dict(b1=b1, b2=b2, eps=eps), state.hyperparams, state.count)
-        t = step_number(state.count, hp["b1"].dtype)
-        m, v = ema(updates, state.mu, hp["b1"]), ema(updates, state.nu, hp["b2"], 2)
-        c1, c2 = bias_correction(hp["b1"], t), bias_correction(hp["b2"], t)
+        t, m, v, c1, c2 = adam_moments(updates, state, hp)
         if max_over == "corrected":
             vmax = jax.tree.map(lambda b, s: jnp.maximum(s, b / c2).astype(s.dtype), v, state.nu_max)
             denom = jax.tree.map(lambda s: jnp.sqrt(s) + hp["eps"], vmax)
@@ -179,7 +169,7 @@ def scale_by_adamax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
     References:
         Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, Algorithm 2.
     """
-    _check_betas("scale_by_adamax", b1, b2, eps)
+    check_betas("scale_by_adamax", b1, b2, eps)
 
     def update_fn(updates, state, params=None):
         del params

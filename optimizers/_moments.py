@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import optax
 
+from optimizers._hyperparams import check_range
+
 
 def ema(updates, moments, decay, order: int = 1):
     r""":math:`m_t = \beta m_{t-1} + (1 - \beta) g_t^{k}`, stored in the moments' dtype."""
@@ -19,3 +21,20 @@ def step_number(count, dtype):
 def bias_correction(decay, t):
     r""":math:`1 - \beta^t`."""
     return 1 - decay**t
+
+
+def check_betas(owner: str, b1, b2, eps) -> None:
+    """The Adam family's ranges: :math:`\beta_1, \beta_2 \in [0, 1)`, :math:`\epsilon > 0`."""
+    check_range(owner, "b1", b1, 0.0, 1.0, high_open=True)
+    check_range(owner, "b2", b2, 0.0, 1.0, high_open=True)
+    check_range(owner, "eps", eps, 0.0, low_open=True)
+
+
+def adam_moments(updates, state, hp):
+    r""":math:`(t, m_t, v_t, 1-\beta_1^t, 1-\beta_2^t)` for the update at ``state.count``.
+
+    ``state`` has Adam's ``mu`` and ``nu``; ``hp`` the update's ``b1`` and ``b2``.
+    """
+    t = step_number(state.count, hp["b1"].dtype)
+    m, v = ema(updates, state.mu, hp["b1"]), ema(updates, state.nu, hp["b2"], 2)
+    return t, m, v, bias_correction(hp["b1"], t), bias_correction(hp["b2"], t)

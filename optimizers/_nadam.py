@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams
-from optimizers._moments import bias_correction, ema, step_number
+from optimizers._moments import adam_moments, check_betas
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -52,9 +52,7 @@ def scale_by_nadam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
     References:
         Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop, Algorithm 2.
     """
-    for name, value in (("b1", b1), ("b2", b2)):
-        check_range("scale_by_nadam", name, value, 0.0, 1.0, high_open=True)
-    check_range("scale_by_nadam", "eps", eps, 0.0, low_open=True)
+    check_betas("scale_by_nadam", b1, b2, eps)
     check_range("scale_by_nadam", "momentum_decay", momentum_decay, 0.0)
 
     def init_fn(params):
@@ -65,12 +63,10 @@ def scale_by_nadam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
     def update_fn(updates, state, params=None):
         del params
         hp = current_hyperparams(dict(b1=b1, b2=b2, eps=eps), state.hyperparams, state.count)
-        t = step_number(state.count, hp["b1"].dtype)
+        t, m, v, _, c2 = adam_moments(updates, state, hp)
         mu_t = hp["b1"] * (1 - 0.5 * 0.96 ** (t * momentum_decay))
         mu_next = hp["b1"] * (1 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
         prod = state.mu_product * mu_t
-        m, v = ema(updates, state.mu, hp["b1"]), ema(updates, state.nu, hp["b2"], 2)
-        c2 = bias_correction(hp["b2"], t)
 
         def direction(g, a, b):
             nesterov = (1 - mu_t) * g / (1 - prod) + mu_next * a / (1 - prod * mu_next)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
-from optimizers._moments import bias_correction, ema, step_number
+from optimizers._moments import adam_moments, check_betas
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -79,9 +79,7 @@ def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
         Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond", ICLR 2020,
         Algorithm 2.
     """
-    for name, value in (("b1", b1), ("b2", b2)):
-        check_range("scale_by_radam", name, value, 0.0, 1.0, high_open=True)
-    check_range("scale_by_radam", "eps", eps, 0.0, low_open=True)
+    check_betas("scale_by_radam", b1, b2, eps)
     check_range("scale_by_radam", "threshold", threshold, 4.0)
 
     def init_fn(params):
@@ -91,9 +89,7 @@ def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
     def update_fn(updates, state, params=None):
         del params
         hp = current_hyperparams(dict(b1=b1, b2=b2, eps=eps), state.hyperparams, state.count)
-        t = step_number(state.count, hp["b1"].dtype)
-        m, v = ema(updates, state.mu, hp["b1"]), ema(updates, state.nu, hp["b2"], 2)
-        c1, c2 = bias_correction(hp["b1"], t), bias_correction(hp["b2"], t)
+        t, m, v, c1, c2 = adam_moments(updates, state, hp)
         adapt, r = _rectification(hp["b2"], t, threshold)
 
         def direction(g, a, b):

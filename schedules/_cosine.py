@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from schedules._base import Schedule, check_range, float_steps, interpolate, power
+from schedules._base import Schedule, check_range, interpolate, power
 
 
 def cosine(init_value: float, decay_steps: int, end_value: float = 0.0) -> Schedule:

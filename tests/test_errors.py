@@ -25,7 +25,6 @@ BAD = {
     "max_over": ["bias"],
     "factor": [0.0, 1.0, NAN],
     "patience": [-1, NAN],
-    "threshold": [3.9, NAN],
     "threshold_mode": ["relative"],
     "cooldown": [-1],
     "min_scale": [-0.1, 1.5, NAN],
