@@ -24,7 +24,7 @@ def bias_correction(decay, t):
 
 
 def check_betas(owner: str, b1, b2, eps) -> None:
-    """The Adam family's ranges: :math:`\beta_1, \beta_2 \in [0, 1)`, :math:`\epsilon > 0`."""
+    r"""The Adam family's ranges: :math:`\beta_1, \beta_2 \in [0, 1)`, :math:`\epsilon > 0`."""
     check_range(owner, "b1", b1, 0.0, 1.0, high_open=True)
     check_range(owner, "b2", b2, 0.0, 1.0, high_open=True)
     check_range(owner, "eps", eps, 0.0, low_open=True)
