@@ -51,7 +51,9 @@ def scale_by_adadelta(rho: ScalarOrSchedule = 0.9, eps: ScalarOrSchedule = 1e-6)
         hp = current_hyperparams(dict(rho=rho, eps=eps), state.hyperparams, state.count)
         r, e = hp["rho"], hp["eps"]
         v = jax.tree.map(lambda g, s: (r * s + (1 - r) * g * g).astype(s.dtype), updates, state.nu)
-        d = jax.tree.map(lambda g, s, x: jnp.sqrt(x + e) / jnp.sqrt(s + e) * g, updates, v, state.delta_nu)
+        # One root of the ratio, not a root over a root: XLA:CPU rewrites the latter to a slow rsqrt
+        # and writes both roots, which the step and the new X share, to temporaries.
+        d = jax.tree.map(lambda g, s, x: jnp.sqrt((x + e) / (s + e)) * g, updates, v, state.delta_nu)
         x = jax.tree.map(lambda dd, s: (r * s + (1 - r) * dd * dd).astype(s.dtype), d, state.delta_nu)
         out = jax.tree.map(lambda dd, g: dd.astype(g.dtype), d, updates)
         return out, ScaleByAdadeltaState(optax.safe_increment(state.count), hp, v, x)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._elementwise import after
 from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams
 from optimizers._moments import ema
 from optimizers._scaling import scale_by_learning_rate
@@ -100,8 +101,10 @@ def scale_by_funnelled_sgdm(eta: ScalarOrSchedule, momentum: ScalarOrSchedule = 
         s = (state.scale * jnp.exp(hp["gamma_s"] * hp["learning_rate"] * corr)).astype(state.scale.dtype)
         p = jax.tree.map(lambda g, q, m: (q * jnp.exp(hp["gamma_p"] * m * g)).astype(q.dtype),
                          updates, state.gain, state.grad_avg)
-        m = ema(updates, state.grad_avg, hp["beta"])
-        u = jax.tree.map(lambda g, q, t: (hp["momentum"] * t + q * g).astype(t.dtype), updates, p, state.trace)
+        # m and u overwrite buffers that the gains and the dot product read: written after them.
+        m = jax.tree.map(after, ema(updates, state.grad_avg, hp["beta"]), p)
+        u = jax.tree.map(lambda g, q, t: (hp["momentum"] * after(t, s) + q * g).astype(t.dtype),
+                         updates, p, state.trace)
         out = jax.tree.map(lambda g, t: (s * t).astype(g.dtype), updates, u)
         return out, ScaleByFunnelledSgdmState(optax.safe_increment(state.count), hp, s, p, m, u)
 

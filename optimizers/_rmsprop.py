@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +18,7 @@ class ScaleByRmsState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"decay": ..., "eps": ...}
     nu: optax.Updates  # v_t: moving average of g^2
-    mu: optax.Updates  # moving average of g (centered form); zeros otherwise
+    mu: Optional[optax.Updates]  # moving average of g (centered form); None otherwise (no memory)
 
 
 def scale_by_rms(decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
@@ -56,7 +56,8 @@ def scale_by_rms(decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
 
     def init_fn(params):
         return ScaleByRmsState(jnp.zeros([], jnp.int32), init_hyperparams(decay=decay, eps=eps),
-                               optax.tree.full_like(params, initial_scale), optax.tree.zeros_like(params))
+                               optax.tree.full_like(params, initial_scale),
+                               optax.tree.zeros_like(params) if centered else None)
 
     def denominator(v, m, e):
         var = v - m * m if centered else v
@@ -68,8 +69,12 @@ def scale_by_rms(decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
         hp = current_hyperparams(dict(decay=decay, eps=eps), state.hyperparams, state.count)
         rho = hp["decay"]
         v = jax.tree.map(lambda g, s: (rho * s + (1 - rho) * g * g).astype(s.dtype), updates, state.nu)
-        m = jax.tree.map(lambda g, s: (rho * s + (1 - rho) * g).astype(s.dtype), updates, state.mu) if centered else state.mu
-        out = jax.tree.map(lambda g, s, a: (g / denominator(s, a, hp["eps"])).astype(g.dtype), updates, v, m)
+        if centered:
+            m = jax.tree.map(lambda g, s: (rho * s + (1 - rho) * g).astype(s.dtype), updates, state.mu)
+            out = jax.tree.map(lambda g, s, a: (g / denominator(s, a, hp["eps"])).astype(g.dtype), updates, v, m)
+        else:
+            m = None
+            out = jax.tree.map(lambda g, s: (g / denominator(s, None, hp["eps"])).astype(g.dtype), updates, v)
         return out, ScaleByRmsState(optax.safe_increment(state.count), hp, v, m)
 
     return optax.GradientTransformation(init_fn, update_fn)

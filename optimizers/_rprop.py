@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._elementwise import after, clip
 from optimizers._hyperparams import check_range, init_hyperparams
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -83,19 +84,27 @@ def scale_by_rprop(eta_plus: float = 1.2, eta_minus: float = 0.5, min_scale: flo
         return ScaleByRpropState(jnp.zeros([], jnp.int32), init_hyperparams(),
                                  optax.tree.ones_like(params), optax.tree.zeros_like(params))
 
-    def new_scale(s, z):
-        return jnp.clip(z * jnp.where(s > 0, eta_plus, jnp.where(s < 0, eta_minus, 1.0)), min_scale, max_scale)
+    def new_scale(agree, disagree, z):
+        # clip, not jnp.clip: XLA:CPU would recompute a clamp in the update's kernel, from the old
+        # step sizes it overwrites in place, and copy them first.
+        return clip(z * jnp.where(agree, eta_plus, jnp.where(disagree, eta_minus, 1.0)), min_scale, max_scale)
 
     def update_fn(updates, state, params=None):
         del params
-        signs = jax.tree.map(lambda g, p: jnp.sign(g) * jnp.sign(p), updates, state.prev_grad)
-        zeta = jax.tree.map(lambda s, z: new_scale(s, z).astype(z.dtype), signs, state.step_size)
+        # sign(g_{t-1}) sign(g_t) > 0 and < 0 from compares: a sign(g) also used by the step would be
+        # written to a temporary under XLA:CPU's multi-output fusion.
+        agree = jax.tree.map(lambda g, p: ((g > 0) & (p > 0)) | ((g < 0) & (p < 0)), updates, state.prev_grad)
+        disagree = jax.tree.map(lambda g, p: ((g > 0) & (p < 0)) | ((g < 0) & (p > 0)), updates, state.prev_grad)
+        zeta = jax.tree.map(lambda a, d, z: new_scale(a, d, z).astype(z.dtype), agree, disagree, state.step_size)
         if torch_form:
-            grads = jax.tree.map(lambda s, g: jnp.where(s < 0, jnp.zeros_like(g), g), signs, updates)
+            grads = jax.tree.map(lambda d, g: jnp.where(d, jnp.zeros_like(g), g), disagree, updates)
         else:
             grads = updates
+        # Written into prev_grad's buffer once the step sizes (which read the old one) are computed.
+        prev = jax.tree.map(lambda g, p, z: after(g, z).astype(p.dtype), grads, state.prev_grad, zeta)
+        # The torch form's masked gradient is read back from prev_grad, not from the old buffer.
+        grads = jax.tree.map(lambda g, p: p if torch_form and p.dtype == g.dtype else g, grads, prev)
         out = jax.tree.map(lambda g, z: (z * jnp.sign(g)).astype(g.dtype), grads, zeta)
-        prev = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.prev_grad)
         return out, ScaleByRpropState(optax.safe_increment(state.count), state.hyperparams, zeta, prev)
 
     return optax.GradientTransformation(init_fn, update_fn)
