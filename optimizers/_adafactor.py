@@ -93,8 +93,8 @@ def scale_by_factored_rms(decay_rate: float = 0.8, eps: float = 1e-30, min_dim_s
         def init_leaf(p):
             if factored and p.ndim >= 2 and min(p.shape[-2:]) >= min_dim_size_to_factor:
                 return _zeros_without(p, -1), _zeros_without(p, -2), jnp.zeros((0,), p.dtype)
-            empty = jnp.zeros((0,), p.dtype)
-            return empty, empty, jnp.zeros_like(p)
+            # Separate empty arrays: one array in two leaves cannot be donated twice.
+            return jnp.zeros((0,), p.dtype), jnp.zeros((0,), p.dtype), jnp.zeros_like(p)
 
         moments = jax.tree.map(init_leaf, params)
         pick = [jax.tree.map(lambda _, s, i=i: s[i], params, moments) for i in range(3)]

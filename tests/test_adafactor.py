@@ -206,3 +206,25 @@ def test_zero_gradients_and_zero_params_give_zero_updates():
     for _ in range(3):
         u, state = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, params), state, params)
         assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(u))
+
+
+def test_a_donated_step_runs():
+    """No two state leaves share one buffer (a donated step would fail to donate it twice)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import optimizers
+
+    params = {"w": jnp.ones((4, 3)), "v": jnp.ones(5), "big": jnp.ones((130, 130))}
+    tx = optimizers.adafactor(1e-2)
+
+    def step(p, s):
+        u, s = tx.update(jax.tree.map(jnp.ones_like, p), s, p)
+        return optax.apply_updates(p, u), s
+
+    step = jax.jit(step, donate_argnums=(0, 1))
+    p, s = params, tx.init(params)
+    for _ in range(2):
+        p, s = step(p, s)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p))
