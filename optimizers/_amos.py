@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._ema import scale_by_ema
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
-from optimizers._moments import ema, step_number
+from optimizers._moments import step_number
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -163,27 +164,6 @@ def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-class _MovingAverageState(NamedTuple):
-    count: jax.Array  # int32 scalar: updates applied so far
-    hyperparams: dict  # {"momentum": ...}
-    mu: optax.Updates  # moving average of the directions
-
-
-def _moving_average(momentum):
-    def init_fn(params):
-        return _MovingAverageState(jnp.zeros([], jnp.int32), init_hyperparams(momentum=momentum),
-                                 optax.tree.zeros_like(params))
-
-    def update_fn(updates, state, params=None):
-        del params
-        hp = current_hyperparams(dict(momentum=momentum), state.hyperparams, state.count)
-        mu = ema(updates, state.mu, hp["momentum"])
-        return jax.tree.map(lambda m, u: m.astype(u.dtype), mu, updates), _MovingAverageState(
-            optax.safe_increment(state.count), hp, mu)
-
-    return optax.GradientTransformation(init_fn, update_fn)
-
-
 def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0.999, c_coef: float = 0.25,
          d_coef: float = 0.25, granularity: Granularity = "element", momentum: ScalarOrSchedule = 0.0,
          eps: float = 2.0**-125) -> optax.GradientTransformation:
@@ -204,6 +184,6 @@ def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule =
     _check("amos", eta, beta, c_coef, d_coef, granularity, eps)
     return optax.chain(
         scale_by_amos(learning_rate, eta, beta, c_coef, d_coef, granularity, eps),
-        optax.identity() if is_zero(momentum) else _moving_average(momentum),
+        optax.identity() if is_zero(momentum) else scale_by_ema(momentum),
         scale_by_learning_rate(learning_rate),
     )
