@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -58,7 +59,7 @@ def scale_by_adadelta(rho: ScalarOrSchedule = 0.9, eps: ScalarOrSchedule = 1e-6)
         out = jax.tree.map(lambda dd, g: dd.astype(g.dtype), d, updates)
         return out, ScaleByAdadeltaState(optax.safe_increment(state.count), hp, v, x)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("scale_by_adadelta", init_fn, update_fn)
 
 
 def adadelta(learning_rate: ScalarOrSchedule = 1.0, rho: ScalarOrSchedule = 0.9,

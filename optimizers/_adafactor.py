@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._ema import scale_by_ema
 from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams, is_zero
 from optimizers._moments import step_number
@@ -123,7 +124,7 @@ def scale_by_factored_rms(decay_rate: float = 0.8, eps: float = 1e-30, min_dim_s
         u, r, c, v = [jax.tree.map(lambda _, o, i=i: o[i], updates, out) for i in range(4)]
         return u, ScaleByFactoredRmsState(optax.safe_increment(state.count), state.hyperparams, r, c, v)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("scale_by_factored_rms", init_fn, update_fn)
 
 
 class ClipByBlockRmsState(NamedTuple):
@@ -156,8 +157,9 @@ def clip_by_block_rms(clipping_threshold: float = 1.0) -> optax.GradientTransfor
             lambda u: (u / jnp.maximum(1.0, _rms(u, dtype) / clipping_threshold)).astype(u.dtype), updates)
         return updates, ClipByBlockRmsState(optax.safe_increment(state.count), state.hyperparams)
 
-    return optax.GradientTransformation(
-        lambda params: ClipByBlockRmsState(jnp.zeros([], jnp.int32), init_hyperparams()), update_fn)
+    return transformation("clip_by_block_rms",
+                          lambda params: ClipByBlockRmsState(jnp.zeros([], jnp.int32), init_hyperparams()),
+                          update_fn)
 
 
 class ScaleByParamBlockRmsState(NamedTuple):
@@ -191,8 +193,9 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransform
                                updates, params)
         return updates, ScaleByParamBlockRmsState(optax.safe_increment(state.count), state.hyperparams)
 
-    return optax.GradientTransformation(
-        lambda params: ScaleByParamBlockRmsState(jnp.zeros([], jnp.int32), init_hyperparams()), update_fn)
+    return transformation("scale_by_param_block_rms",
+                          lambda params: ScaleByParamBlockRmsState(jnp.zeros([], jnp.int32), init_hyperparams()),
+                          update_fn)
 
 
 class ScaleByRelativeStepState(NamedTuple):
@@ -229,7 +232,7 @@ def scale_by_relative_step(learning_rate: ScalarOrSchedule = 1e-2) -> optax.Grad
         updates = jax.tree.map(lambda u: (-rho * u).astype(u.dtype), updates)
         return updates, ScaleByRelativeStepState(optax.safe_increment(state.count), hp)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("scale_by_relative_step", init_fn, update_fn)
 
 
 def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSchedule] = None,

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -55,7 +56,7 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: ScalarOrSchedule =
         out = jax.tree.map(lambda g, s: (g / (jnp.sqrt(s) + hp["eps"])).astype(g.dtype), updates, v)
         return out, ScaleByRssState(optax.safe_increment(state.count), hp, v)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("scale_by_rss", init_fn, update_fn)
 
 
 def adagrad(learning_rate: ScalarOrSchedule, initial_accumulator_value: float = 0.0,

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._hyperparams import current_hyperparams, init_hyperparams
 from optimizers._moments import adam_moments, bias_correction, check_betas, ema, step_number
 from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
@@ -54,7 +55,7 @@ def scale_by_adam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
         out = jax.tree.map(lambda g, a, b: (a / c1 / (jnp.sqrt(b / c2) + hp["eps"])).astype(g.dtype), updates, m, v)
         return out, ScaleByAdamState(optax.safe_increment(state.count), hp, m, v)
 
-    return optax.GradientTransformation(lambda p: _init(ScaleByAdamState, b1, b2, eps, p, 2), update_fn)
+    return transformation("scale_by_adam", lambda p: _init(ScaleByAdamState, b1, b2, eps, p, 2), update_fn)
 
 
 def adam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
@@ -134,7 +135,7 @@ def scale_by_amsgrad(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
         out = jax.tree.map(lambda g, a, d: (a / c1 / d).astype(g.dtype), updates, m, denom)
         return out, ScaleByAmsgradState(optax.safe_increment(state.count), hp, m, v, vmax)
 
-    return optax.GradientTransformation(lambda p: _init(ScaleByAmsgradState, b1, b2, eps, p, 3), update_fn)
+    return transformation("scale_by_amsgrad", lambda p: _init(ScaleByAmsgradState, b1, b2, eps, p, 3), update_fn)
 
 
 def amsgrad(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
@@ -182,7 +183,7 @@ def scale_by_adamax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
         out = jax.tree.map(lambda g, a, b: (a / (c1 * b)).astype(g.dtype), updates, m, v)
         return out, ScaleByAdamaxState(optax.safe_increment(state.count), hp, m, v)
 
-    return optax.GradientTransformation(lambda p: _init(ScaleByAdamaxState, b1, b2, eps, p, 2), update_fn)
+    return transformation("scale_by_adamax", lambda p: _init(ScaleByAdamaxState, b1, b2, eps, p, 2), update_fn)
 
 
 def adamax(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,

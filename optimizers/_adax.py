@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._moments import ema, step_number
 from optimizers._scaling import scale_by_learning_rate
@@ -83,7 +84,7 @@ def scale_by_adax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4, eps: 
         out = jax.tree.map(lambda g, a, b: (a / (jnp.sqrt(b) + eps_hat)).astype(g.dtype), updates, m, v)
         return out, ScaleByAdaxState(optax.safe_increment(state.count), hp, m, v)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("scale_by_adax", init_fn, update_fn)
 
 
 def adax(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4,

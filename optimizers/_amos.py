@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._ema import scale_by_ema
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers._moments import step_number
@@ -161,7 +162,7 @@ def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0
         u, v, b = (treedef.unflatten([t[i] for t in out]) for i in range(3))
         return u, ScaleByAmosState(optax.safe_increment(state.count), hp, v, b)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("scale_by_amos", init_fn, update_fn)
 
 
 def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0.999, c_coef: float = 0.25,

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams
 from schedules import ScalarOrSchedule
 
@@ -62,13 +63,13 @@ def swa(start_step: int = 0, every: int = 1) -> optax.GradientTransformation:
     def update_fn(updates, state, params=None):
         w = _new_params(updates, params)
         take = (state.count >= start_step) & ((state.count - start_step) % every == 0)
-        n = state.n_averaged
+        n, n1 = state.n_averaged, optax.safe_increment(state.n_averaged)  # n + 1, saturating
         average = jax.tree.map(
-            lambda a, x: jnp.where(take, a + (x - a) / (n + 1).astype(float_dtype()), a).astype(a.dtype),
+            lambda a, x: jnp.where(take, a + (x - a) / n1.astype(float_dtype()), a).astype(a.dtype),
             state.average, w)
-        return updates, SwaState(optax.safe_increment(state.count), n + take.astype(jnp.int32), average)
+        return updates, SwaState(optax.safe_increment(state.count), jnp.where(take, n1, n), average)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("swa", init_fn, update_fn)
 
 
 class EmaState(NamedTuple):
@@ -114,7 +115,7 @@ def ema(decay: ScalarOrSchedule = 0.999, bias_correction: bool = False) -> optax
         average = jax.tree.map(lambda a, x: (beta * a + (1 - beta) * x).astype(a.dtype), state.average, w)
         return updates, EmaState(optax.safe_increment(state.count), hp, state.decay_product * beta, average)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("ema", init_fn, update_fn)
 
 
 def averaged_params(state) -> optax.Params:

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._moments import ema
 from schedules import ScalarOrSchedule
@@ -47,4 +48,4 @@ def scale_by_ema(decay: ScalarOrSchedule = 0.9) -> optax.GradientTransformation:
         out = jax.tree.map(lambda g, a: a.astype(g.dtype), updates, m)
         return out, ScaleByEmaState(optax.safe_increment(state.count), hp, m)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("scale_by_ema", init_fn, update_fn)

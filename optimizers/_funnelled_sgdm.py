@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._elementwise import after
 from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams
 from optimizers._moments import ema
@@ -108,7 +109,7 @@ def scale_by_funnelled_sgdm(eta: ScalarOrSchedule, momentum: ScalarOrSchedule = 
         out = jax.tree.map(lambda g, t: (s * t).astype(g.dtype), updates, u)
         return out, ScaleByFunnelledSgdmState(optax.safe_increment(state.count), hp, s, p, m, u)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("scale_by_funnelled_sgdm", init_fn, update_fn)
 
 
 def funnelled_sgdm(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9, beta: ScalarOrSchedule = 0.9,

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -52,7 +53,7 @@ def scale_by_lion(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.99) -> op
         mu = jax.tree.map(lambda g, m: (hp["b2"] * m + (1 - hp["b2"]) * g).astype(m.dtype), updates, state.mu)
         return out, ScaleByLionState(optax.safe_increment(state.count), hp, mu)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("scale_by_lion", init_fn, update_fn)
 
 
 def lion(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.99,

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from schedules import ScalarOrSchedule
 
@@ -66,7 +67,7 @@ def lookahead(optimizer: optax.GradientTransformation, sync_period: int = 5,
             inner_state = jax.tree.map(lambda cur, new: jnp.where(sync, new, cur), inner_state, fresh)
         return out, LookaheadState(optax.safe_increment(state.count), hp, inner_state, slow)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("lookahead", init_fn, update_fn)
 
 
 def slow_params(state) -> optax.Params:

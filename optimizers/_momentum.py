@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -54,7 +55,7 @@ def trace(decay: ScalarOrSchedule = 0.9, nesterov: bool = False) -> optax.Gradie
             out = jax.tree.map(lambda g, t: t.astype(g.dtype), updates, m)
         return out, TraceState(optax.safe_increment(state.count), hp, m)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("trace", init_fn, update_fn)
 
 
 def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 0.0,

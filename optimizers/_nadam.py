@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams
 from optimizers._moments import adam_moments, check_betas
 from optimizers._scaling import scale_by_learning_rate
@@ -75,7 +76,7 @@ def scale_by_nadam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
         out = jax.tree.map(direction, updates, m, v)
         return out, ScaleByNadamState(optax.safe_increment(state.count), hp, prod, m, v)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("scale_by_nadam", init_fn, update_fn)
 
 
 def nadam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -78,7 +79,7 @@ def scale_by_novograd(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25, e
         out = jax.tree.map(lambda g, m: m.astype(g.dtype), updates, mu)
         return out, ScaleByNovogradState(optax.safe_increment(state.count), hp, mu, nu)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("scale_by_novograd", init_fn, update_fn)
 
 
 def novograd(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25,

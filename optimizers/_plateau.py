@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._hyperparams import check_range, float_dtype
 
 
@@ -112,4 +113,4 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, threshold: float 
         updates = jax.tree.map(lambda u: (state.scale * u).astype(u.dtype), updates)
         return updates, state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return transformation("reduce_on_plateau", init_fn, update_fn, extra_args=True)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers._momentum import trace
 from optimizers._scaling import scale_by_learning_rate
@@ -77,7 +78,7 @@ def scale_by_rms(decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
             out = jax.tree.map(lambda g, s: (g / denominator(s, None, hp["eps"])).astype(g.dtype), updates, v)
         return out, ScaleByRmsState(optax.safe_increment(state.count), hp, v, m)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("scale_by_rms", init_fn, update_fn)
 
 
 def rmsprop(learning_rate: ScalarOrSchedule, decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,

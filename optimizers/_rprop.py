@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._elementwise import after, clip
 from optimizers._hyperparams import check_range, init_hyperparams
 from optimizers._scaling import scale_by_learning_rate
@@ -107,7 +108,7 @@ def scale_by_rprop(eta_plus: float = 1.2, eta_minus: float = 0.5, min_scale: flo
         out = jax.tree.map(lambda g, z: (z * jnp.sign(g)).astype(g.dtype), grads, zeta)
         return out, ScaleByRpropState(optax.safe_increment(state.count), state.hyperparams, zeta, prev)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("scale_by_rprop", init_fn, update_fn)
 
 
 def rprop(learning_rate: ScalarOrSchedule, eta_plus: float = 1.2, eta_minus: float = 0.5,

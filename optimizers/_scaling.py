@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from schedules import ScalarOrSchedule
 
@@ -41,7 +42,7 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool =
         updates = jax.tree.map(lambda u: (step * u).astype(u.dtype), updates)
         return updates, ScaleByLearningRateState(optax.safe_increment(state.count), hp)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("scale_by_learning_rate", init_fn, update_fn)
 
 
 class AddDecayedWeightsState(NamedTuple):
@@ -89,4 +90,4 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = N
         )
         return updates, AddDecayedWeightsState(optax.safe_increment(state.count), hp)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("add_decayed_weights", init_fn, update_fn)

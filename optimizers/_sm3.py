@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import transformation
 from optimizers._ema import scale_by_ema
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers._scaling import scale_by_learning_rate
@@ -116,7 +117,7 @@ def scale_by_sm3(eps_root: ScalarOrSchedule = 0.0, variant: str = "I") -> optax.
         mu = jax.tree.map(lambda _, o: o[1], updates, out)
         return u, ScaleBySm3State(optax.safe_increment(state.count), hp, mu)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("scale_by_sm3", init_fn, update_fn)
 
 
 def sm3(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = None,

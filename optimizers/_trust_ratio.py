@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._adam import scale_by_adam
+from optimizers._checks import transformation
 from optimizers._hyperparams import _is_number, check_range, current_hyperparams, init_hyperparams
 from optimizers._momentum import trace
 from optimizers._scaling import MaskOrFn, _mask_tree, add_decayed_weights, scale_by_learning_rate
@@ -113,7 +114,7 @@ def scale_by_trust_ratio(trust_coefficient: ScalarOrSchedule = 1.0, eps: Optiona
         updates = jax.tree.map(scale, updates, params, _leaf_masks(mask, params))
         return updates, ScaleByTrustRatioState(optax.safe_increment(state.count), hp)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("scale_by_trust_ratio", init_fn, update_fn)
 
 
 class ScaleByLarsState(NamedTuple):
@@ -182,7 +183,7 @@ def scale_by_lars(weight_decay: ScalarOrSchedule = 0.0, trust_coefficient: Scala
         updates = jax.tree.map(scale, updates, params, *masks)
         return updates, ScaleByLarsState(optax.safe_increment(state.count), hp)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return transformation("scale_by_lars", init_fn, update_fn)
 
 
 def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, weight_decay_mask: MaskOrFn = None,

@@ -1,0 +1,124 @@
+"""The pytree contract every transform here keeps: checked trees, non-float leaves passed through.
+
+Every transform in the package is built with :func:`transformation`, which adds two things
+around its ``init`` and ``update``:
+
+* **Matching trees.** ``update`` checks, while tracing (no cost in the compiled step), that
+  the updates have the structure and leaf shapes of ``params`` (when given) and of the state
+  ``init`` built: grads of other params (a renamed layer, a changed width, a state restored
+  from another model) raise a ``ValueError`` naming the first differing path, instead of a
+  broadcasting error deep inside the update or, worse, silent broadcasting.
+* **Non-float leaves pass through.** Integer, boolean and ``float0`` leaves (step counters or
+  masks kept in the params; ``jax.grad(..., allow_int=True)`` gives them ``float0``
+  gradients) and ``None`` leaves are returned unchanged and get no state: the update rule
+  only sees the floating (real or complex) leaves.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def _is_none(x) -> bool:
+    return x is None
+
+
+def is_float(leaf) -> bool:
+    """Whether a leaf is a floating or complex array or number (the leaves an update rule sees)."""
+    if leaf is None:
+        return False
+    dtype = jax.dtypes.result_type(leaf) if not hasattr(leaf, "dtype") else leaf.dtype
+    return jnp.issubdtype(dtype, jnp.inexact)
+
+
+def floats_only(tree):
+    """``tree`` with every non-float leaf replaced by ``None``."""
+    return jax.tree.map(lambda x: x if is_float(x) else None, tree)
+
+
+def with_passed_through(original, updated):
+    """``updated`` (a tree from :func:`floats_only`'s leaves) with the original non-float leaves back."""
+    leaves, treedef = jax.tree.flatten(original, is_leaf=_is_none)
+    new = jax.tree.leaves(updated, is_leaf=_is_none)
+    return treedef.unflatten([n if is_float(o) else o for o, n in zip(leaves, new)])
+
+
+def _shape(leaf):
+    return None if leaf is None else tuple(getattr(leaf, "shape", np.shape(leaf)))
+
+
+def _dtype(leaf):
+    return None if leaf is None else jnp.dtype(getattr(leaf, "dtype", jax.dtypes.result_type(leaf)))
+
+
+def first_difference(expected, actual, dtypes: bool = False) -> str | None:
+    """Where ``actual`` first differs from ``expected``: a missing or extra path, another
+    shape (or dtype, with ``dtypes``), or other node types; ``None`` when they match.
+
+    Paths are written as ``jax.tree_util.keystr`` writes them (``['dense']['kernel']``,
+    ``[0].mu``).
+    """
+    want = jax.tree_util.tree_flatten_with_path(expected, is_leaf=_is_none)[0]
+    have = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(actual, is_leaf=_is_none)[0]}
+    for path, leaf in want:
+        key = jax.tree_util.keystr(path)
+        if key not in have:
+            return f"{key or 'the root'} is missing"
+        other = have.pop(key)
+        if _shape(leaf) != _shape(other):
+            return f"{key or 'the root'} has shape {_shape(other)}, expected {_shape(leaf)}"
+        if dtypes and _dtype(leaf) != _dtype(other):
+            return f"{key or 'the root'} has dtype {_dtype(other)}, expected {_dtype(leaf)}"
+    if have:
+        return f"{next(iter(have)) or 'the root'} is not expected"
+    if jax.tree.structure(expected, is_leaf=_is_none) != jax.tree.structure(actual, is_leaf=_is_none):
+        return (f"the same paths but other node types: {jax.tree.structure(actual, is_leaf=_is_none)}, "
+                f"expected {jax.tree.structure(expected, is_leaf=_is_none)}")
+    return None
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(_shape(x), _dtype(x)), tree)
+
+
+def check_update_args(owner: str, init_fn: Callable, updates, state, params) -> None:
+    """Raises ``ValueError`` when ``updates`` do not match ``params`` or the state ``init_fn`` builds."""
+    if params is not None:
+        where = first_difference(params, updates)
+        if where is not None:
+            raise ValueError(f"{owner}: the updates do not match the params: in the updates, {where} "
+                             f"(as in the params)")
+    implied = jax.eval_shape(init_fn, _abstract(floats_only(updates)))
+    where = first_difference(state, implied)
+    if where is not None:
+        raise ValueError(f"{owner}: the updates do not match the optimizer state (was it initialised "
+                         f"with other params?): in the state these updates imply, {where}")
+
+
+def transformation(owner: str, init_fn: Callable, update_fn: Callable,
+                   extra_args: bool = False) -> optax.GradientTransformation:
+    """A transform from ``init_fn(params)`` and ``update_fn(updates, state, params, **extra)``
+    that keeps the module's contract: checked trees, non-float leaves passed through.
+
+    ``update_fn`` and ``init_fn`` only see the float leaves (the others are ``None``).
+    ``extra_args=True`` makes an ``optax.GradientTransformationExtraArgs`` (``update_fn``
+    takes keyword arguments such as ``value``).
+    """
+    def init(params):
+        return init_fn(floats_only(params))
+
+    def update(updates, state, params=None, **extra: Any):
+        check_update_args(owner, init, updates, state, params)
+        floats = floats_only(updates)
+        kept = None if params is None else floats_only(params)
+        new, state = update_fn(floats, state, kept, **extra) if extra_args else update_fn(floats, state, kept)
+        return with_passed_through(updates, new), state
+
+    if extra_args:
+        return optax.GradientTransformationExtraArgs(init, update)
+    return optax.GradientTransformation(init, update)
