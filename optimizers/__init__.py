@@ -38,6 +38,7 @@ from optimizers._averaging import ema as ema
 from optimizers._averaging import recompute_batch_stats as recompute_batch_stats
 from optimizers._averaging import swa as swa
 from optimizers._data_echoing import data_echoing as data_echoing
+from optimizers._dtypes import with_state_dtype as with_state_dtype
 from optimizers._ema import ScaleByEmaState as ScaleByEmaState
 from optimizers._ema import scale_by_ema as scale_by_ema
 from optimizers._funnelled_sgdm import ScaleByFunnelledSgdmState as ScaleByFunnelledSgdmState
@@ -62,6 +63,9 @@ from optimizers._momentum import trace as trace
 from optimizers._nadam import ScaleByNadamState as ScaleByNadamState
 from optimizers._nadam import nadam as nadam
 from optimizers._nadam import scale_by_nadam as scale_by_nadam
+from optimizers._nonfinite import ApplyIfFiniteState as ApplyIfFiniteState
+from optimizers._nonfinite import apply_if_finite as apply_if_finite
+from optimizers._nonfinite import check_finite as check_finite
 from optimizers._novograd import ScaleByNovogradState as ScaleByNovogradState
 from optimizers._novograd import novograd as novograd
 from optimizers._novograd import scale_by_novograd as scale_by_novograd
@@ -89,6 +93,11 @@ from optimizers._trust_ratio import lamb as lamb
 from optimizers._trust_ratio import lars as lars
 from optimizers._trust_ratio import scale_by_lars as scale_by_lars
 from optimizers._trust_ratio import scale_by_trust_ratio as scale_by_trust_ratio
+from optimizers.checkpoint import check_compatible as check_compatible
+from optimizers.checkpoint import from_bytes as from_bytes
+from optimizers.checkpoint import restore as restore
+from optimizers.checkpoint import save as save
+from optimizers.checkpoint import to_bytes as to_bytes
 from optimizers.sharding import bytes_per_device as bytes_per_device
 from optimizers.sharding import fit_sharding as fit_sharding
 from optimizers.sharding import fsdp_shardings as fsdp_shardings
@@ -96,6 +105,7 @@ from optimizers.sharding import state_shardings as state_shardings
 
 __all__ = [
     "AddDecayedWeightsState",
+    "ApplyIfFiniteState",
     "ClipByBlockRmsState",
     "EmaState",
     "GradientlessDescent",
@@ -136,13 +146,17 @@ __all__ = [
     "add_decayed_weights",
     "amos",
     "amsgrad",
+    "apply_if_finite",
     "averaged_params",
     "bytes_per_device",
+    "check_compatible",
+    "check_finite",
     "clip_by_block_rms",
     "data_echoing",
     "ema",
     "fit_sharding",
     "forward_value_and_grad",
+    "from_bytes",
     "fsdp_shardings",
     "funnelled_sgdm",
     "get_hyperparams",
@@ -156,8 +170,10 @@ __all__ = [
     "radam",
     "recompute_batch_stats",
     "reduce_on_plateau",
+    "restore",
     "rmsprop",
     "rprop",
+    "save",
     "scale_by_adadelta",
     "scale_by_adam",
     "scale_by_adamax",
@@ -186,6 +202,8 @@ __all__ = [
     "sm3",
     "state_shardings",
     "swa",
+    "to_bytes",
     "trace",
+    "with_state_dtype",
     "zeroth_order_value_and_grad",
 ]

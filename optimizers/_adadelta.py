@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
+from optimizers._dtypes import inner, real_zeros_like, store, store_like, widen
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -45,19 +46,20 @@ def scale_by_adadelta(rho: ScalarOrSchedule = 0.9, eps: ScalarOrSchedule = 1e-6)
 
     def init_fn(params):
         return ScaleByAdadeltaState(jnp.zeros([], jnp.int32), init_hyperparams(rho=rho, eps=eps),
-                                    optax.tree.zeros_like(params), optax.tree.zeros_like(params))
+                                    real_zeros_like(params), real_zeros_like(params))
 
     def update_fn(updates, state, params=None):
         del params
         hp = current_hyperparams(dict(rho=rho, eps=eps), state.hyperparams, state.count)
         r, e = hp["rho"], hp["eps"]
-        v = jax.tree.map(lambda g, s: (r * s + (1 - r) * g * g).astype(s.dtype), updates, state.nu)
+        v = jax.tree.map(lambda g, s: r * widen(s) + inner((1 - r) * widen(g), widen(g)), updates, state.nu)
         # One root of the ratio, not a root over a root: XLA:CPU rewrites the latter to a slow rsqrt
         # and writes both roots, which the step and the new X share, to temporaries.
-        d = jax.tree.map(lambda g, s, x: jnp.sqrt((x + e) / (s + e)) * g, updates, v, state.delta_nu)
-        x = jax.tree.map(lambda dd, s: (r * s + (1 - r) * dd * dd).astype(s.dtype), d, state.delta_nu)
-        out = jax.tree.map(lambda dd, g: dd.astype(g.dtype), d, updates)
-        return out, ScaleByAdadeltaState(optax.safe_increment(state.count), hp, v, x)
+        d = jax.tree.map(lambda g, s, x: jnp.sqrt((widen(x) + e) / (s + e)) * widen(g), updates, v, state.delta_nu)
+        x = jax.tree.map(lambda dd, s: r * widen(s) + inner((1 - r) * dd, dd), d, state.delta_nu)
+        out = jax.tree.map(lambda dd, g: store(dd, g.dtype), d, updates)
+        return out, ScaleByAdadeltaState(optax.safe_increment(state.count), hp, store_like(v, state.nu),
+                                         store_like(x, state.delta_nu))
 
     return transformation("scale_by_adadelta", init_fn, update_fn)
 

@@ -20,6 +20,7 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._ema import scale_by_ema
+from optimizers._dtypes import abs2, real_dtype, store
 from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams, is_zero
 from optimizers._moments import step_number
 from optimizers._scaling import scale_by_learning_rate
@@ -29,12 +30,12 @@ from schedules import ScalarOrSchedule
 def _rms(x, dtype):
     """The root mean square of a whole leaf, computed in ``dtype`` (or wider)."""
     x = x.astype(jnp.promote_types(x.dtype, dtype))
-    return jnp.sqrt(jnp.mean(jnp.square(x)))
+    return jnp.sqrt(jnp.mean(abs2(x)))
 
 
 def _zeros_without(p, axis):
-    """Zeros shaped like ``p`` reduced over ``axis`` (keeping ``p``'s sharding), in ``p``'s dtype."""
-    return jnp.zeros_like(jax.eval_shape(lambda x: jnp.mean(x, axis=axis), p))
+    """Zeros shaped like ``p`` reduced over ``axis`` (keeping ``p``'s sharding), in ``p``'s real dtype."""
+    return jnp.zeros_like(jax.eval_shape(lambda x: jnp.mean(x, axis=axis), p), dtype=real_dtype(p.dtype))
 
 
 class ScaleByFactoredRmsState(NamedTuple):
@@ -93,9 +94,10 @@ def scale_by_factored_rms(decay_rate: float = 0.8, eps: float = 1e-30, min_dim_s
     def init_fn(params):
         def init_leaf(p):
             if factored and p.ndim >= 2 and min(p.shape[-2:]) >= min_dim_size_to_factor:
-                return _zeros_without(p, -1), _zeros_without(p, -2), jnp.zeros((0,), p.dtype)
+                return _zeros_without(p, -1), _zeros_without(p, -2), jnp.zeros((0,), real_dtype(p.dtype))
             # Separate empty arrays: one array in two leaves cannot be donated twice.
-            return jnp.zeros((0,), p.dtype), jnp.zeros((0,), p.dtype), jnp.zeros_like(p)
+            empty = lambda: jnp.zeros((0,), real_dtype(p.dtype))  # noqa: E731
+            return empty(), empty(), jnp.zeros_like(p, dtype=real_dtype(p.dtype))
 
         moments = jax.tree.map(init_leaf, params)
         pick = [jax.tree.map(lambda _, s, i=i: s[i], params, moments) for i in range(3)]
@@ -108,17 +110,18 @@ def scale_by_factored_rms(decay_rate: float = 0.8, eps: float = 1e-30, min_dim_s
 
         def update_leaf(g, r, c, v):
             x = g.astype(jnp.promote_types(g.dtype, t.dtype))
-            g2 = jnp.square(x) + eps
+            g2 = abs2(x) + eps
             if v.shape != g.shape:  # factored at init
-                r = (beta * r + (1 - beta) * jnp.mean(g2, axis=-1)).astype(r.dtype)
-                c = (beta * c + (1 - beta) * jnp.mean(g2, axis=-2)).astype(c.dtype)
-                rr, cc = r.astype(x.dtype), c.astype(x.dtype)
+                rr = beta * r + (1 - beta) * jnp.mean(g2, axis=-1)
+                cc = beta * c + (1 - beta) * jnp.mean(g2, axis=-2)
                 row = rr / jnp.mean(rr, axis=-1, keepdims=True)
                 u = x * jax.lax.rsqrt(row)[..., None] * jax.lax.rsqrt(cc)[..., None, :]
+                r, c = store(rr, r.dtype), store(cc, c.dtype)
             else:
-                v = (beta * v + (1 - beta) * g2).astype(v.dtype)
-                u = x * jax.lax.rsqrt(v.astype(x.dtype))
-            return u.astype(g.dtype), r, c, v
+                vv = beta * v + (1 - beta) * g2
+                u = x * jax.lax.rsqrt(vv)
+                v = store(vv, v.dtype)
+            return store(u, g.dtype), r, c, v
 
         out = jax.tree.map(update_leaf, updates, state.v_row, state.v_col, state.v)
         u, r, c, v = [jax.tree.map(lambda _, o, i=i: o[i], updates, out) for i in range(4)]
@@ -189,7 +192,7 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransform
         if params is None:
             raise ValueError("scale_by_param_block_rms: update needs params, got params=None")
         dtype = float_dtype()
-        updates = jax.tree.map(lambda u, p: (u * jnp.maximum(min_scale, _rms(p, dtype))).astype(u.dtype),
+        updates = jax.tree.map(lambda u, p: store(u * jnp.maximum(min_scale, _rms(p, dtype)), u.dtype),
                                updates, params)
         return updates, ScaleByParamBlockRmsState(optax.safe_increment(state.count), state.hyperparams)
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
+from optimizers._dtypes import abs2, real_full_like, store, store_like, widen
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -46,15 +47,15 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: ScalarOrSchedule =
     check_range("scale_by_rss", "eps", eps, 0.0, low_open=True)
 
     def init_fn(params):
-        v0 = optax.tree.full_like(params, initial_accumulator_value)
+        v0 = real_full_like(params, initial_accumulator_value)
         return ScaleByRssState(jnp.zeros([], jnp.int32), init_hyperparams(eps=eps), v0)
 
     def update_fn(updates, state, params=None):
         del params
         hp = current_hyperparams(dict(eps=eps), state.hyperparams, state.count)
-        v = jax.tree.map(lambda g, s: (s + g * g).astype(s.dtype), updates, state.sum_of_squares)
-        out = jax.tree.map(lambda g, s: (g / (jnp.sqrt(s) + hp["eps"])).astype(g.dtype), updates, v)
-        return out, ScaleByRssState(optax.safe_increment(state.count), hp, v)
+        v = jax.tree.map(lambda g, s: widen(s) + abs2(widen(g)), updates, state.sum_of_squares)
+        out = jax.tree.map(lambda g, s: store(widen(g) / (jnp.sqrt(s) + hp["eps"]), g.dtype), updates, v)
+        return out, ScaleByRssState(optax.safe_increment(state.count), hp, store_like(v, state.sum_of_squares))
 
     return transformation("scale_by_rss", init_fn, update_fn)
 

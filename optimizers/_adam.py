@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
+from optimizers._dtypes import real_zeros_like, store, store_like, widen
 from optimizers._hyperparams import current_hyperparams, init_hyperparams
 from optimizers._moments import adam_moments, bias_correction, check_betas, ema, step_number
 from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
@@ -16,7 +17,8 @@ from schedules import ScalarOrSchedule
 
 
 def _init(state_cls, b1, b2, eps, params, n_buffers):
-    buffers = [optax.tree.zeros_like(params) for _ in range(n_buffers)]
+    """The first moment has the params' dtype; the others (of :math:`|g|^2` or :math:`|g|`) its real form."""
+    buffers = [optax.tree.zeros_like(params)] + [real_zeros_like(params) for _ in range(n_buffers - 1)]
     return state_cls(jnp.zeros([], jnp.int32), init_hyperparams(b1=b1, b2=b2, eps=eps), *buffers)
 
 
@@ -52,8 +54,9 @@ def scale_by_adam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
         del params
         hp = current_hyperparams(dict(b1=b1, b2=b2, eps=eps), state.hyperparams, state.count)
         t, m, v, c1, c2 = adam_moments(updates, state, hp)
-        out = jax.tree.map(lambda g, a, b: (a / c1 / (jnp.sqrt(b / c2) + hp["eps"])).astype(g.dtype), updates, m, v)
-        return out, ScaleByAdamState(optax.safe_increment(state.count), hp, m, v)
+        out = jax.tree.map(lambda g, a, b: store(a / c1 / (jnp.sqrt(b / c2) + hp["eps"]), g.dtype), updates, m, v)
+        moments = store_like(m, state.mu), store_like(v, state.nu)
+        return out, ScaleByAdamState(optax.safe_increment(state.count), hp, *moments)
 
     return transformation("scale_by_adam", lambda p: _init(ScaleByAdamState, b1, b2, eps, p, 2), update_fn)
 
@@ -127,13 +130,14 @@ def scale_by_amsgrad(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
         hp = current_hyperparams(dict(b1=b1, b2=b2, eps=eps), state.hyperparams, state.count)
         t, m, v, c1, c2 = adam_moments(updates, state, hp)
         if max_over == "corrected":
-            vmax = jax.tree.map(lambda b, s: jnp.maximum(s, b / c2).astype(s.dtype), v, state.nu_max)
+            vmax = jax.tree.map(lambda b, s: jnp.maximum(widen(s), b / c2), v, state.nu_max)
             denom = jax.tree.map(lambda s: jnp.sqrt(s) + hp["eps"], vmax)
         else:
-            vmax = jax.tree.map(lambda b, s: jnp.maximum(s, b), v, state.nu_max)
+            vmax = jax.tree.map(lambda b, s: jnp.maximum(widen(s), b), v, state.nu_max)
             denom = jax.tree.map(lambda s: jnp.sqrt(s / c2) + hp["eps"], vmax)
-        out = jax.tree.map(lambda g, a, d: (a / c1 / d).astype(g.dtype), updates, m, denom)
-        return out, ScaleByAmsgradState(optax.safe_increment(state.count), hp, m, v, vmax)
+        out = jax.tree.map(lambda g, a, d: store(a / c1 / d, g.dtype), updates, m, denom)
+        moments = store_like(m, state.mu), store_like(v, state.nu), store_like(vmax, state.nu_max)
+        return out, ScaleByAmsgradState(optax.safe_increment(state.count), hp, *moments)
 
     return transformation("scale_by_amsgrad", lambda p: _init(ScaleByAmsgradState, b1, b2, eps, p, 3), update_fn)
 
@@ -177,11 +181,12 @@ def scale_by_adamax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
         hp = current_hyperparams(dict(b1=b1, b2=b2, eps=eps), state.hyperparams, state.count)
         t = step_number(state.count, hp["b1"].dtype)
         m = ema(updates, state.mu, hp["b1"])
-        v = jax.tree.map(lambda g, s: jnp.maximum(hp["b2"] * s, jnp.abs(g) + hp["eps"]).astype(s.dtype),
+        v = jax.tree.map(lambda g, s: jnp.maximum(hp["b2"] * widen(s), jnp.abs(widen(g)) + hp["eps"]),
                          updates, state.nu)
         c1 = bias_correction(hp["b1"], t)
-        out = jax.tree.map(lambda g, a, b: (a / (c1 * b)).astype(g.dtype), updates, m, v)
-        return out, ScaleByAdamaxState(optax.safe_increment(state.count), hp, m, v)
+        out = jax.tree.map(lambda g, a, b: store(a / (c1 * b), g.dtype), updates, m, v)
+        moments = store_like(m, state.mu), store_like(v, state.nu)
+        return out, ScaleByAdamaxState(optax.safe_increment(state.count), hp, *moments)
 
     return transformation("scale_by_adamax", lambda p: _init(ScaleByAdamaxState, b1, b2, eps, p, 2), update_fn)
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
+from optimizers._dtypes import abs2, real_zeros_like, store, store_like, widen
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._moments import ema, step_number
 from optimizers._scaling import scale_by_learning_rate
@@ -71,7 +72,7 @@ def scale_by_adax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4, eps: 
 
     def init_fn(params):
         return ScaleByAdaxState(jnp.zeros([], jnp.int32), init_hyperparams(b1=b1, b2=b2, eps=eps),
-                                optax.tree.zeros_like(params), optax.tree.zeros_like(params))
+                                optax.tree.zeros_like(params), real_zeros_like(params))
 
     def update_fn(updates, state, params=None):
         del params
@@ -79,10 +80,11 @@ def scale_by_adax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4, eps: 
         growth = _growth(hp["b2"], step_number(state.count, hp["b2"].dtype))
         w = hp["b2"] / growth
         m = ema(updates, state.mu, hp["b1"])
-        v = jax.tree.map(lambda g, s: (s + w * (g * g - s)).astype(s.dtype), updates, state.nu)
+        v = jax.tree.map(lambda g, s: widen(s) + w * (abs2(widen(g)) - widen(s)), updates, state.nu)
         eps_hat = hp["eps"] / jnp.sqrt(growth) if eps_on_raw_sqrt else hp["eps"]
-        out = jax.tree.map(lambda g, a, b: (a / (jnp.sqrt(b) + eps_hat)).astype(g.dtype), updates, m, v)
-        return out, ScaleByAdaxState(optax.safe_increment(state.count), hp, m, v)
+        out = jax.tree.map(lambda g, a, b: store(a / (jnp.sqrt(b) + eps_hat), g.dtype), updates, m, v)
+        return out, ScaleByAdaxState(optax.safe_increment(state.count), hp, store_like(m, state.mu),
+                                     store_like(v, state.nu))
 
     return transformation("scale_by_adax", init_fn, update_fn)
 

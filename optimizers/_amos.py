@@ -10,6 +10,7 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._ema import scale_by_ema
+from optimizers._dtypes import abs2, real_dtype, store
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers._moments import step_number
 from optimizers._scaling import scale_by_learning_rate
@@ -42,7 +43,7 @@ def _shared_axes(granularity, leaf) -> tuple:
 
 def _reduced_zeros(granularity, leaf):
     axes = _shared_axes(granularity, leaf)
-    return jnp.zeros([1 if i in axes else n for i, n in enumerate(leaf.shape)], leaf.dtype)
+    return jnp.zeros([1 if i in axes else n for i, n in enumerate(leaf.shape)], real_dtype(leaf.dtype))
 
 
 def _eta_tree(eta, params):
@@ -148,14 +149,16 @@ def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0
 
         def leaf(grad, v, b, theta, e):
             g = grad.astype(jnp.promote_types(grad.dtype, x.dtype))  # mean of g^2 not in bfloat16
-            g2 = jnp.mean(g * g, axis=_shared_axes(granularity, g), keepdims=True)
+            axes = _shared_axes(granularity, g)
+            # A zero-size leaf shares its one slot among no entries: its mean square is 0, not NaN.
+            g2 = jnp.mean(abs2(g), axis=axes, keepdims=True) if g.size else jnp.zeros(v.shape, v.dtype)
             v_new = b1 * v + (1 - b1) * g2
             r = correction / jnp.maximum(v_new, eps)  # 1 / v_hat
             c = jax.lax.rsqrt(1 + c_coef * jnp.sqrt(x) * b)
             d = 1 / (1 + d_coef * jnp.sqrt(x * e) * b)
             gamma_over_xi = c * x * r * g2  # gamma_t / xi, without dividing by xi
             u = d * (e * jnp.sqrt(r) * g + 0.5 * gamma_over_xi * theta)
-            return u.astype(grad.dtype), v_new.astype(v.dtype), (b + x * gamma_over_xi * (1 + b)).astype(b.dtype)
+            return store(u, grad.dtype), store(v_new, v.dtype), store(b + x * gamma_over_xi * (1 + b), b.dtype)
 
         treedef = jax.tree.structure(updates)
         out = treedef.flatten_up_to(jax.tree.map(leaf, updates, state.v, state.b, params, _eta_tree(eta, params)))

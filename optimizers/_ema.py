@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
+from optimizers._dtypes import store, store_like
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._moments import ema
 from schedules import ScalarOrSchedule
@@ -45,7 +46,7 @@ def scale_by_ema(decay: ScalarOrSchedule = 0.9) -> optax.GradientTransformation:
         del params
         hp = current_hyperparams(dict(decay=decay), state.hyperparams, state.count)
         m = ema(updates, state.ema, hp["decay"])
-        out = jax.tree.map(lambda g, a: a.astype(g.dtype), updates, m)
-        return out, ScaleByEmaState(optax.safe_increment(state.count), hp, m)
+        out = jax.tree.map(lambda g, a: store(a, g.dtype), updates, m)
+        return out, ScaleByEmaState(optax.safe_increment(state.count), hp, store_like(m, state.ema))
 
     return transformation("scale_by_ema", init_fn, update_fn)

@@ -10,6 +10,7 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._elementwise import after
+from optimizers._dtypes import reject_complex, store, store_like, widen
 from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams
 from optimizers._moments import ema
 from optimizers._scaling import scale_by_learning_rate
@@ -59,7 +60,8 @@ def scale_by_funnelled_sgdm(eta: ScalarOrSchedule, momentum: ScalarOrSchedule = 
     :math:`\partial L(\theta_{t-1}) / \partial s_{t-1} = -u_{t-1} \cdot g_t` (and, through the
     momentum, :math:`\partial L / \partial p \propto -m_{t-1} \odot g_t`), so ``+`` descends:
     a gain grows while the new gradient agrees with the momentum (the steps were too short)
-    and shrinks when they disagree (the last step overshot).
+    and shrinks when they disagree (the last step overshot). Complex params raise ``TypeError``
+    at ``init``: the gains are per real coordinate.
 
     .. warning::
         The table puts :math:`\eta_t` inside the momentum; here :math:`\theta_t = \theta_{t-1}
@@ -91,6 +93,9 @@ def scale_by_funnelled_sgdm(eta: ScalarOrSchedule, momentum: ScalarOrSchedule = 
     values = dict(learning_rate=eta, momentum=momentum, beta=beta, gamma_p=gamma_p, gamma_s=gamma_s)
 
     def init_fn(params):
+        reject_complex("scale_by_funnelled_sgdm", params, "its gains exp(gamma_p m g) are per real coordinate, "
+                       "which a complex gain would not be (it would rotate the gradient); split complex params "
+                       "into real and imaginary leaves")
         return ScaleByFunnelledSgdmState(jnp.zeros([], jnp.int32), init_hyperparams(**values),
                                          jnp.ones([], float_dtype()), optax.tree.ones_like(params),
                                          optax.tree.zeros_like(params), optax.tree.zeros_like(params))
@@ -100,13 +105,13 @@ def scale_by_funnelled_sgdm(eta: ScalarOrSchedule, momentum: ScalarOrSchedule = 
         hp = current_hyperparams(values, state.hyperparams, state.count)
         corr = _dot(state.trace, updates, state.scale.dtype)
         s = (state.scale * jnp.exp(hp["gamma_s"] * hp["learning_rate"] * corr)).astype(state.scale.dtype)
-        p = jax.tree.map(lambda g, q, m: (q * jnp.exp(hp["gamma_p"] * m * g)).astype(q.dtype),
+        p = jax.tree.map(lambda g, q, m: store(q * jnp.exp(hp["gamma_p"] * m * g), q.dtype),
                          updates, state.gain, state.grad_avg)
         # m and u overwrite buffers that the gains and the dot product read: written after them.
-        m = jax.tree.map(after, ema(updates, state.grad_avg, hp["beta"]), p)
-        u = jax.tree.map(lambda g, q, t: (hp["momentum"] * after(t, s) + q * g).astype(t.dtype),
+        m = store_like(jax.tree.map(after, ema(updates, state.grad_avg, hp["beta"]), p), state.grad_avg)
+        u = jax.tree.map(lambda g, q, t: store(hp["momentum"] * after(t, s) + q * widen(g), t.dtype),
                          updates, p, state.trace)
-        out = jax.tree.map(lambda g, t: (s * t).astype(g.dtype), updates, u)
+        out = jax.tree.map(lambda g, t: store(s * t, g.dtype), updates, u)
         return out, ScaleByFunnelledSgdmState(optax.safe_increment(state.count), hp, s, p, m, u)
 
     return transformation("scale_by_funnelled_sgdm", init_fn, update_fn)

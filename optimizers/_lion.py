@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
+from optimizers._dtypes import reject_complex
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -30,6 +31,7 @@ def scale_by_lion(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.99) -> op
     with :math:`m_0 = 0` and :math:`\operatorname{sign}(0) = 0`. The update uses the momentum
     *before* it takes in :math:`g_t`; the momentum decays more slowly (:math:`\beta_2`) than the
     interpolation (:math:`\beta_1`). The same as ``optax.scale_by_lion`` (``mode="hard"``).
+    Complex params raise ``TypeError`` at ``init``: the sign is per real coordinate.
 
     Args:
         b1: interpolation :math:`\beta_1 \in [0, 1)` (0.9).
@@ -42,6 +44,8 @@ def scale_by_lion(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.99) -> op
     check_range("scale_by_lion", "b2", b2, 0.0, 1.0, high_open=True)
 
     def init_fn(params):
+        reject_complex("scale_by_lion", params, "its step is the sign of each real coordinate; split complex "
+                       "params into real and imaginary leaves to run Lion on the real pair")
         return ScaleByLionState(jnp.zeros([], jnp.int32), init_hyperparams(b1=b1, b2=b2),
                                 optax.tree.zeros_like(params))
 

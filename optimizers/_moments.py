@@ -5,12 +5,18 @@ from __future__ import annotations
 import jax
 import optax
 
+from optimizers._dtypes import abs2, widen
 from optimizers._hyperparams import check_range
 
 
 def ema(updates, moments, decay, order: int = 1):
-    r""":math:`m_t = \beta m_{t-1} + (1 - \beta) g_t^{k}`, stored in the moments' dtype."""
-    return jax.tree.map(lambda g, m: (decay * m + (1 - decay) * g**order).astype(m.dtype), updates, moments)
+    r""":math:`m_t = \beta m_{t-1} + (1 - \beta) g_t` (``order=1``) or :math:`+ (1 - \beta) |g_t|^2` (``order=2``).
+
+    Computed in at least float32 and returned so: the update uses these values, the state
+    keeps them :func:`~optimizers._dtypes.store_like` the old moments.
+    """
+    power = abs2 if order == 2 else (lambda g: g)
+    return jax.tree.map(lambda g, m: decay * widen(m) + (1 - decay) * power(widen(g)), updates, moments)
 
 
 def step_number(count, dtype):
@@ -33,7 +39,8 @@ def check_betas(owner: str, b1, b2, eps) -> None:
 def adam_moments(updates, state, hp):
     r""":math:`(t, m_t, v_t, 1-\beta_1^t, 1-\beta_2^t)` for the update at ``state.count``.
 
-    ``state`` has Adam's ``mu`` and ``nu``; ``hp`` the update's ``b1`` and ``b2``.
+    ``state`` has Adam's ``mu`` and ``nu``; ``hp`` the update's ``b1`` and ``b2``. The moments
+    are :func:`ema`'s, in at least float32: store them with ``store_like(m, state.mu)``.
     """
     t = step_number(state.count, hp["b1"].dtype)
     m, v = ema(updates, state.mu, hp["b1"]), ema(updates, state.nu, hp["b2"], 2)

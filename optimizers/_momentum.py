@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
+from optimizers._dtypes import store, store_like, widen
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -48,12 +49,12 @@ def trace(decay: ScalarOrSchedule = 0.9, nesterov: bool = False) -> optax.Gradie
         del params
         hp = current_hyperparams(dict(momentum=decay), state.hyperparams, state.count)
         mu = hp["momentum"]
-        m = jax.tree.map(lambda g, t: (g + mu * t).astype(t.dtype), updates, state.trace)
+        m = jax.tree.map(lambda g, t: widen(g) + mu * t, updates, state.trace)
         if nesterov:
-            out = jax.tree.map(lambda g, t: (g + mu * t).astype(g.dtype), updates, m)
+            out = jax.tree.map(lambda g, t: store(widen(g) + mu * t, g.dtype), updates, m)
         else:
-            out = jax.tree.map(lambda g, t: t.astype(g.dtype), updates, m)
-        return out, TraceState(optax.safe_increment(state.count), hp, m)
+            out = jax.tree.map(lambda g, t: store(t, g.dtype), updates, m)
+        return out, TraceState(optax.safe_increment(state.count), hp, store_like(m, state.trace))
 
     return transformation("trace", init_fn, update_fn)
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
+from optimizers._dtypes import real_zeros_like, store, store_like
 from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams
 from optimizers._moments import adam_moments, check_betas
 from optimizers._scaling import scale_by_learning_rate
@@ -59,7 +60,7 @@ def scale_by_nadam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
     def init_fn(params):
         return ScaleByNadamState(jnp.zeros([], jnp.int32), init_hyperparams(b1=b1, b2=b2, eps=eps),
                                  jnp.ones([], float_dtype()), optax.tree.zeros_like(params),
-                                 optax.tree.zeros_like(params))
+                                 real_zeros_like(params))
 
     def update_fn(updates, state, params=None):
         del params
@@ -71,10 +72,11 @@ def scale_by_nadam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
 
         def direction(g, a, b):
             nesterov = (1 - mu_t) * g / (1 - prod) + mu_next * a / (1 - prod * mu_next)
-            return (nesterov / (jnp.sqrt(b / c2) + hp["eps"])).astype(g.dtype)
+            return store(nesterov / (jnp.sqrt(b / c2) + hp["eps"]), g.dtype)
 
         out = jax.tree.map(direction, updates, m, v)
-        return out, ScaleByNadamState(optax.safe_increment(state.count), hp, prod, m, v)
+        moments = store_like(m, state.mu), store_like(v, state.nu)
+        return out, ScaleByNadamState(optax.safe_increment(state.count), hp, prod, *moments)
 
     return transformation("scale_by_nadam", init_fn, update_fn)
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
+from optimizers._dtypes import abs2, real_dtype, store, store_like
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -57,7 +58,7 @@ def scale_by_novograd(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25, e
     values = dict(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
     def init_fn(params):
-        nu = jax.tree.map(lambda p: jnp.zeros([], p.dtype), params)
+        nu = jax.tree.map(lambda p: jnp.zeros([], real_dtype(p.dtype)), params)
         return ScaleByNovogradState(jnp.zeros([], jnp.int32), init_hyperparams(**values),
                                     optax.tree.zeros_like(params), nu)
 
@@ -68,16 +69,17 @@ def scale_by_novograd(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25, e
         first = state.count == 0
         b1_, b2_, eps_, wd = hp["b1"], hp["b2"], hp["eps"], hp["weight_decay"]
         wide = lambda x: x.astype(jnp.promote_types(x.dtype, b2_.dtype))  # noqa: E731
-        norm2 = jax.tree.map(lambda g: jnp.sum(jnp.square(wide(g))), updates)
-        nu = jax.tree.map(lambda n, v: jnp.where(first, n, b2_ * v + (1 - b2_) * n).astype(v.dtype), norm2, state.nu)
+        norm2 = jax.tree.map(lambda g: jnp.sum(abs2(wide(g))), updates)
+        nu = jax.tree.map(lambda n, v: jnp.where(first, n, b2_ * v + (1 - b2_) * n), norm2, state.nu)
 
         def moment(g, w, m, v):
             den = jnp.sqrt(wide(v)) + jnp.where(first, 0.0, eps_)
-            return (b1_ * m + wide(g) / jnp.where(den == 0, 1.0, den) + wd * w).astype(m.dtype)
+            return b1_ * m + wide(g) / jnp.where(den == 0, 1.0, den) + wd * w
 
         mu = jax.tree.map(moment, updates, params, state.mu, nu)
-        out = jax.tree.map(lambda g, m: m.astype(g.dtype), updates, mu)
-        return out, ScaleByNovogradState(optax.safe_increment(state.count), hp, mu, nu)
+        out = jax.tree.map(lambda g, m: store(m, g.dtype), updates, mu)
+        return out, ScaleByNovogradState(optax.safe_increment(state.count), hp, store_like(mu, state.mu),
+                                         store_like(nu, state.nu))
 
     return transformation("scale_by_novograd", init_fn, update_fn)
 

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
+from optimizers._dtypes import real_zeros_like, store, store_like
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._moments import adam_moments, check_betas
 from optimizers._scaling import scale_by_learning_rate
@@ -85,7 +86,7 @@ def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
 
     def init_fn(params):
         return ScaleByRadamState(jnp.zeros([], jnp.int32), init_hyperparams(b1=b1, b2=b2, eps=eps),
-                                 optax.tree.zeros_like(params), optax.tree.zeros_like(params))
+                                 optax.tree.zeros_like(params), real_zeros_like(params))
 
     def update_fn(updates, state, params=None):
         del params
@@ -100,8 +101,9 @@ def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
                 adaptive = 1 / (jnp.sqrt(b / c2) + hp["eps"])
             return jnp.where(adapt, r * adaptive, 1.0) * (a / c1)
 
-        out = jax.tree.map(lambda g, a, b: direction(g, a, b).astype(g.dtype), updates, m, v)
-        return out, ScaleByRadamState(optax.safe_increment(state.count), hp, m, v)
+        out = jax.tree.map(lambda g, a, b: store(direction(g, a, b), g.dtype), updates, m, v)
+        return out, ScaleByRadamState(optax.safe_increment(state.count), hp, store_like(m, state.mu),
+                                      store_like(v, state.nu))
 
     return transformation("scale_by_radam", init_fn, update_fn)
 

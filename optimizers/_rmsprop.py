@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
+from optimizers._dtypes import inner, real_full_like, store, store_like, widen
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers._momentum import trace
 from optimizers._scaling import scale_by_learning_rate
@@ -35,7 +36,12 @@ def scale_by_rms(decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
     root), which is ``torch.optim.RMSprop``. ``eps_in_sqrt=True`` gives
     :math:`g_t / \sqrt{v_t + \epsilon}`, optax's default. ``centered=True`` also tracks
     :math:`\bar g_t = \rho \bar g_{t-1} + (1-\rho) g_t` and divides by
-    :math:`\sqrt{v_t - \bar g_t^2} + \epsilon` (Graves 2013; ``RMSprop(centered=True)``).
+    :math:`\sqrt{v_t - \bar g_t^2} + \epsilon` (Graves 2013; ``RMSprop(centered=True)``). The
+    variance is evaluated as the equal
+    :math:`\rho\,(v_{t-1} - \bar g_{t-1}^2) + \rho (1-\rho)(g_t - \bar g_{t-1})^2`, whose new
+    term does not cancel: :math:`v_t - \bar g_t^2` subtracts two rounded numbers of nearly the
+    same size when :math:`\rho` is small (at :math:`\rho = 0` the variance is exactly 0, the
+    difference float32 noise that the root magnifies to :math:`3 \cdot 10^{-4} |g_t|`).
 
     .. warning::
         optax's ``scale_by_rms`` defaults to ``decay=0.9`` and ``eps_in_sqrt=True``.
@@ -57,26 +63,31 @@ def scale_by_rms(decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
 
     def init_fn(params):
         return ScaleByRmsState(jnp.zeros([], jnp.int32), init_hyperparams(decay=decay, eps=eps),
-                               optax.tree.full_like(params, initial_scale),
+                               real_full_like(params, initial_scale),
                                optax.tree.zeros_like(params) if centered else None)
 
-    def denominator(v, m, e):
-        var = v - m * m if centered else v
+    def denominator(var, e):
         var = jnp.maximum(var, 0.0)
         return jnp.sqrt(var + e) if eps_in_sqrt else jnp.sqrt(var) + e
+
+    def variance(g, v_old, m_old, rho):
+        m_old, d = widen(m_old), widen(g) - widen(m_old)
+        return rho * (widen(v_old) - inner(m_old, m_old)) + inner(rho * (1 - rho) * d, d)
 
     def update_fn(updates, state, params=None):
         del params
         hp = current_hyperparams(dict(decay=decay, eps=eps), state.hyperparams, state.count)
         rho = hp["decay"]
-        v = jax.tree.map(lambda g, s: (rho * s + (1 - rho) * g * g).astype(s.dtype), updates, state.nu)
+        v = jax.tree.map(lambda g, s: rho * widen(s) + inner((1 - rho) * widen(g), widen(g)), updates, state.nu)
         if centered:
-            m = jax.tree.map(lambda g, s: (rho * s + (1 - rho) * g).astype(s.dtype), updates, state.mu)
-            out = jax.tree.map(lambda g, s, a: (g / denominator(s, a, hp["eps"])).astype(g.dtype), updates, v, m)
+            m = jax.tree.map(lambda g, s: rho * widen(s) + (1 - rho) * widen(g), updates, state.mu)
+            out = jax.tree.map(lambda g, s, a: store(widen(g) / denominator(variance(g, s, a, rho), hp["eps"]), g.dtype),
+                               updates, state.nu, state.mu)
+            m = store_like(m, state.mu)
         else:
             m = None
-            out = jax.tree.map(lambda g, s: (g / denominator(s, None, hp["eps"])).astype(g.dtype), updates, v)
-        return out, ScaleByRmsState(optax.safe_increment(state.count), hp, v, m)
+            out = jax.tree.map(lambda g, s: store(widen(g) / denominator(s, hp["eps"]), g.dtype), updates, v)
+        return out, ScaleByRmsState(optax.safe_increment(state.count), hp, store_like(v, state.nu), m)
 
     return transformation("scale_by_rms", init_fn, update_fn)
 

@@ -10,6 +10,7 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._elementwise import after, clip
+from optimizers._dtypes import reject_complex
 from optimizers._hyperparams import check_range, init_hyperparams
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -56,6 +57,7 @@ def scale_by_rprop(eta_plus: float = 1.2, eta_minus: float = 0.5, min_scale: flo
     this transform's output: in :func:`rprop` the learning rate :math:`\gamma`, which is then
     the initial step size :math:`\Delta_0` and the actual step sizes are
     :math:`\Delta_t = \gamma_t \zeta_t \in [\gamma\zeta_{min}, \gamma\zeta_{max}]`.
+    Complex params raise ``TypeError`` at ``init``: the rule compares signs.
 
     .. warning::
         The 1993 paper also reverts the previous step after a sign change
@@ -82,6 +84,8 @@ def scale_by_rprop(eta_plus: float = 1.2, eta_minus: float = 0.5, min_scale: flo
     torch_form = form == "torch"
 
     def init_fn(params):
+        reject_complex("scale_by_rprop", params, "its step sizes follow the signs of successive gradients, "
+                       "which complex numbers do not have; split complex params into real and imaginary leaves")
         return ScaleByRpropState(jnp.zeros([], jnp.int32), init_hyperparams(),
                                  optax.tree.ones_like(params), optax.tree.zeros_like(params))
 

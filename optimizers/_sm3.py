@@ -12,6 +12,7 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._ema import scale_by_ema
+from optimizers._dtypes import abs2, real_dtype, store
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -30,8 +31,13 @@ def _cover_axes(ndim):
 
 
 def _max_over_covers(x, ndim):
-    """For each dim, the max of ``x`` over each cover (the entries sharing an index of that dim)."""
-    return [jnp.max(x, axis=_others(ndim, a)) for a in _cover_axes(ndim)]
+    """For each dim, the max of ``x >= 0`` over each cover (the entries sharing an index of that dim).
+
+    0 over an empty cover (a zero-size leaf), where ``jnp.max`` alone has no identity; a
+    vector's covers are its entries (no reduction).
+    """
+    axes = [_others(ndim, a) for a in _cover_axes(ndim)]
+    return [jnp.max(x, axis=ax, initial=0.0) if ax else x for ax in axes]
 
 
 def _min_of_covers(accumulators, ndim):
@@ -95,19 +101,19 @@ def scale_by_sm3(eps_root: ScalarOrSchedule = 0.0, variant: str = "I") -> optax.
         raise ValueError(f"scale_by_sm3: variant must be 'I' or 'II', got {variant!r}")
 
     def init_fn(params):
-        mu = jax.tree.map(lambda p: jnp.zeros((sum(p.shape) if p.ndim else 1,), p.dtype), params)
+        mu = jax.tree.map(lambda p: jnp.zeros((sum(p.shape) if p.ndim else 1,), real_dtype(p.dtype)), params)
         return ScaleBySm3State(jnp.zeros([], jnp.int32), init_hyperparams(eps_root=eps_root), mu)
 
     def update_leaf(g, flat, eps):
         x, old = g.astype(jnp.promote_types(g.dtype, eps.dtype)), _split(flat, g.shape)
         if variant == "I":
-            new = [acc + m for acc, m in zip(old, _max_over_covers(x * x, g.ndim))]
+            new = [acc + m for acc, m in zip(old, _max_over_covers(abs2(x), g.ndim))]
             nu = _min_of_covers(new, g.ndim)
         else:
-            nu = _min_of_covers(old, g.ndim) + x * x
+            nu = _min_of_covers(old, g.ndim) + abs2(x)
             new = _max_over_covers(nu, g.ndim)
         u = jnp.where(nu > 0, x * jax.lax.rsqrt(jnp.where(nu > 0, nu + eps, 1.0)), 0.0)
-        return u.astype(g.dtype), jnp.concatenate([jnp.ravel(acc) for acc in new]).astype(flat.dtype)
+        return store(u, g.dtype), store(jnp.concatenate([jnp.ravel(acc) for acc in new]), flat.dtype)
 
     def update_fn(updates, state, params=None):
         del params

@@ -10,6 +10,7 @@ import optax
 
 from optimizers._adam import scale_by_adam
 from optimizers._checks import transformation
+from optimizers._dtypes import abs2
 from optimizers._hyperparams import _is_number, check_range, current_hyperparams, init_hyperparams
 from optimizers._momentum import trace
 from optimizers._scaling import MaskOrFn, _mask_tree, add_decayed_weights, scale_by_learning_rate
@@ -21,7 +22,7 @@ _INF = float("inf")
 def _norm(x, dtype):
     """The L2 norm of a whole leaf, computed in ``dtype`` (or wider)."""
     x = x.astype(jnp.promote_types(x.dtype, dtype))
-    return jnp.sqrt(jnp.sum(jnp.square(x)))
+    return jnp.sqrt(jnp.sum(abs2(x)))
 
 
 def _ratio(coefficient, num, den, zero):

@@ -54,6 +54,8 @@ BAD = {
     "min_dim_size_to_factor": [0, NAN],
     "eps_root": [-1e-8, NAN],
     "variant": ["III"],
+    "dtype": ["int32", "complex64", "bogus"],
+    "max_consecutive_skips": [0, -1, 1.5, NAN],
 }
 # Where one constructor gives a name another range than BAD's.
 OVERRIDES = {
