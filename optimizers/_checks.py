@@ -63,6 +63,8 @@ def first_difference(expected, actual, dtypes: bool = False) -> str | None:
     Paths are written as ``jax.tree_util.keystr`` writes them (``['dense']['kernel']``,
     ``[0].mu``).
     """
+    if _signature(expected, dtypes) == _signature(actual, dtypes):  # the usual case, without building paths
+        return None
     want = jax.tree_util.tree_flatten_with_path(expected, is_leaf=_is_none)[0]
     have = {jax.tree_util.keystr(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(actual, is_leaf=_is_none)[0]}
     for path, leaf in want:
@@ -82,18 +84,44 @@ def first_difference(expected, actual, dtypes: bool = False) -> str | None:
     return None
 
 
+def _signature(tree, dtypes: bool = True):
+    """The structure, shapes (and dtypes) of ``tree``: equal signatures, equal trees for these checks."""
+    leaves, treedef = jax.tree.flatten(tree, is_leaf=_is_none)
+    return treedef, tuple((_shape(x), _dtype(x) if dtypes else None) for x in leaves)
+
+
 def _abstract(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(_shape(x), _dtype(x)), tree)
 
 
-def check_update_args(owner: str, init_fn: Callable, updates, state, params) -> None:
-    """Raises ``ValueError`` when ``updates`` do not match ``params`` or the state ``init_fn`` builds."""
+class StateShapes:
+    """The state's shapes that ``init_fn`` builds for each signature of params, traced once per signature.
+
+    ``init`` records what it built; ``update`` looks up what its updates imply, so a train
+    step compiled for the params ``init`` saw costs no second trace of ``init``.
+    """
+
+    def __init__(self, init_fn: Callable):
+        self.init_fn, self.known = init_fn, {}
+
+    def record(self, params, state) -> None:
+        self.known[_signature(params)] = _abstract(state)
+
+    def implied(self, updates):
+        key = _signature(updates)
+        if key not in self.known:
+            self.known[key] = jax.eval_shape(self.init_fn, _abstract(updates))
+        return self.known[key]
+
+
+def check_update_args(owner: str, shapes: StateShapes, updates, state, params) -> None:
+    """Raises ``ValueError`` when ``updates`` do not match ``params`` or the state their shapes imply."""
     if params is not None:
         where = first_difference(params, updates)
         if where is not None:
             raise ValueError(f"{owner}: the updates do not match the params: in the updates, {where} "
                              f"(as in the params)")
-    implied = jax.eval_shape(init_fn, _abstract(floats_only(updates)))
+    implied = shapes.implied(floats_only(updates))
     where = first_difference(state, implied)
     if where is not None:
         raise ValueError(f"{owner}: the updates do not match the optimizer state (was it initialised "
@@ -109,11 +137,16 @@ def transformation(owner: str, init_fn: Callable, update_fn: Callable,
     ``extra_args=True`` makes an ``optax.GradientTransformationExtraArgs`` (``update_fn``
     takes keyword arguments such as ``value``).
     """
+    shapes = StateShapes(lambda params: init_fn(floats_only(params)))
+
     def init(params):
-        return init_fn(floats_only(params))
+        floats = floats_only(params)
+        state = init_fn(floats)
+        shapes.record(floats, state)
+        return state
 
     def update(updates, state, params=None, **extra: Any):
-        check_update_args(owner, init, updates, state, params)
+        check_update_args(owner, shapes, updates, state, params)
         floats = floats_only(updates)
         kept = None if params is None else floats_only(params)
         new, state = update_fn(floats, state, kept, **extra) if extra_args else update_fn(floats, state, kept)
