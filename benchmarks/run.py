@@ -496,8 +496,9 @@ class Row(NamedTuple):
 
 
 def working_set(params: int, state_bytes_per_param: float) -> int:
-    """float32 elements in the memory a step touches: params, grads and state."""
-    return int(params * (8 + state_bytes_per_param) // 4)
+    """float32 elements in the memory a step touches: params, grads and state (its per-parameter
+    buffers; scalars and sublinear statistics left out, so that few sizes need measuring)."""
+    return params * (8 + 4 * math.floor(state_bytes_per_param / 4)) // 4
 
 
 class Floor:

@@ -25,7 +25,7 @@ excluded) each run needs to first reach a target validation loss, and a sample o
 from __future__ import annotations
 
 import argparse
-import csv
+import sys
 import sysconfig
 import time
 from pathlib import Path
@@ -43,6 +43,9 @@ import schedules
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from main import save_table  # noqa: E402
 
 MODULES = ["textwrap.py", "string.py", "heapq.py", "bisect.py", "fractions.py", "shlex.py", "pprint.py",
            "calendar.py", "functools.py", "random.py", "statistics.py"]
@@ -192,13 +195,7 @@ def write_table(rows, target, seconds, out: Path):
         ratios = "(ii) / (i) to the target: n/a (a run did not reach it). "
     lines += ["", ratios + f"Target: validation loss {target} nats per character (128 held-out windows). Train "
               f"seconds exclude compilation and evaluation. Wall time of the whole example {seconds:.0f} s."]
-    table = "\n".join(lines)
-    (out / "results.md").write_text(table + "\n")
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return table
+    return save_table(lines, rows, out)
 
 
 def smooth(values, beta=0.9):

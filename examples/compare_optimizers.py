@@ -17,7 +17,6 @@ over seeds.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import optax
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from main import Cnn, batch_stream, load_data, loss_fn, steps_to  # noqa: E402
+from main import Cnn, batch_stream, load_data, loss_fn, save_table, steps_to  # noqa: E402
 
 import optimizers  # noqa: E402
 import schedules  # noqa: E402
@@ -118,13 +117,7 @@ def write_table(rows, target, steps, seeds, clr_max, seconds, out: Path):
                      f"{hit} | {r['reached']} |")
     lines += ["", f"{steps} steps of batch 64, mean ± std over {seeds} seed(s). SGD + CLR: momentum 0.9, "
               f"max = range-test minimum / 10 = {clr_max:.2e}, base = max / 6. Wall time {seconds:.0f} s."]
-    table = "\n".join(lines)
-    (out / "results.md").write_text(table + "\n")
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return table
+    return save_table(lines, rows, out)
 
 
 def plot_curves(curves, out: Path):

@@ -149,6 +149,11 @@ def write_table(rows, ratio, target, lrs, out: Path, seconds: float):
     lines += ["", f"Steps to {target:.0%}, (a) / (d): **{ratio_text}**. "
               f"Range-test suggestions (minimum / 10): AdamW {lrs[0]:.2e}, SGD {lrs[1]:.2e}. "
               f"Wall time {seconds:.0f} s."]
+    return save_table(lines, rows, out)
+
+
+def save_table(lines, rows, out: Path) -> str:
+    """The Markdown ``lines`` to ``out/results.md`` and the ``rows`` (dicts) to ``out/results.csv``."""
     table = "\n".join(lines)
     (out / "results.md").write_text(table + "\n")
     with open(out / "results.csv", "w", newline="") as f:
