@@ -271,6 +271,13 @@ def inputs(spec, seed):
 # ---------------------------------------------------------------- properties
 
 
+def _draw(name, data):
+    """An optimizer with drawn hyperparameters, and drawn params and gradients for it."""
+    tx = build(name, data.draw(_hyperparameters(name), label="hyperparameters"))
+    params, grads = inputs(data.draw(TREES, label="tree"), data.draw(SEEDS, label="seed"))
+    return tx, params, grads
+
+
 def _avals(tree):
     """Shape, dtype and weak type of every leaf: what a jit cache key holds."""
     return jax.tree.map(lambda x: (x.shape, jnp.dtype(x.dtype), x.weak_type), tree)
@@ -281,8 +288,7 @@ def _avals(tree):
 @given(data=st.data())
 def test_update_keeps_tree_shapes_and_dtypes(name, data):
     """Property 1 at every step, abstractly (``jax.eval_shape``: nothing compiled or run)."""
-    tx = build(name, data.draw(_hyperparameters(name), label="hyperparameters"))
-    params, grads = inputs(data.draw(TREES, label="tree"), data.draw(SEEDS, label="seed"))
+    tx, params, grads = _draw(name, data)
     state = jax.eval_shape(tx.init, params)
     for g in grads:
         updates, new_state = jax.eval_shape(tx.update, g, state, params)
@@ -342,8 +348,7 @@ def _assert_close(got, want, what, params):
 @given(data=st.data())
 def test_finite_and_jit_matches_eager(name, data):
     """Properties 2 and 3: eager steps stay finite, and the jitted update gives the same values."""
-    tx = build(name, data.draw(_hyperparameters(name), label="hyperparameters"))
-    params, grads = inputs(data.draw(TREES, label="tree"), data.draw(SEEDS, label="seed"))
+    tx, params, grads = _draw(name, data)
     eager = jit = tx.init(params)
     update = jax.jit(tx.update)
     for step, g in enumerate(grads):
