@@ -71,7 +71,8 @@ def scale_by_rms(decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
         return jnp.sqrt(var + e) if eps_in_sqrt else jnp.sqrt(var) + e
 
     def variance(g, v_old, m_old, rho):
-        m_old, d = widen(m_old), widen(g) - widen(m_old)
+        m_old = widen(m_old)
+        d = widen(g) - m_old
         return rho * (widen(v_old) - inner(m_old, m_old)) + inner(rho * (1 - rho) * d, d)
 
     def update_fn(updates, state, params=None):
