@@ -16,8 +16,10 @@ For every alias in ``optimizers.__all__`` that takes a ``learning_rate`` (enroll
 automatically; our hyperparameters in ``KWARGS``, the counterparts, with the same ones, in
 ``OPTAX`` and ``TORCH``):
 
-* **Step time** of one jit-compiled step, ``tx.update`` then ``optax.apply_updates``, params and
-  state donated (``donate_argnums=(0, 1)``), timed to ``block_until_ready``; the same for optax's
+* **Step time** of one jit-compiled step, ``optimizers.update_and_apply`` (``tx.update`` then
+  ``optax.apply_updates``; for the rows ``adam fused``, ``adamw fused``, ``sgd fused``, the
+  alias with ``fused=True``, whose step writes the params in place), params and state donated
+  (``donate_argnums=(0, 1)``), timed to ``block_until_ready``; the same for optax's
   version of the algorithm, and ``torch.optim``'s ``step()`` with ``foreach=True`` and with
   ``fused=True`` where PyTorch has a fused kernel on the device. After ``--warmup`` steps each,
   ``--reps`` repetitions: ours and optax's back to back (the order flipping every repetition),
@@ -295,12 +297,16 @@ def hlo_traffic(compiled, min_bytes: int = 1024) -> HloTraffic:
     return HloTraffic(kernels, moved, copies, temp)
 
 
-def compile_step(tx, params, state, grads, options=None):
-    """The donated step ``tx.update`` + ``optax.apply_updates``, traced, lowered and compiled afresh."""
+def compile_step(tx, params, state, grads, options=None, ours=False):
+    """The donated step, traced, lowered and compiled afresh: ``tx.update`` + ``optax.apply_updates``
+    (optax's), or ``optimizers.update_and_apply`` (ours: the same for every transform but the
+    ``fused=True`` ones, which write the params in place)."""
     import jax
     import optax
 
     def step(params, state, grads):
+        if ours:
+            return _optimizers().update_and_apply(tx, grads, state, params)
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
@@ -312,14 +318,14 @@ def compile_step(tx, params, state, grads, options=None):
 class JaxStep:
     """One optimizer's jit-compiled, donated step on its own copy of the params."""
 
-    def __init__(self, tx, params_np, grads, options=None):
+    def __init__(self, tx, params_np, grads, options=None, ours=False):
         import jax
-        self.tx, self.grads, self.options = tx, grads, options
+        self.tx, self.grads, self.options, self.ours = tx, grads, options, ours
         self.params = jax.tree.map(jax.numpy.array, params_np)  # fresh buffers: they are donated
         # One buffer per leaf: an init that puts one array in two places cannot be donated.
         self.state = jax.tree.map(lambda x: jax.numpy.array(x, copy=True), tx.init(self.params))
         jax.block_until_ready((self.params, self.state))
-        self.compiled, first = compile_step(tx, self.params, self.state, grads, options)
+        self.compiled, first = compile_step(tx, self.params, self.state, grads, options, ours)
         self.compile_times = [first]
         smallest = min(x.size * x.dtype.itemsize for x in jax.tree.leaves(self.params))
         self.traffic = hlo_traffic(self.compiled, min_bytes=max(smallest, 16))
@@ -327,7 +333,8 @@ class JaxStep:
 
     def compile_again(self):
         """Another first compile (a new function: traced, lowered and compiled again)."""
-        self.compile_times.append(compile_step(self.tx, self.params, self.state, self.grads, self.options)[1])
+        self.compile_times.append(compile_step(self.tx, self.params, self.state, self.grads, self.options,
+                                              self.ours)[1])
 
     def __call__(self) -> float:
         import jax
@@ -523,7 +530,10 @@ def measure(name, shapes, floor, args, device, options) -> Row:
     grads_np = random_tree(shapes, 1, 1e-3)
     grads = jax.tree.map(jax.numpy.array, grads_np)
     n, leaves = num_params(params_np), len(jax.tree.leaves(params_np))
-    jax_steps = {"ours": JaxStep(getattr(opt, name)(**kwargs(name)), params_np, grads, options)}
+    base, fused = name.removesuffix(FUSED_SUFFIX), name.endswith(FUSED_SUFFIX)
+    tx = getattr(opt, base)(**kwargs(base), **({"fused": True} if fused else {}))
+    jax_steps = {"ours": JaxStep(tx, params_np, grads, options, ours=True)}
+    name = base  # the counterparts and the floor are those of the algorithm
     if name in OPTAX:
         import optax
         jax_steps["optax"] = JaxStep(OPTAX[name](optax), params_np, grads, options)
@@ -545,7 +555,7 @@ def measure(name, shapes, floor, args, device, options) -> Row:
     need = min_bytes(name, ours.state_bytes / n)
     bw = floor(working_set(n, ours.state_bytes / n))[0]
     return Row(
-        tree="", optimizer=name, params=n, leaves=leaves, ours=timing["ours"], optax=timing.get("optax"),
+        tree="", optimizer=base + (FUSED_SUFFIX if fused else ""), params=n, leaves=leaves, ours=timing["ours"], optax=timing.get("optax"),
         ours_over_optax=ratio, torch_foreach=timing.get("foreach"), torch_fused=timing.get("fused"),
         ours_over_torch=timing["ours"].median / best_torch, min_bytes=need, floor_ms=1e3 * need * n / bw,
         ours_hlo=ours.traffic, optax_hlo=other.traffic if other else None,
@@ -651,13 +661,20 @@ def csv_rows(rows: list[Row]):
 
 # --------------------------------------------------------------------------- main
 
-SMOKE_ONLY = ("adam", "lamb")
+FUSED_SUFFIX = " fused"  # a row of alias(..., fused=True), stepped with optimizers.update_and_apply
+FUSED = ("adam", "adamw", "sgd")
+SMOKE_ONLY = ("adam", "adam" + FUSED_SUFFIX, "lamb")
 # XLA:CPU's sibling multi-output fusion: only an XLA_FLAGS backend option (not a compile option).
 MOF_FLAG = "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"
 # glibc: one arena, no mmap, no trimming: freed temporaries are reused instead of page-faulted in again.
 REUSE_MEMORY = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967296"
 # XLA's cheapest compile (smoke mode only: its step times and compile times mean nothing).
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def with_fused(names: list[str]) -> list[str]:
+    """``names`` with a fused row after each alias that has ``fused=True``."""
+    return [row for n in names for row in ([n, n + FUSED_SUFFIX] if n in FUSED else [n])]
 
 
 def parse_args(argv=None):
@@ -700,7 +717,7 @@ def main(argv=None) -> str:
     jax.config.update("jax_enable_compilation_cache", False)  # compile times are first compiles
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
 
-    names = args.only.split(",") if args.only else (list(SMOKE_ONLY) if args.smoke else aliases())
+    names = args.only.split(",") if args.only else (list(SMOKE_ONLY) if args.smoke else with_fused(aliases()))
     trees = args.trees.split(",")
     out_dir = args.out or (tempfile.mkdtemp(prefix="bench_") if args.smoke else
                            os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))

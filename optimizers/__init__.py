@@ -41,6 +41,7 @@ from optimizers._data_echoing import data_echoing as data_echoing
 from optimizers._dtypes import with_state_dtype as with_state_dtype
 from optimizers._ema import ScaleByEmaState as ScaleByEmaState
 from optimizers._ema import scale_by_ema as scale_by_ema
+from optimizers._fused import update_and_apply as update_and_apply
 from optimizers._funnelled_sgdm import ScaleByFunnelledSgdmState as ScaleByFunnelledSgdmState
 from optimizers._funnelled_sgdm import funnelled_sgdm as funnelled_sgdm
 from optimizers._funnelled_sgdm import scale_by_funnelled_sgdm as scale_by_funnelled_sgdm
@@ -204,6 +205,7 @@ __all__ = [
     "swa",
     "to_bytes",
     "trace",
+    "update_and_apply",
     "with_state_dtype",
     "zeroth_order_value_and_grad",
 ]

@@ -10,6 +10,7 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._dtypes import real_zeros_like, store, store_like, widen
+from optimizers._fused import adam_kernel, fused, load_kernels
 from optimizers._hyperparams import current_hyperparams, init_hyperparams
 from optimizers._moments import adam_moments, bias_correction, check_betas, ema, step_number
 from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
@@ -61,15 +62,26 @@ def scale_by_adam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
     return transformation("scale_by_adam", lambda p: _init(ScaleByAdamState, b1, b2, eps, p, 2), update_fn)
 
 
+def _fused_adam(owner, chain, learning_rate, b1, b2, eps, weight_decay=0.0, mask=None):
+    load_kernels()
+    kernel = adam_kernel(b1, b2, eps, learning_rate, weight_decay, mask)
+    return fused(owner, chain, kernel, lambda state: (state[0].mu, state[0].nu))
+
+
 def adam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
-         eps: ScalarOrSchedule = 1e-8) -> optax.GradientTransformation:
-    r"""Adam: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` with :func:`scale_by_adam`'s :math:`u_t`."""
-    return optax.chain(scale_by_adam(b1, b2, eps), scale_by_learning_rate(learning_rate))
+         eps: ScalarOrSchedule = 1e-8, *, fused: bool = False) -> optax.GradientTransformation:
+    r"""Adam: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` with :func:`scale_by_adam`'s :math:`u_t`.
+
+    ``fused=True``: the same update as one pass over memory on the CPU (``_fused.py``; with
+    :func:`update_and_apply`, the whole step in place, as ``torch.optim.Adam(fused=True)``).
+    """
+    chain = optax.chain(scale_by_adam(b1, b2, eps), scale_by_learning_rate(learning_rate))
+    return _fused_adam("adam", chain, learning_rate, b1, b2, eps) if fused else chain
 
 
 def adamw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
           eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.01,
-          mask: MaskOrFn = None) -> optax.GradientTransformation:
+          mask: MaskOrFn = None, *, fused: bool = False) -> optax.GradientTransformation:
     r"""AdamW: :math:`\theta_t = \theta_{t-1} - \gamma_t (u_t + \lambda \theta_{t-1})`.
 
     Decoupled weight decay multiplied by the learning rate, as in document 003's table
@@ -80,14 +92,17 @@ def adamw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scala
         PyTorch's ``0.01``. The paper's schedule multiplier :math:`\eta_t` is the learning
         rate's schedule here.
 
+    ``fused=True``: one pass over memory on the CPU, as in :func:`adam`.
+
     References:
         Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019, Algorithm 2.
     """
-    return optax.chain(
+    chain = optax.chain(
         scale_by_adam(b1, b2, eps),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
+    return _fused_adam("adamw", chain, learning_rate, b1, b2, eps, weight_decay, mask) if fused else chain
 
 
 class ScaleByAmsgradState(NamedTuple):

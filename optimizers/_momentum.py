@@ -10,6 +10,8 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._dtypes import store, store_like, widen
+from optimizers._fused import fused as fused_transform
+from optimizers._fused import load_kernels, sgd_kernel
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -61,7 +63,7 @@ def trace(decay: ScalarOrSchedule = 0.9, nesterov: bool = False) -> optax.Gradie
 
 def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 0.0,
         nesterov: bool = False, weight_decay: ScalarOrSchedule = 0.0,
-        mask: MaskOrFn = None) -> optax.GradientTransformation:
+        mask: MaskOrFn = None, *, fused: bool = False) -> optax.GradientTransformation:
     r"""Stochastic gradient descent, with optional momentum and L2 weight decay.
 
     .. math::
@@ -81,13 +83,20 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 
         nesterov: Nesterov's accelerated gradient (needs ``momentum``).
         weight_decay: L2 coefficient :math:`\lambda \ge 0`.
         mask: which leaves are decayed (see :func:`add_decayed_weights`).
+        fused: the same update as one pass over memory on the CPU (see :func:`adam`), as
+            ``torch.optim.SGD(fused=True)``.
     """
     if momentum is not None:
         check_range("sgd", "momentum", momentum, 0.0, 1.0, high_open=True)
     if nesterov and is_zero(momentum):
         raise ValueError(f"sgd: nesterov=True needs a momentum in (0, 1), got momentum={momentum!r}")
-    return optax.chain(
+    chain = optax.chain(
         optax.identity() if is_zero(weight_decay) else add_decayed_weights(weight_decay, mask),
         optax.identity() if is_zero(momentum) else trace(momentum, nesterov),
         scale_by_learning_rate(learning_rate),
     )
+    if not fused:
+        return chain
+    load_kernels()
+    kernel = sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask)
+    return fused_transform("sgd", chain, kernel, lambda state: getattr(state[1], "trace", ()))

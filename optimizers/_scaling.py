@@ -56,6 +56,11 @@ def _mask_tree(mask: MaskOrFn, params):
     return mask(params) if callable(mask) else mask
 
 
+def leaf_masks(mask: MaskOrFn, params):
+    """One boolean per leaf of ``params`` from a mask, a mask prefix or a function of params."""
+    return jax.tree.map(lambda on, p: jax.tree.map(lambda _: on, p), _mask_tree(mask, params), params)
+
+
 def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = None
                         ) -> optax.GradientTransformation:
     r"""Adds the decay term: :math:`d_t = u_t + \lambda_t \theta_{t-1}`.

@@ -13,7 +13,7 @@ from optimizers._checks import transformation
 from optimizers._dtypes import abs2
 from optimizers._hyperparams import _is_number, check_range, current_hyperparams, init_hyperparams
 from optimizers._momentum import trace
-from optimizers._scaling import MaskOrFn, _mask_tree, add_decayed_weights, scale_by_learning_rate
+from optimizers._scaling import MaskOrFn, add_decayed_weights, leaf_masks, scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
 _INF = float("inf")
@@ -28,11 +28,6 @@ def _norm(x, dtype):
 def _ratio(coefficient, num, den, zero):
     """``coefficient * num / den``, or 1 where ``zero`` (a zero norm), without dividing by zero."""
     return jnp.where(zero, 1.0, coefficient * num / jnp.where(zero, 1.0, den))
-
-
-def _leaf_masks(mask: MaskOrFn, params):
-    """One boolean per leaf of ``params`` from a mask, a mask prefix or a function of params."""
-    return jax.tree.map(lambda on, p: jax.tree.map(lambda _: on, p), _mask_tree(mask, params), params)
 
 
 def _values(**values):
@@ -112,7 +107,7 @@ def scale_by_trust_ratio(trust_coefficient: ScalarOrSchedule = 1.0, eps: Optiona
             ratio = _ratio(coefficient, p_norm, u_norm + hp.get("eps", 0.0), (p_norm == 0) | (u_norm == 0))
             return (ratio * u).astype(u.dtype)
 
-        updates = jax.tree.map(scale, updates, params, _leaf_masks(mask, params))
+        updates = jax.tree.map(scale, updates, params, leaf_masks(mask, params))
         return updates, ScaleByTrustRatioState(optax.safe_increment(state.count), hp)
 
     return transformation("scale_by_trust_ratio", init_fn, update_fn)
@@ -180,7 +175,7 @@ def scale_by_lars(weight_decay: ScalarOrSchedule = 0.0, trust_coefficient: Scala
                 d = _ratio(coefficient, w_norm, den + hp.get("eps", 0.0), (w_norm == 0) | (den == 0)) * d
             return d.astype(g.dtype)
 
-        masks = _leaf_masks(weight_decay_mask, params), _leaf_masks(trust_ratio_mask, params)
+        masks = leaf_masks(weight_decay_mask, params), leaf_masks(trust_ratio_mask, params)
         updates = jax.tree.map(scale, updates, params, *masks)
         return updates, ScaleByLarsState(optax.safe_increment(state.count), hp)
 

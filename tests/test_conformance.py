@@ -56,6 +56,10 @@ WRAPPED = {
     "lookahead(adam)": lambda **o: optimizers.lookahead(make("adam", **o), sync_period=5, slow_step_size=0.5),
     "lookahead(sgd)": lambda **o: optimizers.lookahead(make("sgd", **o), sync_period=3, slow_step_size=0.8),
     "swa(adam)": lambda **o: optax.chain(make("adam", **o), optimizers.swa(start_step=10, every=2)),
+    # The one-pass CPU kernels: the same update as the alias, so the same properties.
+    "fused(adam)": lambda **o: make("adam", fused=True, **o),
+    "fused(adamw)": lambda **o: make("adamw", fused=True, **o),
+    "fused(sgd)": lambda **o: make("sgd", fused=True, **o),
 }
 NAMES = ALIASES + sorted(WRAPPED)
 

@@ -154,6 +154,7 @@ WRAPPER_HYPERPARAMETERS = {
     "swa": _kwargs(start_step=st.integers(0, STEPS - 1), every=st.integers(1, STEPS)),
     "lookahead": _kwargs(sync_period=st.integers(1, STEPS), slow_step_size=_floats(0.0, 1.0),
                          reset_state=st.booleans()),
+    "fused": _kwargs(),  # not a wrapper: the alias built with fused=True
 }
 
 
@@ -177,6 +178,8 @@ def build(name, kwargs):
     wrapper, inner = _split_name(name)
     if wrapper is None:
         return make(name, **kwargs)
+    if wrapper == "fused":
+        return make(inner, fused=True, **kwargs["inner"])
     return WRAPPERS[wrapper](make(inner, **kwargs["inner"]), **kwargs["wrapper"])
 
 

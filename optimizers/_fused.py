@@ -1,0 +1,252 @@
+r"""One-pass CPU kernels for Adam, AdamW and SGD (``fused=True``), and :func:`update_and_apply`.
+
+XLA:CPU writes every output buffer of an elementwise update in a loop of its own: Adam's
+step reads the gradient and the moments again for each of :math:`m_t`, :math:`v_t` and the
+update, 40 bytes per float32 parameter where one pass needs 28, and the step is memory bound
+(``benchmarks/``). ``adam(..., fused=True)``, ``adamw(..., fused=True)`` and
+``sgd(..., fused=True)`` run their update instead as one C++ loop per step, called from XLA
+through its FFI (``_fused_kernels.cc``): every leaf of the tree in one call, each input read
+once and each output written once, the moments updated in place, in chunks shared by XLA's
+intra-op threads. The same formulas as the unfused chains, in the same order of float32
+operations; the state is the unfused chain's, so checkpoints, :func:`get_hyperparams`,
+:func:`set_hyperparams` and schedules work alike.
+
+* ``tx.update`` + ``optax.apply_updates`` (what Flax's ``TrainState`` calls): one pass that
+  writes the updates, then XLA's add (36 bytes per parameter for Adam).
+* :func:`update_and_apply(tx, grads, state, params) <update_and_apply>`: one pass that writes
+  the params in place, the whole step in 28 bytes per parameter for Adam, as
+  ``torch.optim.Adam(fused=True)``. For any other transform it is ``tx.update`` then
+  ``optax.apply_updates``.
+
+The kernel runs where it applies: on the CPU, with float32 params, gradients and state,
+float32 hyperparameters (``jax_enable_x64`` off) and params given. Anywhere else (a GPU,
+whose XLA already fuses the update into one kernel; bfloat16 or complex leaves; float64) the
+unfused chain runs, with the same results. Under ``jax.vmap`` the kernel runs once per batch
+element. Not differentiable (meta-gradients through the update need ``fused=False``), and
+under ``jit`` with params sharded over several devices XLA gathers them to call it: use the
+unfused form there.
+
+The library is compiled on first use with the machine's C++ compiler (``$CXX``, else ``g++``;
+about 2 s) into ``$OPTIMIZERS_CACHE`` (default ``~/.cache/optimizers``), keyed by the
+source, the compiler flags, jaxlib's version and the CPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import optax
+
+from optimizers._checks import floats_only, is_float, transformation, with_passed_through
+from optimizers._hyperparams import current_hyperparams
+from optimizers._moments import bias_correction, step_number
+from optimizers._scaling import leaf_masks
+
+_SOURCE = Path(__file__).with_name("_fused_kernels.cc")
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC"]
+_STEPS: dict = {}  # tx.update -> the one-pass step of a fused transform
+
+
+def _cpu_signature() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    return next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
+
+
+def _build(out: Path) -> None:
+    compiler = os.environ.get("CXX", "g++")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        partial = Path(tmp) / out.name
+        cmd = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(partial)]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True)
+        except FileNotFoundError as e:
+            raise RuntimeError(f"fused=True needs a C++ compiler to build its CPU kernels: {compiler!r} "
+                               f"was not found (set $CXX, or use fused=False)") from e
+        if done.returncode != 0:
+            raise RuntimeError(f"fused=True: building the CPU kernels failed:\n{' '.join(cmd)}\n{done.stderr}")
+        os.replace(partial, out)  # atomic: parallel builds (pytest workers) each leave a whole file
+
+
+@functools.lru_cache(maxsize=None)
+def load_kernels() -> None:
+    """Compiles (once per machine and version) and registers the CPU kernels with XLA."""
+    key = hashlib.sha256("\n".join([_SOURCE.read_text(), *_FLAGS, jaxlib.__version__, platform.machine(),
+                                    _cpu_signature()]).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("OPTIMIZERS_CACHE", Path.home() / ".cache" / "optimizers"))
+    library = cache / f"fused_kernels_{key}.so"
+    if not library.exists():
+        _build(library)
+    lib = ctypes.cdll.LoadLibrary(str(library))
+    for name in ("optimizers_adam", "optimizers_sgd"):
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+
+
+def _call(target: str, hyper, decays, params, grads, buffers, step: bool, **attrs):
+    """One kernel call over all leaves: (outputs, new buffers), outputs the new params (``step``) or updates.
+
+    Operands: hyper, decays, L params, L grads, then L of each state buffer; each buffer (and
+    in step mode each param) is aliased to its result, so donated arrays are updated in place.
+    Empty leaves stay out of the call (XLA makes them constants, which an alias would copy).
+    """
+    kept = [i for i, g in enumerate(grads) if g.size]
+    pick = lambda xs: [xs[i] for i in kept]  # noqa: E731
+    n = len(kept)
+    shapes = [jax.ShapeDtypeStruct(grads[i].shape, grads[i].dtype) for i in kept]
+    aliases = {2 + (2 + k) * n + i: (1 + k) * n + i for k in range(len(buffers)) for i in range(n)}
+    if step:
+        aliases.update({2 + i: i for i in range(n)})
+    results = jax.ffi.ffi_call(target, shapes * (1 + len(buffers)), input_output_aliases=aliases,
+                               vmap_method="sequential")(
+        hyper, jnp.stack(pick(decays)).astype(jnp.float32), *pick(params), *pick(grads),
+        *(b for buffer in buffers for b in pick(buffer)), step=step, **attrs) if n else []
+
+    def merge(computed, empty):  # the kernel's leaves, and the empty ones as they were
+        full = list(empty)
+        for i, x in zip(kept, computed):
+            full[i] = x
+        return full
+
+    outputs = merge(results[:n], params if step else [jnp.zeros_like(g) for g in grads])
+    return outputs, [merge(results[(1 + k) * n:(2 + k) * n], buffer) for k, buffer in enumerate(buffers)]
+
+
+def _advance(link, **values):
+    """(hyperparameters of this update, the link's state after it) for a link holding ``values``."""
+    hp = current_hyperparams(values, link.hyperparams, link.count)
+    return hp, link._replace(count=optax.safe_increment(link.count), hyperparams=hp)
+
+
+def _leaf_decays(decay_link, lam, mask, params):
+    """The weight decay of each float leaf: :math:`\\lambda` where the mask is on, else 0."""
+    if decay_link is None:
+        return [lam] * len(jax.tree.leaves(params))
+    return [lam if on else jnp.zeros_like(lam) for on in jax.tree.leaves(leaf_masks(mask, params))]
+
+
+def _runs_fused(*trees) -> bool:
+    """Whether the kernel applies: float32 leaves only, float32 hyperparameters."""
+    leaves = [x for tree in trees for x in jax.tree.leaves(tree) if is_float(x)]
+    return not jax.config.jax_enable_x64 and all(jnp.result_type(x) == jnp.float32 for x in leaves)
+
+
+def _on_cpu(kernel, unfused, *args):
+    return jax.lax.platform_dependent(*args, cpu=kernel, default=unfused)
+
+
+def fused(owner: str, chain: optax.GradientTransformation, kernel, state_trees) -> optax.GradientTransformation:
+    """``chain`` with its update run by ``kernel(grads, state, params, step) -> (outputs, state)`` where it applies.
+
+    ``state_trees(state)`` are the state's per-parameter buffers (for the dtype check). The
+    transform's ``update`` writes updates; its step (:func:`update_and_apply`) the params.
+    """
+
+    def applies(grads, state, params):
+        return params is not None and bool(jax.tree.leaves(grads)) and _runs_fused(grads, params, state_trees(state))
+
+    def update_fn(grads, state, params=None):
+        if not applies(grads, state, params):
+            return chain.update(grads, state, params)
+        return _on_cpu(lambda g, s, p: kernel(g, s, p, False), chain.update, grads, state, params)
+
+    def step_fn(grads, state, params):
+        def unfused(g, s, p):
+            updates, s = chain.update(g, s, p)
+            return optax.apply_updates(p, updates), s
+
+        if not applies(grads, state, params):
+            return unfused(grads, state, params)
+        return _on_cpu(lambda g, s, p: kernel(g, s, p, True), unfused, grads, state, params)
+
+    tx = transformation(owner, chain.init, update_fn)
+    stepper = transformation(owner, chain.init, step_fn)
+
+    def step(grads, state, params):
+        new_params, state = stepper.update(grads, state, params)
+        return with_passed_through(params, new_params), state
+
+    _STEPS[tx.update] = step
+    return tx
+
+
+def update_and_apply(tx: optax.GradientTransformation, grads, state, params):
+    r"""One optimizer step: ``(new_params, new_state)``.
+
+    For a transform made with ``fused=True`` (:func:`adam`, :func:`adamw`, :func:`sgd`) on
+    the CPU, one pass over memory that writes the params in place (donate them, and the
+    state, to ``jax.jit``). For any other transform, ``tx.update`` then
+    ``optax.apply_updates`` (to the float leaves: integer params are kept), so a train step
+    written with it works with every optimizer.
+    """
+    step = _STEPS.get(getattr(tx, "update", None))
+    if step is not None:
+        return step(grads, state, params)
+    updates, state = tx.update(grads, state, params)
+    new = optax.apply_updates(floats_only(params), floats_only(updates))
+    return with_passed_through(params, new), state
+
+
+def adam_kernel(b1, b2, eps, learning_rate, weight_decay, mask):
+    """The kernel of ``chain(scale_by_adam, [add_decayed_weights], scale_by_learning_rate)``."""
+
+    def kernel(grads, state, params, step):
+        adam_link, *decay_link, lr_link = state
+        decay_link = decay_link[0] if decay_link else None
+        hp, adam_new = _advance(adam_link, b1=b1, b2=b2, eps=eps)
+        lr, lr_new = _advance(lr_link, learning_rate=learning_rate)
+        t = step_number(adam_link.count, hp["b1"].dtype)
+        hyper = jnp.stack([hp["b1"], 1 - hp["b1"], hp["b2"], 1 - hp["b2"], bias_correction(hp["b1"], t),
+                           bias_correction(hp["b2"], t), hp["eps"], -lr["learning_rate"]]).astype(jnp.float32)
+        new_links = []
+        lam = jnp.zeros([], jnp.float32)
+        if decay_link is not None:
+            wd, decay_new = _advance(decay_link, weight_decay=weight_decay)
+            lam, new_links = wd["weight_decay"], [decay_new]
+        g, treedef = jax.tree.flatten(grads)
+        decays = _leaf_decays(decay_link, lam, mask, params)
+        out, (mu, nu) = _call("optimizers_adam", hyper, decays, jax.tree.leaves(params), g,
+                              [jax.tree.leaves(adam_link.mu), jax.tree.leaves(adam_link.nu)], step)
+        adam_new = adam_new._replace(mu=treedef.unflatten(mu), nu=treedef.unflatten(nu))
+        return treedef.unflatten(out), (adam_new, *new_links, lr_new)
+
+    return kernel
+
+
+def sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask):
+    """The kernel of ``chain(add_decayed_weights or identity, trace or identity, scale_by_learning_rate)``."""
+
+    def kernel(grads, state, params, step):
+        decay_link, trace_link, lr_link = state
+        has_decay, has_momentum = hasattr(decay_link, "hyperparams"), hasattr(trace_link, "trace")
+        lr, lr_new = _advance(lr_link, learning_rate=learning_rate)
+        lam, mu = jnp.zeros([], jnp.float32), jnp.zeros([], jnp.float32)
+        if has_decay:
+            wd, decay_link = _advance(decay_link, weight_decay=weight_decay)
+            lam = wd["weight_decay"]
+        buffers = []
+        if has_momentum:
+            hp, trace_new = _advance(trace_link, momentum=momentum)
+            mu, buffers = hp["momentum"], [jax.tree.leaves(trace_link.trace)]
+        g, treedef = jax.tree.flatten(grads)
+        hyper = jnp.stack([mu, -lr["learning_rate"]]).astype(jnp.float32)
+        decays = _leaf_decays(decay_link if has_decay else None, lam, mask, params)
+        out, new_buffers = _call("optimizers_sgd", hyper, decays, jax.tree.leaves(params), g,
+                                 buffers, step, momentum=has_momentum, nesterov=bool(nesterov))
+        if has_momentum:
+            trace_link = trace_new._replace(trace=treedef.unflatten(new_buffers[0]))
+        return treedef.unflatten(out), (decay_link, trace_link, lr_new)
+
+    return kernel

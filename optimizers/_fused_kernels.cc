@@ -1,0 +1,208 @@
+// One-pass CPU kernels for Adam/AdamW and SGD with momentum, called from XLA through its FFI.
+//
+// XLA:CPU writes each output buffer of an elementwise update in its own loop, so an Adam step
+// reads the gradient and the moments several times (40 bytes per parameter where 28 suffice).
+// These kernels read every input once and write every output once, over all the leaves of a
+// pytree in one call, split into chunks that XLA's intra-op thread pool and the calling thread
+// share.  The formulas, and the order of their float32 operations, are those of the chains in
+// _adam.py and _momentum.py (see _fused.py); the in-place buffers (params in "step" mode, the
+// moments always) are aliased to their results by the caller.
+//
+// Operands of both kernels: hyper (f32[k], the step's scalars), decay (f32[L], the weight decay
+// of each of the L leaves), then L params, L gradients and L of each state buffer.
+// Results: L outputs (updates, or the new params in step mode), then L of each state buffer.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kChunk = 1 << 16;  // elements per task: 256 KiB of each float32 buffer
+
+struct Leaf {
+  float* p;        // params: read (decay, step mode), written in step mode
+  const float* g;  // gradient
+  float* m;        // first moment / momentum, in place (may be null)
+  float* v;        // second moment, in place (may be null)
+  float* out;      // updates (update mode; null in step mode)
+  int64_t n;
+  float decay;
+};
+
+// Runs body(leaf, begin, end) over all leaves in chunks, on the pool's threads and this one.
+// The caller only waits for chunks that were taken, so a task the pool starts late finds no
+// work and returns: no deadlock when every pool thread is busy.
+template <typename Body>
+void parallel_chunks(ffi::ThreadPool& pool, std::shared_ptr<std::vector<Leaf>> leaves, Body body) {
+  struct Shared {
+    std::vector<std::pair<int64_t, int64_t>> chunks;  // (leaf, begin)
+    std::atomic<int64_t> next{0}, finished{0};
+  };
+  auto shared = std::make_shared<Shared>();
+  for (int64_t i = 0; i < static_cast<int64_t>(leaves->size()); ++i)
+    for (int64_t b = 0; b < (*leaves)[i].n; b += kChunk) shared->chunks.emplace_back(i, b);
+  const int64_t total = static_cast<int64_t>(shared->chunks.size());
+  auto run = [shared, leaves, body, total]() {
+    for (int64_t j; (j = shared->next.fetch_add(1)) < total;) {
+      const auto [i, b] = shared->chunks[j];
+      const Leaf& leaf = (*leaves)[i];
+      body(leaf, b, std::min(b + kChunk, leaf.n));
+      shared->finished.fetch_add(1);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), total - 1);
+  for (int64_t k = 0; k < helpers; ++k) {
+    auto task = run;
+    pool.Schedule(std::move(task));
+  }
+  run();
+  while (shared->finished.load() < total) std::this_thread::yield();
+}
+
+float* data(const ffi::AnyBuffer& b) { return static_cast<float*>(b.untyped_data()); }
+
+// Collects the leaves; state buffers (and params in step mode) must be aliased to their results.
+ffi::ErrorOr<std::shared_ptr<std::vector<Leaf>>> collect(const ffi::Buffer<ffi::F32>& decay,
+                                                         const ffi::RemainingArgs& args,
+                                                         const ffi::RemainingRets& rets,
+                                                         int n_state, bool step) {
+  const size_t L = decay.element_count();
+  if (args.size() != (2 + n_state) * L || rets.size() != (1 + n_state) * L)
+    return ffi::Unexpected(ffi::Error::InvalidArgument("fused optimizer: wrong number of buffers"));
+  auto leaves = std::make_shared<std::vector<Leaf>>(L);
+  for (size_t i = 0; i < L; ++i) {
+    Leaf& leaf = (*leaves)[i];
+    auto p = args.get<ffi::AnyBuffer>(i), g = args.get<ffi::AnyBuffer>(L + i);
+    auto out = rets.get<ffi::AnyBuffer>(i);
+    if (!p.has_value() || !g.has_value() || !out.has_value())
+      return ffi::Unexpected(ffi::Error::InvalidArgument("fused optimizer: bad buffer"));
+    leaf.n = static_cast<int64_t>(g->element_count());
+    leaf.g = data(*g);
+    leaf.p = step ? data(**out) : data(*p);
+    leaf.out = step ? nullptr : data(**out);
+    if (step && leaf.p != data(*p))
+      return ffi::Unexpected(ffi::Error::InvalidArgument("fused optimizer: params not aliased"));
+    float* state[2] = {nullptr, nullptr};
+    for (int k = 0; k < n_state; ++k) {
+      auto in = args.get<ffi::AnyBuffer>((2 + k) * L + i);
+      auto res = rets.get<ffi::AnyBuffer>((1 + k) * L + i);
+      if (!in.has_value() || !res.has_value() || data(*in) != data(**res))
+        return ffi::Unexpected(ffi::Error::InvalidArgument("fused optimizer: state not aliased"));
+      state[k] = data(**res);
+    }
+    leaf.m = state[0];
+    leaf.v = state[1];
+    leaf.decay = decay.typed_data()[i];
+  }
+  return leaves;
+}
+
+// out = p + d (step mode) or out = d (update mode), d = -lr * direction.
+template <bool kStep>
+inline void emit(float* __restrict out, float* __restrict p, int64_t i, float d) {
+  if (kStep) p[i] = p[i] + d; else out[i] = d;
+}
+
+// Adam and AdamW (scale_by_adam, add_decayed_weights, scale_by_learning_rate):
+//   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  u = m / c1 / (sqrt(v / c2) + eps)
+//   u = u + lambda p;  d = -lr u
+template <bool kStep, bool kDecay>
+void adam_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+  const float b1 = h[0], ob1 = h[1], b2 = h[2], ob2 = h[3], c1 = h[4], c2 = h[5], eps = h[6], nlr = h[7];
+  const float lam = leaf.decay;
+  float* __restrict p = leaf.p;
+  const float* __restrict g = leaf.g;
+  float* __restrict m = leaf.m;
+  float* __restrict v = leaf.v;
+  float* __restrict out = leaf.out;
+  for (int64_t i = lo; i < hi; ++i) {
+    const float gi = g[i];
+    const float mi = b1 * m[i] + ob1 * gi;
+    const float vi = b2 * v[i] + ob2 * (gi * gi);
+    m[i] = mi;
+    v[i] = vi;
+    float u = mi / c1 / (std::sqrt(vi / c2) + eps);
+    if (kDecay) u = u + lam * p[i];
+    emit<kStep>(out, p, i, nlr * u);
+  }
+}
+
+ffi::Error adam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
+                ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {
+  if (hyper.element_count() != 8) return ffi::Error::InvalidArgument("fused adam: 8 scalars expected");
+  auto leaves = collect(decay, args, rets, 2, step);
+  if (!leaves.has_value()) return leaves.error();
+  float h[8];
+  std::copy(hyper.typed_data(), hyper.typed_data() + 8, h);
+  parallel_chunks(pool, *leaves, [h, step](const Leaf& leaf, int64_t lo, int64_t hi) {
+    const bool d = leaf.decay != 0.0f;
+    if (step) d ? adam_loop<true, true>(leaf, lo, hi, h) : adam_loop<true, false>(leaf, lo, hi, h);
+    else d ? adam_loop<false, true>(leaf, lo, hi, h) : adam_loop<false, false>(leaf, lo, hi, h);
+  });
+  return ffi::Error::Success();
+}
+
+// SGD (add_decayed_weights, trace, scale_by_learning_rate):
+//   g = g + lambda p;  m = g + mu m;  u = m (heavy ball) or g + mu m (Nesterov);  d = -lr u
+template <bool kStep, bool kDecay, bool kMomentum, bool kNesterov>
+void sgd_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+  const float mu = h[0], nlr = h[1], lam = leaf.decay;
+  float* __restrict p = leaf.p;
+  const float* __restrict g = leaf.g;
+  float* __restrict m = leaf.m;
+  float* __restrict out = leaf.out;
+  for (int64_t i = lo; i < hi; ++i) {
+    float gi = g[i];
+    if (kDecay) gi = gi + lam * p[i];
+    float u = gi;
+    if (kMomentum) {
+      const float mi = gi + mu * m[i];
+      m[i] = mi;
+      u = kNesterov ? gi + mu * mi : mi;
+    }
+    emit<kStep>(out, p, i, nlr * u);
+  }
+}
+
+template <bool kStep, bool kMomentum, bool kNesterov>
+void sgd_dispatch(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+  if (leaf.decay != 0.0f) sgd_loop<kStep, true, kMomentum, kNesterov>(leaf, lo, hi, h);
+  else sgd_loop<kStep, false, kMomentum, kNesterov>(leaf, lo, hi, h);
+}
+
+ffi::Error sgd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
+               ffi::RemainingArgs args, ffi::RemainingRets rets, bool momentum, bool nesterov, bool step) {
+  if (hyper.element_count() != 2) return ffi::Error::InvalidArgument("fused sgd: 2 scalars expected");
+  auto leaves = collect(decay, args, rets, momentum ? 1 : 0, step);
+  if (!leaves.has_value()) return leaves.error();
+  float h[2] = {hyper.typed_data()[0], hyper.typed_data()[1]};
+  using Loop = void (*)(const Leaf&, int64_t, int64_t, const float*);
+  Loop loops[2][2][2] = {
+      {{sgd_dispatch<false, false, false>, sgd_dispatch<false, false, true>},
+       {sgd_dispatch<false, true, false>, sgd_dispatch<false, true, true>}},
+      {{sgd_dispatch<true, false, false>, sgd_dispatch<true, false, true>},
+       {sgd_dispatch<true, true, false>, sgd_dispatch<true, true, true>}},
+  };
+  Loop loop = loops[step][momentum][nesterov && momentum];
+  parallel_chunks(pool, *leaves, [h, loop](const Leaf& leaf, int64_t lo, int64_t hi) { loop(leaf, lo, hi, h); });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+#define OPTIMIZERS_BIND                                                                  \
+  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>() \
+      .RemainingArgs().RemainingRets()
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adam, adam, OPTIMIZERS_BIND.Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_sgd, sgd,
+                              OPTIMIZERS_BIND.Attr<bool>("momentum").Attr<bool>("nesterov").Attr<bool>("step"));

@@ -1,0 +1,262 @@
+"""The one-pass CPU kernels of adam, adamw and sgd (``fused=True``) and update_and_apply.
+
+The fused transforms are also in the conformance suite (and so in the sharding, checkpoint,
+non-finite, counter, precision and property tests). Here: that the kernel runs, that it is
+the published update step by step (float64 NumPy and torch.optim references), that it equals
+the unfused chain, that it works in place, and that it steps aside where it does not apply.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+from helpers import assert_trees_close, run_torch
+from test_adam import _adam_reference
+from test_momentum import _sgd_reference
+
+import optimizers
+import schedules
+from optimizers import _fused
+
+# Leaves across the kernel's 65,536-element chunks, a scalar, an empty one and a single element.
+SHAPES = {"big": (2 * 65536 + 3,), "mat": (300, 7), "s": (), "empty": (0,), "one": (1,), "blocks": [(2, 3), (5,)]}
+FUSED = {
+    "adam": lambda fused, **kw: optimizers.adam(0.01, fused=fused, **kw),
+    "adamw": lambda fused, **kw: optimizers.adamw(0.01, weight_decay=0.1, fused=fused, **kw),
+    "adamw masked": lambda fused, **kw: optimizers.adamw(
+        0.01, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p), fused=fused, **kw),
+    "sgd": lambda fused, **kw: optimizers.sgd(0.05, fused=fused, **kw),
+    "sgd momentum": lambda fused, **kw: optimizers.sgd(0.05, momentum=0.9, fused=fused, **kw),
+    "sgd nesterov decay": lambda fused, **kw: optimizers.sgd(0.05, momentum=0.9, nesterov=True, weight_decay=0.01,
+                                                             fused=fused, **kw),
+}
+
+
+def _tree(seed, scale=1.0, shapes=SHAPES):
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: (scale * rng.normal(size=s)).astype(np.float32), shapes,
+                        is_leaf=lambda x: isinstance(x, tuple))
+
+
+def _grads(steps, seed=1):
+    return [_tree(seed + k) for k in range(steps)]
+
+
+def _apply_steps(tx, params, grads):
+    """Params after each step, stepped with update + apply_updates (the Flax TrainState way)."""
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    out = []
+    for g in grads:
+        params, state = step(params, state, g)
+        out.append(params)
+    return out, state
+
+
+def _in_place_steps(tx, params, grads):
+    """Params after each step of update_and_apply, params and state donated."""
+    params = jax.tree.map(jnp.array, params)
+    state = tx.init(params)
+    step = jax.jit(lambda p, s, g: optimizers.update_and_apply(tx, g, s, p), donate_argnums=(0, 1))
+    out = []
+    for g in grads:
+        params, state = step(params, state, g)
+        out.append(jax.tree.map(np.asarray, params))
+    return out, state
+
+
+RUNS = {"update": _apply_steps, "in place": _in_place_steps}
+
+
+def _hlo(fn, *args):
+    return jax.jit(fn).lower(*args).compile().as_text()
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_the_kernel_runs(name):
+    tx, params = FUSED[name](True), _tree(0)
+    state = tx.init(params)
+    target = "optimizers_sgd" if name.startswith("sgd") else "optimizers_adam"
+    assert f'custom_call_target="{target}"' in _hlo(tx.update, params, state, params)
+    step = jax.jit(lambda p, s, g: optimizers.update_and_apply(tx, g, s, p), donate_argnums=(0, 1))
+    text = step.lower(params, state, params).compile().as_text()
+    assert text.count(f'custom_call_target="{target}"') == 1  # every leaf in one call
+    copies = [line for line in text.splitlines() if " copy(" in line and "[0]" not in line]
+    assert not copies  # in place under donation (XLA copies the empty leaf, 0 bytes)
+
+
+def test_donated_step_writes_the_same_memory():
+    tx = optimizers.adam(1e-3, fused=True)
+    params = {"w": jnp.ones(1 << 18)}
+    state = jax.tree.map(jnp.array, tx.init(params))
+    step = jax.jit(lambda p, s, g: optimizers.update_and_apply(tx, g, s, p), donate_argnums=(0, 1))
+    before = params["w"].unsafe_buffer_pointer(), state[0].mu["w"].unsafe_buffer_pointer()
+    params, state = step(params, state, {"w": jnp.full(1 << 18, 0.5)})
+    assert (params["w"].unsafe_buffer_pointer(), state[0].mu["w"].unsafe_buffer_pointer()) == before
+    np.testing.assert_allclose(params["w"], 1 - 1e-3, rtol=1e-6)  # Adam's first step is lr * sign(g)
+
+
+def _adam_params(theta, grads, lr, wd):
+    for u in _adam_reference(grads, 0.9, 0.999, 1e-8):
+        theta = theta - lr * (u + wd * theta)
+        yield theta
+
+
+REFERENCES = {  # per leaf: (theta0, grads, decayed) -> params after each step, float64
+    "adam": lambda t, gs, on: _adam_params(t, gs, 0.01, 0.0),
+    "adamw": lambda t, gs, on: _adam_params(t, gs, 0.01, 0.1),
+    "adamw masked": lambda t, gs, on: _adam_params(t, gs, 0.01, 0.1 if on else 0.0),
+    "sgd": lambda t, gs, on: _sgd_reference(t, gs, 0.05, 0.0, False, 0.0),
+    "sgd momentum": lambda t, gs, on: _sgd_reference(t, gs, 0.05, 0.9, False, 0.0),
+    "sgd nesterov decay": lambda t, gs, on: _sgd_reference(t, gs, 0.05, 0.9, True, 0.01),
+}
+
+
+@pytest.mark.parametrize("run", RUNS)
+@pytest.mark.parametrize("name", FUSED)
+def test_matches_the_published_update(name, run):
+    """Ten steps against the float64 formula; float32 rounding of a few operations per step
+    stays inside 2e-5 of each leaf's scale (as for the unfused aliases)."""
+    params, grads = _tree(0), _grads(10)
+    got, _ = RUNS[run](FUSED[name](True), params, grads)
+    leaves = jax.tree.leaves(params)
+    for i, theta0 in enumerate(leaves):
+        seq = [jax.tree.leaves(g)[i].astype(np.float64) for g in grads]
+        want = list(REFERENCES[name](theta0.astype(np.float64), seq, theta0.ndim > 1))
+        for step, w in enumerate(want):
+            g = np.asarray(jax.tree.leaves(got[step])[i], np.float64)
+            scale = max(float(np.max(np.abs(w), initial=0.0)), 1e-30)
+            np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-5 * scale)
+
+
+TORCH = {
+    "adam": lambda ps: torch.optim.Adam(ps, lr=0.01),
+    "adamw": lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1),
+    "sgd momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+    "sgd nesterov decay": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+}
+
+
+@pytest.mark.parametrize("name", TORCH)
+def test_matches_torch(name):
+    """torch.optim in float64 against the in-place float32 step, 20 steps (float32 tolerance)."""
+    shapes = {"w": (4097,), "m": (30, 20)}
+    params, grads = _tree(3, shapes=shapes), [_tree(40 + s, shapes=shapes) for s in range(20)]
+    want = run_torch(TORCH[name], params, grads)
+    got, _ = _in_place_steps(FUSED[name](True), params, grads)
+    for g, w in zip(got, want):
+        assert_trees_close(g, w, rtol=2e-5)
+
+
+@pytest.mark.parametrize("run", RUNS)
+@pytest.mark.parametrize("name", FUSED)
+def test_equals_the_unfused_chain(name, run):
+    """Same formulas, same order of float32 operations: within a few roundings after 10 steps,
+    and the same state (tree, dtypes, counts and hyperparameters exactly)."""
+    params, grads = _tree(0), _grads(10)
+    fused, fused_state = RUNS[run](FUSED[name](True), params, grads)
+    plain, plain_state = RUNS[run](FUSED[name](False), params, grads)
+    assert jax.tree.structure(fused_state) == jax.tree.structure(plain_state)
+    for a, b in zip(jax.tree.leaves(fused_state), jax.tree.leaves(plain_state)):
+        assert a.dtype == b.dtype and a.shape == b.shape
+    assert optimizers.get_hyperparams(fused_state) == optimizers.get_hyperparams(plain_state)
+    assert_trees_close(fused[-1], plain[-1], rtol=1e-6)
+    assert_trees_close(fused_state, plain_state, rtol=1e-6)
+
+
+def test_schedules_and_set_hyperparams():
+    """Scheduled hyperparameters are evaluated as in the chain; a new learning rate set in the
+    state takes effect without recompiling."""
+    lr, decay = schedules.cosine(0.05, 20), lambda t: 0.01 + 0.001 * t
+    b1 = lambda t: 0.9 - 0.01 * jnp.minimum(t, 10)  # noqa: E731
+    params, grads = _tree(0), _grads(8)
+    for make in (lambda f: optimizers.adamw(lr, b1=b1, weight_decay=decay, fused=f),
+                 lambda f: optimizers.sgd(lr, momentum=lambda t: 0.5 + 0.02 * t, weight_decay=decay, fused=f)):
+        fused, state = _in_place_steps(make(True), params, grads)
+        plain, plain_state = _in_place_steps(make(False), params, grads)
+        assert_trees_close(fused[-1], plain[-1], rtol=1e-6)
+        assert optimizers.get_hyperparams(state) == optimizers.get_hyperparams(plain_state)
+
+    tx, traces = optimizers.adam(0.01, fused=True), []
+
+    def step(p, s, g):
+        traces.append(1)
+        return optimizers.update_and_apply(tx, g, s, p)
+
+    step = jax.jit(step)
+    p, s = step(params, tx.init(params), grads[0])
+    frozen, _ = step(p, optimizers.set_hyperparams(s, learning_rate=0.0), grads[1])
+    assert len(traces) == 1
+    assert_trees_close(frozen, p, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "complex64"])
+def test_other_dtypes_run_the_unfused_chain(dtype):
+    params = jax.tree.map(lambda x: jnp.asarray(x, dtype), _tree(0))
+    grads = [jax.tree.map(lambda x: jnp.asarray(x, dtype), g) for g in _grads(3)]
+    for name in FUSED:
+        tx = FUSED[name](True)
+        assert "custom_call" not in _hlo(tx.update, params, tx.init(params), params)
+        fused, _ = _apply_steps(tx, params, grads)
+        plain, _ = _apply_steps(FUSED[name](False), params, grads)
+        for a, b in zip(jax.tree.leaves(fused[-1]), jax.tree.leaves(plain[-1])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_float64_runs_the_unfused_chain():
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda x: x.astype(np.float64), _tree(0))
+        grads = [jax.tree.map(lambda x: x.astype(np.float64), g) for g in _grads(3)]
+        tx = optimizers.adamw(0.01, fused=True)
+        assert "custom_call" not in _hlo(tx.update, params, tx.init(params), params)
+        fused, _ = _in_place_steps(tx, params, grads)
+        plain, _ = _in_place_steps(optimizers.adamw(0.01), params, grads)
+        assert_trees_close(fused[-1], plain[-1], rtol=0)
+
+
+def test_vmap_over_a_batch_of_models():
+    tx = optimizers.adamw(0.01, fused=True)
+    batch = jax.tree.map(lambda *xs: jnp.stack(xs), *[_tree(s, shapes={"w": (1000,), "b": (3,)}) for s in range(4)])
+    grads = jax.tree.map(lambda x: jnp.cos(3 * x), batch)
+    step = jax.vmap(lambda p, g: optimizers.update_and_apply(tx, g, tx.init(p), p))
+    got, _ = step(batch, grads)
+    for k in range(4):
+        one = jax.tree.map(lambda x: x[k], batch)
+        want, _ = optimizers.update_and_apply(tx, jax.tree.map(lambda x: x[k], grads), tx.init(one), one)
+        assert_trees_close(jax.tree.map(lambda x: x[k], got), want, rtol=0)
+
+
+def test_update_and_apply_of_any_transform_is_update_then_apply():
+    params = {**_tree(0, shapes={"w": (10, 3), "b": (3,)}), "step": jnp.int32(7)}
+    grads = {**_tree(1, shapes={"w": (10, 3), "b": (3,)}), "step": np.zeros((), jax.dtypes.float0)}
+    tx = optimizers.lamb(0.01)
+    state = tx.init(params)
+    new, new_state = optimizers.update_and_apply(tx, grads, state, params)
+    updates, want_state = tx.update(grads, state, params)
+    assert new["step"] is params["step"]  # integer params are kept
+    assert_trees_close({k: new[k] for k in "wb"}, optax.apply_updates({k: params[k] for k in "wb"},
+                                                                      {k: updates[k] for k in "wb"}), rtol=0)
+    assert_trees_close(new_state, want_state, rtol=0)
+
+
+def test_mismatched_trees_are_named():
+    tx = optimizers.adam(0.01, fused=True)
+    params = _tree(0, shapes={"w": (4, 3)})
+    with pytest.raises(ValueError, match=r"\['w'\] has shape \(4, 4\)"):
+        optimizers.update_and_apply(tx, {"w": jnp.ones((4, 4))}, tx.init(params), params)
+
+
+def test_a_missing_compiler_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler.*no-such-compiler"):
+        _fused._build(tmp_path / "kernels.so")
+    assert not os.listdir(tmp_path)  # nothing half-written left behind
