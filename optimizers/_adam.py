@@ -10,7 +10,7 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._dtypes import real_zeros_like, store, store_like, widen
-from optimizers._fused import adam_kernel, fused, load_kernels
+from optimizers._fused import fused_direction
 from optimizers._hyperparams import current_hyperparams, init_hyperparams
 from optimizers._moments import adam_moments, bias_correction, check_betas, ema, step_number
 from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
@@ -62,10 +62,16 @@ def scale_by_adam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
     return transformation("scale_by_adam", lambda p: _init(ScaleByAdamState, b1, b2, eps, p, 2), update_fn)
 
 
-def _fused_adam(owner, chain, learning_rate, b1, b2, eps, weight_decay=0.0, mask=None):
-    load_kernels()
-    kernel = adam_kernel(b1, b2, eps, learning_rate, weight_decay, mask)
-    return fused(owner, chain, kernel, lambda state: (state[0].mu, state[0].nu))
+def _adam_scalars(hp, state):
+    """The fused kernel's scalars: :math:`\\beta_1, 1-\\beta_1, \\beta_2, 1-\\beta_2, 1-\\beta_1^t, 1-\\beta_2^t, \\epsilon`."""
+    t = step_number(state.count, hp["b1"].dtype)
+    return [hp["b1"], 1 - hp["b1"], hp["b2"], 1 - hp["b2"], bias_correction(hp["b1"], t),
+            bias_correction(hp["b2"], t), hp["eps"]]
+
+
+def _fused_adam(owner, chain, learning_rate, b1, b2, eps, weight_decay=None, mask=None):
+    return fused_direction(owner, chain, "optimizers_adam", dict(b1=b1, b2=b2, eps=eps), _adam_scalars, ("mu", "nu"),
+                           learning_rate, weight_decay, mask)
 
 
 def adam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,

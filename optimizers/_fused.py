@@ -49,7 +49,6 @@ import optax
 
 from optimizers._checks import floats_only, is_float, transformation, with_passed_through
 from optimizers._hyperparams import current_hyperparams
-from optimizers._moments import bias_correction, step_number
 from optimizers._scaling import leaf_masks
 
 _SOURCE = Path(__file__).with_name("_fused_kernels.cc")
@@ -91,7 +90,7 @@ def load_kernels() -> None:
     if not library.exists():
         _build(library)
     lib = ctypes.cdll.LoadLibrary(str(library))
-    for name in ("optimizers_adam", "optimizers_sgd"):
+    for name in ("optimizers_adam", "optimizers_lion", "optimizers_adadelta", "optimizers_sgd"):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
 
 
@@ -199,30 +198,42 @@ def update_and_apply(tx: optax.GradientTransformation, grads, state, params):
     return with_passed_through(params, new), state
 
 
-def adam_kernel(b1, b2, eps, learning_rate, weight_decay, mask):
-    """The kernel of ``chain(scale_by_adam, [add_decayed_weights], scale_by_learning_rate)``."""
+def direction_kernel(target: str, values: dict, scalars, fields: tuple, learning_rate, weight_decay=None,
+                     mask=None):
+    """The kernel of ``chain(direction, [add_decayed_weights], scale_by_learning_rate)``.
+
+    ``values`` are the direction's hyperparameters (numbers or schedules, as it was built
+    with); ``scalars(hp, link)`` the kernel's scalars from their values at this update and the
+    direction's state before it (the kernel gets them, then :math:`-\\gamma_t`); ``fields`` the
+    state's per-parameter buffers, in the kernel's order.
+    """
 
     def kernel(grads, state, params, step):
-        adam_link, *decay_link, lr_link = state
+        link, *decay_link, lr_link = state
         decay_link = decay_link[0] if decay_link else None
-        hp, adam_new = _advance(adam_link, b1=b1, b2=b2, eps=eps)
+        hp, new_link = _advance(link, **values)
         lr, lr_new = _advance(lr_link, learning_rate=learning_rate)
-        t = step_number(adam_link.count, hp["b1"].dtype)
-        hyper = jnp.stack([hp["b1"], 1 - hp["b1"], hp["b2"], 1 - hp["b2"], bias_correction(hp["b1"], t),
-                           bias_correction(hp["b2"], t), hp["eps"], -lr["learning_rate"]]).astype(jnp.float32)
-        new_links = []
-        lam = jnp.zeros([], jnp.float32)
+        hyper = jnp.stack([*scalars(hp, link), -lr["learning_rate"]]).astype(jnp.float32)
+        lam, new_decay = jnp.zeros([], jnp.float32), []
         if decay_link is not None:
             wd, decay_new = _advance(decay_link, weight_decay=weight_decay)
-            lam, new_links = wd["weight_decay"], [decay_new]
+            lam, new_decay = wd["weight_decay"], [decay_new]
         g, treedef = jax.tree.flatten(grads)
-        decays = _leaf_decays(decay_link, lam, mask, params)
-        out, (mu, nu) = _call("optimizers_adam", hyper, decays, jax.tree.leaves(params), g,
-                              [jax.tree.leaves(adam_link.mu), jax.tree.leaves(adam_link.nu)], step)
-        adam_new = adam_new._replace(mu=treedef.unflatten(mu), nu=treedef.unflatten(nu))
-        return treedef.unflatten(out), (adam_new, *new_links, lr_new)
+        out, buffers = _call(target, hyper, _leaf_decays(decay_link, lam, mask, params), jax.tree.leaves(params), g,
+                             [jax.tree.leaves(getattr(link, f)) for f in fields], step)
+        new_link = new_link._replace(**{f: treedef.unflatten(b) for f, b in zip(fields, buffers)})
+        return treedef.unflatten(out), (new_link, *new_decay, lr_new)
 
     return kernel
+
+
+def fused_direction(owner: str, chain, target: str, values: dict, scalars, fields: tuple, learning_rate,
+                    weight_decay=None, mask=None) -> optax.GradientTransformation:
+    """``chain`` (direction, [add_decayed_weights], scale_by_learning_rate) run by the kernel ``target``
+    (see :func:`direction_kernel`)."""
+    load_kernels()
+    kernel = direction_kernel(target, values, scalars, fields, learning_rate, weight_decay, mask)
+    return fused(owner, chain, kernel, lambda state: [getattr(state[0], f) for f in fields])
 
 
 def sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask):

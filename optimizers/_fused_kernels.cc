@@ -1,11 +1,11 @@
-// One-pass CPU kernels for Adam/AdamW and SGD with momentum, called from XLA through its FFI.
+// One-pass CPU kernels for Adam/AdamW, Lion, Adadelta and SGD, called from XLA through its FFI.
 //
 // XLA:CPU writes each output buffer of an elementwise update in its own loop, so an Adam step
 // reads the gradient and the moments several times (40 bytes per parameter where 28 suffice).
 // These kernels read every input once and write every output once, over all the leaves of a
 // pytree in one call, split into chunks that XLA's intra-op thread pool and the calling thread
 // share.  The formulas, and the order of their float32 operations, are those of the chains in
-// _adam.py and _momentum.py (see _fused.py); the in-place buffers (params in "step" mode, the
+// _adam.py, _lion.py, _adadelta.py and _momentum.py (see _fused.py); the in-place buffers (params in "step" mode, the
 // moments always) are aliased to their results by the caller.
 //
 // Operands of both kernels: hyper (f32[k], the step's scalars), decay (f32[L], the weight decay
@@ -31,8 +31,8 @@ constexpr int64_t kChunk = 1 << 16;  // elements per task: 256 KiB of each float
 struct Leaf {
   float* p;        // params: read (decay, step mode), written in step mode
   const float* g;  // gradient
-  float* m;        // first moment / momentum, in place (may be null)
-  float* v;        // second moment, in place (may be null)
+  float* m;        // the first state buffer (a moment, a momentum), in place (may be null)
+  float* v;        // the second state buffer, in place (may be null)
   float* out;      // updates (update mode; null in step mode)
   int64_t n;
   float decay;
@@ -151,6 +151,75 @@ ffi::Error adam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
   return ffi::Error::Success();
 }
 
+// Lion (scale_by_lion, add_decayed_weights, scale_by_learning_rate):
+//   u = sign(b1 m + (1-b1) g);  m = b2 m + (1-b2) g;  u = u + lambda p;  d = -lr u
+inline float sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }  // 0, -0 and NaN kept
+
+template <bool kStep, bool kDecay>
+void lion_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+  const float b1 = h[0], ob1 = h[1], b2 = h[2], ob2 = h[3], nlr = h[4], lam = leaf.decay;
+  float* __restrict p = leaf.p;
+  const float* __restrict g = leaf.g;
+  float* __restrict m = leaf.m;
+  float* __restrict out = leaf.out;
+  for (int64_t i = lo; i < hi; ++i) {
+    const float gi = g[i], mi = m[i];
+    float u = sign(b1 * mi + ob1 * gi);
+    m[i] = b2 * mi + ob2 * gi;
+    if (kDecay) u = u + lam * p[i];
+    emit<kStep>(out, p, i, nlr * u);
+  }
+}
+
+ffi::Error lion(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
+                ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {
+  if (hyper.element_count() != 5) return ffi::Error::InvalidArgument("fused lion: 5 scalars expected");
+  auto leaves = collect(decay, args, rets, 1, step);
+  if (!leaves.has_value()) return leaves.error();
+  float h[5];
+  std::copy(hyper.typed_data(), hyper.typed_data() + 5, h);
+  parallel_chunks(pool, *leaves, [h, step](const Leaf& leaf, int64_t lo, int64_t hi) {
+    const bool d = leaf.decay != 0.0f;
+    if (step) d ? lion_loop<true, true>(leaf, lo, hi, h) : lion_loop<true, false>(leaf, lo, hi, h);
+    else d ? lion_loop<false, true>(leaf, lo, hi, h) : lion_loop<false, false>(leaf, lo, hi, h);
+  });
+  return ffi::Error::Success();
+}
+
+// Adadelta (scale_by_adadelta, scale_by_learning_rate):
+//   v = rho v + (1-rho) g g;  d = sqrt((x + eps) / (v + eps)) g;  x = rho x + (1-rho) d d;  -lr d
+template <bool kStep>
+void adadelta_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+  const float rho = h[0], orho = h[1], eps = h[2], nlr = h[3];
+  float* __restrict p = leaf.p;
+  const float* __restrict g = leaf.g;
+  float* __restrict v = leaf.m;
+  float* __restrict x = leaf.v;
+  float* __restrict out = leaf.out;
+  for (int64_t i = lo; i < hi; ++i) {
+    const float gi = g[i];
+    const float vi = rho * v[i] + (orho * gi) * gi;
+    const float xi = x[i];
+    const float d = std::sqrt((xi + eps) / (vi + eps)) * gi;
+    v[i] = vi;
+    x[i] = rho * xi + (orho * d) * d;
+    emit<kStep>(out, p, i, nlr * d);
+  }
+}
+
+ffi::Error adadelta(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
+                    ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {
+  if (hyper.element_count() != 4) return ffi::Error::InvalidArgument("fused adadelta: 4 scalars expected");
+  auto leaves = collect(decay, args, rets, 2, step);
+  if (!leaves.has_value()) return leaves.error();
+  float h[4];
+  std::copy(hyper.typed_data(), hyper.typed_data() + 4, h);
+  parallel_chunks(pool, *leaves, [h, step](const Leaf& leaf, int64_t lo, int64_t hi) {
+    step ? adadelta_loop<true>(leaf, lo, hi, h) : adadelta_loop<false>(leaf, lo, hi, h);
+  });
+  return ffi::Error::Success();
+}
+
 // SGD (add_decayed_weights, trace, scale_by_learning_rate):
 //   g = g + lambda p;  m = g + mu m;  u = m (heavy ball) or g + mu m (Nesterov);  d = -lr u
 template <bool kStep, bool kDecay, bool kMomentum, bool kNesterov>
@@ -204,5 +273,7 @@ ffi::Error sgd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ff
       .RemainingArgs().RemainingRets()
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adam, adam, OPTIMIZERS_BIND.Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lion, lion, OPTIMIZERS_BIND.Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adadelta, adadelta, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_sgd, sgd,
                               OPTIMIZERS_BIND.Attr<bool>("momentum").Attr<bool>("nesterov").Attr<bool>("step"));

@@ -267,10 +267,13 @@ PAIR = {
     "lookahead(adam)": (_lookahead_adam, False, 2),
     "swa(adam)": (_swa_of_adam, True, 2),
 }
+# Complex leaves run the unfused chain: the same decisions.
+PAIR.update({f"fused({n})": PAIR[n] for n in ("adadelta", "adam", "adamw")})
 # Linear in each real coordinate: complex = the real optimizer on (real part, imaginary part).
 SPLIT = {n: {} for n in ["lookahead(sgd)", "scale_by_learning_rate", "scale_by_relative_step", "sgd"]}
 SPLIT["sgd (nesterov)"] = dict(nesterov=True)
-REFUSED = ["funnelled_sgdm", "lion", "rprop"]  # per-coordinate signs, sign agreements, real gains
+SPLIT["fused(sgd)"] = {}
+REFUSED = ["funnelled_sgdm", "lion", "rprop", "fused(lion)"]  # per-coordinate signs, sign agreements, real gains
 
 
 def test_every_optimizer_is_decided():
@@ -331,6 +334,7 @@ def test_complex_run_is_the_split_real_run(case):
 
 @pytest.mark.parametrize("name", REFUSED)
 def test_sign_based_rules_refuse_complex_params(name):
-    with pytest.raises(TypeError, match=rf"{name}: complex params are not supported"):
+    algorithm = name.removeprefix("fused(").removesuffix(")")  # a fused alias refuses as its chain does
+    with pytest.raises(TypeError, match=rf"{algorithm}: complex params are not supported"):
         make(name).init(_device(PARAMS))
     make(name).init(_device({"r": PARAMS["r"]}))  # real params are fine

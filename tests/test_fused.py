@@ -1,4 +1,4 @@
-"""The one-pass CPU kernels of adam, adamw and sgd (``fused=True``) and update_and_apply.
+"""The one-pass CPU kernels of adam, adamw, lion, adadelta and sgd (``fused=True``) and update_and_apply.
 
 The fused transforms are also in the conformance suite (and so in the sharding, checkpoint,
 non-finite, counter, precision and property tests). Here: that the kernel runs, that it is
@@ -15,7 +15,9 @@ import optax
 import pytest
 import torch
 from helpers import assert_trees_close, run_torch
+from test_adadelta import _adadelta_reference
 from test_adam import _adam_reference
+from test_lion import _lion_reference
 from test_momentum import _sgd_reference
 
 import optimizers
@@ -29,6 +31,8 @@ FUSED = {
     "adamw": lambda fused, **kw: optimizers.adamw(0.01, weight_decay=0.1, fused=fused, **kw),
     "adamw masked": lambda fused, **kw: optimizers.adamw(
         0.01, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p), fused=fused, **kw),
+    "lion": lambda fused, **kw: optimizers.lion(0.01, weight_decay=0.1, fused=fused, **kw),
+    "adadelta": lambda fused, **kw: optimizers.adadelta(1.0, rho=0.9, eps=1e-6, fused=fused, **kw),
     "sgd": lambda fused, **kw: optimizers.sgd(0.05, fused=fused, **kw),
     "sgd momentum": lambda fused, **kw: optimizers.sgd(0.05, momentum=0.9, fused=fused, **kw),
     "sgd nesterov decay": lambda fused, **kw: optimizers.sgd(0.05, momentum=0.9, nesterov=True, weight_decay=0.01,
@@ -85,7 +89,7 @@ def _hlo(fn, *args):
 def test_the_kernel_runs(name):
     tx, params = FUSED[name](True), _tree(0)
     state = tx.init(params)
-    target = "optimizers_sgd" if name.startswith("sgd") else "optimizers_adam"
+    target = "optimizers_" + name.split()[0].removesuffix("w")
     assert f'custom_call_target="{target}"' in _hlo(tx.update, params, state, params)
     step = jax.jit(lambda p, s, g: optimizers.update_and_apply(tx, g, s, p), donate_argnums=(0, 1))
     text = step.lower(params, state, params).compile().as_text()
@@ -105,16 +109,23 @@ def test_donated_step_writes_the_same_memory():
     np.testing.assert_allclose(params["w"], 1 - 1e-3, rtol=1e-6)  # Adam's first step is lr * sign(g)
 
 
-def _adam_params(theta, grads, lr, wd):
-    for u in _adam_reference(grads, 0.9, 0.999, 1e-8):
+def _decoupled(directions, theta, lr, wd):
+    """theta_t = theta_{t-1} - lr (u_t + wd theta_{t-1}) for each direction u_t."""
+    for u in directions:
         theta = theta - lr * (u + wd * theta)
         yield theta
+
+
+def _adam_params(theta, grads, lr, wd):
+    return _decoupled(_adam_reference(grads, 0.9, 0.999, 1e-8), theta, lr, wd)
 
 
 REFERENCES = {  # per leaf: (theta0, grads, decayed) -> params after each step, float64
     "adam": lambda t, gs, on: _adam_params(t, gs, 0.01, 0.0),
     "adamw": lambda t, gs, on: _adam_params(t, gs, 0.01, 0.1),
     "adamw masked": lambda t, gs, on: _adam_params(t, gs, 0.01, 0.1 if on else 0.0),
+    "lion": lambda t, gs, on: _decoupled(_lion_reference(gs, 0.9, 0.99), t, 0.01, 0.1),
+    "adadelta": lambda t, gs, on: _decoupled(_adadelta_reference(gs, 0.9, 1e-6), t, 1.0, 0.0),
     "sgd": lambda t, gs, on: _sgd_reference(t, gs, 0.05, 0.0, False, 0.0),
     "sgd momentum": lambda t, gs, on: _sgd_reference(t, gs, 0.05, 0.9, False, 0.0),
     "sgd nesterov decay": lambda t, gs, on: _sgd_reference(t, gs, 0.05, 0.9, True, 0.01),
@@ -141,6 +152,7 @@ def test_matches_the_published_update(name, run):
 TORCH = {
     "adam": lambda ps: torch.optim.Adam(ps, lr=0.01),
     "adamw": lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1),
+    "adadelta": lambda ps: torch.optim.Adadelta(ps, lr=1.0, rho=0.9, eps=1e-6),
     "sgd momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
     "sgd nesterov decay": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
 }
@@ -204,6 +216,8 @@ def test_other_dtypes_run_the_unfused_chain(dtype):
     params = jax.tree.map(lambda x: jnp.asarray(x, dtype), _tree(0))
     grads = [jax.tree.map(lambda x: jnp.asarray(x, dtype), g) for g in _grads(3)]
     for name in FUSED:
+        if dtype == "complex64" and name == "lion":
+            continue  # refuses complex params (test_complex)
         tx = FUSED[name](True)
         assert "custom_call" not in _hlo(tx.update, params, tx.init(params), params)
         fused, _ = _apply_steps(tx, params, grads)
