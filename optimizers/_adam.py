@@ -62,7 +62,7 @@ def scale_by_adam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
     return transformation("scale_by_adam", lambda p: _init(ScaleByAdamState, b1, b2, eps, p, 2), update_fn)
 
 
-def _adam_scalars(hp, state):
+def adam_scalars(hp, state):
     """The fused kernel's scalars: :math:`\\beta_1, 1-\\beta_1, \\beta_2, 1-\\beta_2, 1-\\beta_1^t, 1-\\beta_2^t, \\epsilon`."""
     t = step_number(state.count, hp["b1"].dtype)
     return [hp["b1"], 1 - hp["b1"], hp["b2"], 1 - hp["b2"], bias_correction(hp["b1"], t),
@@ -70,7 +70,7 @@ def _adam_scalars(hp, state):
 
 
 def _fused_adam(owner, chain, learning_rate, b1, b2, eps, weight_decay=None, mask=None):
-    return fused_direction(owner, chain, "optimizers_adam", dict(b1=b1, b2=b2, eps=eps), _adam_scalars, ("mu", "nu"),
+    return fused_direction(owner, chain, "optimizers_adam", dict(b1=b1, b2=b2, eps=eps), adam_scalars, ("mu", "nu"),
                            learning_rate, weight_decay, mask)
 
 

@@ -90,16 +90,17 @@ def load_kernels() -> None:
     if not library.exists():
         _build(library)
     lib = ctypes.cdll.LoadLibrary(str(library))
-    for name in ("optimizers_adam", "optimizers_lion", "optimizers_adadelta", "optimizers_sgd"):
+    for name in ("optimizers_adam", "optimizers_lamb", "optimizers_lion", "optimizers_adadelta", "optimizers_sgd"):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
 
 
-def _call(target: str, hyper, decays, params, grads, buffers, step: bool, **attrs):
+def _call(target: str, hyper, decays, params, grads, buffers, step: bool, flags=None, **attrs):
     """One kernel call over all leaves: (outputs, new buffers), outputs the new params (``step``) or updates.
 
     Operands: hyper, decays, L params, L grads, then L of each state buffer; each buffer (and
     in step mode each param) is aliased to its result, so donated arrays are updated in place.
-    Empty leaves stay out of the call (XLA makes them constants, which an alias would copy).
+    ``flags`` (one number per leaf) follow the decays in the same operand. Empty leaves stay
+    out of the call (XLA makes them constants, which an alias would copy).
     """
     kept = [i for i, g in enumerate(grads) if g.size]
     pick = lambda xs: [xs[i] for i in kept]  # noqa: E731
@@ -110,7 +111,7 @@ def _call(target: str, hyper, decays, params, grads, buffers, step: bool, **attr
         aliases.update({2 + i: i for i in range(n)})
     results = jax.ffi.ffi_call(target, shapes * (1 + len(buffers)), input_output_aliases=aliases,
                                vmap_method="sequential")(
-        hyper, jnp.stack(pick(decays)).astype(jnp.float32), *pick(params), *pick(grads),
+        hyper, jnp.stack(pick(decays) + (pick(flags) if flags else [])).astype(jnp.float32), *pick(params), *pick(grads),
         *(b for buffer in buffers for b in pick(buffer)), step=step, **attrs) if n else []
 
     def merge(computed, empty):  # the kernel's leaves, and the empty ones as they were
@@ -234,6 +235,31 @@ def fused_direction(owner: str, chain, target: str, values: dict, scalars, field
     load_kernels()
     kernel = direction_kernel(target, values, scalars, fields, learning_rate, weight_decay, mask)
     return fused(owner, chain, kernel, lambda state: [getattr(state[0], f) for f in fields])
+
+
+def fused_lamb(chain, adam_values: dict, adam_scalars, min_param_norm, max_param_norm, learning_rate,
+               weight_decay, mask, trust_ratio_mask) -> optax.GradientTransformation:
+    """LAMB's ``chain(scale_by_adam, add_decayed_weights, scale_by_trust_ratio, scale_by_learning_rate)``
+    run by its two-pass kernel (the moments and both norms per leaf, then the params)."""
+    load_kernels()
+
+    def kernel(grads, state, params, step):
+        adam_link, decay_link, trust_link, lr_link = state
+        hp, adam_new = _advance(adam_link, **adam_values)
+        wd, decay_new = _advance(decay_link, weight_decay=weight_decay)
+        tr, trust_new = _advance(trust_link, trust_coefficient=1.0)
+        lr, lr_new = _advance(lr_link, learning_rate=learning_rate)
+        hyper = jnp.stack([*adam_scalars(hp, adam_link), tr["trust_coefficient"], jnp.float32(min_param_norm),
+                           jnp.float32(max_param_norm), -lr["learning_rate"]]).astype(jnp.float32)
+        flags = [jnp.float32(on) for on in jax.tree.leaves(leaf_masks(trust_ratio_mask, params))]
+        g, treedef = jax.tree.flatten(grads)
+        out, (mu, nu) = _call("optimizers_lamb", hyper, _leaf_decays(decay_link, wd["weight_decay"], mask, params),
+                              jax.tree.leaves(params), g, [jax.tree.leaves(adam_link.mu), jax.tree.leaves(adam_link.nu)],
+                              step, flags)
+        adam_new = adam_new._replace(mu=treedef.unflatten(mu), nu=treedef.unflatten(nu))
+        return treedef.unflatten(out), (adam_new, decay_new, trust_new, lr_new)
+
+    return fused("lamb", chain, kernel, lambda state: (state[0].mu, state[0].nu))
 
 
 def sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask):

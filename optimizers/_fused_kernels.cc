@@ -1,11 +1,11 @@
-// One-pass CPU kernels for Adam/AdamW, Lion, Adadelta and SGD, called from XLA through its FFI.
+// One-pass CPU kernels for Adam/AdamW, LAMB, Lion, Adadelta and SGD, called from XLA through its FFI.
 //
 // XLA:CPU writes each output buffer of an elementwise update in its own loop, so an Adam step
 // reads the gradient and the moments several times (40 bytes per parameter where 28 suffice).
 // These kernels read every input once and write every output once, over all the leaves of a
 // pytree in one call, split into chunks that XLA's intra-op thread pool and the calling thread
 // share.  The formulas, and the order of their float32 operations, are those of the chains in
-// _adam.py, _lion.py, _adadelta.py and _momentum.py (see _fused.py); the in-place buffers (params in "step" mode, the
+// _adam.py, _trust_ratio.py, _lion.py, _adadelta.py and _momentum.py (see _fused.py); the in-place buffers (params in "step" mode, the
 // moments always) are aliased to their results by the caller.
 //
 // Operands of both kernels: hyper (f32[k], the step's scalars), decay (f32[L], the weight decay
@@ -35,10 +35,11 @@ struct Leaf {
   float* v;        // the second state buffer, in place (may be null)
   float* out;      // updates (update mode; null in step mode)
   int64_t n;
-  float decay;
+  float decay;   // the leaf's weight decay
+  float ratio;  // LAMB: the leaf's trust ratio, between its two passes
 };
 
-// Runs body(leaf, begin, end) over all leaves in chunks, on the pool's threads and this one.
+// Runs body(leaf, begin, end, chunk) over all leaves in chunks (numbered leaf by leaf), on the pool's threads and this one.
 // The caller only waits for chunks that were taken, so a task the pool starts late finds no
 // work and returns: no deadlock when every pool thread is busy.
 template <typename Body>
@@ -55,7 +56,7 @@ void parallel_chunks(ffi::ThreadPool& pool, std::shared_ptr<std::vector<Leaf>> l
     for (int64_t j; (j = shared->next.fetch_add(1)) < total;) {
       const auto [i, b] = shared->chunks[j];
       const Leaf& leaf = (*leaves)[i];
-      body(leaf, b, std::min(b + kChunk, leaf.n));
+      body(leaf, b, std::min(b + kChunk, leaf.n), j);
       shared->finished.fetch_add(1);
     }
   };
@@ -74,8 +75,7 @@ float* data(const ffi::AnyBuffer& b) { return static_cast<float*>(b.untyped_data
 ffi::ErrorOr<std::shared_ptr<std::vector<Leaf>>> collect(const ffi::Buffer<ffi::F32>& decay,
                                                          const ffi::RemainingArgs& args,
                                                          const ffi::RemainingRets& rets,
-                                                         int n_state, bool step) {
-  const size_t L = decay.element_count();
+                                                         int n_state, bool step, size_t L) {
   if (args.size() != (2 + n_state) * L || rets.size() != (1 + n_state) * L)
     return ffi::Unexpected(ffi::Error::InvalidArgument("fused optimizer: wrong number of buffers"));
   auto leaves = std::make_shared<std::vector<Leaf>>(L);
@@ -139,14 +139,86 @@ void adam_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
 ffi::Error adam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
                 ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {
   if (hyper.element_count() != 8) return ffi::Error::InvalidArgument("fused adam: 8 scalars expected");
-  auto leaves = collect(decay, args, rets, 2, step);
+  auto leaves = collect(decay, args, rets, 2, step, decay.element_count());
   if (!leaves.has_value()) return leaves.error();
   float h[8];
   std::copy(hyper.typed_data(), hyper.typed_data() + 8, h);
-  parallel_chunks(pool, *leaves, [h, step](const Leaf& leaf, int64_t lo, int64_t hi) {
+  parallel_chunks(pool, *leaves, [h, step](const Leaf& leaf, int64_t lo, int64_t hi, int64_t) {
     const bool d = leaf.decay != 0.0f;
     if (step) d ? adam_loop<true, true>(leaf, lo, hi, h) : adam_loop<true, false>(leaf, lo, hi, h);
     else d ? adam_loop<false, true>(leaf, lo, hi, h) : adam_loop<false, false>(leaf, lo, hi, h);
+  });
+  return ffi::Error::Success();
+}
+
+// LAMB (scale_by_adam, add_decayed_weights, scale_by_trust_ratio, scale_by_learning_rate), two passes:
+//   1. m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  r = m / c1 / (sqrt(v / c2) + eps) + lambda p,
+//      and per leaf the sums of r^2 and p^2 (in double, per chunk, added in chunk order);
+//   2. ratio = coef phi(|p|) / |r| (1 where either norm is 0 or the leaf is masked out),
+//      d = -lr (ratio r), with r recomputed from the new m, v and the unchanged p.
+// hyper: b1, 1-b1, b2, 1-b2, c1, c2, eps, coef, min |p|, max |p|, -lr; decay: L decays, then L
+// trust-ratio flags (1 or 0).
+ffi::Error lamb(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
+                ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {
+  if (hyper.element_count() != 11) return ffi::Error::InvalidArgument("fused lamb: 11 scalars expected");
+  const size_t L = decay.element_count() / 2;
+  auto found = collect(decay, args, rets, 2, step, L);
+  if (!found.has_value()) return found.error();
+  auto leaves = *found;
+  float h[11];
+  std::copy(hyper.typed_data(), hyper.typed_data() + 11, h);
+  std::vector<int64_t> first(L + 1, 0);  // leaf i's chunks are first[i] .. first[i+1]-1
+  for (size_t i = 0; i < L; ++i) first[i + 1] = first[i] + ((*leaves)[i].n + kChunk - 1) / kChunk;
+  auto sums = std::make_shared<std::vector<double>>(2 * first[L], 0.0);  // per chunk: sum r^2, sum p^2
+  parallel_chunks(pool, leaves, [h, sums](const Leaf& leaf, int64_t lo, int64_t hi, int64_t j) {
+    const float b1 = h[0], ob1 = h[1], b2 = h[2], ob2 = h[3], c1 = h[4], c2 = h[5], eps = h[6];
+    const float lam = leaf.decay;
+    const float* __restrict p = leaf.p;
+    const float* __restrict g = leaf.g;
+    float* __restrict m = leaf.m;
+    float* __restrict v = leaf.v;
+    // kLanes independent partial sums: a vectorizable reduction without reassociating any sum.
+    constexpr int kLanes = 16;
+    double rr[kLanes] = {}, pp[kLanes] = {};
+    auto element = [&](int64_t i, int k) {
+      const float gi = g[i];
+      const float mi = b1 * m[i] + ob1 * gi;
+      const float vi = b2 * v[i] + ob2 * (gi * gi);
+      m[i] = mi;
+      v[i] = vi;
+      const float r = mi / c1 / (std::sqrt(vi / c2) + eps) + lam * p[i];
+      rr[k] += static_cast<double>(r) * r;
+      pp[k] += static_cast<double>(p[i]) * p[i];
+    };
+    int64_t i = lo;
+    for (; i + kLanes <= hi; i += kLanes)
+      for (int k = 0; k < kLanes; ++k) element(i + k, k);
+    for (int k = 0; i < hi; ++i, ++k) element(i, k);
+    double r_sum = 0.0, p_sum = 0.0;
+    for (int k = 0; k < kLanes; ++k) r_sum += rr[k], p_sum += pp[k];
+    (*sums)[2 * j] = r_sum;
+    (*sums)[2 * j + 1] = p_sum;
+  });
+  std::vector<float> ratio(L, 1.0f);
+  const float* on = decay.typed_data() + L;
+  for (size_t i = 0; i < L; ++i) {
+    double rr = 0.0, pp = 0.0;
+    for (int64_t j = first[i]; j < first[i + 1]; ++j) rr += (*sums)[2 * j], pp += (*sums)[2 * j + 1];
+    const float r_norm = static_cast<float>(std::sqrt(rr));
+    const float p_norm = std::min(std::max(static_cast<float>(std::sqrt(pp)), h[8]), h[9]);
+    if (on[i] != 0.0f && r_norm != 0.0f && p_norm != 0.0f) ratio[i] = h[7] * p_norm / r_norm;
+  }
+  for (size_t i = 0; i < L; ++i) (*leaves)[i].ratio = ratio[i];
+  parallel_chunks(pool, leaves, [h, step](const Leaf& leaf, int64_t lo, int64_t hi, int64_t) {
+    const float c1 = h[4], c2 = h[5], eps = h[6], nlr = h[10], lam = leaf.decay, ratio = leaf.ratio;
+    float* __restrict p = leaf.p;
+    const float* __restrict m = leaf.m;
+    const float* __restrict v = leaf.v;
+    float* __restrict out = leaf.out;
+    for (int64_t i = lo; i < hi; ++i) {
+      const float r = m[i] / c1 / (std::sqrt(v[i] / c2) + eps) + lam * p[i];
+      if (step) p[i] = p[i] + nlr * (ratio * r); else out[i] = nlr * (ratio * r);
+    }
   });
   return ffi::Error::Success();
 }
@@ -174,11 +246,11 @@ void lion_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
 ffi::Error lion(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
                 ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {
   if (hyper.element_count() != 5) return ffi::Error::InvalidArgument("fused lion: 5 scalars expected");
-  auto leaves = collect(decay, args, rets, 1, step);
+  auto leaves = collect(decay, args, rets, 1, step, decay.element_count());
   if (!leaves.has_value()) return leaves.error();
   float h[5];
   std::copy(hyper.typed_data(), hyper.typed_data() + 5, h);
-  parallel_chunks(pool, *leaves, [h, step](const Leaf& leaf, int64_t lo, int64_t hi) {
+  parallel_chunks(pool, *leaves, [h, step](const Leaf& leaf, int64_t lo, int64_t hi, int64_t) {
     const bool d = leaf.decay != 0.0f;
     if (step) d ? lion_loop<true, true>(leaf, lo, hi, h) : lion_loop<true, false>(leaf, lo, hi, h);
     else d ? lion_loop<false, true>(leaf, lo, hi, h) : lion_loop<false, false>(leaf, lo, hi, h);
@@ -210,11 +282,11 @@ void adadelta_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
 ffi::Error adadelta(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
                     ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {
   if (hyper.element_count() != 4) return ffi::Error::InvalidArgument("fused adadelta: 4 scalars expected");
-  auto leaves = collect(decay, args, rets, 2, step);
+  auto leaves = collect(decay, args, rets, 2, step, decay.element_count());
   if (!leaves.has_value()) return leaves.error();
   float h[4];
   std::copy(hyper.typed_data(), hyper.typed_data() + 4, h);
-  parallel_chunks(pool, *leaves, [h, step](const Leaf& leaf, int64_t lo, int64_t hi) {
+  parallel_chunks(pool, *leaves, [h, step](const Leaf& leaf, int64_t lo, int64_t hi, int64_t) {
     step ? adadelta_loop<true>(leaf, lo, hi, h) : adadelta_loop<false>(leaf, lo, hi, h);
   });
   return ffi::Error::Success();
@@ -251,7 +323,7 @@ void sgd_dispatch(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
 ffi::Error sgd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
                ffi::RemainingArgs args, ffi::RemainingRets rets, bool momentum, bool nesterov, bool step) {
   if (hyper.element_count() != 2) return ffi::Error::InvalidArgument("fused sgd: 2 scalars expected");
-  auto leaves = collect(decay, args, rets, momentum ? 1 : 0, step);
+  auto leaves = collect(decay, args, rets, momentum ? 1 : 0, step, decay.element_count());
   if (!leaves.has_value()) return leaves.error();
   float h[2] = {hyper.typed_data()[0], hyper.typed_data()[1]};
   using Loop = void (*)(const Leaf&, int64_t, int64_t, const float*);
@@ -262,7 +334,7 @@ ffi::Error sgd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ff
        {sgd_dispatch<true, true, false>, sgd_dispatch<true, true, true>}},
   };
   Loop loop = loops[step][momentum][nesterov && momentum];
-  parallel_chunks(pool, *leaves, [h, loop](const Leaf& leaf, int64_t lo, int64_t hi) { loop(leaf, lo, hi, h); });
+  parallel_chunks(pool, *leaves, [h, loop](const Leaf& leaf, int64_t lo, int64_t hi, int64_t) { loop(leaf, lo, hi, h); });
   return ffi::Error::Success();
 }
 
@@ -273,6 +345,7 @@ ffi::Error sgd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ff
       .RemainingArgs().RemainingRets()
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adam, adam, OPTIMIZERS_BIND.Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lamb, lamb, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lion, lion, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adadelta, adadelta, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_sgd, sgd,

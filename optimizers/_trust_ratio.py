@@ -8,9 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optimizers._adam import scale_by_adam
+from optimizers._adam import adam_scalars, scale_by_adam
 from optimizers._checks import transformation
 from optimizers._dtypes import abs2
+from optimizers._fused import fused_lamb
 from optimizers._hyperparams import _is_number, check_range, current_hyperparams, init_hyperparams
 from optimizers._momentum import trace
 from optimizers._scaling import MaskOrFn, add_decayed_weights, leaf_masks, scale_by_learning_rate
@@ -230,7 +231,7 @@ def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, 
 def lamb(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
          eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = None,
          trust_ratio_mask: MaskOrFn = None, min_param_norm: float = 0.0,
-         max_param_norm: float = _INF) -> optax.GradientTransformation:
+         max_param_norm: float = _INF, *, fused: bool = False) -> optax.GradientTransformation:
     r"""LAMB: Adam's direction plus decoupled decay, rescaled per leaf by :math:`\phi(\|\theta\|)/\|r\|`.
 
     .. math::
@@ -254,14 +255,20 @@ def lamb(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
         trust_ratio_mask: leaves to rescale; others take plain AdamW steps.
         min_param_norm, max_param_norm: the bounds of :math:`\phi` (identity by default),
             as in :func:`scale_by_trust_ratio`.
+        fused: the same update as two passes over memory on the CPU (the moments and both
+            norms of each leaf, then the params; see :func:`adam`).
 
     References:
         You, Li, Reddi et al., "Large Batch Optimization for Deep Learning: Training BERT in
         76 minutes", ICLR 2020, Algorithm 2.
     """
-    return optax.chain(
+    chain = optax.chain(
         scale_by_adam(b1, b2, eps),
         add_decayed_weights(weight_decay, mask),
         scale_by_trust_ratio(min_param_norm=min_param_norm, max_param_norm=max_param_norm, mask=trust_ratio_mask),
         scale_by_learning_rate(learning_rate),
     )
+    if not fused:
+        return chain
+    return fused_lamb(chain, dict(b1=b1, b2=b2, eps=eps), adam_scalars, min_param_norm, max_param_norm,
+                      learning_rate, weight_decay, mask, trust_ratio_mask)

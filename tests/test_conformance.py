@@ -59,6 +59,7 @@ WRAPPED = {
     # The one-pass CPU kernels: the same update as the alias, so the same properties.
     "fused(adam)": lambda **o: make("adam", fused=True, **o),
     "fused(adamw)": lambda **o: make("adamw", fused=True, **o),
+    "fused(lamb)": lambda **o: make("lamb", fused=True, **o),
     "fused(lion)": lambda **o: make("lion", fused=True, **o),
     "fused(adadelta)": lambda **o: make("adadelta", fused=True, **o),
     "fused(sgd)": lambda **o: make("sgd", fused=True, **o),
