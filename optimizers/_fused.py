@@ -90,7 +90,7 @@ def load_kernels() -> None:
     if not library.exists():
         _build(library)
     lib = ctypes.cdll.LoadLibrary(str(library))
-    for name in ("optimizers_adam", "optimizers_lamb", "optimizers_lion", "optimizers_adadelta", "optimizers_sgd"):
+    for name in ("optimizers_adam", "optimizers_lamb", "optimizers_lars", "optimizers_lion", "optimizers_adadelta", "optimizers_sgd"):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
 
 
@@ -260,6 +260,29 @@ def fused_lamb(chain, adam_values: dict, adam_scalars, min_param_norm, max_param
         return treedef.unflatten(out), (adam_new, decay_new, trust_new, lr_new)
 
     return fused("lamb", chain, kernel, lambda state: (state[0].mu, state[0].nu))
+
+
+def fused_lars(chain, lars_values: dict, momentum, nesterov: bool, learning_rate, weight_decay_mask,
+               trust_ratio_mask) -> optax.GradientTransformation:
+    """LARS's ``chain(scale_by_lars, scale_by_learning_rate, trace)`` run by its two-pass kernel
+    (the norms of each leaf's gradient and params, then the momentum and the params)."""
+    load_kernels()
+
+    def kernel(grads, state, params, step):
+        lars_link, lr_link, trace_link = state
+        hp, lars_new = _advance(lars_link, **lars_values)
+        lr, lr_new = _advance(lr_link, learning_rate=learning_rate)
+        mu, trace_new = _advance(trace_link, momentum=momentum)
+        hyper = jnp.stack([hp["trust_coefficient"], hp.get("eps", jnp.float32(0)), mu["momentum"],
+                           -lr["learning_rate"]]).astype(jnp.float32)
+        betas = _leaf_decays(lars_link, hp["weight_decay"], weight_decay_mask, params)
+        flags = [jnp.float32(on) for on in jax.tree.leaves(leaf_masks(trust_ratio_mask, params))]
+        g, treedef = jax.tree.flatten(grads)
+        out, (trace,) = _call("optimizers_lars", hyper, betas, jax.tree.leaves(params), g,
+                              [jax.tree.leaves(trace_link.trace)], step, flags, nesterov=bool(nesterov))
+        return treedef.unflatten(out), (lars_new, lr_new, trace_new._replace(trace=treedef.unflatten(trace)))
+
+    return fused("lars", chain, kernel, lambda state: state[2].trace)
 
 
 def sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask):

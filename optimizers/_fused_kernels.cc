@@ -1,4 +1,4 @@
-// One-pass CPU kernels for Adam/AdamW, LAMB, Lion, Adadelta and SGD, called from XLA through its FFI.
+// One-pass CPU kernels for Adam/AdamW, LAMB, LARS, Lion, Adadelta and SGD, called from XLA through its FFI.
 //
 // XLA:CPU writes each output buffer of an elementwise update in its own loop, so an Adam step
 // reads the gradient and the moments several times (40 bytes per parameter where 28 suffice).
@@ -36,7 +36,7 @@ struct Leaf {
   float* out;      // updates (update mode; null in step mode)
   int64_t n;
   float decay;   // the leaf's weight decay
-  float ratio;  // LAMB: the leaf's trust ratio, between its two passes
+  float ratio;  // LAMB, LARS: the leaf's trust ratio, between their two passes
 };
 
 // Runs body(leaf, begin, end, chunk) over all leaves in chunks (numbered leaf by leaf), on the pool's threads and this one.
@@ -151,6 +151,26 @@ ffi::Error adam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
   return ffi::Error::Success();
 }
 
+// Per-leaf sums of squares of a and b over chunks: kLanes independent partial sums per chunk
+// (a vectorizable reduction that reassociates no sum), in double, added in chunk order.
+constexpr int kLanes = 16;
+
+struct LeafSums {
+  std::vector<int64_t> first;  // leaf i's chunks are first[i] .. first[i+1]-1
+  std::shared_ptr<std::vector<double>> sums;  // per chunk: sum a^2, sum b^2
+
+  explicit LeafSums(const std::vector<Leaf>& leaves) : first(leaves.size() + 1, 0) {
+    for (size_t i = 0; i < leaves.size(); ++i) first[i + 1] = first[i] + (leaves[i].n + kChunk - 1) / kChunk;
+    sums = std::make_shared<std::vector<double>>(2 * first.back(), 0.0);
+  }
+  // The leaf's norms (|a|, |b|) once every chunk has been summed.
+  std::pair<float, float> norms(size_t i) const {
+    double a = 0.0, b = 0.0;
+    for (int64_t j = first[i]; j < first[i + 1]; ++j) a += (*sums)[2 * j], b += (*sums)[2 * j + 1];
+    return {static_cast<float>(std::sqrt(a)), static_cast<float>(std::sqrt(b))};
+  }
+};
+
 // LAMB (scale_by_adam, add_decayed_weights, scale_by_trust_ratio, scale_by_learning_rate), two passes:
 //   1. m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  r = m / c1 / (sqrt(v / c2) + eps) + lambda p,
 //      and per leaf the sums of r^2 and p^2 (in double, per chunk, added in chunk order);
@@ -167,18 +187,15 @@ ffi::Error lamb(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
   auto leaves = *found;
   float h[11];
   std::copy(hyper.typed_data(), hyper.typed_data() + 11, h);
-  std::vector<int64_t> first(L + 1, 0);  // leaf i's chunks are first[i] .. first[i+1]-1
-  for (size_t i = 0; i < L; ++i) first[i + 1] = first[i] + ((*leaves)[i].n + kChunk - 1) / kChunk;
-  auto sums = std::make_shared<std::vector<double>>(2 * first[L], 0.0);  // per chunk: sum r^2, sum p^2
-  parallel_chunks(pool, leaves, [h, sums](const Leaf& leaf, int64_t lo, int64_t hi, int64_t j) {
+  LeafSums sums(*leaves);
+  auto partial = sums.sums;
+  parallel_chunks(pool, leaves, [h, partial](const Leaf& leaf, int64_t lo, int64_t hi, int64_t j) {
     const float b1 = h[0], ob1 = h[1], b2 = h[2], ob2 = h[3], c1 = h[4], c2 = h[5], eps = h[6];
     const float lam = leaf.decay;
     const float* __restrict p = leaf.p;
     const float* __restrict g = leaf.g;
     float* __restrict m = leaf.m;
     float* __restrict v = leaf.v;
-    // kLanes independent partial sums: a vectorizable reduction without reassociating any sum.
-    constexpr int kLanes = 16;
     double rr[kLanes] = {}, pp[kLanes] = {};
     auto element = [&](int64_t i, int k) {
       const float gi = g[i];
@@ -196,19 +213,15 @@ ffi::Error lamb(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
     for (int k = 0; i < hi; ++i, ++k) element(i, k);
     double r_sum = 0.0, p_sum = 0.0;
     for (int k = 0; k < kLanes; ++k) r_sum += rr[k], p_sum += pp[k];
-    (*sums)[2 * j] = r_sum;
-    (*sums)[2 * j + 1] = p_sum;
+    (*partial)[2 * j] = r_sum;
+    (*partial)[2 * j + 1] = p_sum;
   });
-  std::vector<float> ratio(L, 1.0f);
   const float* on = decay.typed_data() + L;
   for (size_t i = 0; i < L; ++i) {
-    double rr = 0.0, pp = 0.0;
-    for (int64_t j = first[i]; j < first[i + 1]; ++j) rr += (*sums)[2 * j], pp += (*sums)[2 * j + 1];
-    const float r_norm = static_cast<float>(std::sqrt(rr));
-    const float p_norm = std::min(std::max(static_cast<float>(std::sqrt(pp)), h[8]), h[9]);
-    if (on[i] != 0.0f && r_norm != 0.0f && p_norm != 0.0f) ratio[i] = h[7] * p_norm / r_norm;
+    const auto [r_norm, raw_p_norm] = sums.norms(i);
+    const float p_norm = std::min(std::max(raw_p_norm, h[8]), h[9]);
+    (*leaves)[i].ratio = (on[i] != 0.0f && r_norm != 0.0f && p_norm != 0.0f) ? h[7] * p_norm / r_norm : 1.0f;
   }
-  for (size_t i = 0; i < L; ++i) (*leaves)[i].ratio = ratio[i];
   parallel_chunks(pool, leaves, [h, step](const Leaf& leaf, int64_t lo, int64_t hi, int64_t) {
     const float c1 = h[4], c2 = h[5], eps = h[6], nlr = h[10], lam = leaf.decay, ratio = leaf.ratio;
     float* __restrict p = leaf.p;
@@ -218,6 +231,62 @@ ffi::Error lamb(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
     for (int64_t i = lo; i < hi; ++i) {
       const float r = m[i] / c1 / (std::sqrt(v[i] / c2) + eps) + lam * p[i];
       if (step) p[i] = p[i] + nlr * (ratio * r); else out[i] = nlr * (ratio * r);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// LARS (scale_by_lars, scale_by_learning_rate, trace), two passes:
+//   1. per leaf |g| and |w|;
+//   2. ratio = coef |w| / (|g| + beta |w| + eps) (1 where |w| = 0, the denominator is 0 or the
+//      leaf is masked out);  u = -lr (ratio (g + beta w));  m = u + mu m;  w += m (or u + mu m).
+// hyper: coef, eps, mu, -lr; decay: L betas (0 where not decayed), then L trust-ratio flags.
+ffi::Error lars(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
+                ffi::RemainingArgs args, ffi::RemainingRets rets, bool nesterov, bool step) {
+  if (hyper.element_count() != 4) return ffi::Error::InvalidArgument("fused lars: 4 scalars expected");
+  const size_t L = decay.element_count() / 2;
+  auto found = collect(decay, args, rets, 1, step, L);
+  if (!found.has_value()) return found.error();
+  auto leaves = *found;
+  float h[4];
+  std::copy(hyper.typed_data(), hyper.typed_data() + 4, h);
+  LeafSums sums(*leaves);
+  auto partial = sums.sums;
+  parallel_chunks(pool, leaves, [partial](const Leaf& leaf, int64_t lo, int64_t hi, int64_t j) {
+    const float* __restrict g = leaf.g;
+    const float* __restrict w = leaf.p;
+    double gg[kLanes] = {}, ww[kLanes] = {};
+    int64_t i = lo;
+    for (; i + kLanes <= hi; i += kLanes)
+      for (int k = 0; k < kLanes; ++k) {
+        gg[k] += static_cast<double>(g[i + k]) * g[i + k];
+        ww[k] += static_cast<double>(w[i + k]) * w[i + k];
+      }
+    for (int k = 0; i < hi; ++i, ++k) gg[k] += static_cast<double>(g[i]) * g[i], ww[k] += static_cast<double>(w[i]) * w[i];
+    double a = 0.0, b = 0.0;
+    for (int k = 0; k < kLanes; ++k) a += gg[k], b += ww[k];
+    (*partial)[2 * j] = a;
+    (*partial)[2 * j + 1] = b;
+  });
+  const float* on = decay.typed_data() + L;
+  for (size_t i = 0; i < L; ++i) {
+    Leaf& leaf = (*leaves)[i];
+    const auto [g_norm, w_norm] = sums.norms(i);
+    const float den = g_norm + leaf.decay * w_norm;
+    leaf.ratio = (on[i] != 0.0f && w_norm != 0.0f && den != 0.0f) ? h[0] * w_norm / (den + h[1]) : 1.0f;
+  }
+  parallel_chunks(pool, leaves, [h, step, nesterov](const Leaf& leaf, int64_t lo, int64_t hi, int64_t) {
+    const float mu = h[2], nlr = h[3], beta = leaf.decay, ratio = leaf.ratio;
+    float* __restrict w = leaf.p;
+    const float* __restrict g = leaf.g;
+    float* __restrict m = leaf.m;
+    float* __restrict out = leaf.out;
+    for (int64_t i = lo; i < hi; ++i) {
+      const float u = nlr * (ratio * (g[i] + beta * w[i]));
+      const float mi = u + mu * m[i];
+      m[i] = mi;
+      const float d = nesterov ? u + mu * mi : mi;
+      if (step) w[i] = w[i] + d; else out[i] = d;
     }
   });
   return ffi::Error::Success();
@@ -346,6 +415,7 @@ ffi::Error sgd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ff
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adam, adam, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lamb, lamb, OPTIMIZERS_BIND.Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lars, lars, OPTIMIZERS_BIND.Attr<bool>("nesterov").Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lion, lion, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adadelta, adadelta, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_sgd, sgd,

@@ -11,7 +11,7 @@ import optax
 from optimizers._adam import adam_scalars, scale_by_adam
 from optimizers._checks import transformation
 from optimizers._dtypes import abs2
-from optimizers._fused import fused_lamb
+from optimizers._fused import fused_lamb, fused_lars
 from optimizers._hyperparams import _is_number, check_range, current_hyperparams, init_hyperparams
 from optimizers._momentum import trace
 from optimizers._scaling import MaskOrFn, add_decayed_weights, leaf_masks, scale_by_learning_rate
@@ -186,7 +186,7 @@ def scale_by_lars(weight_decay: ScalarOrSchedule = 0.0, trust_coefficient: Scala
 def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, weight_decay_mask: MaskOrFn = None,
          trust_coefficient: ScalarOrSchedule = 0.001, eps: Optional[ScalarOrSchedule] = None,
          trust_ratio_mask: MaskOrFn = None, momentum: ScalarOrSchedule = 0.9,
-         nesterov: bool = False) -> optax.GradientTransformation:
+         nesterov: bool = False, *, fused: bool = False) -> optax.GradientTransformation:
     r"""LARS: momentum SGD on the layer-wise rescaled, decayed gradient (paper, Algorithm 1).
 
     .. math::
@@ -215,17 +215,23 @@ def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, 
             :func:`scale_by_lars`.
         momentum: :math:`\mu \in [0, 1)` (the table's 0.9).
         nesterov: Nesterov momentum.
+        fused: the same update as two passes over memory on the CPU (the norms of each
+            leaf, then the momentum and params; see :func:`adam`).
 
     References:
         You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks",
         arXiv:1708.03888, 2017, Algorithm 1.
     """
     check_range("lars", "momentum", momentum, 0.0, 1.0, high_open=True)
-    return optax.chain(
+    chain = optax.chain(
         scale_by_lars(weight_decay, trust_coefficient, eps, weight_decay_mask, trust_ratio_mask),
         scale_by_learning_rate(learning_rate),
         trace(momentum, nesterov),
     )
+    if not fused:
+        return chain
+    values = _values(weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps)
+    return fused_lars(chain, values, momentum, nesterov, learning_rate, weight_decay_mask, trust_ratio_mask)
 
 
 def lamb(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,

@@ -60,6 +60,7 @@ WRAPPED = {
     "fused(adam)": lambda **o: make("adam", fused=True, **o),
     "fused(adamw)": lambda **o: make("adamw", fused=True, **o),
     "fused(lamb)": lambda **o: make("lamb", fused=True, **o),
+    "fused(lars)": lambda **o: make("lars", fused=True, **o),
     "fused(lion)": lambda **o: make("lion", fused=True, **o),
     "fused(adadelta)": lambda **o: make("adadelta", fused=True, **o),
     "fused(sgd)": lambda **o: make("sgd", fused=True, **o),

@@ -1,4 +1,4 @@
-"""The one-pass CPU kernels of adam, adamw, lion, adadelta and sgd (two passes for lamb) (``fused=True``) and update_and_apply.
+"""The one-pass CPU kernels of adam, adamw, lion, adadelta and sgd (two passes for lamb and lars) (``fused=True``) and update_and_apply.
 
 The fused transforms are also in the conformance suite (and so in the sharding, checkpoint,
 non-finite, counter, precision and property tests). Here: that the kernel runs, that it is
@@ -19,6 +19,7 @@ from test_adadelta import _adadelta_reference
 from test_adam import _adam_reference
 from test_lion import _lion_reference
 from test_momentum import _sgd_reference
+from test_trust_ratio import _lamb_reference, _lars_reference
 
 import optimizers
 import schedules
@@ -36,6 +37,10 @@ FUSED = {
         0.01, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p),
         trust_ratio_mask=lambda p: jax.tree.map(lambda x: x.size > 1, p), min_param_norm=0.5, max_param_norm=50.0,
         fused=fused, **kw),
+    "lars": lambda fused, **kw: optimizers.lars(0.1, fused=fused, **kw),
+    "lars masked nesterov": lambda fused, **kw: optimizers.lars(
+        0.1, weight_decay=0.01, weight_decay_mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p), eps=1e-8,
+        trust_ratio_mask=lambda p: jax.tree.map(lambda x: x.size > 1, p), nesterov=True, fused=fused, **kw),
     "lion": lambda fused, **kw: optimizers.lion(0.01, weight_decay=0.1, fused=fused, **kw),
     "adadelta": lambda fused, **kw: optimizers.adadelta(1.0, rho=0.9, eps=1e-6, fused=fused, **kw),
     "sgd": lambda fused, **kw: optimizers.sgd(0.05, fused=fused, **kw),
@@ -125,22 +130,15 @@ def _adam_params(theta, grads, lr, wd):
     return _decoupled(_adam_reference(grads, 0.9, 0.999, 1e-8), theta, lr, wd)
 
 
-def _lamb_params(theta, grads, lr, wd, rescaled=True, low=0.0, high=np.inf):
-    """LAMB, Algorithm 2: r = Adam's direction + wd theta, theta -= lr phi(|theta|) / |r| r per leaf."""
-    for u in _adam_reference(grads, 0.9, 0.999, 1e-8):
-        r = u + wd * theta
-        p_norm, r_norm = np.clip(np.linalg.norm(theta), low, high), np.linalg.norm(r)
-        ratio = p_norm / r_norm if rescaled and p_norm > 0 and r_norm > 0 else 1.0
-        theta = theta - lr * ratio * r
-        yield theta
-
-
 REFERENCES = {  # per leaf: (theta0, grads, masked in) -> params after each step, float64
     "adam": lambda t, gs, on: _adam_params(t, gs, 0.01, 0.0),
     "adamw": lambda t, gs, on: _adam_params(t, gs, 0.01, 0.1),
     "adamw masked": lambda t, gs, on: _adam_params(t, gs, 0.01, 0.1 if on else 0.0),
-    "lamb": lambda t, gs, on: _lamb_params(t, gs, 0.01, 0.1),
-    "lamb masked": lambda t, gs, on: _lamb_params(t, gs, 0.01, 0.1 if on else 0.0, t.size > 1, 0.5, 50.0),
+    "lamb": lambda t, gs, on: _lamb_reference(t, gs, 0.01, 0.9, 0.999, 1e-8, 0.1, 0.0, np.inf, True, True),
+    "lamb masked": lambda t, gs, on: _lamb_reference(t, gs, 0.01, 0.9, 0.999, 1e-8, 0.1, 0.5, 50.0, on, t.size > 1),
+    "lars": lambda t, gs, on: _lars_reference(t, gs, 0.1, 0.9, False, 0.0, 0.001, 0.0, True, True),
+    "lars masked nesterov": lambda t, gs, on: _lars_reference(t, gs, 0.1, 0.9, True, 0.01, 0.001, 1e-8, on,
+                                                              t.size > 1),
     "lion": lambda t, gs, on: _decoupled(_lion_reference(gs, 0.9, 0.99), t, 0.01, 0.1),
     "adadelta": lambda t, gs, on: _decoupled(_adadelta_reference(gs, 0.9, 1e-6), t, 1.0, 0.0),
     "sgd": lambda t, gs, on: _sgd_reference(t, gs, 0.05, 0.0, False, 0.0),

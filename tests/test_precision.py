@@ -241,6 +241,7 @@ PINNED = {
     "fused(adam)": (2.00e-02, 1.96e-02),
     "fused(adamw)": (2.00e-02, 1.96e-02),
     "fused(lamb)": (6.33e-02, 6.08e-02),
+    "fused(lars)": (2.12e-02, 4.32e-02),
     "fused(lion)": (2.05e-01, 2.05e-01),
     "fused(adadelta)": (1.29e-01, 1.29e-01),
     "fused(sgd)": (2.66e-02, 2.66e-02),
