@@ -151,9 +151,12 @@ ffi::Error adam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
   return ffi::Error::Success();
 }
 
-// Per-leaf sums of squares of a and b over chunks: kLanes independent partial sums per chunk
-// (a vectorizable reduction that reassociates no sum), in double, added in chunk order.
+// Per-leaf sums of squares of a and b over chunks: within a block of kBlock elements, kLanes
+// float32 partial sums (a vectorizable reduction: each lane adds its 64 terms in order); the
+// blocks', chunks' and leaf's sums in double, in order, so the result does not depend on the
+// number of threads.
 constexpr int kLanes = 16;
+constexpr int64_t kBlock = 1024;
 
 struct LeafSums {
   std::vector<int64_t> first;  // leaf i's chunks are first[i] .. first[i+1]-1
@@ -178,6 +181,19 @@ struct LeafSums {
 //      d = -lr (ratio r), with r recomputed from the new m, v and the unchanged p.
 // hyper: b1, 1-b1, b2, 1-b2, c1, c2, eps, coef, min |p|, max |p|, -lr; decay: L decays, then L
 // trust-ratio flags (1 or 0).
+template <bool kStep>
+void lamb_apply(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+  const float c1 = h[4], c2 = h[5], eps = h[6], nlr = h[10], lam = leaf.decay, ratio = leaf.ratio;
+  float* __restrict p = leaf.p;
+  const float* __restrict m = leaf.m;
+  const float* __restrict v = leaf.v;
+  float* __restrict out = leaf.out;
+  for (int64_t i = lo; i < hi; ++i) {
+    const float r = m[i] / c1 / (std::sqrt(v[i] / c2) + eps) + lam * p[i];
+    emit<kStep>(out, p, i, nlr * (ratio * r));
+  }
+}
+
 ffi::Error lamb(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
                 ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {
   if (hyper.element_count() != 11) return ffi::Error::InvalidArgument("fused lamb: 11 scalars expected");
@@ -196,23 +212,29 @@ ffi::Error lamb(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
     const float* __restrict g = leaf.g;
     float* __restrict m = leaf.m;
     float* __restrict v = leaf.v;
-    double rr[kLanes] = {}, pp[kLanes] = {};
-    auto element = [&](int64_t i, int k) {
-      const float gi = g[i];
-      const float mi = b1 * m[i] + ob1 * gi;
-      const float vi = b2 * v[i] + ob2 * (gi * gi);
-      m[i] = mi;
-      v[i] = vi;
-      const float r = mi / c1 / (std::sqrt(vi / c2) + eps) + lam * p[i];
-      rr[k] += static_cast<double>(r) * r;
-      pp[k] += static_cast<double>(p[i]) * p[i];
+    auto element = [&](int64_t e) {
+      const float gi = g[e];
+      const float mi = b1 * m[e] + ob1 * gi;
+      const float vi = b2 * v[e] + ob2 * (gi * gi);
+      m[e] = mi;
+      v[e] = vi;
+      return mi / c1 / (std::sqrt(vi / c2) + eps) + lam * p[e];
     };
-    int64_t i = lo;
-    for (; i + kLanes <= hi; i += kLanes)
-      for (int k = 0; k < kLanes; ++k) element(i + k, k);
-    for (int k = 0; i < hi; ++i, ++k) element(i, k);
     double r_sum = 0.0, p_sum = 0.0;
-    for (int k = 0; k < kLanes; ++k) r_sum += rr[k], p_sum += pp[k];
+    int64_t i = lo;
+    for (; i + kBlock <= hi; i += kBlock) {
+      float rr[kLanes] = {}, pp[kLanes] = {};
+      for (int64_t e = i; e < i + kBlock; e += kLanes)
+        for (int k = 0; k < kLanes; ++k) {
+          const float r = element(e + k);
+          rr[k] += r * r, pp[k] += p[e + k] * p[e + k];
+        }
+      for (int k = 0; k < kLanes; ++k) r_sum += rr[k], p_sum += pp[k];
+    }
+    for (; i < hi; ++i) {
+      const float r = element(i);
+      r_sum += static_cast<double>(r) * r, p_sum += static_cast<double>(p[i]) * p[i];
+    }
     (*partial)[2 * j] = r_sum;
     (*partial)[2 * j + 1] = p_sum;
   });
@@ -223,15 +245,7 @@ ffi::Error lamb(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
     (*leaves)[i].ratio = (on[i] != 0.0f && r_norm != 0.0f && p_norm != 0.0f) ? h[7] * p_norm / r_norm : 1.0f;
   }
   parallel_chunks(pool, leaves, [h, step](const Leaf& leaf, int64_t lo, int64_t hi, int64_t) {
-    const float c1 = h[4], c2 = h[5], eps = h[6], nlr = h[10], lam = leaf.decay, ratio = leaf.ratio;
-    float* __restrict p = leaf.p;
-    const float* __restrict m = leaf.m;
-    const float* __restrict v = leaf.v;
-    float* __restrict out = leaf.out;
-    for (int64_t i = lo; i < hi; ++i) {
-      const float r = m[i] / c1 / (std::sqrt(v[i] / c2) + eps) + lam * p[i];
-      if (step) p[i] = p[i] + nlr * (ratio * r); else out[i] = nlr * (ratio * r);
-    }
+    step ? lamb_apply<true>(leaf, lo, hi, h) : lamb_apply<false>(leaf, lo, hi, h);
   });
   return ffi::Error::Success();
 }
@@ -241,6 +255,21 @@ ffi::Error lamb(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
 //   2. ratio = coef |w| / (|g| + beta |w| + eps) (1 where |w| = 0, the denominator is 0 or the
 //      leaf is masked out);  u = -lr (ratio (g + beta w));  m = u + mu m;  w += m (or u + mu m).
 // hyper: coef, eps, mu, -lr; decay: L betas (0 where not decayed), then L trust-ratio flags.
+template <bool kStep, bool kNesterov>
+void lars_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+  const float mu = h[2], nlr = h[3], beta = leaf.decay, ratio = leaf.ratio;
+  float* __restrict w = leaf.p;
+  const float* __restrict g = leaf.g;
+  float* __restrict m = leaf.m;
+  float* __restrict out = leaf.out;
+  for (int64_t i = lo; i < hi; ++i) {
+    const float u = nlr * (ratio * (g[i] + beta * w[i]));
+    const float mi = u + mu * m[i];
+    m[i] = mi;
+    emit<kStep>(out, w, i, kNesterov ? u + mu * mi : mi);
+  }
+}
+
 ffi::Error lars(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
                 ffi::RemainingArgs args, ffi::RemainingRets rets, bool nesterov, bool step) {
   if (hyper.element_count() != 4) return ffi::Error::InvalidArgument("fused lars: 4 scalars expected");
@@ -255,16 +284,15 @@ ffi::Error lars(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
   parallel_chunks(pool, leaves, [partial](const Leaf& leaf, int64_t lo, int64_t hi, int64_t j) {
     const float* __restrict g = leaf.g;
     const float* __restrict w = leaf.p;
-    double gg[kLanes] = {}, ww[kLanes] = {};
-    int64_t i = lo;
-    for (; i + kLanes <= hi; i += kLanes)
-      for (int k = 0; k < kLanes; ++k) {
-        gg[k] += static_cast<double>(g[i + k]) * g[i + k];
-        ww[k] += static_cast<double>(w[i + k]) * w[i + k];
-      }
-    for (int k = 0; i < hi; ++i, ++k) gg[k] += static_cast<double>(g[i]) * g[i], ww[k] += static_cast<double>(w[i]) * w[i];
     double a = 0.0, b = 0.0;
-    for (int k = 0; k < kLanes; ++k) a += gg[k], b += ww[k];
+    int64_t i = lo;
+    for (; i + kBlock <= hi; i += kBlock) {
+      float gg[kLanes] = {}, ww[kLanes] = {};
+      for (int64_t e = i; e < i + kBlock; e += kLanes)
+        for (int k = 0; k < kLanes; ++k) gg[k] += g[e + k] * g[e + k], ww[k] += w[e + k] * w[e + k];
+      for (int k = 0; k < kLanes; ++k) a += gg[k], b += ww[k];
+    }
+    for (; i < hi; ++i) a += static_cast<double>(g[i]) * g[i], b += static_cast<double>(w[i]) * w[i];
     (*partial)[2 * j] = a;
     (*partial)[2 * j + 1] = b;
   });
@@ -275,20 +303,11 @@ ffi::Error lars(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
     const float den = g_norm + leaf.decay * w_norm;
     leaf.ratio = (on[i] != 0.0f && w_norm != 0.0f && den != 0.0f) ? h[0] * w_norm / (den + h[1]) : 1.0f;
   }
-  parallel_chunks(pool, leaves, [h, step, nesterov](const Leaf& leaf, int64_t lo, int64_t hi, int64_t) {
-    const float mu = h[2], nlr = h[3], beta = leaf.decay, ratio = leaf.ratio;
-    float* __restrict w = leaf.p;
-    const float* __restrict g = leaf.g;
-    float* __restrict m = leaf.m;
-    float* __restrict out = leaf.out;
-    for (int64_t i = lo; i < hi; ++i) {
-      const float u = nlr * (ratio * (g[i] + beta * w[i]));
-      const float mi = u + mu * m[i];
-      m[i] = mi;
-      const float d = nesterov ? u + mu * mi : mi;
-      if (step) w[i] = w[i] + d; else out[i] = d;
-    }
-  });
+  using Loop = void (*)(const Leaf&, int64_t, int64_t, const float*);
+  const Loop loops[2][2] = {{lars_loop<false, false>, lars_loop<false, true>},
+                            {lars_loop<true, false>, lars_loop<true, true>}};
+  const Loop loop = loops[step][nesterov];
+  parallel_chunks(pool, leaves, [h, loop](const Leaf& leaf, int64_t lo, int64_t hi, int64_t) { loop(leaf, lo, hi, h); });
   return ffi::Error::Success();
 }
 
