@@ -1,11 +1,12 @@
-r"""One-pass CPU kernels for Adam, AdamW and SGD (``fused=True``), and :func:`update_and_apply`.
+r"""Fused CPU kernels (``fused=True``) and :func:`update_and_apply`.
 
 XLA:CPU writes every output buffer of an elementwise update in a loop of its own: Adam's
 step reads the gradient and the moments again for each of :math:`m_t`, :math:`v_t` and the
 update, 40 bytes per float32 parameter where one pass needs 28, and the step is memory bound
-(``benchmarks/``). ``adam(..., fused=True)``, ``adamw(..., fused=True)`` and
-``sgd(..., fused=True)`` run their update instead as one C++ loop per step, called from XLA
-through its FFI (``_fused_kernels.cc``): every leaf of the tree in one call, each input read
+(``benchmarks/``). With ``fused=True``, ``adam``, ``adamw``, ``sgd``, ``lion`` and
+``adadelta`` run their update instead as one C++ loop per step, ``lamb`` and ``lars`` as two
+(the per-leaf norms, then the update), called from XLA through its FFI
+(``_fused_kernels.cc``): every leaf of the tree in one call, each input read
 once and each output written once, the moments updated in place, in chunks shared by XLA's
 intra-op threads. The same formulas as the unfused chains, in the same order of float32
 operations; the state is the unfused chain's, so checkpoints, :func:`get_hyperparams`,
@@ -40,6 +41,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import weakref
 from pathlib import Path
 
 import jax
@@ -53,7 +55,7 @@ from optimizers._scaling import leaf_masks
 
 _SOURCE = Path(__file__).with_name("_fused_kernels.cc")
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC"]
-_STEPS: dict = {}  # tx.update -> the one-pass step of a fused transform
+_STEPS = weakref.WeakKeyDictionary()  # tx.update -> the in-place step of a fused transform
 
 
 def _cpu_signature() -> str:
@@ -185,8 +187,9 @@ def fused(owner: str, chain: optax.GradientTransformation, kernel, state_trees) 
 def update_and_apply(tx: optax.GradientTransformation, grads, state, params):
     r"""One optimizer step: ``(new_params, new_state)``.
 
-    For a transform made with ``fused=True`` (:func:`adam`, :func:`adamw`, :func:`sgd`) on
-    the CPU, one pass over memory that writes the params in place (donate them, and the
+    For a transform made with ``fused=True`` (:func:`adam`, :func:`adamw`, :func:`sgd`,
+    :func:`lion`, :func:`adadelta`, :func:`lamb`, :func:`lars`) on the CPU, its kernel, which
+    writes the params in place (donate them, and the
     state, to ``jax.jit``). For any other transform, ``tx.update`` then
     ``optax.apply_updates`` (to the float leaves: integer params are kept), so a train step
     written with it works with every optimizer.

@@ -13,10 +13,12 @@
 // Results: L outputs (updates, or the new params in step mode), then L of each state buffer.
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -112,6 +114,25 @@ inline void emit(float* __restrict out, float* __restrict p, int64_t i, float d)
   if (kStep) p[i] = p[i] + d; else out[i] = d;
 }
 
+using Loop = void (*)(const Leaf&, int64_t, int64_t, const float*);
+
+// The entry of the one-pass kernels: kScalars scalars in hyper, n_state state buffers per leaf,
+// and per chunk ``plain`` or, on a leaf with a weight decay, ``decayed``.
+template <int kScalars>
+ffi::Error one_pass(const char* name, ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& hyper,
+                    const ffi::Buffer<ffi::F32>& decay, const ffi::RemainingArgs& args,
+                    const ffi::RemainingRets& rets, int n_state, bool step, Loop plain, Loop decayed) {
+  if (hyper.element_count() != kScalars) return ffi::Error::InvalidArgument(std::string(name) + ": wrong scalars");
+  auto leaves = collect(decay, args, rets, n_state, step, decay.element_count());
+  if (!leaves.has_value()) return leaves.error();
+  std::array<float, kScalars> h;
+  std::copy(hyper.typed_data(), hyper.typed_data() + kScalars, h.begin());
+  parallel_chunks(pool, *leaves, [h, plain, decayed](const Leaf& leaf, int64_t lo, int64_t hi, int64_t) {
+    (leaf.decay != 0.0f ? decayed : plain)(leaf, lo, hi, h.data());
+  });
+  return ffi::Error::Success();
+}
+
 // Adam and AdamW (scale_by_adam, add_decayed_weights, scale_by_learning_rate):
 //   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  u = m / c1 / (sqrt(v / c2) + eps)
 //   u = u + lambda p;  d = -lr u
@@ -138,17 +159,9 @@ void adam_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
 
 ffi::Error adam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
                 ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {
-  if (hyper.element_count() != 8) return ffi::Error::InvalidArgument("fused adam: 8 scalars expected");
-  auto leaves = collect(decay, args, rets, 2, step, decay.element_count());
-  if (!leaves.has_value()) return leaves.error();
-  float h[8];
-  std::copy(hyper.typed_data(), hyper.typed_data() + 8, h);
-  parallel_chunks(pool, *leaves, [h, step](const Leaf& leaf, int64_t lo, int64_t hi, int64_t) {
-    const bool d = leaf.decay != 0.0f;
-    if (step) d ? adam_loop<true, true>(leaf, lo, hi, h) : adam_loop<true, false>(leaf, lo, hi, h);
-    else d ? adam_loop<false, true>(leaf, lo, hi, h) : adam_loop<false, false>(leaf, lo, hi, h);
-  });
-  return ffi::Error::Success();
+  const Loop plain = step ? adam_loop<true, false> : adam_loop<false, false>;
+  const Loop decayed = step ? adam_loop<true, true> : adam_loop<false, true>;
+  return one_pass<8>("fused adam", pool, hyper, decay, args, rets, 2, step, plain, decayed);
 }
 
 // Per-leaf sums of squares of a and b over chunks: within a block of kBlock elements, kLanes
@@ -303,7 +316,6 @@ ffi::Error lars(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
     const float den = g_norm + leaf.decay * w_norm;
     leaf.ratio = (on[i] != 0.0f && w_norm != 0.0f && den != 0.0f) ? h[0] * w_norm / (den + h[1]) : 1.0f;
   }
-  using Loop = void (*)(const Leaf&, int64_t, int64_t, const float*);
   const Loop loops[2][2] = {{lars_loop<false, false>, lars_loop<false, true>},
                             {lars_loop<true, false>, lars_loop<true, true>}};
   const Loop loop = loops[step][nesterov];
@@ -333,17 +345,9 @@ void lion_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
 
 ffi::Error lion(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
                 ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {
-  if (hyper.element_count() != 5) return ffi::Error::InvalidArgument("fused lion: 5 scalars expected");
-  auto leaves = collect(decay, args, rets, 1, step, decay.element_count());
-  if (!leaves.has_value()) return leaves.error();
-  float h[5];
-  std::copy(hyper.typed_data(), hyper.typed_data() + 5, h);
-  parallel_chunks(pool, *leaves, [h, step](const Leaf& leaf, int64_t lo, int64_t hi, int64_t) {
-    const bool d = leaf.decay != 0.0f;
-    if (step) d ? lion_loop<true, true>(leaf, lo, hi, h) : lion_loop<true, false>(leaf, lo, hi, h);
-    else d ? lion_loop<false, true>(leaf, lo, hi, h) : lion_loop<false, false>(leaf, lo, hi, h);
-  });
-  return ffi::Error::Success();
+  const Loop plain = step ? lion_loop<true, false> : lion_loop<false, false>;
+  const Loop decayed = step ? lion_loop<true, true> : lion_loop<false, true>;
+  return one_pass<5>("fused lion", pool, hyper, decay, args, rets, 1, step, plain, decayed);
 }
 
 // Adadelta (scale_by_adadelta, scale_by_learning_rate):
@@ -369,15 +373,8 @@ void adadelta_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
 
 ffi::Error adadelta(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
                     ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {
-  if (hyper.element_count() != 4) return ffi::Error::InvalidArgument("fused adadelta: 4 scalars expected");
-  auto leaves = collect(decay, args, rets, 2, step, decay.element_count());
-  if (!leaves.has_value()) return leaves.error();
-  float h[4];
-  std::copy(hyper.typed_data(), hyper.typed_data() + 4, h);
-  parallel_chunks(pool, *leaves, [h, step](const Leaf& leaf, int64_t lo, int64_t hi, int64_t) {
-    step ? adadelta_loop<true>(leaf, lo, hi, h) : adadelta_loop<false>(leaf, lo, hi, h);
-  });
-  return ffi::Error::Success();
+  const Loop loop = step ? adadelta_loop<true> : adadelta_loop<false>;
+  return one_pass<4>("fused adadelta", pool, hyper, decay, args, rets, 2, step, loop, loop);
 }
 
 // SGD (add_decayed_weights, trace, scale_by_learning_rate):
@@ -403,27 +400,23 @@ void sgd_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
 }
 
 template <bool kStep, bool kMomentum, bool kNesterov>
-void sgd_dispatch(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
-  if (leaf.decay != 0.0f) sgd_loop<kStep, true, kMomentum, kNesterov>(leaf, lo, hi, h);
-  else sgd_loop<kStep, false, kMomentum, kNesterov>(leaf, lo, hi, h);
+ffi::Error sgd_pass(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& hyper, const ffi::Buffer<ffi::F32>& decay,
+                    const ffi::RemainingArgs& args, const ffi::RemainingRets& rets) {
+  return one_pass<2>("fused sgd", pool, hyper, decay, args, rets, kMomentum ? 1 : 0, kStep,
+                     sgd_loop<kStep, false, kMomentum, kNesterov>, sgd_loop<kStep, true, kMomentum, kNesterov>);
 }
 
 ffi::Error sgd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
                ffi::RemainingArgs args, ffi::RemainingRets rets, bool momentum, bool nesterov, bool step) {
-  if (hyper.element_count() != 2) return ffi::Error::InvalidArgument("fused sgd: 2 scalars expected");
-  auto leaves = collect(decay, args, rets, momentum ? 1 : 0, step, decay.element_count());
-  if (!leaves.has_value()) return leaves.error();
-  float h[2] = {hyper.typed_data()[0], hyper.typed_data()[1]};
-  using Loop = void (*)(const Leaf&, int64_t, int64_t, const float*);
-  Loop loops[2][2][2] = {
-      {{sgd_dispatch<false, false, false>, sgd_dispatch<false, false, true>},
-       {sgd_dispatch<false, true, false>, sgd_dispatch<false, true, true>}},
-      {{sgd_dispatch<true, false, false>, sgd_dispatch<true, false, true>},
-       {sgd_dispatch<true, true, false>, sgd_dispatch<true, true, true>}},
+  using Pass = ffi::Error (*)(ffi::ThreadPool&, const ffi::Buffer<ffi::F32>&, const ffi::Buffer<ffi::F32>&,
+                              const ffi::RemainingArgs&, const ffi::RemainingRets&);
+  const Pass passes[2][2][2] = {
+      {{sgd_pass<false, false, false>, sgd_pass<false, false, true>},
+       {sgd_pass<false, true, false>, sgd_pass<false, true, true>}},
+      {{sgd_pass<true, false, false>, sgd_pass<true, false, true>},
+       {sgd_pass<true, true, false>, sgd_pass<true, true, true>}},
   };
-  Loop loop = loops[step][momentum][nesterov && momentum];
-  parallel_chunks(pool, *leaves, [h, loop](const Leaf& leaf, int64_t lo, int64_t hi, int64_t) { loop(leaf, lo, hi, h); });
-  return ffi::Error::Success();
+  return passes[step][momentum][nesterov && momentum](pool, hyper, decay, args, rets);
 }
 
 }  // namespace
