@@ -3,8 +3,8 @@ r"""Fused CPU kernels (``fused=True``) and :func:`update_and_apply`.
 XLA:CPU writes every output buffer of an elementwise update in a loop of its own: Adam's
 step reads the gradient and the moments again for each of :math:`m_t`, :math:`v_t` and the
 update, 40 bytes per float32 parameter where one pass needs 28, and the step is memory bound
-(``benchmarks/``). With ``fused=True``, ``adam``, ``adamw``, ``sgd``, ``lion`` and
-``adadelta`` run their update instead as one C++ loop per step, ``lamb`` and ``lars`` as two
+(``benchmarks/``). With ``fused=True``, ``adam``, ``adamw``, ``sgd``, ``lion``,
+``adadelta`` and ``rprop`` run their update instead as one C++ loop per step, ``lamb`` and ``lars`` as two
 (the per-leaf norms, then the update), called from XLA through its FFI
 (``_fused_kernels.cc``): every leaf of the tree in one call, each input read
 once and each output written once, the moments updated in place, in chunks shared by XLA's
@@ -92,7 +92,8 @@ def load_kernels() -> None:
     if not library.exists():
         _build(library)
     lib = ctypes.cdll.LoadLibrary(str(library))
-    for name in ("optimizers_adam", "optimizers_lamb", "optimizers_lars", "optimizers_lion", "optimizers_adadelta", "optimizers_sgd"):
+    for name in ("optimizers_adam", "optimizers_lamb", "optimizers_lars", "optimizers_lion", "optimizers_adadelta",
+                 "optimizers_rprop", "optimizers_sgd"):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
 
 
@@ -188,7 +189,7 @@ def update_and_apply(tx: optax.GradientTransformation, grads, state, params):
     r"""One optimizer step: ``(new_params, new_state)``.
 
     For a transform made with ``fused=True`` (:func:`adam`, :func:`adamw`, :func:`sgd`,
-    :func:`lion`, :func:`adadelta`, :func:`lamb`, :func:`lars`) on the CPU, its kernel, which
+    :func:`lion`, :func:`adadelta`, :func:`rprop`, :func:`lamb`, :func:`lars`) on the CPU, its kernel, which
     writes the params in place (donate them, and the
     state, to ``jax.jit``). For any other transform, ``tx.update`` then
     ``optax.apply_updates`` (to the float leaves: integer params are kept), so a train step
@@ -203,13 +204,14 @@ def update_and_apply(tx: optax.GradientTransformation, grads, state, params):
 
 
 def direction_kernel(target: str, values: dict, scalars, fields: tuple, learning_rate, weight_decay=None,
-                     mask=None):
+                     mask=None, **attrs):
     """The kernel of ``chain(direction, [add_decayed_weights], scale_by_learning_rate)``.
 
     ``values`` are the direction's hyperparameters (numbers or schedules, as it was built
     with); ``scalars(hp, link)`` the kernel's scalars from their values at this update and the
     direction's state before it (the kernel gets them, then :math:`-\\gamma_t`); ``fields`` the
-    state's per-parameter buffers, in the kernel's order.
+    state's per-parameter buffers, in the kernel's order; ``attrs`` the kernel's static
+    attributes.
     """
 
     def kernel(grads, state, params, step):
@@ -224,7 +226,7 @@ def direction_kernel(target: str, values: dict, scalars, fields: tuple, learning
             lam, new_decay = wd["weight_decay"], [decay_new]
         g, treedef = jax.tree.flatten(grads)
         out, buffers = _call(target, hyper, _leaf_decays(decay_link, lam, mask, params), jax.tree.leaves(params), g,
-                             [jax.tree.leaves(getattr(link, f)) for f in fields], step)
+                             [jax.tree.leaves(getattr(link, f)) for f in fields], step, **attrs)
         new_link = new_link._replace(**{f: treedef.unflatten(b) for f, b in zip(fields, buffers)})
         return treedef.unflatten(out), (new_link, *new_decay, lr_new)
 
@@ -232,11 +234,11 @@ def direction_kernel(target: str, values: dict, scalars, fields: tuple, learning
 
 
 def fused_direction(owner: str, chain, target: str, values: dict, scalars, fields: tuple, learning_rate,
-                    weight_decay=None, mask=None) -> optax.GradientTransformation:
+                    weight_decay=None, mask=None, **attrs) -> optax.GradientTransformation:
     """``chain`` (direction, [add_decayed_weights], scale_by_learning_rate) run by the kernel ``target``
     (see :func:`direction_kernel`)."""
     load_kernels()
-    kernel = direction_kernel(target, values, scalars, fields, learning_rate, weight_decay, mask)
+    kernel = direction_kernel(target, values, scalars, fields, learning_rate, weight_decay, mask, **attrs)
     return fused(owner, chain, kernel, lambda state: [getattr(state[0], f) for f in fields])
 
 

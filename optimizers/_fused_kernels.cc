@@ -1,11 +1,11 @@
-// One-pass CPU kernels for Adam/AdamW, LAMB, LARS, Lion, Adadelta and SGD, called from XLA through its FFI.
+// One-pass CPU kernels for Adam/AdamW, LAMB, LARS, Lion, Adadelta, Rprop and SGD, called from XLA through its FFI.
 //
 // XLA:CPU writes each output buffer of an elementwise update in its own loop, so an Adam step
 // reads the gradient and the moments several times (40 bytes per parameter where 28 suffice).
 // These kernels read every input once and write every output once, over all the leaves of a
 // pytree in one call, split into chunks that XLA's intra-op thread pool and the calling thread
 // share.  The formulas, and the order of their float32 operations, are those of the chains in
-// _adam.py, _trust_ratio.py, _lion.py, _adadelta.py and _momentum.py (see _fused.py); the in-place buffers (params in "step" mode, the
+// _adam.py, _trust_ratio.py, _lion.py, _adadelta.py, _rprop.py and _momentum.py (see _fused.py); the in-place buffers (params in "step" mode, the
 // moments always) are aliased to their results by the caller.
 //
 // Operands of both kernels: hyper (f32[k], the step's scalars), decay (f32[L], the weight decay
@@ -377,6 +377,39 @@ ffi::Error adadelta(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buff
   return one_pass<4>("fused adadelta", pool, hyper, decay, args, rets, 2, step, loop, loop);
 }
 
+// Rprop (scale_by_rprop, scale_by_learning_rate), on zeta (step sizes) and the previous gradient q:
+//   zeta = clip(zeta * (eta+ if g q > 0, eta- if g q < 0, else 1), zeta_min, zeta_max);
+//   g = 0 where g q < 0 (the "torch" form);  q = g;  d = -lr zeta sign(g)
+template <bool kStep, bool kTorchForm>
+void rprop_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+  const float up = h[0], down = h[1], low = h[2], high = h[3], nlr = h[4];
+  float* __restrict p = leaf.p;
+  const float* __restrict g = leaf.g;
+  float* __restrict zeta = leaf.m;
+  float* __restrict prev = leaf.v;
+  float* __restrict out = leaf.out;
+  for (int64_t i = lo; i < hi; ++i) {
+    float gi = g[i];
+    const float q = prev[i];
+    const bool agree = (gi > 0.0f && q > 0.0f) || (gi < 0.0f && q < 0.0f);
+    const bool disagree = (gi > 0.0f && q < 0.0f) || (gi < 0.0f && q > 0.0f);
+    const float scaled = zeta[i] * (agree ? up : (disagree ? down : 1.0f));
+    const float z = scaled < low ? low : (scaled > high ? high : scaled);
+    if (kTorchForm && disagree) gi = 0.0f;
+    zeta[i] = z;
+    prev[i] = gi;
+    emit<kStep>(out, p, i, nlr * (z * sign(gi)));
+  }
+}
+
+ffi::Error rprop(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
+                 ffi::RemainingArgs args, ffi::RemainingRets rets, bool torch_form, bool step) {
+  const Loop loops[2][2] = {{rprop_loop<false, false>, rprop_loop<false, true>},
+                            {rprop_loop<true, false>, rprop_loop<true, true>}};
+  const Loop loop = loops[step][torch_form];
+  return one_pass<5>("fused rprop", pool, hyper, decay, args, rets, 2, step, loop, loop);
+}
+
 // SGD (add_decayed_weights, trace, scale_by_learning_rate):
 //   g = g + lambda p;  m = g + mu m;  u = m (heavy ball) or g + mu m (Nesterov);  d = -lr u
 template <bool kStep, bool kDecay, bool kMomentum, bool kNesterov>
@@ -430,5 +463,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lamb, lamb, OPTIMIZERS_BIND.Attr<bool>(
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lars, lars, OPTIMIZERS_BIND.Attr<bool>("nesterov").Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lion, lion, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adadelta, adadelta, OPTIMIZERS_BIND.Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_rprop, rprop, OPTIMIZERS_BIND.Attr<bool>("torch_form").Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_sgd, sgd,
                               OPTIMIZERS_BIND.Attr<bool>("momentum").Attr<bool>("nesterov").Attr<bool>("step"));

@@ -1,4 +1,4 @@
-"""The one-pass CPU kernels of adam, adamw, lion, adadelta and sgd (two passes for lamb and lars) (``fused=True``) and update_and_apply.
+"""The one-pass CPU kernels of adam, adamw, lion, adadelta, rprop and sgd (two passes for lamb and lars) (``fused=True``) and update_and_apply.
 
 The fused transforms are also in the conformance suite (and so in the sharding, checkpoint,
 non-finite, counter, precision and property tests). Here: that the kernel runs, that it is
@@ -19,6 +19,7 @@ from test_adadelta import _adadelta_reference
 from test_adam import _adam_reference
 from test_lion import _lion_reference
 from test_momentum import _sgd_reference
+from test_rprop import _rprop_reference
 from test_trust_ratio import _lamb_reference, _lars_reference
 
 import optimizers
@@ -43,6 +44,8 @@ FUSED = {
         trust_ratio_mask=lambda p: jax.tree.map(lambda x: x.size > 1, p), nesterov=True, fused=fused, **kw),
     "lion": lambda fused, **kw: optimizers.lion(0.01, weight_decay=0.1, fused=fused, **kw),
     "adadelta": lambda fused, **kw: optimizers.adadelta(1.0, rho=0.9, eps=1e-6, fused=fused, **kw),
+    "rprop": lambda fused, **kw: optimizers.rprop(0.01, fused=fused, **kw),
+    "rprop torch": lambda fused, **kw: optimizers.rprop(0.01, form="torch", fused=fused, **kw),
     "sgd": lambda fused, **kw: optimizers.sgd(0.05, fused=fused, **kw),
     "sgd momentum": lambda fused, **kw: optimizers.sgd(0.05, momentum=0.9, fused=fused, **kw),
     "sgd nesterov decay": lambda fused, **kw: optimizers.sgd(0.05, momentum=0.9, nesterov=True, weight_decay=0.01,
@@ -141,6 +144,8 @@ REFERENCES = {  # per leaf: (theta0, grads, masked in) -> params after each step
                                                               t.size > 1),
     "lion": lambda t, gs, on: _decoupled(_lion_reference(gs, 0.9, 0.99), t, 0.01, 0.1),
     "adadelta": lambda t, gs, on: _decoupled(_adadelta_reference(gs, 0.9, 1e-6), t, 1.0, 0.0),
+    "rprop": lambda t, gs, on: _decoupled(_rprop_reference(gs, 1.2, 0.5, 1e-4, 5e3, "table"), t, 0.01, 0.0),
+    "rprop torch": lambda t, gs, on: _decoupled(_rprop_reference(gs, 1.2, 0.5, 1e-4, 5e3, "torch"), t, 0.01, 0.0),
     "sgd": lambda t, gs, on: _sgd_reference(t, gs, 0.05, 0.0, False, 0.0),
     "sgd momentum": lambda t, gs, on: _sgd_reference(t, gs, 0.05, 0.9, False, 0.0),
     "sgd nesterov decay": lambda t, gs, on: _sgd_reference(t, gs, 0.05, 0.9, True, 0.01),
@@ -168,6 +173,7 @@ TORCH = {
     "adam": lambda ps: torch.optim.Adam(ps, lr=0.01),
     "adamw": lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1),
     "adadelta": lambda ps: torch.optim.Adadelta(ps, lr=1.0, rho=0.9, eps=1e-6),
+    "rprop torch": lambda ps: torch.optim.Rprop(ps, lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0)),
     "sgd momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
     "sgd nesterov decay": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
 }
@@ -231,8 +237,8 @@ def test_other_dtypes_run_the_unfused_chain(dtype):
     params = jax.tree.map(lambda x: jnp.asarray(x, dtype), _tree(0))
     grads = [jax.tree.map(lambda x: jnp.asarray(x, dtype), g) for g in _grads(3)]
     for name in FUSED:
-        if dtype == "complex64" and name == "lion":
-            continue  # refuses complex params (test_complex)
+        if dtype == "complex64" and name.startswith(("lion", "rprop")):
+            continue  # refuse complex params (test_complex)
         tx = FUSED[name](True)
         assert "custom_call" not in _hlo(tx.update, params, tx.init(params), params)
         fused, _ = _apply_steps(tx, params, grads)
