@@ -4,7 +4,7 @@ XLA:CPU writes every output buffer of an elementwise update in a loop of its own
 step reads the gradient and the moments again for each of :math:`m_t`, :math:`v_t` and the
 update, 40 bytes per float32 parameter where one pass needs 28, and the step is memory bound
 (``benchmarks/``). With ``fused=True``, ``adam``, ``adamw``, ``sgd``, ``lion``,
-``adadelta`` and ``rprop`` run their update instead as one C++ loop per step, ``lamb`` and ``lars`` as two
+``adagrad``, ``adadelta`` and ``rprop`` run their update instead as one C++ loop per step, ``lamb`` and ``lars`` as two
 (the per-leaf norms, then the update), called from XLA through its FFI
 (``_fused_kernels.cc``): every leaf of the tree in one call, each input read
 once and each output written once, the moments updated in place, in chunks shared by XLA's
@@ -92,7 +92,7 @@ def load_kernels() -> None:
     if not library.exists():
         _build(library)
     lib = ctypes.cdll.LoadLibrary(str(library))
-    for name in ("optimizers_adam", "optimizers_lamb", "optimizers_lars", "optimizers_lion", "optimizers_adadelta",
+    for name in ("optimizers_adam", "optimizers_lamb", "optimizers_lars", "optimizers_lion", "optimizers_adagrad", "optimizers_adadelta",
                  "optimizers_rprop", "optimizers_sgd"):
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
 
@@ -189,7 +189,7 @@ def update_and_apply(tx: optax.GradientTransformation, grads, state, params):
     r"""One optimizer step: ``(new_params, new_state)``.
 
     For a transform made with ``fused=True`` (:func:`adam`, :func:`adamw`, :func:`sgd`,
-    :func:`lion`, :func:`adadelta`, :func:`rprop`, :func:`lamb`, :func:`lars`) on the CPU, its kernel, which
+    :func:`lion`, :func:`adagrad`, :func:`adadelta`, :func:`rprop`, :func:`lamb`, :func:`lars`) on the CPU, its kernel, which
     writes the params in place (donate them, and the
     state, to ``jax.jit``). For any other transform, ``tx.update`` then
     ``optax.apply_updates`` (to the float leaves: integer params are kept), so a train step

@@ -1,11 +1,11 @@
-// One-pass CPU kernels for Adam/AdamW, LAMB, LARS, Lion, Adadelta, Rprop and SGD, called from XLA through its FFI.
+// One-pass CPU kernels for Adam/AdamW, LAMB, LARS, Lion, AdaGrad, Adadelta, Rprop and SGD, called from XLA through its FFI.
 //
 // XLA:CPU writes each output buffer of an elementwise update in its own loop, so an Adam step
 // reads the gradient and the moments several times (40 bytes per parameter where 28 suffice).
 // These kernels read every input once and write every output once, over all the leaves of a
 // pytree in one call, split into chunks that XLA's intra-op thread pool and the calling thread
 // share.  The formulas, and the order of their float32 operations, are those of the chains in
-// _adam.py, _trust_ratio.py, _lion.py, _adadelta.py, _rprop.py and _momentum.py (see _fused.py); the in-place buffers (params in "step" mode, the
+// _adam.py, _trust_ratio.py, _lion.py, _adagrad.py, _adadelta.py, _rprop.py and _momentum.py (see _fused.py); the in-place buffers (params in "step" mode, the
 // moments always) are aliased to their results by the caller.
 //
 // Operands of both kernels: hyper (f32[k], the step's scalars), decay (f32[L], the weight decay
@@ -350,6 +350,28 @@ ffi::Error lion(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
   return one_pass<5>("fused lion", pool, hyper, decay, args, rets, 1, step, plain, decayed);
 }
 
+// AdaGrad (scale_by_rss, scale_by_learning_rate):  v = v + g g;  d = -lr g / (sqrt(v) + eps)
+template <bool kStep>
+void adagrad_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+  const float eps = h[0], nlr = h[1];
+  float* __restrict p = leaf.p;
+  const float* __restrict g = leaf.g;
+  float* __restrict v = leaf.m;
+  float* __restrict out = leaf.out;
+  for (int64_t i = lo; i < hi; ++i) {
+    const float gi = g[i];
+    const float vi = v[i] + gi * gi;
+    v[i] = vi;
+    emit<kStep>(out, p, i, nlr * (gi / (std::sqrt(vi) + eps)));
+  }
+}
+
+ffi::Error adagrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
+                   ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {
+  const Loop loop = step ? adagrad_loop<true> : adagrad_loop<false>;
+  return one_pass<2>("fused adagrad", pool, hyper, decay, args, rets, 1, step, loop, loop);
+}
+
 // Adadelta (scale_by_adadelta, scale_by_learning_rate):
 //   v = rho v + (1-rho) g g;  d = sqrt((x + eps) / (v + eps)) g;  x = rho x + (1-rho) d d;  -lr d
 template <bool kStep>
@@ -462,6 +484,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adam, adam, OPTIMIZERS_BIND.Attr<bool>(
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lamb, lamb, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lars, lars, OPTIMIZERS_BIND.Attr<bool>("nesterov").Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lion, lion, OPTIMIZERS_BIND.Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adagrad, adagrad, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adadelta, adadelta, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_rprop, rprop, OPTIMIZERS_BIND.Attr<bool>("torch_form").Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_sgd, sgd,

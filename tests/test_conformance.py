@@ -63,6 +63,7 @@ WRAPPED = {
     "fused(lars)": lambda **o: make("lars", fused=True, **o),
     "fused(lion)": lambda **o: make("lion", fused=True, **o),
     "fused(adadelta)": lambda **o: make("adadelta", fused=True, **o),
+    "fused(adagrad)": lambda **o: make("adagrad", fused=True, **o),
     "fused(rprop)": lambda **o: make("rprop", fused=True, **o),
     "fused(sgd)": lambda **o: make("sgd", fused=True, **o),
 }

@@ -1,4 +1,4 @@
-"""The one-pass CPU kernels of adam, adamw, lion, adadelta, rprop and sgd (two passes for lamb and lars) (``fused=True``) and update_and_apply.
+"""The one-pass CPU kernels of adam, adamw, lion, adagrad, adadelta, rprop and sgd (two passes for lamb and lars) (``fused=True``) and update_and_apply.
 
 The fused transforms are also in the conformance suite (and so in the sharding, checkpoint,
 non-finite, counter, precision and property tests). Here: that the kernel runs, that it is
@@ -43,6 +43,7 @@ FUSED = {
         0.1, weight_decay=0.01, weight_decay_mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p), eps=1e-8,
         trust_ratio_mask=lambda p: jax.tree.map(lambda x: x.size > 1, p), nesterov=True, fused=fused, **kw),
     "lion": lambda fused, **kw: optimizers.lion(0.01, weight_decay=0.1, fused=fused, **kw),
+    "adagrad": lambda fused, **kw: optimizers.adagrad(0.1, initial_accumulator_value=0.1, fused=fused, **kw),
     "adadelta": lambda fused, **kw: optimizers.adadelta(1.0, rho=0.9, eps=1e-6, fused=fused, **kw),
     "rprop": lambda fused, **kw: optimizers.rprop(0.01, fused=fused, **kw),
     "rprop torch": lambda fused, **kw: optimizers.rprop(0.01, form="torch", fused=fused, **kw),
@@ -129,6 +130,14 @@ def _decoupled(directions, theta, lr, wd):
         yield theta
 
 
+def _adagrad_directions(grads, v0, eps):
+    """AdaGrad: v_t = v_{t-1} + g_t^2, u_t = g_t / (sqrt(v_t) + eps)."""
+    v = np.full_like(grads[0], v0)
+    for g in grads:
+        v = v + g**2
+        yield g / (np.sqrt(v) + eps)
+
+
 def _adam_params(theta, grads, lr, wd):
     return _decoupled(_adam_reference(grads, 0.9, 0.999, 1e-8), theta, lr, wd)
 
@@ -143,6 +152,7 @@ REFERENCES = {  # per leaf: (theta0, grads, masked in) -> params after each step
     "lars masked nesterov": lambda t, gs, on: _lars_reference(t, gs, 0.1, 0.9, True, 0.01, 0.001, 1e-8, on,
                                                               t.size > 1),
     "lion": lambda t, gs, on: _decoupled(_lion_reference(gs, 0.9, 0.99), t, 0.01, 0.1),
+    "adagrad": lambda t, gs, on: _decoupled(_adagrad_directions(gs, 0.1, 1e-10), t, 0.1, 0.0),
     "adadelta": lambda t, gs, on: _decoupled(_adadelta_reference(gs, 0.9, 1e-6), t, 1.0, 0.0),
     "rprop": lambda t, gs, on: _decoupled(_rprop_reference(gs, 1.2, 0.5, 1e-4, 5e3, "table"), t, 0.01, 0.0),
     "rprop torch": lambda t, gs, on: _decoupled(_rprop_reference(gs, 1.2, 0.5, 1e-4, 5e3, "torch"), t, 0.01, 0.0),
@@ -172,6 +182,7 @@ def test_matches_the_published_update(name, run):
 TORCH = {
     "adam": lambda ps: torch.optim.Adam(ps, lr=0.01),
     "adamw": lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1),
+    "adagrad": lambda ps: torch.optim.Adagrad(ps, lr=0.1, initial_accumulator_value=0.1, eps=1e-10),
     "adadelta": lambda ps: torch.optim.Adadelta(ps, lr=1.0, rho=0.9, eps=1e-6),
     "rprop torch": lambda ps: torch.optim.Rprop(ps, lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0)),
     "sgd momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),

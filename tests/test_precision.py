@@ -244,6 +244,7 @@ PINNED = {
     "fused(lars)": (2.12e-02, 4.32e-02),
     "fused(lion)": (2.05e-01, 2.05e-01),
     "fused(adadelta)": (1.29e-01, 1.29e-01),
+    "fused(adagrad)": (3.74e-02, 3.74e-02),
     "fused(rprop)": (3.13e-03, 2.81e-03),
     "fused(sgd)": (2.66e-02, 2.66e-02),
 }
