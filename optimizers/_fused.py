@@ -156,6 +156,7 @@ def fused(owner: str, chain: optax.GradientTransformation, kernel, state_trees) 
     ``state_trees(state)`` are the state's per-parameter buffers (for the dtype check). The
     transform's ``update`` writes updates; its step (:func:`update_and_apply`) the params.
     """
+    load_kernels()  # here, so that a missing compiler is reported where fused=True is asked for
 
     def applies(grads, state, params):
         return params is not None and bool(jax.tree.leaves(grads)) and _runs_fused(grads, params, state_trees(state))
@@ -237,7 +238,6 @@ def fused_direction(owner: str, chain, target: str, values: dict, scalars, field
                     weight_decay=None, mask=None, **attrs) -> optax.GradientTransformation:
     """``chain`` (direction, [add_decayed_weights], scale_by_learning_rate) run by the kernel ``target``
     (see :func:`direction_kernel`)."""
-    load_kernels()
     kernel = direction_kernel(target, values, scalars, fields, learning_rate, weight_decay, mask, **attrs)
     return fused(owner, chain, kernel, lambda state: [getattr(state[0], f) for f in fields])
 
@@ -246,7 +246,6 @@ def fused_lamb(chain, adam_values: dict, adam_scalars, min_param_norm, max_param
                weight_decay, mask, trust_ratio_mask) -> optax.GradientTransformation:
     """LAMB's ``chain(scale_by_adam, add_decayed_weights, scale_by_trust_ratio, scale_by_learning_rate)``
     run by its two-pass kernel (the moments and both norms per leaf, then the params)."""
-    load_kernels()
 
     def kernel(grads, state, params, step):
         adam_link, decay_link, trust_link, lr_link = state
@@ -271,7 +270,6 @@ def fused_lars(chain, lars_values: dict, momentum, nesterov: bool, learning_rate
                trust_ratio_mask) -> optax.GradientTransformation:
     """LARS's ``chain(scale_by_lars, scale_by_learning_rate, trace)`` run by its two-pass kernel
     (the norms of each leaf's gradient and params, then the momentum and the params)."""
-    load_kernels()
 
     def kernel(grads, state, params, step):
         lars_link, lr_link, trace_link = state

@@ -11,7 +11,7 @@ import optax
 from optimizers._checks import transformation
 from optimizers._dtypes import store, store_like, widen
 from optimizers._fused import fused as fused_transform
-from optimizers._fused import load_kernels, sgd_kernel
+from optimizers._fused import sgd_kernel
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -97,6 +97,5 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 
     )
     if not fused:
         return chain
-    load_kernels()
     kernel = sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask)
     return fused_transform("sgd", chain, kernel, lambda state: getattr(state[1], "trace", ()))
