@@ -686,7 +686,7 @@ def csv_rows(rows: list[Row]):
 # --------------------------------------------------------------------------- main
 
 FUSED_SUFFIX = " fused"  # a row of alias(..., fused=True), stepped with optimizers.update_and_apply
-FUSED = ("adadelta", "adagrad", "adam", "adamw", "lamb", "lars", "lion", "rprop", "sgd")
+FUSED = ("adadelta", "adafactor", "adagrad", "adam", "adamw", "amsgrad", "lamb", "lars", "lion", "rprop", "sgd")
 SMOKE_ONLY = ("adam", "adam" + FUSED_SUFFIX, "lamb")
 # XLA:CPU's sibling multi-output fusion: only an XLA_FLAGS backend option (not a compile option).
 MOF_FLAG = "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"

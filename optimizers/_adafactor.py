@@ -19,8 +19,10 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
-from optimizers._ema import scale_by_ema
 from optimizers._dtypes import abs2, real_dtype, store
+from optimizers._ema import scale_by_ema
+from optimizers._fused import _advance, _ffi, _merge, _outputs, _with_elements
+from optimizers._fused import fused as fused_transform
 from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams, is_zero
 from optimizers._moments import step_number
 from optimizers._scaling import scale_by_learning_rate
@@ -105,11 +107,10 @@ def scale_by_factored_rms(decay_rate: float = 0.8, eps: float = 1e-30, min_dim_s
 
     def update_fn(updates, state, params=None):
         del params
-        t = step_number(state.count, float_dtype())
-        beta = 1 - t ** (-jnp.asarray(decay_rate, t.dtype))
+        beta = _beta2(state.count, decay_rate)
 
         def update_leaf(g, r, c, v):
-            x = g.astype(jnp.promote_types(g.dtype, t.dtype))
+            x = g.astype(jnp.promote_types(g.dtype, beta.dtype))
             g2 = abs2(x) + eps
             if v.shape != g.shape:  # factored at init
                 rr = beta * r + (1 - beta) * jnp.mean(g2, axis=-1)
@@ -128,6 +129,12 @@ def scale_by_factored_rms(decay_rate: float = 0.8, eps: float = 1e-30, min_dim_s
         return u, ScaleByFactoredRmsState(optax.safe_increment(state.count), state.hyperparams, r, c, v)
 
     return transformation("scale_by_factored_rms", init_fn, update_fn)
+
+
+def _beta2(count, decay_rate):
+    r""":math:`\hat\beta_{2,t} = 1 - t^{-c}` for the update at ``count``."""
+    t = step_number(count, float_dtype())
+    return 1 - t ** (-jnp.asarray(decay_rate, t.dtype))
 
 
 class ClipByBlockRmsState(NamedTuple):
@@ -241,7 +248,7 @@ def scale_by_relative_step(learning_rate: ScalarOrSchedule = 1e-2) -> optax.Grad
 def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSchedule] = None,
               decay_rate: float = 0.8, eps: float = 1e-30, clipping_threshold: Optional[float] = 1.0,
               min_scale: float = 1e-3, min_dim_size_to_factor: int = 128, factored: bool = True,
-              multiply_by_parameter_scale: bool = True, relative_step: bool = True
+              multiply_by_parameter_scale: bool = True, relative_step: bool = True, *, fused: bool = False
               ) -> optax.GradientTransformation:
     r"""Adafactor: :math:`X_t = X_{t-1} - \rho_t m_t`, :math:`m_t = \max(\epsilon_2, \mathrm{RMS}(X_{t-1}))\hat U_t`.
 
@@ -278,6 +285,9 @@ def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSched
         min_scale: :math:`\epsilon_2 > 0`.
         multiply_by_parameter_scale: multiply by :math:`\max(\epsilon_2, \mathrm{RMS}(X_{t-1}))`.
         relative_step: :math:`\rho_t = \min(\gamma_t, 1/\sqrt t)`; ``False``: :math:`\rho_t = \gamma_t`.
+        fused: the same update in three passes over memory on the CPU (see :func:`adam`): the
+            second moments and the sums of squares, the clipping sums of factored leaves (with
+            clipping), then the params.
 
     References:
         Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
@@ -286,10 +296,59 @@ def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSched
     if b1 is not None:
         check_range("adafactor", "b1", b1, 0.0, 1.0, high_open=True)
     param_scale = scale_by_param_block_rms(min_scale)  # built (and checked) even when left out
-    return optax.chain(
+    chain = optax.chain(
         scale_by_factored_rms(decay_rate, eps, min_dim_size_to_factor, factored),
         optax.identity() if clipping_threshold is None else clip_by_block_rms(clipping_threshold),
         param_scale if multiply_by_parameter_scale else optax.identity(),
         optax.identity() if is_zero(b1) else scale_by_ema(b1),
         scale_by_relative_step(learning_rate) if relative_step else scale_by_learning_rate(learning_rate),
     )
+    if not fused:
+        return chain
+    kernel = _adafactor_kernel(decay_rate, eps, clipping_threshold, min_scale if multiply_by_parameter_scale else None,
+                               b1, learning_rate, relative_step)
+    return fused_transform("adafactor", chain, kernel, lambda state: (state[0].v_row, state[0].v_col, state[0].v, state[3]))
+
+
+def _adafactor_kernel(decay_rate, eps, clipping_threshold, min_scale, b1, learning_rate, relative_step):
+    """The fused step of :func:`adafactor`'s chain (``optimizers_adafactor``, see ``_fused_kernels.cc``):
+    per leaf the full moment, or the row and column means of a factored leaf, updated in place."""
+
+    def tick(link):  # a link without hyperparameters, or optax's identity
+        return _advance(link)[1] if hasattr(link, "hyperparams") else link
+
+    def kernel(grads, state, params, step):
+        rms_link, clip_link, scale_link, ema_link, step_link = state
+        momentum = hasattr(ema_link, "ema")
+        hp, step_new = _advance(step_link, learning_rate=learning_rate)
+        rho = hp["learning_rate"]
+        if relative_step:
+            rho = jnp.minimum(rho, jax.lax.rsqrt(step_number(step_link.count, rho.dtype)))
+        b, ema_new = _advance(ema_link, decay=b1) if momentum else ({"decay": jnp.float32(0)}, ema_link)
+        beta = _beta2(rms_link.count, decay_rate)
+        hyper = jnp.stack([beta, 1 - beta, eps, clipping_threshold or 0.0, min_scale or 0.0, b["decay"],
+                           1 - b["decay"], -rho]).astype(jnp.float32)
+        g, treedef = jax.tree.flatten(grads)
+        p = jax.tree.leaves(params)
+        rows, cols, full = (treedef.flatten_up_to(x) for x in (rms_link.v_row, rms_link.v_col, rms_link.v))
+        mu = treedef.flatten_up_to(ema_link.ema) if momentum else []
+        kept = _with_elements(g)
+        factored = {i: full[i].shape != g[i].shape for i in kept}
+        operands = [x for i in kept for x in ((rows[i], cols[i]) if factored[i] else (full[i],))]
+        out, new = _ffi("optimizers_adafactor", hyper, [jnp.float32(factored[i]) for i in kept],
+                        [p[i] for i in kept], [g[i] for i in kept], operands + [mu[i] for i in kept if momentum], step,
+                        momentum=momentum) if kept else ([], [])
+        new_state, new_mu = iter(new[:len(operands)]), new[len(operands):]
+        for i in kept:
+            if factored[i]:
+                rows[i], cols[i] = next(new_state), next(new_state)
+            else:
+                full[i] = next(new_state)
+        rms_new = tick(rms_link)._replace(**{k: treedef.unflatten(x) for k, x in
+                                            (("v_row", rows), ("v_col", cols), ("v", full))})
+        if momentum:
+            ema_new = ema_new._replace(ema=treedef.unflatten(_merge(kept, new_mu, mu)))
+        new_links = (rms_new, tick(clip_link), tick(scale_link), ema_new, step_new)
+        return treedef.unflatten(_outputs(kept, out, p, g, step)), new_links
+
+    return kernel

@@ -164,12 +164,18 @@ def scale_by_amsgrad(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
 
 
 def amsgrad(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
-            eps: ScalarOrSchedule = 1e-8, max_over: str = "corrected") -> optax.GradientTransformation:
+            eps: ScalarOrSchedule = 1e-8, max_over: str = "corrected", *, fused: bool = False
+            ) -> optax.GradientTransformation:
     r"""AMSGrad: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_amsgrad`).
 
-    ``max_over="raw"`` gives ``torch.optim.Adam(amsgrad=True)``.
+    ``max_over="raw"`` gives ``torch.optim.Adam(amsgrad=True)``. ``fused=True``: one pass over
+    memory on the CPU, as in :func:`adam`.
     """
-    return optax.chain(scale_by_amsgrad(b1, b2, eps, max_over), scale_by_learning_rate(learning_rate))
+    chain = optax.chain(scale_by_amsgrad(b1, b2, eps, max_over), scale_by_learning_rate(learning_rate))
+    if not fused:
+        return chain
+    return fused_direction("amsgrad", chain, "optimizers_amsgrad", dict(b1=b1, b2=b2, eps=eps), adam_scalars,
+                           ("mu", "nu", "nu_max"), learning_rate, raw=max_over == "raw")
 
 
 class ScaleByAdamaxState(NamedTuple):

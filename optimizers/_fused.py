@@ -55,6 +55,7 @@ from optimizers._scaling import leaf_masks
 
 _SOURCE = Path(__file__).with_name("_fused_kernels.cc")
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC"]
+_KERNELS = ("adam", "amsgrad", "lamb", "lars", "lion", "adagrad", "adadelta", "rprop", "sgd", "adafactor")
 _STEPS = weakref.WeakKeyDictionary()  # tx.update -> the in-place step of a fused transform
 
 
@@ -92,39 +93,62 @@ def load_kernels() -> None:
     if not library.exists():
         _build(library)
     lib = ctypes.cdll.LoadLibrary(str(library))
-    for name in ("optimizers_adam", "optimizers_lamb", "optimizers_lars", "optimizers_lion", "optimizers_adagrad", "optimizers_adadelta",
-                 "optimizers_rprop", "optimizers_sgd"):
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+    for name in _KERNELS:
+        jax.ffi.register_ffi_target(f"optimizers_{name}", jax.ffi.pycapsule(getattr(lib, f"optimizers_{name}")),
+                                    platform="cpu")
+
+
+def _ffi(target: str, hyper, info, params, grads, state, step: bool, **attrs):
+    """One kernel call over leaves with elements: (outputs, new state operands).
+
+    Operands: hyper, info (numbers per leaf), the params, the grads, then the state operands
+    (any shapes); each state operand (and in step mode each param) is aliased to its result,
+    so donated arrays are updated in place.
+    """
+    n = len(grads)
+    shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in [*grads, *state]]
+    aliases = {2 + 2 * n + k: n + k for k in range(len(state))}
+    if step:
+        aliases.update({2 + i: i for i in range(n)})
+    results = jax.ffi.ffi_call(target, shapes, input_output_aliases=aliases, vmap_method="sequential")(
+        hyper, jnp.stack(info).astype(jnp.float32), *params, *grads, *state, step=step, **attrs)
+    return results[:n], results[n:]
+
+
+def _with_elements(grads):
+    """The indices of the leaves with elements: empty leaves stay out of a kernel call (XLA makes
+    them constants, which an alias would copy)."""
+    return [i for i, g in enumerate(grads) if g.size]
+
+
+def _merge(kept, computed, full):
+    """``full`` with the leaves at ``kept`` replaced by ``computed``."""
+    full = list(full)
+    for i, x in zip(kept, computed):
+        full[i] = x
+    return full
+
+
+def _outputs(kept, computed, params, grads, step):
+    """All leaves' outputs: the kernel's, and for empty leaves their params (step) or zero updates."""
+    return _merge(kept, computed, params if step else [jnp.zeros_like(g) for g in grads])
 
 
 def _call(target: str, hyper, decays, params, grads, buffers, step: bool, flags=None, **attrs):
     """One kernel call over all leaves: (outputs, new buffers), outputs the new params (``step``) or updates.
 
-    Operands: hyper, decays, L params, L grads, then L of each state buffer; each buffer (and
-    in step mode each param) is aliased to its result, so donated arrays are updated in place.
-    ``flags`` (one number per leaf) follow the decays in the same operand. Empty leaves stay
-    out of the call (XLA makes them constants, which an alias would copy).
+    ``buffers``: lists of per-leaf state buffers shaped like the grads, in the kernel's order;
+    ``decays`` and ``flags`` (one number per leaf each) are its info operand.
     """
-    kept = [i for i, g in enumerate(grads) if g.size]
+    kept = _with_elements(grads)
+    if not kept:
+        return _outputs(kept, [], params, grads, step), buffers
     pick = lambda xs: [xs[i] for i in kept]  # noqa: E731
+    out, state = _ffi(target, hyper, pick(decays) + (pick(flags) if flags else []), pick(params), pick(grads),
+                      [b for buffer in buffers for b in pick(buffer)], step, **attrs)
     n = len(kept)
-    shapes = [jax.ShapeDtypeStruct(grads[i].shape, grads[i].dtype) for i in kept]
-    aliases = {2 + (2 + k) * n + i: (1 + k) * n + i for k in range(len(buffers)) for i in range(n)}
-    if step:
-        aliases.update({2 + i: i for i in range(n)})
-    results = jax.ffi.ffi_call(target, shapes * (1 + len(buffers)), input_output_aliases=aliases,
-                               vmap_method="sequential")(
-        hyper, jnp.stack(pick(decays) + (pick(flags) if flags else [])).astype(jnp.float32), *pick(params), *pick(grads),
-        *(b for buffer in buffers for b in pick(buffer)), step=step, **attrs) if n else []
-
-    def merge(computed, empty):  # the kernel's leaves, and the empty ones as they were
-        full = list(empty)
-        for i, x in zip(kept, computed):
-            full[i] = x
-        return full
-
-    outputs = merge(results[:n], params if step else [jnp.zeros_like(g) for g in grads])
-    return outputs, [merge(results[(1 + k) * n:(2 + k) * n], buffer) for k, buffer in enumerate(buffers)]
+    return (_outputs(kept, out, params, grads, step),
+            [_merge(kept, state[k * n:(k + 1) * n], buffer) for k, buffer in enumerate(buffers)])
 
 
 def _advance(link, **values):

@@ -1,4 +1,5 @@
-// One-pass CPU kernels for Adam/AdamW, LAMB, LARS, Lion, AdaGrad, Adadelta, Rprop and SGD, called from XLA through its FFI.
+// CPU kernels for Adam/AdamW, AMSGrad, LAMB, LARS, Lion, AdaGrad, Adadelta, Rprop, SGD and Adafactor, called from XLA
+// through its FFI.
 //
 // XLA:CPU writes each output buffer of an elementwise update in its own loop, so an Adam step
 // reads the gradient and the moments several times (40 bytes per parameter where 28 suffice).
@@ -35,43 +36,78 @@ struct Leaf {
   const float* g;  // gradient
   float* m;        // the first state buffer (a moment, a momentum), in place (may be null)
   float* v;        // the second state buffer, in place (may be null)
+  float* w;        // the third state buffer, in place (may be null)
   float* out;      // updates (update mode; null in step mode)
   int64_t n;
   float decay;   // the leaf's weight decay
   float ratio;  // LAMB, LARS: the leaf's trust ratio, between their two passes
 };
 
-// Runs body(leaf, begin, end, chunk) over all leaves in chunks (numbered leaf by leaf), on the pool's threads and this one.
-// The caller only waits for chunks that were taken, so a task the pool starts late finds no
-// work and returns: no deadlock when every pool thread is busy.
-template <typename Body>
-void parallel_chunks(ffi::ThreadPool& pool, std::shared_ptr<std::vector<Leaf>> leaves, Body body) {
+// Runs task(j) for j in [0, total) on the pool's threads and this one. The caller only waits
+// for tasks that were taken, so a helper the pool starts late finds no work and returns without
+// touching the task: no deadlock when every pool thread is busy.
+template <typename Task>
+void parallel_for(ffi::ThreadPool& pool, int64_t total, Task task) {
   struct Shared {
-    std::vector<std::pair<int64_t, int64_t>> chunks;  // (leaf, begin)
     std::atomic<int64_t> next{0}, finished{0};
   };
   auto shared = std::make_shared<Shared>();
-  for (int64_t i = 0; i < static_cast<int64_t>(leaves->size()); ++i)
-    for (int64_t b = 0; b < (*leaves)[i].n; b += kChunk) shared->chunks.emplace_back(i, b);
-  const int64_t total = static_cast<int64_t>(shared->chunks.size());
-  auto run = [shared, leaves, body, total]() {
+  auto run = [shared, task, total]() {
     for (int64_t j; (j = shared->next.fetch_add(1)) < total;) {
-      const auto [i, b] = shared->chunks[j];
-      const Leaf& leaf = (*leaves)[i];
-      body(leaf, b, std::min(b + kChunk, leaf.n), j);
+      task(j);
       shared->finished.fetch_add(1);
     }
   };
   const int64_t helpers = std::min<int64_t>(pool.num_threads(), total - 1);
   for (int64_t k = 0; k < helpers; ++k) {
-    auto task = run;
-    pool.Schedule(std::move(task));
+    auto helper = run;
+    pool.Schedule(std::move(helper));
   }
   run();
   while (shared->finished.load() < total) std::this_thread::yield();
 }
 
+// Runs body(leaf, begin, end, chunk) over all leaves in chunks of kChunk elements, numbered leaf by leaf.
+template <typename Body>
+void parallel_chunks(ffi::ThreadPool& pool, std::shared_ptr<std::vector<Leaf>> leaves, Body body) {
+  auto chunks = std::make_shared<std::vector<std::pair<int64_t, int64_t>>>();  // (leaf, begin)
+  for (int64_t i = 0; i < static_cast<int64_t>(leaves->size()); ++i)
+    for (int64_t b = 0; b < (*leaves)[i].n; b += kChunk) chunks->emplace_back(i, b);
+  parallel_for(pool, static_cast<int64_t>(chunks->size()), [chunks, leaves, body](int64_t j) {
+    const auto [i, b] = (*chunks)[j];
+    const Leaf& leaf = (*leaves)[i];
+    body(leaf, b, std::min(b + kChunk, leaf.n), j);
+  });
+}
+
 float* data(const ffi::AnyBuffer& b) { return static_cast<float*>(b.untyped_data()); }
+
+// The params, gradient and output of leaf i of L (the params are the output in step mode, aliased).
+ffi::Error leaf_io(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets, size_t L, size_t i, bool step,
+                   Leaf& leaf) {
+  auto p = args.get<ffi::AnyBuffer>(i), g = args.get<ffi::AnyBuffer>(L + i);
+  auto out = rets.get<ffi::AnyBuffer>(i);
+  if (!p.has_value() || !g.has_value() || !out.has_value())
+    return ffi::Error::InvalidArgument("fused optimizer: bad buffer");
+  leaf.n = static_cast<int64_t>(g->element_count());
+  leaf.g = data(*g);
+  leaf.p = step ? data(**out) : data(*p);
+  leaf.out = step ? nullptr : data(**out);
+  if (step && leaf.p != data(*p)) return ffi::Error::InvalidArgument("fused optimizer: params not aliased");
+  return ffi::Error::Success();
+}
+
+// The state buffer that is operand ``arg`` and result ``ret`` (one memory: aliased), of ``n`` elements.
+ffi::ErrorOr<float*> state_buffer(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets, size_t arg,
+                                  size_t ret, int64_t n) {
+  auto in = args.get<ffi::AnyBuffer>(arg);
+  auto res = rets.get<ffi::AnyBuffer>(ret);
+  if (!in.has_value() || !res.has_value() || data(*in) != data(**res))
+    return ffi::Unexpected(ffi::Error::InvalidArgument("fused optimizer: state not aliased"));
+  if (static_cast<int64_t>(in->element_count()) != n)
+    return ffi::Unexpected(ffi::Error::InvalidArgument("fused optimizer: state of the wrong size"));
+  return data(**res);
+}
 
 // Collects the leaves; state buffers (and params in step mode) must be aliased to their results.
 ffi::ErrorOr<std::shared_ptr<std::vector<Leaf>>> collect(const ffi::Buffer<ffi::F32>& decay,
@@ -83,26 +119,16 @@ ffi::ErrorOr<std::shared_ptr<std::vector<Leaf>>> collect(const ffi::Buffer<ffi::
   auto leaves = std::make_shared<std::vector<Leaf>>(L);
   for (size_t i = 0; i < L; ++i) {
     Leaf& leaf = (*leaves)[i];
-    auto p = args.get<ffi::AnyBuffer>(i), g = args.get<ffi::AnyBuffer>(L + i);
-    auto out = rets.get<ffi::AnyBuffer>(i);
-    if (!p.has_value() || !g.has_value() || !out.has_value())
-      return ffi::Unexpected(ffi::Error::InvalidArgument("fused optimizer: bad buffer"));
-    leaf.n = static_cast<int64_t>(g->element_count());
-    leaf.g = data(*g);
-    leaf.p = step ? data(**out) : data(*p);
-    leaf.out = step ? nullptr : data(**out);
-    if (step && leaf.p != data(*p))
-      return ffi::Unexpected(ffi::Error::InvalidArgument("fused optimizer: params not aliased"));
-    float* state[2] = {nullptr, nullptr};
+    if (auto e = leaf_io(args, rets, L, i, step, leaf); e.failure()) return ffi::Unexpected(e);
+    float* state[3] = {nullptr, nullptr, nullptr};
     for (int k = 0; k < n_state; ++k) {
-      auto in = args.get<ffi::AnyBuffer>((2 + k) * L + i);
-      auto res = rets.get<ffi::AnyBuffer>((1 + k) * L + i);
-      if (!in.has_value() || !res.has_value() || data(*in) != data(**res))
-        return ffi::Unexpected(ffi::Error::InvalidArgument("fused optimizer: state not aliased"));
-      state[k] = data(**res);
+      auto buffer = state_buffer(args, rets, (2 + k) * L + i, (1 + k) * L + i, leaf.n);
+      if (!buffer.has_value()) return ffi::Unexpected(buffer.error());
+      state[k] = *buffer;
     }
     leaf.m = state[0];
     leaf.v = state[1];
+    leaf.w = state[2];
     leaf.decay = decay.typed_data()[i];
   }
   return leaves;
@@ -162,6 +188,41 @@ ffi::Error adam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
   const Loop plain = step ? adam_loop<true, false> : adam_loop<false, false>;
   const Loop decayed = step ? adam_loop<true, true> : adam_loop<false, true>;
   return one_pass<8>("fused adam", pool, hyper, decay, args, rets, 2, step, plain, decayed);
+}
+
+// jnp.maximum: NaN if either is NaN.
+inline float nan_max(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
+
+// AMSGrad (scale_by_amsgrad, scale_by_learning_rate), with Adam's m and v:
+//   corrected: w = max(w, v / c2), u = m / c1 / (sqrt(w) + eps);
+//   raw:       w = max(w, v),      u = m / c1 / (sqrt(w / c2) + eps);   d = -lr u
+template <bool kStep, bool kRaw>
+void amsgrad_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+  const float b1 = h[0], ob1 = h[1], b2 = h[2], ob2 = h[3], c1 = h[4], c2 = h[5], eps = h[6], nlr = h[7];
+  float* __restrict p = leaf.p;
+  const float* __restrict g = leaf.g;
+  float* __restrict m = leaf.m;
+  float* __restrict v = leaf.v;
+  float* __restrict w = leaf.w;
+  float* __restrict out = leaf.out;
+  for (int64_t i = lo; i < hi; ++i) {
+    const float gi = g[i];
+    const float mi = b1 * m[i] + ob1 * gi;
+    const float vi = b2 * v[i] + ob2 * (gi * gi);
+    const float wi = nan_max(w[i], kRaw ? vi : vi / c2);
+    m[i] = mi;
+    v[i] = vi;
+    w[i] = wi;
+    emit<kStep>(out, p, i, nlr * (mi / c1 / ((kRaw ? std::sqrt(wi / c2) : std::sqrt(wi)) + eps)));
+  }
+}
+
+ffi::Error amsgrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
+                   ffi::RemainingArgs args, ffi::RemainingRets rets, bool raw, bool step) {
+  const Loop loops[2][2] = {{amsgrad_loop<false, false>, amsgrad_loop<false, true>},
+                            {amsgrad_loop<true, false>, amsgrad_loop<true, true>}};
+  const Loop loop = loops[step][raw];
+  return one_pass<8>("fused amsgrad", pool, hyper, decay, args, rets, 3, step, loop, loop);
 }
 
 // Per-leaf sums of squares of a and b over chunks: within a block of kBlock elements, kLanes
@@ -474,6 +535,269 @@ ffi::Error sgd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ff
   return passes[step][momentum][nesterov && momentum](pool, hyper, decay, args, rets);
 }
 
+// The sum of term(e) over count elements from lo (a multiple of kLanes): kLanes float32
+// partial sums, a vectorizable reduction.
+template <typename Term>
+inline double lanes(int64_t lo, int64_t count, Term term) {
+  float acc[kLanes] = {};
+  for (int64_t e = lo; e < lo + count; e += kLanes)
+    for (int k = 0; k < kLanes; ++k) acc[k] += term(e + k);
+  double total = 0.0;
+  for (int k = 0; k < kLanes; ++k) total += acc[k];
+  return total;
+}
+
+// The sum of term(e) over [lo, hi): lanes of kBlock elements, the blocks' sums in double; the
+// order depends only on lo and hi.
+template <typename Term>
+inline double lane_sum(int64_t lo, int64_t hi, Term term) {
+  double total = 0.0;
+  int64_t i = lo;
+  for (; i + kBlock <= hi; i += kBlock) total += lanes(i, kBlock, term);
+  const int64_t rest = (hi - i) / kLanes * kLanes;
+  total += lanes(i, rest, term);
+  for (i += rest; i < hi; ++i) total += term(i);
+  return total;
+}
+
+// Adafactor (scale_by_factored_rms, [clip_by_block_rms], [scale_by_param_block_rms],
+// [scale_by_ema], scale_by_relative_step or scale_by_learning_rate). A leaf keeps the full
+// moment V, or (factored) is a batch of rows x cols matrices with row and column means R, C:
+//   1. G2 = G^2 + eps1;  full: V = beta V + (1-beta) G2 and the sum of U^2 = G^2 / V;
+//      factored: the row sums and (per chunk of rows) column sums of G2;  with a parameter
+//      scale, the sum of X^2;
+//   then, per matrix: R = beta R + (1-beta) mean_cols(G2), C = beta C + (1-beta) mean_rows(G2),
+//      a_i = 1/sqrt(R_i / mean(R)), b_j = 1/sqrt(C_j);
+//   2. factored, with clipping: U = (G a_i) b_j and the sum of U^2;
+//   3. U = U / max(1, RMS(U) / d);  U = U max(eps2, RMS(X));  [M = b1 M + (1-b1) U; U = M];
+//      d = -rho U.
+// hyper: beta, 1-beta, eps1, d (0: no clipping), eps2 (0: no parameter scale), b1, 1-b1, -rho.
+// decay: per leaf 1 if factored, else 0. State operands, leaf by leaf: R, C (factored) or V;
+// then, with momentum, each leaf's M.
+struct Factors {  // what a leaf needs besides its Leaf
+  bool factored = false;
+  int64_t rows = 1, cols = 1;  // factored: each matrix's shape
+  float* r = nullptr;          // factored: the state's row means (batch x rows)
+  float* c = nullptr;          // and column means (batch x cols)
+  std::vector<double> row_sum;  // factored: sum over cols of G2, per row (pass 1)
+  std::vector<double> col_sum;  // factored: sum over rows of G2, per column (pass 1, chunks added in order)
+  std::vector<float> a, b;      // factored: the row and column factors
+  double u_sum = 0.0, x_sum = 0.0;
+  float clip = 1.0f, scale = 1.0f;  // 1 / max(1, RMS(U)/d) is applied as a division by clip
+};
+
+struct Span {  // a chunk: elements [lo, hi) of a leaf; factored: whole rows of one matrix
+  int64_t leaf, lo, hi;
+  int64_t cols_at;  // factored: where the chunk's column sums start in the shared buffer
+};
+
+// The chunks: kChunk elements, or for a factored leaf at least kChunk elements' worth of rows
+// and at most 64 chunks per matrix (which bounds the column-sum buffer), within a matrix.
+std::vector<Span> adafactor_spans(const std::vector<Leaf>& leaves, const std::vector<Factors>& f, int64_t& cols_total) {
+  std::vector<Span> spans;
+  cols_total = 0;
+  for (int64_t i = 0; i < static_cast<int64_t>(leaves.size()); ++i) {
+    const int64_t n = leaves[i].n;
+    if (!f[i].factored) {
+      for (int64_t b = 0; b < n; b += kChunk) spans.push_back({i, b, std::min(b + kChunk, n), -1});
+      continue;
+    }
+    const int64_t rows = f[i].rows, cols = f[i].cols, size = rows * cols;
+    const int64_t per = std::min(rows, std::max((kChunk + cols - 1) / cols, (rows + 63) / 64));
+    for (int64_t at = 0; at < n; at += size)
+      for (int64_t r0 = 0; r0 < rows; r0 += per) {
+        spans.push_back({i, at + r0 * cols, at + std::min(rows, r0 + per) * cols, cols_total});
+        cols_total += cols;
+      }
+  }
+  return spans;
+}
+
+// The per-matrix factors from the row and column sums; R and C updated in place.
+void finish_factors(Factors& f, int64_t n, float beta, float obeta) {
+  const int64_t batch = n / (f.rows * f.cols);
+  f.a.resize(batch * f.rows);
+  f.b.resize(batch * f.cols);
+  for (int64_t j = 0; j < batch * f.cols; ++j) {
+    const float cc = beta * f.c[j] + obeta * static_cast<float>(f.col_sum[j] / f.rows);
+    f.c[j] = cc;
+    f.b[j] = 1.0f / std::sqrt(cc);
+  }
+  for (int64_t k = 0; k < batch; ++k) {
+    double total = 0.0;
+    for (int64_t i = k * f.rows; i < (k + 1) * f.rows; ++i) {
+      const float rr = beta * f.r[i] + obeta * static_cast<float>(f.row_sum[i] / f.cols);
+      f.r[i] = rr;
+      total += rr;
+    }
+    const float mean = static_cast<float>(total / f.rows);
+    for (int64_t i = k * f.rows; i < (k + 1) * f.rows; ++i) f.a[i] = 1.0f / std::sqrt(f.r[i] / mean);
+  }
+}
+
+// Pass 3 over one span.
+template <bool kStep, bool kFactored, bool kMomentum>
+void adafactor_apply(const Leaf& leaf, const Factors& f, int64_t lo, int64_t hi, const float* h) {
+  const float b1 = h[5], ob1 = h[6], nlr = h[7], clip = f.clip, scale = f.scale;
+  float* __restrict p = leaf.p;
+  const float* __restrict g = leaf.g;
+  const float* __restrict v = leaf.v;
+  float* __restrict m = leaf.m;
+  float* __restrict out = leaf.out;
+  auto finish = [&](int64_t e, float u) {
+    u = u / clip * scale;
+    if (kMomentum) {
+      const float mi = b1 * m[e] + ob1 * u;
+      m[e] = mi;
+      u = mi;
+    }
+    emit<kStep>(out, p, e, nlr * u);
+  };
+  if (!kFactored) {
+    for (int64_t e = lo; e < hi; ++e) finish(e, g[e] * (1.0f / std::sqrt(v[e])));
+    return;
+  }
+  for (int64_t row = lo / f.cols; row < hi / f.cols; ++row) {
+    const float ai = f.a[row];
+    const float* __restrict bj = f.b.data() + (row / f.rows) * f.cols;
+    const int64_t base = row * f.cols;
+    for (int64_t j = 0; j < f.cols; ++j) finish(base + j, (g[base + j] * ai) * bj[j]);
+  }
+}
+
+using AdafactorLoop = void (*)(const Leaf&, const Factors&, int64_t, int64_t, const float*);
+
+template <bool kStep, bool kMomentum>
+AdafactorLoop adafactor_loop(bool factored) {
+  return factored ? adafactor_apply<kStep, true, kMomentum> : adafactor_apply<kStep, false, kMomentum>;
+}
+
+ffi::Error adafactor(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> info,
+                     ffi::RemainingArgs args, ffi::RemainingRets rets, bool momentum, bool step) {
+  if (hyper.element_count() != 8) return ffi::Error::InvalidArgument("fused adafactor: 8 scalars expected");
+  const size_t L = info.element_count();
+  size_t n_state = 0;
+  for (size_t i = 0; i < L; ++i) n_state += info.typed_data()[i] != 0.0f ? 2 : 1;
+  const size_t n_mu = momentum ? L : 0;
+  if (args.size() != 2 * L + n_state + n_mu || rets.size() != L + n_state + n_mu)
+    return ffi::Error::InvalidArgument("fused adafactor: wrong number of buffers");
+  auto leaves = std::make_shared<std::vector<Leaf>>(L);
+  auto f = std::make_shared<std::vector<Factors>>(L);
+  for (size_t i = 0, k = 0; i < L; ++i) {
+    Leaf& leaf = (*leaves)[i];
+    Factors& fi = (*f)[i];
+    if (auto e = leaf_io(args, rets, L, i, step, leaf); e.failure()) return e;
+    fi.factored = info.typed_data()[i] != 0.0f;
+    if (fi.factored) {
+      const auto dims = args.get<ffi::AnyBuffer>(L + i)->dimensions();
+      if (dims.size() < 2) return ffi::Error::InvalidArgument("fused adafactor: a factored leaf needs 2 dims");
+      fi.rows = dims[dims.size() - 2], fi.cols = dims[dims.size() - 1];
+      auto r = state_buffer(args, rets, 2 * L + k, L + k, leaf.n / fi.cols);
+      auto c = state_buffer(args, rets, 2 * L + k + 1, L + k + 1, leaf.n / fi.rows);
+      if (!r.has_value()) return r.error();
+      if (!c.has_value()) return c.error();
+      fi.r = *r, fi.c = *c, k += 2;
+      fi.row_sum.assign(leaf.n / fi.cols, 0.0);
+      fi.col_sum.assign(leaf.n / fi.rows, 0.0);
+    } else {
+      auto v = state_buffer(args, rets, 2 * L + k, L + k, leaf.n);
+      if (!v.has_value()) return v.error();
+      leaf.v = *v, k += 1;
+    }
+    if (momentum) {
+      auto m = state_buffer(args, rets, 2 * L + n_state + i, L + n_state + i, leaf.n);
+      if (!m.has_value()) return m.error();
+      leaf.m = *m;
+    }
+  }
+  float h[8];
+  std::copy(hyper.typed_data(), hyper.typed_data() + 8, h);
+  const float beta = h[0], obeta = h[1], eps1 = h[2], d = h[3], eps2 = h[4];
+  int64_t cols_total = 0;
+  auto spans = std::make_shared<std::vector<Span>>(adafactor_spans(*leaves, *f, cols_total));
+  const int64_t S = static_cast<int64_t>(spans->size());
+  auto col_part = std::make_shared<std::vector<float>>(cols_total, 0.0f);
+  auto u_part = std::make_shared<std::vector<double>>(S, 0.0), x_part = std::make_shared<std::vector<double>>(S, 0.0);
+
+  parallel_for(pool, S, [=](int64_t j) {  // pass 1
+    const Span& s = (*spans)[j];
+    const Leaf& leaf = (*leaves)[s.leaf];
+    Factors& fi = (*f)[s.leaf];
+    const float* __restrict x = leaf.p;
+    const float* __restrict g = leaf.g;
+    if (eps2 != 0.0f) (*x_part)[j] = lane_sum(s.lo, s.hi, [x](int64_t e) { return x[e] * x[e]; });
+    if (!fi.factored) {
+      float* __restrict v = leaf.v;
+      (*u_part)[j] = lane_sum(s.lo, s.hi, [=](int64_t e) {
+        const float g2 = g[e] * g[e];
+        const float vi = beta * v[e] + obeta * (g2 + eps1);
+        v[e] = vi;
+        return g2 / vi;  // U^2, without U's root (a rounding apart)
+      });
+      return;
+    }
+    float* __restrict cols = col_part->data() + s.cols_at;
+    for (int64_t row = s.lo / fi.cols; row < s.hi / fi.cols; ++row) {
+      const float* __restrict gr = g + row * fi.cols;
+      fi.row_sum[row] = lane_sum(0, fi.cols, [=](int64_t c) {
+        const float g2 = gr[c] * gr[c] + eps1;
+        cols[c] += g2;
+        return g2;
+      });
+    }
+  });
+
+  for (int64_t j = 0; j < S; ++j) {  // the column sums of each matrix, its chunks in order
+    const Span& s = (*spans)[j];
+    Factors& fi = (*f)[s.leaf];
+    fi.x_sum += (*x_part)[j], fi.u_sum += (*u_part)[j];
+    if (!fi.factored) continue;
+    double* sums = fi.col_sum.data() + (s.lo / (fi.rows * fi.cols)) * fi.cols;
+    for (int64_t c = 0; c < fi.cols; ++c) sums[c] += (*col_part)[s.cols_at + c];
+  }
+  for (size_t i = 0; i < L; ++i)
+    if ((*f)[i].factored) finish_factors((*f)[i], (*leaves)[i].n, beta, obeta);
+
+  if (d != 0.0f) {
+    parallel_for(pool, S, [=](int64_t j) {  // pass 2: the sums of U^2 of factored leaves
+      const Span& s = (*spans)[j];
+      const Factors& fi = (*f)[s.leaf];
+      if (!fi.factored) return;
+      const float* __restrict g = (*leaves)[s.leaf].g;
+      double total = 0.0;
+      for (int64_t row = s.lo / fi.cols; row < s.hi / fi.cols; ++row) {
+        const float ai = fi.a[row];
+        const float* __restrict gr = g + row * fi.cols;
+        const float* __restrict bj = fi.b.data() + (row / fi.rows) * fi.cols;
+        total += lane_sum(0, fi.cols, [=](int64_t c) {
+          const float u = (gr[c] * ai) * bj[c];
+          return u * u;
+        });
+      }
+      (*u_part)[j] = total;
+    });
+    for (int64_t j = 0; j < S; ++j)
+      if ((*f)[(*spans)[j].leaf].factored) (*f)[(*spans)[j].leaf].u_sum += (*u_part)[j];
+  }
+  for (size_t i = 0; i < L; ++i) {
+    Factors& fi = (*f)[i];
+    const double n = static_cast<double>((*leaves)[i].n);
+    if (d != 0.0f) fi.clip = std::max(1.0f, static_cast<float>(std::sqrt(fi.u_sum / n)) / d);
+    if (eps2 != 0.0f) fi.scale = std::max(eps2, static_cast<float>(std::sqrt(fi.x_sum / n)));
+  }
+
+  const AdafactorLoop full = step ? (momentum ? adafactor_loop<true, true>(false) : adafactor_loop<true, false>(false))
+                                  : (momentum ? adafactor_loop<false, true>(false) : adafactor_loop<false, false>(false));
+  const AdafactorLoop factored = step ? (momentum ? adafactor_loop<true, true>(true) : adafactor_loop<true, false>(true))
+                                      : (momentum ? adafactor_loop<false, true>(true) : adafactor_loop<false, false>(true));
+  parallel_for(pool, S, [=](int64_t j) {  // pass 3
+    const Span& s = (*spans)[j];
+    const Factors& fi = (*f)[s.leaf];
+    (fi.factored ? factored : full)((*leaves)[s.leaf], fi, s.lo, s.hi, h);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 #define OPTIMIZERS_BIND                                                                  \
@@ -481,6 +805,9 @@ ffi::Error sgd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ff
       .RemainingArgs().RemainingRets()
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adam, adam, OPTIMIZERS_BIND.Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adafactor, adafactor,
+                              OPTIMIZERS_BIND.Attr<bool>("momentum").Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_amsgrad, amsgrad, OPTIMIZERS_BIND.Attr<bool>("raw").Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lamb, lamb, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lars, lars, OPTIMIZERS_BIND.Attr<bool>("nesterov").Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lion, lion, OPTIMIZERS_BIND.Attr<bool>("step"));

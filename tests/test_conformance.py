@@ -59,10 +59,12 @@ WRAPPED = {
     # The one-pass CPU kernels: the same update as the alias, so the same properties.
     "fused(adam)": lambda **o: make("adam", fused=True, **o),
     "fused(adamw)": lambda **o: make("adamw", fused=True, **o),
+    "fused(amsgrad)": lambda **o: make("amsgrad", fused=True, **o),
     "fused(lamb)": lambda **o: make("lamb", fused=True, **o),
     "fused(lars)": lambda **o: make("lars", fused=True, **o),
     "fused(lion)": lambda **o: make("lion", fused=True, **o),
     "fused(adadelta)": lambda **o: make("adadelta", fused=True, **o),
+    "fused(adafactor)": lambda **o: make("adafactor", fused=True, **o),
     "fused(adagrad)": lambda **o: make("adagrad", fused=True, **o),
     "fused(rprop)": lambda **o: make("rprop", fused=True, **o),
     "fused(sgd)": lambda **o: make("sgd", fused=True, **o),

@@ -1,4 +1,5 @@
-"""The one-pass CPU kernels of adam, adamw, lion, adagrad, adadelta, rprop and sgd (two passes for lamb and lars) (``fused=True``) and update_and_apply.
+"""The CPU kernels of ``fused=True`` (one pass: adam, adamw, lion, adagrad, adadelta, rprop, sgd; two: lamb, lars;
+three: adafactor) and update_and_apply.
 
 The fused transforms are also in the conformance suite (and so in the sharding, checkpoint,
 non-finite, counter, precision and property tests). Here: that the kernel runs, that it is
@@ -16,7 +17,8 @@ import pytest
 import torch
 from helpers import assert_trees_close, run_torch
 from test_adadelta import _adadelta_reference
-from test_adam import _adam_reference
+from test_adafactor import _adafactor_reference
+from test_adam import _adam_reference, _amsgrad_reference
 from test_lion import _lion_reference
 from test_momentum import _sgd_reference
 from test_rprop import _rprop_reference
@@ -26,13 +28,17 @@ import optimizers
 import schedules
 from optimizers import _fused
 
-# Leaves across the kernel's 65,536-element chunks, a scalar, an empty one and a single element.
-SHAPES = {"big": (2 * 65536 + 3,), "mat": (300, 7), "s": (), "empty": (0,), "one": (1,), "blocks": [(2, 3), (5,)]}
+# Leaves across the kernel's 65,536-element chunks, a scalar, an empty one and a single element;
+# for Adafactor a matrix factored by default in two chunks of rows, and a batch of matrices.
+SHAPES = {"big": (2 * 65536 + 3,), "mat": (300, 7), "s": (), "empty": (0,), "one": (1,), "blocks": [(2, 3), (5,)],
+          "wide": (260, 300), "batch": (3, 4, 5)}
 FUSED = {
     "adam": lambda fused, **kw: optimizers.adam(0.01, fused=fused, **kw),
     "adamw": lambda fused, **kw: optimizers.adamw(0.01, weight_decay=0.1, fused=fused, **kw),
     "adamw masked": lambda fused, **kw: optimizers.adamw(
         0.01, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p), fused=fused, **kw),
+    "amsgrad": lambda fused, **kw: optimizers.amsgrad(0.01, fused=fused, **kw),
+    "amsgrad raw": lambda fused, **kw: optimizers.amsgrad(0.01, max_over="raw", fused=fused, **kw),
     "lamb": lambda fused, **kw: optimizers.lamb(0.01, weight_decay=0.1, fused=fused, **kw),
     "lamb masked": lambda fused, **kw: optimizers.lamb(
         0.01, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p),
@@ -48,6 +54,13 @@ FUSED = {
     "rprop": lambda fused, **kw: optimizers.rprop(0.01, fused=fused, **kw),
     "rprop torch": lambda fused, **kw: optimizers.rprop(0.01, form="torch", fused=fused, **kw),
     "sgd": lambda fused, **kw: optimizers.sgd(0.05, fused=fused, **kw),
+    "adafactor": lambda fused, **kw: optimizers.adafactor(0.01, fused=fused, **kw),
+    "adafactor momentum": lambda fused, **kw: optimizers.adafactor(
+        0.05, b1=0.9, relative_step=False, clipping_threshold=2.0, min_dim_size_to_factor=2, fused=fused, **kw),
+    "adafactor every matrix": lambda fused, **kw: optimizers.adafactor(0.01, min_dim_size_to_factor=1, fused=fused,
+                                                                       **kw),
+    "adafactor plain": lambda fused, **kw: optimizers.adafactor(
+        0.05, clipping_threshold=None, multiply_by_parameter_scale=False, fused=fused, **kw),
     "sgd momentum": lambda fused, **kw: optimizers.sgd(0.05, momentum=0.9, fused=fused, **kw),
     "sgd nesterov decay": lambda fused, **kw: optimizers.sgd(0.05, momentum=0.9, nesterov=True, weight_decay=0.01,
                                                              fused=fused, **kw),
@@ -138,6 +151,11 @@ def _adagrad_directions(grads, v0, eps):
         yield g / (np.sqrt(v) + eps)
 
 
+def _adafactor_params(theta, grads, *args):
+    """Adafactor's reference (an empty leaf stays as it is: it has no RMS)."""
+    return iter([theta] * len(grads)) if theta.size == 0 else _adafactor_reference(theta, grads, *args, set())
+
+
 def _adam_params(theta, grads, lr, wd):
     return _decoupled(_adam_reference(grads, 0.9, 0.999, 1e-8), theta, lr, wd)
 
@@ -146,6 +164,8 @@ REFERENCES = {  # per leaf: (theta0, grads, masked in) -> params after each step
     "adam": lambda t, gs, on: _adam_params(t, gs, 0.01, 0.0),
     "adamw": lambda t, gs, on: _adam_params(t, gs, 0.01, 0.1),
     "adamw masked": lambda t, gs, on: _adam_params(t, gs, 0.01, 0.1 if on else 0.0),
+    "amsgrad": lambda t, gs, on: _decoupled(_amsgrad_reference(gs, 0.9, 0.999, 1e-8, "corrected"), t, 0.01, 0.0),
+    "amsgrad raw": lambda t, gs, on: _decoupled(_amsgrad_reference(gs, 0.9, 0.999, 1e-8, "raw"), t, 0.01, 0.0),
     "lamb": lambda t, gs, on: _lamb_reference(t, gs, 0.01, 0.9, 0.999, 1e-8, 0.1, 0.0, np.inf, True, True),
     "lamb masked": lambda t, gs, on: _lamb_reference(t, gs, 0.01, 0.9, 0.999, 1e-8, 0.1, 0.5, 50.0, on, t.size > 1),
     "lars": lambda t, gs, on: _lars_reference(t, gs, 0.1, 0.9, False, 0.0, 0.001, 0.0, True, True),
@@ -157,6 +177,10 @@ REFERENCES = {  # per leaf: (theta0, grads, masked in) -> params after each step
     "rprop": lambda t, gs, on: _decoupled(_rprop_reference(gs, 1.2, 0.5, 1e-4, 5e3, "table"), t, 0.01, 0.0),
     "rprop torch": lambda t, gs, on: _decoupled(_rprop_reference(gs, 1.2, 0.5, 1e-4, 5e3, "torch"), t, 0.01, 0.0),
     "sgd": lambda t, gs, on: _sgd_reference(t, gs, 0.05, 0.0, False, 0.0),
+    "adafactor": lambda t, gs, on: _adafactor_params(t, gs, 0.01, None, 1.0, 1e-3, 128, True),
+    "adafactor momentum": lambda t, gs, on: _adafactor_params(t, gs, 0.05, 0.9, 2.0, 1e-3, 2, False),
+    "adafactor every matrix": lambda t, gs, on: _adafactor_params(t, gs, 0.01, None, 1.0, 1e-3, 1, True),
+    "adafactor plain": lambda t, gs, on: _adafactor_params(t, gs, 0.05, None, np.inf, None, 128, True),
     "sgd momentum": lambda t, gs, on: _sgd_reference(t, gs, 0.05, 0.9, False, 0.0),
     "sgd nesterov decay": lambda t, gs, on: _sgd_reference(t, gs, 0.05, 0.9, True, 0.01),
 }
@@ -182,10 +206,12 @@ def test_matches_the_published_update(name, run):
 TORCH = {
     "adam": lambda ps: torch.optim.Adam(ps, lr=0.01),
     "adamw": lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1),
+    "amsgrad raw": lambda ps: torch.optim.Adam(ps, lr=0.01, amsgrad=True),
     "adagrad": lambda ps: torch.optim.Adagrad(ps, lr=0.1, initial_accumulator_value=0.1, eps=1e-10),
     "adadelta": lambda ps: torch.optim.Adadelta(ps, lr=1.0, rho=0.9, eps=1e-6),
     "rprop torch": lambda ps: torch.optim.Rprop(ps, lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0)),
     "sgd momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+    "adafactor every matrix": lambda ps: torch.optim.Adafactor(ps, lr=0.01, eps=(1e-30, 1e-3)),
     "sgd nesterov decay": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
 }
 
@@ -224,7 +250,8 @@ def test_schedules_and_set_hyperparams():
     b1 = lambda t: 0.9 - 0.01 * jnp.minimum(t, 10)  # noqa: E731
     params, grads = _tree(0), _grads(8)
     for make in (lambda f: optimizers.adamw(lr, b1=b1, weight_decay=decay, fused=f),
-                 lambda f: optimizers.sgd(lr, momentum=lambda t: 0.5 + 0.02 * t, weight_decay=decay, fused=f)):
+                 lambda f: optimizers.sgd(lr, momentum=lambda t: 0.5 + 0.02 * t, weight_decay=decay, fused=f),
+                 lambda f: optimizers.adafactor(lr, b1=b1, fused=f)):
         fused, state = _in_place_steps(make(True), params, grads)
         plain, plain_state = _in_place_steps(make(False), params, grads)
         assert_trees_close(fused[-1], plain[-1], rtol=1e-6)

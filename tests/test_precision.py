@@ -240,10 +240,12 @@ PINNED = {
     # bfloat16 params run the unfused chain: the aliases' drift.
     "fused(adam)": (2.00e-02, 1.96e-02),
     "fused(adamw)": (2.00e-02, 1.96e-02),
+    "fused(amsgrad)": (4.04e-02, 3.90e-02),
     "fused(lamb)": (6.33e-02, 6.08e-02),
     "fused(lars)": (2.12e-02, 4.32e-02),
     "fused(lion)": (2.05e-01, 2.05e-01),
     "fused(adadelta)": (1.29e-01, 1.29e-01),
+    "fused(adafactor)": (7.01e-03, 4.75e-03),
     "fused(adagrad)": (3.74e-02, 3.74e-02),
     "fused(rprop)": (3.13e-03, 2.81e-03),
     "fused(sgd)": (2.66e-02, 2.66e-02),
