@@ -17,13 +17,17 @@ automatically; our hyperparameters in ``KWARGS``, the counterparts, with the sam
 ``OPTAX`` and ``TORCH``):
 
 * **Step time** of one jit-compiled step, ``optimizers.update_and_apply`` (``tx.update`` then
-  ``optax.apply_updates``; for the rows ``adam fused``, ``adamw fused``, ``sgd fused``, the
-  alias with ``fused=True``, whose step writes the params in place), params and state donated
-  (``donate_argnums=(0, 1)``), timed to ``block_until_ready``; the same for optax's
+  ``optax.apply_updates``; for the rows ``... fused``, the alias with ``fused=True``, whose
+  step writes the params in place, and ``... fused flat`` also ``flat_state=True``), params and state donated
+  (``donate_argnums=(0, 1)``), timed until its outputs are ready (``block_until_ready`` on
+  one output: the outputs of one program's execution become ready together, which each
+  repetition checks; blocking on each of a 150-leaf tree's 450 outputs costs about 1 ms,
+  which a training loop does not pay); the same for optax's
   version of the algorithm, and ``torch.optim``'s ``step()`` with ``foreach=True`` and with
   ``fused=True`` where PyTorch has a fused kernel on the device. After ``--warmup`` steps each,
   ``--reps`` repetitions: ours and optax's back to back (the order flipping every repetition),
-  then torch's. Reported: median and interquartile range; ``ours/optax`` is the median of the
+  then torch's in a phase of their own (its OpenMP threads spin after a step and would slow
+  a JAX step that follows). Reported: median and interquartile range; ``ours/optax`` is the median of the
   per-repetition ratios (paired, so the drifts of a shared machine cancel).
 * **Floor**: the bandwidth of the fastest elementwise in-place pass on this machine (JAX, PyTorch
   and NumPy candidates, measured before and after the rest; bytes read + written per second)
@@ -337,11 +341,21 @@ class JaxStep:
                                               self.ours)[1])
 
     def __call__(self) -> float:
-        import jax
         start = time.perf_counter()
         self.params, self.state = self.compiled(self.params, self.state, self.grads)
-        jax.block_until_ready((self.params, self.state))
-        return time.perf_counter() - start
+        return wait_for_outputs(start, (self.params, self.state))
+
+
+def wait_for_outputs(start: float, outputs) -> float:
+    """Seconds from ``start`` until one program's ``outputs`` are ready: blocks on one of them
+    (they become ready together: checked after the clock stops)."""
+    import jax
+    leaves = jax.tree.leaves(outputs)
+    leaves[0].block_until_ready()
+    seconds = time.perf_counter() - start
+    if not all(x.is_ready() for x in leaves):
+        raise RuntimeError("benchmark: a step's outputs did not become ready together")
+    return seconds
 
 
 def torch_device() -> Optional[str]:
@@ -391,19 +405,23 @@ class Timing(NamedTuple):
 
 
 def interleaved(jax_steps: dict, torch_steps: dict, reps: int, warmup: int) -> dict[str, list[float]]:
-    """Per-repetition times: JAX variants back to back (order flipping), then torch's."""
-    for step in [*jax_steps.values(), *torch_steps.values()]:
-        for _ in range(warmup):
-            step()
+    """Per-repetition times: the JAX variants back to back (order flipping), then, in a phase of
+    their own, torch's. torch's OpenMP threads keep spinning for a while after each step
+    (libgomp's default wait policy, torch's fastest), which takes a core from a JAX step that
+    follows at once (measured on 2 cores: fused Adam on the 150-leaf tree 9.5 ms after itself,
+    12.5 ms after a torch step)."""
     times = {k: [] for k in [*jax_steps, *torch_steps]}
-    gc.disable()
-    try:
-        for r in range(reps):
-            for group in (jax_steps, torch_steps):
+    for group in (jax_steps, torch_steps):
+        for step in group.values():
+            for _ in range(warmup):
+                step()
+        gc.disable()
+        try:
+            for r in range(reps):
                 for k in (list(group) if r % 2 == 0 else list(group)[::-1]):
                     times[k].append(group[k]())
-    finally:
-        gc.enable()
+        finally:
+            gc.enable()
     return times
 
 
@@ -530,8 +548,8 @@ def measure(name, shapes, floor, args, device, options) -> Row:
     grads_np = random_tree(shapes, 1, 1e-3)
     grads = jax.tree.map(jax.numpy.array, grads_np)
     n, leaves = num_params(params_np), len(jax.tree.leaves(params_np))
-    base, fused = name.removesuffix(FUSED_SUFFIX), name.endswith(FUSED_SUFFIX)
-    tx = getattr(opt, base)(**kwargs(base), **({"fused": True} if fused else {}))
+    row, (base, variant) = name, split_variant(name)
+    tx = getattr(opt, base)(**kwargs(base), **VARIANTS.get(variant, {}))
     jax_steps = {"ours": JaxStep(tx, params_np, grads, options, ours=True)}
     name = base  # the counterparts and the floor are those of the algorithm
     if name in OPTAX:
@@ -555,7 +573,7 @@ def measure(name, shapes, floor, args, device, options) -> Row:
     need = min_bytes(name, ours.state_bytes / n)
     bw = floor(working_set(n, ours.state_bytes / n))[0]
     return Row(
-        tree="", optimizer=base + (FUSED_SUFFIX if fused else ""), params=n, leaves=leaves, ours=timing["ours"], optax=timing.get("optax"),
+        tree="", optimizer=row, params=n, leaves=leaves, ours=timing["ours"], optax=timing.get("optax"),
         ours_over_optax=ratio, torch_foreach=timing.get("foreach"), torch_fused=timing.get("fused"),
         ours_over_torch=timing["ours"].median / best_torch, min_bytes=need, floor_ms=1e3 * need * n / bw,
         ours_hlo=ours.traffic, optax_hlo=other.traffic if other else None,
@@ -581,8 +599,7 @@ def dispatch_ms(shapes, reps: int) -> float:
     for _ in range(reps):
         start = time.perf_counter()
         params, state = step(params, state, grads)
-        jax.block_until_ready((params, state))
-        times.append(time.perf_counter() - start)
+        times.append(wait_for_outputs(start, (params, state)))
     return 1e3 * statistics.median(times[1:] or times)
 
 
@@ -685,9 +702,21 @@ def csv_rows(rows: list[Row]):
 
 # --------------------------------------------------------------------------- main
 
-FUSED_SUFFIX = " fused"  # a row of alias(..., fused=True), stepped with optimizers.update_and_apply
+# Rows "alias variant" (stepped with optimizers.update_and_apply): the alias built with these.
+VARIANTS = {"fused": dict(fused=True), "fused flat": dict(fused=True, flat_state=True)}
 FUSED = ("adadelta", "adafactor", "adagrad", "adam", "adamw", "amsgrad", "lamb", "lars", "lion", "rprop", "sgd")
-SMOKE_ONLY = ("adam", "adam" + FUSED_SUFFIX, "lamb")
+FLAT = ("adam", "adamw", "sgd")  # with flat_state
+SMOKE_ONLY = ("adam", "adam fused", "adam fused flat", "lamb")
+
+
+def split_variant(name: str) -> tuple[str, str]:
+    """``"adam fused flat"`` -> ``("adam", "fused flat")``; an alias -> ``(name, "")``."""
+    base, _, variant = name.partition(" ")
+    if variant and variant not in VARIANTS:
+        raise ValueError(f"benchmark: unknown variant {variant!r} of {base!r} (known: {sorted(VARIANTS)})")
+    return base, variant
+
+
 # XLA:CPU's sibling multi-output fusion: only an XLA_FLAGS backend option (not a compile option).
 MOF_FLAG = "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"
 # glibc: one arena, no mmap, no trimming: freed temporaries are reused instead of page-faulted in again.
@@ -698,7 +727,7 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 
 def with_fused(names: list[str]) -> list[str]:
     """``names`` with a fused row after each alias that has ``fused=True``."""
-    return [row for n in names for row in ([n, n + FUSED_SUFFIX] if n in FUSED else [n])]
+    return [row for n in names for row in [n] + [f"{n} fused"] * (n in FUSED) + [f"{n} fused flat"] * (n in FLAT)]
 
 
 def parse_args(argv=None):

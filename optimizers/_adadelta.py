@@ -10,7 +10,7 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._dtypes import inner, real_zeros_like, store, store_like, widen
-from optimizers._fused import fused_direction
+from optimizers._fused import check_flat_state, fused_direction
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -66,18 +66,20 @@ def scale_by_adadelta(rho: ScalarOrSchedule = 0.9, eps: ScalarOrSchedule = 1e-6)
 
 
 def adadelta(learning_rate: ScalarOrSchedule = 1.0, rho: ScalarOrSchedule = 0.9,
-             eps: ScalarOrSchedule = 1e-6, *, fused: bool = False) -> optax.GradientTransformation:
+             eps: ScalarOrSchedule = 1e-6, *, fused: bool = False, flat_state: bool = False
+             ) -> optax.GradientTransformation:
     r"""Adadelta: :math:`\theta_t = \theta_{t-1} - \gamma_t d_t` (:func:`scale_by_adadelta`).
 
     The paper has no learning rate (:math:`\gamma = 1`, the default). optax's ``adadelta``
     defaults to ``learning_rate=None``, which ascends. ``fused=True``: the same update as one
-    pass over memory on the CPU (see :func:`adam`).
+    pass over memory on the CPU (see :func:`adam`); ``flat_state`` as there.
     """
     chain = optax.chain(scale_by_adadelta(rho, eps), scale_by_learning_rate(learning_rate))
+    check_flat_state("adadelta", fused, flat_state)
     if not fused:
         return chain
     return fused_direction("adadelta", chain, "optimizers_adadelta", dict(rho=rho, eps=eps), _adadelta_scalars,
-                           ("nu", "delta_nu"), learning_rate)
+                           ("nu", "delta_nu"), learning_rate, flat=flat_state)
 
 
 def _adadelta_scalars(hp, state):

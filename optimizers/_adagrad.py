@@ -10,7 +10,7 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._dtypes import abs2, real_full_like, store, store_like, widen
-from optimizers._fused import fused_direction
+from optimizers._fused import check_flat_state, fused_direction
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -62,15 +62,18 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: ScalarOrSchedule =
 
 
 def adagrad(learning_rate: ScalarOrSchedule, initial_accumulator_value: float = 0.0,
-            eps: ScalarOrSchedule = 1e-10, *, fused: bool = False) -> optax.GradientTransformation:
+            eps: ScalarOrSchedule = 1e-10, *, fused: bool = False, flat_state: bool = False
+            ) -> optax.GradientTransformation:
     r"""AdaGrad: :math:`\theta_t = \theta_{t-1} - \gamma_t g_t / (\sqrt{v_t} + \epsilon)`.
 
     See :func:`scale_by_rss`. PyTorch's ``lr_decay`` is the schedule
     ``lambda t: lr / (1 + t * lr_decay)``. ``fused=True``: the same update as one pass over
-    memory on the CPU (see :func:`adam`), as ``torch.optim.Adagrad(fused=True)``.
+    memory on the CPU (see :func:`adam`), as ``torch.optim.Adagrad(fused=True)``;
+    ``flat_state`` as in :func:`adam`.
     """
     chain = optax.chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate))
+    check_flat_state("adagrad", fused, flat_state)
     if not fused:
         return chain
     return fused_direction("adagrad", chain, "optimizers_adagrad", dict(eps=eps), lambda hp, state: [hp["eps"]],
-                           ("sum_of_squares",), learning_rate)
+                           ("sum_of_squares",), learning_rate, flat=flat_state)

@@ -10,7 +10,7 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._dtypes import real_zeros_like, store, store_like, widen
-from optimizers._fused import fused_direction
+from optimizers._fused import check_flat_state, fused_direction
 from optimizers._hyperparams import current_hyperparams, init_hyperparams
 from optimizers._moments import adam_moments, bias_correction, check_betas, ema, step_number
 from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
@@ -69,25 +69,32 @@ def adam_scalars(hp, state):
             bias_correction(hp["b2"], t), hp["eps"]]
 
 
-def _fused_adam(owner, chain, learning_rate, b1, b2, eps, weight_decay=None, mask=None):
+def _fused_adam(owner, chain, fused, flat_state, learning_rate, b1, b2, eps, weight_decay=None, mask=None):
+    check_flat_state(owner, fused, flat_state)
+    if not fused:
+        return chain
     return fused_direction(owner, chain, "optimizers_adam", dict(b1=b1, b2=b2, eps=eps), adam_scalars, ("mu", "nu"),
-                           learning_rate, weight_decay, mask)
+                           learning_rate, weight_decay, mask, flat=flat_state)
 
 
 def adam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
-         eps: ScalarOrSchedule = 1e-8, *, fused: bool = False) -> optax.GradientTransformation:
+         eps: ScalarOrSchedule = 1e-8, *, fused: bool = False, flat_state: bool = False
+         ) -> optax.GradientTransformation:
     r"""Adam: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` with :func:`scale_by_adam`'s :math:`u_t`.
 
     ``fused=True``: the same update as one pass over memory on the CPU (``_fused.py``; with
     :func:`update_and_apply`, the whole step in place, as ``torch.optim.Adam(fused=True)``).
+    ``flat_state=True`` (with ``fused``): :math:`m` and :math:`v` each one flat float32 array
+    (the leaves one after another) instead of a tree: the same numbers, two buffers for JAX to
+    pass instead of two per leaf (for float32 params; its checkpoints are not the tree form's).
     """
     chain = optax.chain(scale_by_adam(b1, b2, eps), scale_by_learning_rate(learning_rate))
-    return _fused_adam("adam", chain, learning_rate, b1, b2, eps) if fused else chain
+    return _fused_adam("adam", chain, fused, flat_state, learning_rate, b1, b2, eps)
 
 
 def adamw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
           eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.01,
-          mask: MaskOrFn = None, *, fused: bool = False) -> optax.GradientTransformation:
+          mask: MaskOrFn = None, *, fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:
     r"""AdamW: :math:`\theta_t = \theta_{t-1} - \gamma_t (u_t + \lambda \theta_{t-1})`.
 
     Decoupled weight decay multiplied by the learning rate, as in document 003's table
@@ -98,7 +105,7 @@ def adamw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scala
         PyTorch's ``0.01``. The paper's schedule multiplier :math:`\eta_t` is the learning
         rate's schedule here.
 
-    ``fused=True``: one pass over memory on the CPU, as in :func:`adam`.
+    ``fused=True``: one pass over memory on the CPU, and ``flat_state``, as in :func:`adam`.
 
     References:
         Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019, Algorithm 2.
@@ -108,7 +115,7 @@ def adamw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scala
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
-    return _fused_adam("adamw", chain, learning_rate, b1, b2, eps, weight_decay, mask) if fused else chain
+    return _fused_adam("adamw", chain, fused, flat_state, learning_rate, b1, b2, eps, weight_decay, mask)
 
 
 class ScaleByAmsgradState(NamedTuple):
@@ -164,18 +171,19 @@ def scale_by_amsgrad(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
 
 
 def amsgrad(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
-            eps: ScalarOrSchedule = 1e-8, max_over: str = "corrected", *, fused: bool = False
-            ) -> optax.GradientTransformation:
+            eps: ScalarOrSchedule = 1e-8, max_over: str = "corrected", *, fused: bool = False,
+            flat_state: bool = False) -> optax.GradientTransformation:
     r"""AMSGrad: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_amsgrad`).
 
     ``max_over="raw"`` gives ``torch.optim.Adam(amsgrad=True)``. ``fused=True``: one pass over
-    memory on the CPU, as in :func:`adam`.
+    memory on the CPU, and ``flat_state``, as in :func:`adam`.
     """
     chain = optax.chain(scale_by_amsgrad(b1, b2, eps, max_over), scale_by_learning_rate(learning_rate))
+    check_flat_state("amsgrad", fused, flat_state)
     if not fused:
         return chain
     return fused_direction("amsgrad", chain, "optimizers_amsgrad", dict(b1=b1, b2=b2, eps=eps), adam_scalars,
-                           ("mu", "nu", "nu_max"), learning_rate, raw=max_over == "raw")
+                           ("mu", "nu", "nu_max"), learning_rate, flat=flat_state, raw=max_over == "raw")
 
 
 class ScaleByAdamaxState(NamedTuple):

@@ -134,18 +134,22 @@ def _outputs(kept, computed, params, grads, step):
     return _merge(kept, computed, params if step else [jnp.zeros_like(g) for g in grads])
 
 
-def _call(target: str, hyper, decays, params, grads, buffers, step: bool, flags=None, **attrs):
+def _call(target: str, hyper, decays, params, grads, buffers, step: bool, flags=None, flat=False, **attrs):
     """One kernel call over all leaves: (outputs, new buffers), outputs the new params (``step``) or updates.
 
-    ``buffers``: lists of per-leaf state buffers shaped like the grads, in the kernel's order;
-    ``decays`` and ``flags`` (one number per leaf each) are its info operand.
+    ``buffers``: lists of per-leaf state buffers shaped like the grads, in the kernel's order,
+    or (``flat``) one flat array each, the leaves one after another; ``decays`` and ``flags``
+    (one number per leaf each) are its info operand.
     """
     kept = _with_elements(grads)
     if not kept:
         return _outputs(kept, [], params, grads, step), buffers
     pick = lambda xs: [xs[i] for i in kept]  # noqa: E731
+    operands = list(buffers) if flat else [b for buffer in buffers for b in pick(buffer)]
     out, state = _ffi(target, hyper, pick(decays) + (pick(flags) if flags else []), pick(params), pick(grads),
-                      [b for buffer in buffers for b in pick(buffer)], step, **attrs)
+                      operands, step, **attrs)
+    if flat:
+        return _outputs(kept, out, params, grads, step), list(state)
     n = len(kept)
     return (_outputs(kept, out, params, grads, step),
             [_merge(kept, state[k * n:(k + 1) * n], buffer) for k, buffer in enumerate(buffers)])
@@ -174,13 +178,74 @@ def _on_cpu(kernel, unfused, *args):
     return jax.lax.platform_dependent(*args, cpu=kernel, default=unfused)
 
 
-def fused(owner: str, chain: optax.GradientTransformation, kernel, state_trees) -> optax.GradientTransformation:
+def check_flat_state(owner: str, fused: bool, flat_state: bool) -> None:
+    if flat_state and not fused:
+        raise ValueError(f"{owner}: flat_state=True needs fused=True (it is the fused kernel's layout)")
+
+
+def _check_flat(owner: str, params) -> None:
+    for path, x in jax.tree_util.tree_leaves_with_path(params):
+        if jnp.result_type(x) != jnp.float32:
+            raise ValueError(f"{owner}: flat_state=True needs float32 params and gradients, got "
+                             f"{jax.tree_util.keystr(path) or 'params'} of dtype {jnp.result_type(x)}")
+
+
+def flatten_state(state, fields):
+    """``state`` (a chain's tuple) with each ``(link, field)`` of ``fields`` one flat float32 array."""
+    state = list(state)
+    for i, f in fields:
+        leaves = [x.ravel() for x in jax.tree.leaves(getattr(state[i], f))]
+        flat = jnp.concatenate(leaves) if leaves else jnp.zeros((0,), jnp.float32)
+        state[i] = state[i]._replace(**{f: flat})
+    return tuple(state)
+
+
+def unflatten_state(state, fields, params):
+    """The inverse of :func:`flatten_state`: each field back in the params' tree and shapes."""
+    leaves, treedef = jax.tree.flatten(params)
+    starts = [0]
+    for x in leaves:
+        starts.append(starts[-1] + x.size)
+    state = list(state)
+    for i, f in fields:
+        flat = getattr(state[i], f)
+        if flat.shape != (starts[-1],):
+            raise ValueError(f"flat_state: the state's {f!r} has shape {flat.shape}, the params need "
+                             f"({starts[-1]},)")
+        parts = [flat[a:b].reshape(x.shape) for a, b, x in zip(starts, starts[1:], leaves)]
+        state[i] = state[i]._replace(**{f: treedef.unflatten(parts)})
+    return tuple(state)
+
+
+def _with_flat_state(owner, chain, fields) -> optax.GradientTransformation:
+    """``chain`` keeping the per-parameter ``fields`` as flat arrays (unflattened around its update)."""
+
+    def init_fn(params):
+        _check_flat(owner, params)
+        return flatten_state(chain.init(params), fields)
+
+    def update_fn(grads, state, params=None):
+        if params is None:
+            raise ValueError(f"{owner}: flat_state=True needs params in update")
+        updates, state = chain.update(grads, unflatten_state(state, fields, params), params)
+        return updates, flatten_state(state, fields)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def fused(owner: str, chain: optax.GradientTransformation, kernel, state_trees,
+          flat_fields=()) -> optax.GradientTransformation:
     """``chain`` with its update run by ``kernel(grads, state, params, step) -> (outputs, state)`` where it applies.
 
     ``state_trees(state)`` are the state's per-parameter buffers (for the dtype check). The
     transform's ``update`` writes updates; its step (:func:`update_and_apply`) the params.
+    ``flat_fields``: the ``(link, field)`` pairs kept as one flat array each (``flat_state=True``:
+    fewer buffers for JAX to pass, the kernel's layout; the unfused chain, where it runs, gets
+    them unflattened).
     """
     load_kernels()  # here, so that a missing compiler is reported where fused=True is asked for
+    if flat_fields:
+        chain = _with_flat_state(owner, chain, flat_fields)
 
     def applies(grads, state, params):
         return params is not None and bool(jax.tree.leaves(grads)) and _runs_fused(grads, params, state_trees(state))
@@ -229,14 +294,14 @@ def update_and_apply(tx: optax.GradientTransformation, grads, state, params):
 
 
 def direction_kernel(target: str, values: dict, scalars, fields: tuple, learning_rate, weight_decay=None,
-                     mask=None, **attrs):
+                     mask=None, flat=False, **attrs):
     """The kernel of ``chain(direction, [add_decayed_weights], scale_by_learning_rate)``.
 
     ``values`` are the direction's hyperparameters (numbers or schedules, as it was built
     with); ``scalars(hp, link)`` the kernel's scalars from their values at this update and the
     direction's state before it (the kernel gets them, then :math:`-\\gamma_t`); ``fields`` the
-    state's per-parameter buffers, in the kernel's order; ``attrs`` the kernel's static
-    attributes.
+    state's per-parameter buffers, in the kernel's order (``flat``: one flat array each);
+    ``attrs`` the kernel's static attributes.
     """
 
     def kernel(grads, state, params, step):
@@ -250,20 +315,22 @@ def direction_kernel(target: str, values: dict, scalars, fields: tuple, learning
             wd, decay_new = _advance(decay_link, weight_decay=weight_decay)
             lam, new_decay = wd["weight_decay"], [decay_new]
         g, treedef = jax.tree.flatten(grads)
+        state_buffers = [getattr(link, f) if flat else jax.tree.leaves(getattr(link, f)) for f in fields]
         out, buffers = _call(target, hyper, _leaf_decays(decay_link, lam, mask, params), jax.tree.leaves(params), g,
-                             [jax.tree.leaves(getattr(link, f)) for f in fields], step, **attrs)
-        new_link = new_link._replace(**{f: treedef.unflatten(b) for f, b in zip(fields, buffers)})
+                             state_buffers, step, flat=flat, **attrs)
+        new_link = new_link._replace(**{f: b if flat else treedef.unflatten(b) for f, b in zip(fields, buffers)})
         return treedef.unflatten(out), (new_link, *new_decay, lr_new)
 
     return kernel
 
 
 def fused_direction(owner: str, chain, target: str, values: dict, scalars, fields: tuple, learning_rate,
-                    weight_decay=None, mask=None, **attrs) -> optax.GradientTransformation:
+                    weight_decay=None, mask=None, flat=False, **attrs) -> optax.GradientTransformation:
     """``chain`` (direction, [add_decayed_weights], scale_by_learning_rate) run by the kernel ``target``
-    (see :func:`direction_kernel`)."""
-    kernel = direction_kernel(target, values, scalars, fields, learning_rate, weight_decay, mask, **attrs)
-    return fused(owner, chain, kernel, lambda state: [getattr(state[0], f) for f in fields])
+    (see :func:`direction_kernel`); ``flat``: its state buffers kept flat (``flat_state=True``)."""
+    kernel = direction_kernel(target, values, scalars, fields, learning_rate, weight_decay, mask, flat, **attrs)
+    return fused(owner, chain, kernel, lambda state: [getattr(state[0], f) for f in fields],
+                 [(0, f) for f in fields] if flat else ())
 
 
 def fused_lamb(chain, adam_values: dict, adam_scalars, min_param_norm, max_param_norm, learning_rate,
@@ -312,7 +379,7 @@ def fused_lars(chain, lars_values: dict, momentum, nesterov: bool, learning_rate
     return fused("lars", chain, kernel, lambda state: state[2].trace)
 
 
-def sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask):
+def sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask, flat=False):
     """The kernel of ``chain(add_decayed_weights or identity, trace or identity, scale_by_learning_rate)``."""
 
     def kernel(grads, state, params, step):
@@ -326,14 +393,14 @@ def sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask):
         buffers = []
         if has_momentum:
             hp, trace_new = _advance(trace_link, momentum=momentum)
-            mu, buffers = hp["momentum"], [jax.tree.leaves(trace_link.trace)]
+            mu, buffers = hp["momentum"], [trace_link.trace if flat else jax.tree.leaves(trace_link.trace)]
         g, treedef = jax.tree.flatten(grads)
         hyper = jnp.stack([mu, -lr["learning_rate"]]).astype(jnp.float32)
         decays = _leaf_decays(decay_link if has_decay else None, lam, mask, params)
         out, new_buffers = _call("optimizers_sgd", hyper, decays, jax.tree.leaves(params), g,
-                                 buffers, step, momentum=has_momentum, nesterov=bool(nesterov))
+                                 buffers, step, flat=flat, momentum=has_momentum, nesterov=bool(nesterov))
         if has_momentum:
-            trace_link = trace_new._replace(trace=treedef.unflatten(new_buffers[0]))
+            trace_link = trace_new._replace(trace=new_buffers[0] if flat else treedef.unflatten(new_buffers[0]))
         return treedef.unflatten(out), (decay_link, trace_link, lr_new)
 
     return kernel

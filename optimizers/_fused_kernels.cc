@@ -6,12 +6,14 @@
 // These kernels read every input once and write every output once, over all the leaves of a
 // pytree in one call, split into chunks that XLA's intra-op thread pool and the calling thread
 // share.  The formulas, and the order of their float32 operations, are those of the chains in
-// _adam.py, _trust_ratio.py, _lion.py, _adagrad.py, _adadelta.py, _rprop.py and _momentum.py (see _fused.py); the in-place buffers (params in "step" mode, the
-// moments always) are aliased to their results by the caller.
+// _adam.py, _trust_ratio.py, _lion.py, _adagrad.py, _adadelta.py, _rprop.py, _momentum.py and
+// _adafactor.py (see _fused.py); the in-place buffers (params in "step" mode, the moments
+// always) are aliased to their results by the caller.
 //
-// Operands of both kernels: hyper (f32[k], the step's scalars), decay (f32[L], the weight decay
-// of each of the L leaves), then L params, L gradients and L of each state buffer.
-// Results: L outputs (updates, or the new params in step mode), then L of each state buffer.
+// Operands of the kernels but Adafactor's: hyper (f32[k], the step's scalars), decay (f32[L],
+// the weight decay of each of the L leaves), then L params, L gradients and L of each state
+// buffer (or one flat buffer of each). Results: L outputs (updates, or the new params in step
+// mode), then the state buffers as they came.
 
 #include <algorithm>
 #include <array>
@@ -110,26 +112,37 @@ ffi::ErrorOr<float*> state_buffer(const ffi::RemainingArgs& args, const ffi::Rem
 }
 
 // Collects the leaves; state buffers (and params in step mode) must be aliased to their results.
+// Each state buffer comes either per leaf (L operands) or flat (one operand holding the leaves
+// one after another, in order: flat_state=True); with one leaf the two are the same.
 ffi::ErrorOr<std::shared_ptr<std::vector<Leaf>>> collect(const ffi::Buffer<ffi::F32>& decay,
                                                          const ffi::RemainingArgs& args,
                                                          const ffi::RemainingRets& rets,
                                                          int n_state, bool step, size_t L) {
-  if (args.size() != (2 + n_state) * L || rets.size() != (1 + n_state) * L)
-    return ffi::Unexpected(ffi::Error::InvalidArgument("fused optimizer: wrong number of buffers"));
+  const bool per_leaf = args.size() == (2 + n_state) * L && rets.size() == (1 + n_state) * L;
+  const bool flat = args.size() == 2 * L + n_state && rets.size() == L + n_state;
+  if (!per_leaf && !flat) return ffi::Unexpected(ffi::Error::InvalidArgument("fused optimizer: wrong number of buffers"));
   auto leaves = std::make_shared<std::vector<Leaf>>(L);
+  int64_t total = 0;
   for (size_t i = 0; i < L; ++i) {
     Leaf& leaf = (*leaves)[i];
     if (auto e = leaf_io(args, rets, L, i, step, leaf); e.failure()) return ffi::Unexpected(e);
-    float* state[3] = {nullptr, nullptr, nullptr};
-    for (int k = 0; k < n_state; ++k) {
-      auto buffer = state_buffer(args, rets, (2 + k) * L + i, (1 + k) * L + i, leaf.n);
-      if (!buffer.has_value()) return ffi::Unexpected(buffer.error());
-      state[k] = *buffer;
-    }
-    leaf.m = state[0];
-    leaf.v = state[1];
-    leaf.w = state[2];
     leaf.decay = decay.typed_data()[i];
+    total += leaf.n;
+  }
+  for (int k = 0; k < n_state; ++k) {
+    float* Leaf::*field = k == 0 ? &Leaf::m : (k == 1 ? &Leaf::v : &Leaf::w);
+    if (flat && !per_leaf) {
+      auto buffer = state_buffer(args, rets, 2 * L + k, L + k, total);
+      if (!buffer.has_value()) return ffi::Unexpected(buffer.error());
+      float* at = *buffer;
+      for (Leaf& leaf : *leaves) leaf.*field = at, at += leaf.n;
+      continue;
+    }
+    for (size_t i = 0; i < L; ++i) {
+      auto buffer = state_buffer(args, rets, (2 + k) * L + i, (1 + k) * L + i, (*leaves)[i].n);
+      if (!buffer.has_value()) return ffi::Unexpected(buffer.error());
+      (*leaves)[i].*field = *buffer;
+    }
   }
   return leaves;
 }

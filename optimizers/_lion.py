@@ -10,7 +10,7 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._dtypes import reject_complex
-from optimizers._fused import fused_direction
+from optimizers._fused import check_flat_state, fused_direction
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -62,8 +62,8 @@ def scale_by_lion(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.99) -> op
 
 
 def lion(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.99,
-         weight_decay: ScalarOrSchedule = 1.0, mask: MaskOrFn = None, *, fused: bool = False
-         ) -> optax.GradientTransformation:
+         weight_decay: ScalarOrSchedule = 1.0, mask: MaskOrFn = None, *, fused: bool = False,
+         flat_state: bool = False) -> optax.GradientTransformation:
     r"""Lion: :math:`\theta_t = \theta_{t-1} - \gamma_t (u_t + \lambda \theta_{t-1})`.
 
     :math:`u_t` from :func:`scale_by_lion`; the decay is decoupled and multiplied by the
@@ -83,6 +83,7 @@ def lion(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
         weight_decay: :math:`\lambda \ge 0` (1.0).
         mask: which leaves are decayed (see :func:`add_decayed_weights`).
         fused: the same update as one pass over memory on the CPU (see :func:`adam`).
+        flat_state: with ``fused``, the momentum as one flat float32 array (see :func:`adam`).
 
     References:
         Chen et al., "Symbolic Discovery of Optimization Algorithms", NeurIPS 2023, Program 1.
@@ -92,10 +93,11 @@ def lion(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
+    check_flat_state("lion", fused, flat_state)
     if not fused:
         return chain
     return fused_direction("lion", chain, "optimizers_lion", dict(b1=b1, b2=b2), _lion_scalars, ("mu",),
-                           learning_rate, weight_decay, mask)
+                           learning_rate, weight_decay, mask, flat=flat_state)
 
 
 def _lion_scalars(hp, state):

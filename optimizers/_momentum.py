@@ -11,7 +11,7 @@ import optax
 from optimizers._checks import transformation
 from optimizers._dtypes import store, store_like, widen
 from optimizers._fused import fused as fused_transform
-from optimizers._fused import sgd_kernel
+from optimizers._fused import check_flat_state, sgd_kernel
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -63,7 +63,7 @@ def trace(decay: ScalarOrSchedule = 0.9, nesterov: bool = False) -> optax.Gradie
 
 def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 0.0,
         nesterov: bool = False, weight_decay: ScalarOrSchedule = 0.0,
-        mask: MaskOrFn = None, *, fused: bool = False) -> optax.GradientTransformation:
+        mask: MaskOrFn = None, *, fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:
     r"""Stochastic gradient descent, with optional momentum and L2 weight decay.
 
     .. math::
@@ -85,6 +85,7 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 
         mask: which leaves are decayed (see :func:`add_decayed_weights`).
         fused: the same update as one pass over memory on the CPU (see :func:`adam`), as
             ``torch.optim.SGD(fused=True)``.
+        flat_state: with ``fused``, the momentum as one flat float32 array (see :func:`adam`).
     """
     if momentum is not None:
         check_range("sgd", "momentum", momentum, 0.0, 1.0, high_open=True)
@@ -95,7 +96,9 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 
         optax.identity() if is_zero(momentum) else trace(momentum, nesterov),
         scale_by_learning_rate(learning_rate),
     )
+    check_flat_state("sgd", fused, flat_state)
     if not fused:
         return chain
-    kernel = sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask)
-    return fused_transform("sgd", chain, kernel, lambda state: getattr(state[1], "trace", ()))
+    kernel = sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask, flat_state)
+    flat_fields = [(1, "trace")] if flat_state and not is_zero(momentum) else ()
+    return fused_transform("sgd", chain, kernel, lambda state: getattr(state[1], "trace", ()), flat_fields)

@@ -11,7 +11,7 @@ import optax
 from optimizers._checks import transformation
 from optimizers._elementwise import after, clip
 from optimizers._dtypes import reject_complex
-from optimizers._fused import fused_direction
+from optimizers._fused import check_flat_state, fused_direction
 from optimizers._hyperparams import check_range, init_hyperparams
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -118,7 +118,7 @@ def scale_by_rprop(eta_plus: float = 1.2, eta_minus: float = 0.5, min_scale: flo
 
 def rprop(learning_rate: ScalarOrSchedule, eta_plus: float = 1.2, eta_minus: float = 0.5,
           min_scale: float = 1e-4, max_scale: float = 5e3, form: str = "table", *,
-          fused: bool = False) -> optax.GradientTransformation:
+          fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:
     r"""Rprop: :math:`\theta_t = \theta_{t-1} - \gamma_t \zeta_t \operatorname{sign}(g_t)`.
 
     :math:`\zeta_t` from :func:`scale_by_rprop`. The learning rate is the initial step size
@@ -126,13 +126,14 @@ def rprop(learning_rate: ScalarOrSchedule, eta_plus: float = 1.2, eta_minus: flo
     ``rprop(lr, min_scale=a/lr, max_scale=b/lr, form="torch")`` is
     ``torch.optim.Rprop(lr=lr, step_sizes=(a, b))``; a schedule rescales all step sizes at
     once (and ``0`` freezes the parameters). ``fused=True``: the same update as one pass over
-    memory on the CPU (see :func:`adam`).
+    memory on the CPU (see :func:`adam`); ``flat_state`` as there.
     """
     _check("rprop", eta_plus, eta_minus, min_scale, max_scale, form)
     chain = optax.chain(scale_by_rprop(eta_plus, eta_minus, min_scale, max_scale, form),
                         scale_by_learning_rate(learning_rate))
+    check_flat_state("rprop", fused, flat_state)
     if not fused:
         return chain
     scalars = lambda hp, state: [eta_plus, eta_minus, min_scale, max_scale]  # noqa: E731  (static)
     return fused_direction("rprop", chain, "optimizers_rprop", {}, scalars, ("step_size", "prev_grad"),
-                           learning_rate, torch_form=form == "torch")
+                           learning_rate, flat=flat_state, torch_form=form == "torch")

@@ -333,3 +333,81 @@ def test_a_missing_compiler_is_reported(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler.*no-such-compiler"):
         _fused._build(tmp_path / "kernels.so")
     assert not os.listdir(tmp_path)  # nothing half-written left behind
+
+
+FLAT = {  # flat_state=True: the moments as one flat array each
+    "adam": lambda flat: optimizers.adam(0.01, fused=True, flat_state=flat),
+    "adamw masked": lambda flat: optimizers.adamw(0.01, weight_decay=0.1, mask=lambda p: jax.tree.map(
+        lambda x: x.ndim > 1, p), fused=True, flat_state=flat),
+    "sgd nesterov decay": lambda flat: optimizers.sgd(0.05, momentum=0.9, nesterov=True, weight_decay=0.01,
+                                                      fused=True, flat_state=flat),
+    "sgd": lambda flat: optimizers.sgd(0.05, fused=True, flat_state=flat),
+    "amsgrad raw": lambda flat: optimizers.amsgrad(0.01, max_over="raw", fused=True, flat_state=flat),
+    "lion": lambda flat: optimizers.lion(0.01, weight_decay=0.1, fused=True, flat_state=flat),
+    "adagrad": lambda flat: optimizers.adagrad(0.1, initial_accumulator_value=0.1, fused=True, flat_state=flat),
+    "adadelta": lambda flat: optimizers.adadelta(1.0, rho=0.9, eps=1e-6, fused=True, flat_state=flat),
+    "rprop torch": lambda flat: optimizers.rprop(0.01, form="torch", fused=True, flat_state=flat),
+}
+FLAT_FIELDS = ("mu", "nu", "nu_max", "trace", "sum_of_squares", "delta_nu", "step_size", "prev_grad")
+
+
+def _flattened(tree):
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+
+
+@pytest.mark.parametrize("run", RUNS)
+@pytest.mark.parametrize("name", FLAT)
+def test_flat_state_is_the_tree_state_concatenated(name, run):
+    """The same kernel on the same numbers: params bit-identical after 10 steps, and each flat
+    buffer the concatenation of the tree form's leaves (so the tree form's float64 and torch
+    references hold for it too)."""
+    params, grads = _tree(0), _grads(10)
+    flat, flat_state = RUNS[run](FLAT[name](True), params, grads)
+    tree, tree_state = RUNS[run](FLAT[name](False), params, grads)
+    assert_trees_close(flat[-1], tree[-1], rtol=0)
+    compared = 0
+    for link, tree_link in zip(flat_state, tree_state):
+        for field, value in zip(getattr(link, "_fields", ()), link):
+            if field in FLAT_FIELDS:
+                assert value.shape == (sum(x.size for x in jax.tree.leaves(params)),)
+                np.testing.assert_array_equal(np.asarray(value), _flattened(getattr(tree_link, field)))
+                compared += 1
+    assert compared == (0 if name == "sgd" else len(jax.tree.leaves(flat_state)) - len(jax.tree.leaves(
+        [getattr(link, f, None) for link in flat_state for f in ("count", "hyperparams")])))
+    assert optimizers.get_hyperparams(flat_state) == optimizers.get_hyperparams(tree_state)
+
+
+def test_flat_state_is_updated_in_place_with_fewer_buffers():
+    tx, params = FLAT["adam"](True), _tree(0)
+    state = jax.tree.map(jnp.array, tx.init(params))
+    assert len(jax.tree.leaves(state)) == len(jax.tree.leaves(tx.init(params))) and state[0].mu.ndim == 1
+    step = jax.jit(lambda p, s, g: optimizers.update_and_apply(tx, g, s, p), donate_argnums=(0, 1))
+    text = step.lower(params, state, params).compile().as_text()
+    assert text.count('custom_call_target="optimizers_adam"') == 1
+    assert not [line for line in text.splitlines() if " copy(" in line and "[0]" not in line]
+    before = state[0].mu.unsafe_buffer_pointer(), state[0].nu.unsafe_buffer_pointer()
+    params = jax.tree.map(jnp.array, params)
+    _, state = step(params, state, _tree(1))
+    assert (state[0].mu.unsafe_buffer_pointer(), state[0].nu.unsafe_buffer_pointer()) == before
+
+
+def test_flat_state_runs_the_unfused_chain_where_the_kernel_does_not_apply():
+    with jax.enable_x64(True):  # float64 hyperparameters: the chain, on the unflattened state
+        params, grads = _tree(0), _grads(3)
+        flat, flat_state = _apply_steps(FLAT["adamw masked"](True), params, grads)
+        tree, tree_state = _apply_steps(FLAT["adamw masked"](False), params, grads)
+        assert "custom_call" not in _hlo(FLAT["adamw masked"](True).update, params, flat_state, params)
+        # the same chain; XLA fuses it with the slices of the flat buffers: a rounding apart
+        assert_trees_close(flat[-1], tree[-1], rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(flat_state[0].nu), _flattened(tree_state[0].nu), rtol=1e-6)
+
+
+def test_flat_state_errors():
+    with pytest.raises(ValueError, match="adam: flat_state=True needs fused=True"):
+        optimizers.adam(0.01, flat_state=True)
+    with pytest.raises(ValueError, match=r"sgd: flat_state=True needs float32 params.*\['b'\] of dtype bfloat16"):
+        optimizers.sgd(0.1, momentum=0.9, fused=True, flat_state=True).init(
+            {"a": jnp.ones(3), "b": jnp.ones(2, jnp.bfloat16)})
+    tx = FLAT["adam"](True)
+    with pytest.raises(ValueError, match="mu"):  # a state built for other params
+        tx.update({"w": jnp.ones(4)}, tx.init({"w": jnp.ones(5)}), {"w": jnp.ones(4)})
