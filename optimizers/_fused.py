@@ -334,7 +334,7 @@ def fused_direction(owner: str, chain, target: str, values: dict, scalars, field
 
 
 def fused_lamb(chain, adam_values: dict, adam_scalars, min_param_norm, max_param_norm, learning_rate,
-               weight_decay, mask, trust_ratio_mask) -> optax.GradientTransformation:
+               weight_decay, mask, trust_ratio_mask, flat=False) -> optax.GradientTransformation:
     """LAMB's ``chain(scale_by_adam, add_decayed_weights, scale_by_trust_ratio, scale_by_learning_rate)``
     run by its two-pass kernel (the moments and both norms per leaf, then the params)."""
 
@@ -348,17 +348,19 @@ def fused_lamb(chain, adam_values: dict, adam_scalars, min_param_norm, max_param
                            jnp.float32(max_param_norm), -lr["learning_rate"]]).astype(jnp.float32)
         flags = [jnp.float32(on) for on in jax.tree.leaves(leaf_masks(trust_ratio_mask, params))]
         g, treedef = jax.tree.flatten(grads)
+        moments = [adam_link.mu, adam_link.nu] if flat else [jax.tree.leaves(adam_link.mu), jax.tree.leaves(adam_link.nu)]
         out, (mu, nu) = _call("optimizers_lamb", hyper, _leaf_decays(decay_link, wd["weight_decay"], mask, params),
-                              jax.tree.leaves(params), g, [jax.tree.leaves(adam_link.mu), jax.tree.leaves(adam_link.nu)],
-                              step, flags)
-        adam_new = adam_new._replace(mu=treedef.unflatten(mu), nu=treedef.unflatten(nu))
+                              jax.tree.leaves(params), g, moments, step, flags, flat=flat)
+        adam_new = adam_new._replace(mu=mu, nu=nu) if flat else adam_new._replace(mu=treedef.unflatten(mu),
+                                                                                   nu=treedef.unflatten(nu))
         return treedef.unflatten(out), (adam_new, decay_new, trust_new, lr_new)
 
-    return fused("lamb", chain, kernel, lambda state: (state[0].mu, state[0].nu))
+    return fused("lamb", chain, kernel, lambda state: (state[0].mu, state[0].nu),
+                 [(0, "mu"), (0, "nu")] if flat else ())
 
 
 def fused_lars(chain, lars_values: dict, momentum, nesterov: bool, learning_rate, weight_decay_mask,
-               trust_ratio_mask) -> optax.GradientTransformation:
+               trust_ratio_mask, flat=False) -> optax.GradientTransformation:
     """LARS's ``chain(scale_by_lars, scale_by_learning_rate, trace)`` run by its two-pass kernel
     (the norms of each leaf's gradient and params, then the momentum and the params)."""
 
@@ -373,10 +375,12 @@ def fused_lars(chain, lars_values: dict, momentum, nesterov: bool, learning_rate
         flags = [jnp.float32(on) for on in jax.tree.leaves(leaf_masks(trust_ratio_mask, params))]
         g, treedef = jax.tree.flatten(grads)
         out, (trace,) = _call("optimizers_lars", hyper, betas, jax.tree.leaves(params), g,
-                              [jax.tree.leaves(trace_link.trace)], step, flags, nesterov=bool(nesterov))
-        return treedef.unflatten(out), (lars_new, lr_new, trace_new._replace(trace=treedef.unflatten(trace)))
+                              [trace_link.trace if flat else jax.tree.leaves(trace_link.trace)], step, flags,
+                              flat=flat, nesterov=bool(nesterov))
+        trace = trace if flat else treedef.unflatten(trace)
+        return treedef.unflatten(out), (lars_new, lr_new, trace_new._replace(trace=trace))
 
-    return fused("lars", chain, kernel, lambda state: state[2].trace)
+    return fused("lars", chain, kernel, lambda state: state[2].trace, [(2, "trace")] if flat else ())
 
 
 def sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask, flat=False):

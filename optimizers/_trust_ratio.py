@@ -11,7 +11,7 @@ import optax
 from optimizers._adam import adam_scalars, scale_by_adam
 from optimizers._checks import transformation
 from optimizers._dtypes import abs2
-from optimizers._fused import fused_lamb, fused_lars
+from optimizers._fused import check_flat_state, fused_lamb, fused_lars
 from optimizers._hyperparams import _is_number, check_range, current_hyperparams, init_hyperparams
 from optimizers._momentum import trace
 from optimizers._scaling import MaskOrFn, add_decayed_weights, leaf_masks, scale_by_learning_rate
@@ -186,7 +186,7 @@ def scale_by_lars(weight_decay: ScalarOrSchedule = 0.0, trust_coefficient: Scala
 def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, weight_decay_mask: MaskOrFn = None,
          trust_coefficient: ScalarOrSchedule = 0.001, eps: Optional[ScalarOrSchedule] = None,
          trust_ratio_mask: MaskOrFn = None, momentum: ScalarOrSchedule = 0.9,
-         nesterov: bool = False, *, fused: bool = False) -> optax.GradientTransformation:
+         nesterov: bool = False, *, fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:
     r"""LARS: momentum SGD on the layer-wise rescaled, decayed gradient (paper, Algorithm 1).
 
     .. math::
@@ -217,6 +217,7 @@ def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, 
         nesterov: Nesterov momentum.
         fused: the same update as two passes over memory on the CPU (the norms of each
             leaf, then the momentum and params; see :func:`adam`).
+        flat_state: with ``fused``, the momentum as one flat float32 array (see :func:`adam`).
 
     References:
         You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks",
@@ -228,16 +229,19 @@ def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, 
         scale_by_learning_rate(learning_rate),
         trace(momentum, nesterov),
     )
+    check_flat_state("lars", fused, flat_state)
     if not fused:
         return chain
     values = _values(weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps)
-    return fused_lars(chain, values, momentum, nesterov, learning_rate, weight_decay_mask, trust_ratio_mask)
+    return fused_lars(chain, values, momentum, nesterov, learning_rate, weight_decay_mask, trust_ratio_mask,
+                      flat_state)
 
 
 def lamb(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
          eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = None,
          trust_ratio_mask: MaskOrFn = None, min_param_norm: float = 0.0,
-         max_param_norm: float = _INF, *, fused: bool = False) -> optax.GradientTransformation:
+         max_param_norm: float = _INF, *, fused: bool = False, flat_state: bool = False
+         ) -> optax.GradientTransformation:
     r"""LAMB: Adam's direction plus decoupled decay, rescaled per leaf by :math:`\phi(\|\theta\|)/\|r\|`.
 
     .. math::
@@ -263,6 +267,7 @@ def lamb(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
             as in :func:`scale_by_trust_ratio`.
         fused: the same update as two passes over memory on the CPU (the moments and both
             norms of each leaf, then the params; see :func:`adam`).
+        flat_state: with ``fused``, the moments as one flat float32 array each (see :func:`adam`).
 
     References:
         You, Li, Reddi et al., "Large Batch Optimization for Deep Learning: Training BERT in
@@ -274,7 +279,8 @@ def lamb(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
         scale_by_trust_ratio(min_param_norm=min_param_norm, max_param_norm=max_param_norm, mask=trust_ratio_mask),
         scale_by_learning_rate(learning_rate),
     )
+    check_flat_state("lamb", fused, flat_state)
     if not fused:
         return chain
     return fused_lamb(chain, dict(b1=b1, b2=b2, eps=eps), adam_scalars, min_param_norm, max_param_norm,
-                      learning_rate, weight_decay, mask, trust_ratio_mask)
+                      learning_rate, weight_decay, mask, trust_ratio_mask, flat_state)

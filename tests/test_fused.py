@@ -347,6 +347,10 @@ FLAT = {  # flat_state=True: the moments as one flat array each
     "adagrad": lambda flat: optimizers.adagrad(0.1, initial_accumulator_value=0.1, fused=True, flat_state=flat),
     "adadelta": lambda flat: optimizers.adadelta(1.0, rho=0.9, eps=1e-6, fused=True, flat_state=flat),
     "rprop torch": lambda flat: optimizers.rprop(0.01, form="torch", fused=True, flat_state=flat),
+    "lamb masked": lambda flat: optimizers.lamb(
+        0.01, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p),
+        trust_ratio_mask=lambda p: jax.tree.map(lambda x: x.size > 1, p), fused=True, flat_state=flat),
+    "lars nesterov": lambda flat: optimizers.lars(0.1, weight_decay=0.01, nesterov=True, fused=True, flat_state=flat),
 }
 FLAT_FIELDS = ("mu", "nu", "nu_max", "trace", "sum_of_squares", "delta_nu", "step_size", "prev_grad")
 
