@@ -227,6 +227,21 @@ def scale_by_adamax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
 
 
 def adamax(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
-           eps: ScalarOrSchedule = 1e-8) -> optax.GradientTransformation:
-    r"""Adamax: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_adamax`)."""
-    return optax.chain(scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate))
+           eps: ScalarOrSchedule = 1e-8, *, fused: bool = False, flat_state: bool = False
+           ) -> optax.GradientTransformation:
+    r"""Adamax: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_adamax`).
+
+    ``fused=True``: one pass over memory on the CPU, and ``flat_state``, as in :func:`adam`.
+    """
+    chain = optax.chain(scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate))
+    check_flat_state("adamax", fused, flat_state)
+    if not fused:
+        return chain
+    return fused_direction("adamax", chain, "optimizers_adamax", dict(b1=b1, b2=b2, eps=eps), _adamax_scalars,
+                           ("mu", "nu"), learning_rate, flat=flat_state)
+
+
+def _adamax_scalars(hp, state):
+    r"""The fused kernel's scalars: :math:`\beta_1, 1-\beta_1, \beta_2, \epsilon, 1-\beta_1^t`."""
+    t = step_number(state.count, hp["b1"].dtype)
+    return [hp["b1"], 1 - hp["b1"], hp["b2"], hp["eps"], bias_correction(hp["b1"], t)]

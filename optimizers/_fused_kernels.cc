@@ -1,13 +1,13 @@
-// CPU kernels for Adam/AdamW, AMSGrad, LAMB, LARS, Lion, AdaGrad, Adadelta, Rprop, SGD and Adafactor, called from XLA
-// through its FFI.
+// CPU kernels for Adam/AdamW, AMSGrad, Adamax, Nadam, RAdam, LAMB, LARS, Lion, AdaGrad,
+// Adadelta, Rprop, SGD and Adafactor, called from XLA through its FFI.
 //
 // XLA:CPU writes each output buffer of an elementwise update in its own loop, so an Adam step
 // reads the gradient and the moments several times (40 bytes per parameter where 28 suffice).
 // These kernels read every input once and write every output once, over all the leaves of a
 // pytree in one call, split into chunks that XLA's intra-op thread pool and the calling thread
 // share.  The formulas, and the order of their float32 operations, are those of the chains in
-// _adam.py, _trust_ratio.py, _lion.py, _adagrad.py, _adadelta.py, _rprop.py, _momentum.py and
-// _adafactor.py (see _fused.py); the in-place buffers (params in "step" mode, the moments
+// _adam.py, _nadam.py, _radam.py, _trust_ratio.py, _lion.py, _adagrad.py, _adadelta.py,
+// _rprop.py, _momentum.py and _adafactor.py (see _fused.py); the in-place buffers (params in "step" mode, the moments
 // always) are aliased to their results by the caller.
 //
 // Operands of the kernels but Adafactor's: hyper (f32[k], the step's scalars), decay (f32[L],
@@ -236,6 +236,99 @@ ffi::Error amsgrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffe
                             {amsgrad_loop<true, false>, amsgrad_loop<true, true>}};
   const Loop loop = loops[step][raw];
   return one_pass<8>("fused amsgrad", pool, hyper, decay, args, rets, 3, step, loop, loop);
+}
+
+// Adamax (scale_by_adamax, scale_by_learning_rate):
+//   m = b1 m + (1-b1) g;  v = max(b2 v, |g| + eps);  d = -lr m / (c1 v)
+template <bool kStep>
+void adamax_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+  const float b1 = h[0], ob1 = h[1], b2 = h[2], eps = h[3], c1 = h[4], nlr = h[5];
+  float* __restrict p = leaf.p;
+  const float* __restrict g = leaf.g;
+  float* __restrict m = leaf.m;
+  float* __restrict v = leaf.v;
+  float* __restrict out = leaf.out;
+  for (int64_t i = lo; i < hi; ++i) {
+    const float gi = g[i];
+    const float mi = b1 * m[i] + ob1 * gi;
+    const float vi = nan_max(b2 * v[i], std::fabs(gi) + eps);
+    m[i] = mi;
+    v[i] = vi;
+    emit<kStep>(out, p, i, nlr * (mi / (c1 * vi)));
+  }
+}
+
+ffi::Error adamax(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
+                  ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {
+  const Loop loop = step ? adamax_loop<true> : adamax_loop<false>;
+  return one_pass<6>("fused adamax", pool, hyper, decay, args, rets, 2, step, loop, loop);
+}
+
+// Nadam (scale_by_nadam, scale_by_learning_rate), with Adam's m and v:
+//   u = ((1-mu_t) g / (1-prod_t) + mu_{t+1} m / (1-prod_{t+1})) / (sqrt(v / c2) + eps);  d = -lr u
+// hyper: b1, 1-b1, b2, 1-b2, c2, eps, 1-mu_t, 1-prod_t, mu_{t+1}, 1-prod_{t+1}, -lr.
+template <bool kStep>
+void nadam_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+  const float b1 = h[0], ob1 = h[1], b2 = h[2], ob2 = h[3], c2 = h[4], eps = h[5];
+  const float k1 = h[6], k2 = h[7], k3 = h[8], k4 = h[9], nlr = h[10];
+  float* __restrict p = leaf.p;
+  const float* __restrict g = leaf.g;
+  float* __restrict m = leaf.m;
+  float* __restrict v = leaf.v;
+  float* __restrict out = leaf.out;
+  for (int64_t i = lo; i < hi; ++i) {
+    const float gi = g[i];
+    const float mi = b1 * m[i] + ob1 * gi;
+    const float vi = b2 * v[i] + ob2 * (gi * gi);
+    m[i] = mi;
+    v[i] = vi;
+    const float nesterov = k1 * gi / k2 + k3 * mi / k4;
+    emit<kStep>(out, p, i, nlr * (nesterov / (std::sqrt(vi / c2) + eps)));
+  }
+}
+
+ffi::Error nadam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
+                 ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {
+  const Loop loop = step ? nadam_loop<true> : nadam_loop<false>;
+  return one_pass<11>("fused nadam", pool, hyper, decay, args, rets, 2, step, loop, loop);
+}
+
+// RAdam (scale_by_radam, scale_by_learning_rate), with Adam's m and v:
+//   rectified (rho_t > threshold): u = r (m / c1) / (sqrt(v / c2) + eps), or with eps on the raw
+//   root r sqrt(c2) / (sqrt(v) + eps) (m / c1);  else u = m / c1;  d = -lr u
+// hyper: b1, 1-b1, b2, 1-b2, c1, c2, eps, rectified (1 or 0), r, sqrt(c2), -lr.
+template <bool kStep, bool kRectified, bool kRawSqrt>
+void radam_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+  const float b1 = h[0], ob1 = h[1], b2 = h[2], ob2 = h[3], c1 = h[4], c2 = h[5], eps = h[6];
+  const float r = h[8], root_c2 = h[9], nlr = h[10];
+  float* __restrict p = leaf.p;
+  const float* __restrict g = leaf.g;
+  float* __restrict m = leaf.m;
+  float* __restrict v = leaf.v;
+  float* __restrict out = leaf.out;
+  for (int64_t i = lo; i < hi; ++i) {
+    const float gi = g[i];
+    const float mi = b1 * m[i] + ob1 * gi;
+    const float vi = b2 * v[i] + ob2 * (gi * gi);
+    m[i] = mi;
+    v[i] = vi;
+    float factor = 1.0f;
+    if (kRectified) factor = r * (kRawSqrt ? root_c2 / (std::sqrt(vi) + eps) : 1.0f / (std::sqrt(vi / c2) + eps));
+    emit<kStep>(out, p, i, nlr * (factor * (mi / c1)));
+  }
+}
+
+ffi::Error radam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
+                 ffi::RemainingArgs args, ffi::RemainingRets rets, bool eps_on_raw_sqrt, bool step) {
+  if (hyper.element_count() != 11) return ffi::Error::InvalidArgument("fused radam: wrong scalars");
+  const bool rectified = hyper.typed_data()[7] != 0.0f;
+  const Loop loops[2][2][2] = {  // [step][rectified][raw]
+      {{radam_loop<false, false, false>, radam_loop<false, false, true>},
+       {radam_loop<false, true, false>, radam_loop<false, true, true>}},
+      {{radam_loop<true, false, false>, radam_loop<true, false, true>},
+       {radam_loop<true, true, false>, radam_loop<true, true, true>}}};
+  const Loop loop = loops[step][rectified][eps_on_raw_sqrt];
+  return one_pass<11>("fused radam", pool, hyper, decay, args, rets, 2, step, loop, loop);
 }
 
 // Per-leaf sums of squares of a and b over chunks: within a block of kBlock elements, kLanes
@@ -821,6 +914,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adam, adam, OPTIMIZERS_BIND.Attr<bool>(
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adafactor, adafactor,
                               OPTIMIZERS_BIND.Attr<bool>("momentum").Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_amsgrad, amsgrad, OPTIMIZERS_BIND.Attr<bool>("raw").Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adamax, adamax, OPTIMIZERS_BIND.Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_nadam, nadam, OPTIMIZERS_BIND.Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_radam, radam,
+                              OPTIMIZERS_BIND.Attr<bool>("eps_on_raw_sqrt").Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lamb, lamb, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lars, lars, OPTIMIZERS_BIND.Attr<bool>("nesterov").Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lion, lion, OPTIMIZERS_BIND.Attr<bool>("step"));

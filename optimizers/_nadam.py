@@ -11,7 +11,8 @@ import optax
 from optimizers._checks import transformation
 from optimizers._dtypes import real_zeros_like, store, store_like
 from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams
-from optimizers._moments import adam_moments, check_betas
+from optimizers._fused import check_flat_state, fused_direction
+from optimizers._moments import adam_moments, bias_correction, check_betas, step_number
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -65,10 +66,8 @@ def scale_by_nadam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
     def update_fn(updates, state, params=None):
         del params
         hp = current_hyperparams(dict(b1=b1, b2=b2, eps=eps), state.hyperparams, state.count)
-        t, m, v, _, c2 = adam_moments(updates, state, hp)
-        mu_t = hp["b1"] * (1 - 0.5 * 0.96 ** (t * momentum_decay))
-        mu_next = hp["b1"] * (1 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
-        prod = state.mu_product * mu_t
+        _, m, v, _, c2 = adam_moments(updates, state, hp)
+        mu_t, mu_next, prod = momentum_schedule(hp, state, momentum_decay)
 
         def direction(g, a, b):
             nesterov = (1 - mu_t) * g / (1 - prod) + mu_next * a / (1 - prod * mu_next)
@@ -81,7 +80,32 @@ def scale_by_nadam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
     return transformation("scale_by_nadam", init_fn, update_fn)
 
 
+def momentum_schedule(hp, state, momentum_decay):
+    r"""(:math:`\mu_t, \mu_{t+1}, \prod_{i\le t}\mu_i`) for the update at ``state.count``."""
+    t = step_number(state.count, hp["b1"].dtype)
+    mu_t = hp["b1"] * (1 - 0.5 * 0.96 ** (t * momentum_decay))
+    mu_next = hp["b1"] * (1 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
+    return mu_t, mu_next, state.mu_product * mu_t
+
+
 def nadam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
-          eps: ScalarOrSchedule = 1e-8, momentum_decay: float = 0.004) -> optax.GradientTransformation:
-    r"""Nadam: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_nadam`)."""
-    return optax.chain(scale_by_nadam(b1, b2, eps, momentum_decay), scale_by_learning_rate(learning_rate))
+          eps: ScalarOrSchedule = 1e-8, momentum_decay: float = 0.004, *, fused: bool = False,
+          flat_state: bool = False) -> optax.GradientTransformation:
+    r"""Nadam: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_nadam`).
+
+    ``fused=True``: one pass over memory on the CPU, and ``flat_state``, as in :func:`adam`.
+    """
+    chain = optax.chain(scale_by_nadam(b1, b2, eps, momentum_decay), scale_by_learning_rate(learning_rate))
+    check_flat_state("nadam", fused, flat_state)
+    if not fused:
+        return chain
+
+    def scalars(hp, state):  # b1, 1-b1, b2, 1-b2, 1-b2^t, eps, 1-mu_t, 1-prod_t, mu_{t+1}, 1-prod_{t+1}
+        mu_t, mu_next, prod = momentum_schedule(hp, state, momentum_decay)
+        t = step_number(state.count, hp["b1"].dtype)
+        return [hp["b1"], 1 - hp["b1"], hp["b2"], 1 - hp["b2"], bias_correction(hp["b2"], t), hp["eps"],
+                1 - mu_t, 1 - prod, mu_next, 1 - prod * mu_next]
+
+    return fused_direction("nadam", chain, "optimizers_nadam", dict(b1=b1, b2=b2, eps=eps), scalars, ("mu", "nu"),
+                           learning_rate, flat=flat_state,
+                           link_update=lambda hp, state: {"mu_product": momentum_schedule(hp, state, momentum_decay)[2]})

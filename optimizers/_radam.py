@@ -11,7 +11,8 @@ import optax
 from optimizers._checks import transformation
 from optimizers._dtypes import real_zeros_like, store, store_like
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
-from optimizers._moments import adam_moments, check_betas
+from optimizers._fused import check_flat_state, fused_direction
+from optimizers._moments import adam_moments, bias_correction, check_betas, step_number
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -110,9 +111,24 @@ def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
 
 def radam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
           eps: ScalarOrSchedule = 1e-8, threshold: float = 4.0,
-          eps_on_raw_sqrt: bool = False) -> optax.GradientTransformation:
+          eps_on_raw_sqrt: bool = False, *, fused: bool = False, flat_state: bool = False
+          ) -> optax.GradientTransformation:
     r"""RAdam: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_radam`).
 
-    ``threshold=5, eps_on_raw_sqrt=True`` gives ``torch.optim.RAdam``.
+    ``threshold=5, eps_on_raw_sqrt=True`` gives ``torch.optim.RAdam``. ``fused=True``: one
+    pass over memory on the CPU, and ``flat_state``, as in :func:`adam`.
     """
-    return optax.chain(scale_by_radam(b1, b2, eps, threshold, eps_on_raw_sqrt), scale_by_learning_rate(learning_rate))
+    chain = optax.chain(scale_by_radam(b1, b2, eps, threshold, eps_on_raw_sqrt), scale_by_learning_rate(learning_rate))
+    check_flat_state("radam", fused, flat_state)
+    if not fused:
+        return chain
+
+    def scalars(hp, state):  # b1, 1-b1, b2, 1-b2, 1-b1^t, 1-b2^t, eps, rectified, r_t, sqrt(1-b2^t)
+        t = step_number(state.count, hp["b1"].dtype)
+        c2 = bias_correction(hp["b2"], t)
+        adapt, r = _rectification(hp["b2"], t, threshold)
+        return [hp["b1"], 1 - hp["b1"], hp["b2"], 1 - hp["b2"], bias_correction(hp["b1"], t), c2, hp["eps"],
+                adapt, r, jnp.sqrt(c2)]
+
+    return fused_direction("radam", chain, "optimizers_radam", dict(b1=b1, b2=b2, eps=eps), scalars, ("mu", "nu"),
+                           learning_rate, flat=flat_state, eps_on_raw_sqrt=bool(eps_on_raw_sqrt))

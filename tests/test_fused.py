@@ -18,9 +18,11 @@ import torch
 from helpers import assert_trees_close, run_torch
 from test_adadelta import _adadelta_reference
 from test_adafactor import _adafactor_reference
-from test_adam import _adam_reference, _amsgrad_reference
+from test_adam import _adam_reference, _adamax_reference, _amsgrad_reference
 from test_lion import _lion_reference
 from test_momentum import _sgd_reference
+from test_nadam import _nadam_reference
+from test_radam import _radam_reference
 from test_rprop import _rprop_reference
 from test_trust_ratio import _lamb_reference, _lars_reference
 
@@ -39,6 +41,10 @@ FUSED = {
         0.01, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p), fused=fused, **kw),
     "amsgrad": lambda fused, **kw: optimizers.amsgrad(0.01, fused=fused, **kw),
     "amsgrad raw": lambda fused, **kw: optimizers.amsgrad(0.01, max_over="raw", fused=fused, **kw),
+    "adamax": lambda fused, **kw: optimizers.adamax(0.01, fused=fused, **kw),
+    "nadam": lambda fused, **kw: optimizers.nadam(0.01, fused=fused, **kw),
+    "radam": lambda fused, **kw: optimizers.radam(0.01, fused=fused, **kw),
+    "radam torch": lambda fused, **kw: optimizers.radam(0.01, threshold=5.0, eps_on_raw_sqrt=True, fused=fused, **kw),
     "lamb": lambda fused, **kw: optimizers.lamb(0.01, weight_decay=0.1, fused=fused, **kw),
     "lamb masked": lambda fused, **kw: optimizers.lamb(
         0.01, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p),
@@ -166,6 +172,10 @@ REFERENCES = {  # per leaf: (theta0, grads, masked in) -> params after each step
     "adamw masked": lambda t, gs, on: _adam_params(t, gs, 0.01, 0.1 if on else 0.0),
     "amsgrad": lambda t, gs, on: _decoupled(_amsgrad_reference(gs, 0.9, 0.999, 1e-8, "corrected"), t, 0.01, 0.0),
     "amsgrad raw": lambda t, gs, on: _decoupled(_amsgrad_reference(gs, 0.9, 0.999, 1e-8, "raw"), t, 0.01, 0.0),
+    "adamax": lambda t, gs, on: _decoupled(_adamax_reference(gs, 0.9, 0.999, 1e-8), t, 0.01, 0.0),
+    "nadam": lambda t, gs, on: _decoupled(_nadam_reference(gs, 0.9, 0.999, 1e-8, 0.004), t, 0.01, 0.0),
+    "radam": lambda t, gs, on: _decoupled(_radam_reference(gs, 0.9, 0.999, 1e-8), t, 0.01, 0.0),
+    "radam torch": lambda t, gs, on: _decoupled(_radam_reference(gs, 0.9, 0.999, 1e-8, 5.0, True), t, 0.01, 0.0),
     "lamb": lambda t, gs, on: _lamb_reference(t, gs, 0.01, 0.9, 0.999, 1e-8, 0.1, 0.0, np.inf, True, True),
     "lamb masked": lambda t, gs, on: _lamb_reference(t, gs, 0.01, 0.9, 0.999, 1e-8, 0.1, 0.5, 50.0, on, t.size > 1),
     "lars": lambda t, gs, on: _lars_reference(t, gs, 0.1, 0.9, False, 0.0, 0.001, 0.0, True, True),
@@ -207,6 +217,9 @@ TORCH = {
     "adam": lambda ps: torch.optim.Adam(ps, lr=0.01),
     "adamw": lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1),
     "amsgrad raw": lambda ps: torch.optim.Adam(ps, lr=0.01, amsgrad=True),
+    "adamax": lambda ps: torch.optim.Adamax(ps, lr=0.01),
+    "nadam": lambda ps: torch.optim.NAdam(ps, lr=0.01),
+    "radam torch": lambda ps: torch.optim.RAdam(ps, lr=0.01),
     "adagrad": lambda ps: torch.optim.Adagrad(ps, lr=0.1, initial_accumulator_value=0.1, eps=1e-10),
     "adadelta": lambda ps: torch.optim.Adadelta(ps, lr=1.0, rho=0.9, eps=1e-6),
     "rprop torch": lambda ps: torch.optim.Rprop(ps, lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0)),
@@ -344,6 +357,9 @@ FLAT = {  # flat_state=True: the moments as one flat array each
     "sgd": lambda flat: optimizers.sgd(0.05, fused=True, flat_state=flat),
     "amsgrad raw": lambda flat: optimizers.amsgrad(0.01, max_over="raw", fused=True, flat_state=flat),
     "lion": lambda flat: optimizers.lion(0.01, weight_decay=0.1, fused=True, flat_state=flat),
+    "adamax": lambda flat: optimizers.adamax(0.01, fused=True, flat_state=flat),
+    "nadam": lambda flat: optimizers.nadam(0.01, fused=True, flat_state=flat),
+    "radam": lambda flat: optimizers.radam(0.01, fused=True, flat_state=flat),
     "adagrad": lambda flat: optimizers.adagrad(0.1, initial_accumulator_value=0.1, fused=True, flat_state=flat),
     "adadelta": lambda flat: optimizers.adadelta(1.0, rho=0.9, eps=1e-6, fused=True, flat_state=flat),
     "rprop torch": lambda flat: optimizers.rprop(0.01, form="torch", fused=True, flat_state=flat),
@@ -376,8 +392,9 @@ def test_flat_state_is_the_tree_state_concatenated(name, run):
                 assert value.shape == (sum(x.size for x in jax.tree.leaves(params)),)
                 np.testing.assert_array_equal(np.asarray(value), _flattened(getattr(tree_link, field)))
                 compared += 1
-    assert compared == (0 if name == "sgd" else len(jax.tree.leaves(flat_state)) - len(jax.tree.leaves(
-        [getattr(link, f, None) for link in flat_state for f in ("count", "hyperparams")])))
+    total = sum(x.size for x in jax.tree.leaves(params))
+    assert compared == sum(x.shape == (total,) for x in jax.tree.leaves(flat_state))  # every per-parameter buffer
+    assert compared or name == "sgd"
     assert optimizers.get_hyperparams(flat_state) == optimizers.get_hyperparams(tree_state)
 
 
