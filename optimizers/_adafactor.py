@@ -317,38 +317,42 @@ def _adafactor_kernel(decay_rate, eps, clipping_threshold, min_scale, b1, learni
     def tick(link):  # a link without hyperparameters, or optax's identity
         return _advance(link)[1] if hasattr(link, "hyperparams") else link
 
-    def kernel(grads, state, params, step):
+    def scalars(state):
+        """The kernel's scalars (see ``_fused_kernels.cc``) and the links after this update."""
         rms_link, clip_link, scale_link, ema_link, step_link = state
-        momentum = hasattr(ema_link, "ema")
         hp, step_new = _advance(step_link, learning_rate=learning_rate)
         rho = hp["learning_rate"]
         if relative_step:
             rho = jnp.minimum(rho, jax.lax.rsqrt(step_number(step_link.count, rho.dtype)))
-        b, ema_new = _advance(ema_link, decay=b1) if momentum else ({"decay": jnp.float32(0)}, ema_link)
+        b, ema_new = _advance(ema_link, decay=b1) if hasattr(ema_link, "ema") else ({"decay": 0.0}, ema_link)
         beta = _beta2(rms_link.count, decay_rate)
         hyper = jnp.stack([beta, 1 - beta, eps, clipping_threshold or 0.0, min_scale or 0.0, b["decay"],
                            1 - b["decay"], -rho]).astype(jnp.float32)
+        return hyper, (tick(rms_link), tick(clip_link), tick(scale_link), ema_new, step_new)
+
+    def kernel(grads, state, params, step):
+        hyper, (rms_new, clip_new, scale_new, ema_new, step_new) = scalars(state)
+        momentum = hasattr(ema_new, "ema")
         g, treedef = jax.tree.flatten(grads)
         p = jax.tree.leaves(params)
-        rows, cols, full = (treedef.flatten_up_to(x) for x in (rms_link.v_row, rms_link.v_col, rms_link.v))
-        mu = treedef.flatten_up_to(ema_link.ema) if momentum else []
+        rows, cols, full = (treedef.flatten_up_to(x) for x in (rms_new.v_row, rms_new.v_col, rms_new.v))
+        mu = treedef.flatten_up_to(ema_new.ema) if momentum else []
         kept = _with_elements(g)
         factored = {i: full[i].shape != g[i].shape for i in kept}
         operands = [x for i in kept for x in ((rows[i], cols[i]) if factored[i] else (full[i],))]
         out, new = _ffi("optimizers_adafactor", hyper, [jnp.float32(factored[i]) for i in kept],
                         [p[i] for i in kept], [g[i] for i in kept], operands + [mu[i] for i in kept if momentum], step,
                         momentum=momentum) if kept else ([], [])
-        new_state, new_mu = iter(new[:len(operands)]), new[len(operands):]
-        for i in kept:
+        new_state = iter(new[:len(operands)])
+        for i in kept:  # the operands back in place, in their order
             if factored[i]:
                 rows[i], cols[i] = next(new_state), next(new_state)
             else:
                 full[i] = next(new_state)
-        rms_new = tick(rms_link)._replace(**{k: treedef.unflatten(x) for k, x in
-                                            (("v_row", rows), ("v_col", cols), ("v", full))})
+        rms_new = rms_new._replace(v_row=treedef.unflatten(rows), v_col=treedef.unflatten(cols),
+                                   v=treedef.unflatten(full))
         if momentum:
-            ema_new = ema_new._replace(ema=treedef.unflatten(_merge(kept, new_mu, mu)))
-        new_links = (rms_new, tick(clip_link), tick(scale_link), ema_new, step_new)
-        return treedef.unflatten(_outputs(kept, out, p, g, step)), new_links
+            ema_new = ema_new._replace(ema=treedef.unflatten(_merge(kept, new[len(operands):], mu)))
+        return treedef.unflatten(_outputs(kept, out, p, g, step)), (rms_new, clip_new, scale_new, ema_new, step_new)
 
     return kernel
