@@ -172,6 +172,15 @@ ffi::Error one_pass(const char* name, ffi::ThreadPool& pool, const ffi::Buffer<f
   return ffi::Error::Success();
 }
 
+// The entry of a one-pass kernel NAME whose loop is NAME_loop<kStep>: kScalars scalars, kState
+// state buffers per leaf.
+#define ONE_PASS_ENTRY(NAME, kScalars, kState)                                                             \
+  ffi::Error NAME(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,          \
+                  ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {                           \
+    const Loop loop = step ? NAME##_loop<true> : NAME##_loop<false>;                                       \
+    return one_pass<kScalars>("fused " #NAME, pool, hyper, decay, args, rets, kState, step, loop, loop);   \
+  }
+
 // Adam and AdamW (scale_by_adam, add_decayed_weights, scale_by_learning_rate):
 //   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  u = m / c1 / (sqrt(v / c2) + eps)
 //   u = u + lambda p;  d = -lr u
@@ -258,11 +267,7 @@ void adamax_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
   }
 }
 
-ffi::Error adamax(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
-                  ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {
-  const Loop loop = step ? adamax_loop<true> : adamax_loop<false>;
-  return one_pass<6>("fused adamax", pool, hyper, decay, args, rets, 2, step, loop, loop);
-}
+ONE_PASS_ENTRY(adamax, 6, 2)
 
 // Nadam (scale_by_nadam, scale_by_learning_rate), with Adam's m and v:
 //   u = ((1-mu_t) g / (1-prod_t) + mu_{t+1} m / (1-prod_{t+1})) / (sqrt(v / c2) + eps);  d = -lr u
@@ -287,11 +292,7 @@ void nadam_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
   }
 }
 
-ffi::Error nadam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
-                 ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {
-  const Loop loop = step ? nadam_loop<true> : nadam_loop<false>;
-  return one_pass<11>("fused nadam", pool, hyper, decay, args, rets, 2, step, loop, loop);
-}
+ONE_PASS_ENTRY(nadam, 11, 2)
 
 // RAdam (scale_by_radam, scale_by_learning_rate), with Adam's m and v:
 //   rectified (rho_t > threshold): u = r (m / c1) / (sqrt(v / c2) + eps), or with eps on the raw
@@ -533,11 +534,7 @@ void adagrad_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
   }
 }
 
-ffi::Error adagrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
-                   ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {
-  const Loop loop = step ? adagrad_loop<true> : adagrad_loop<false>;
-  return one_pass<2>("fused adagrad", pool, hyper, decay, args, rets, 1, step, loop, loop);
-}
+ONE_PASS_ENTRY(adagrad, 2, 1)
 
 // Adadelta (scale_by_adadelta, scale_by_learning_rate):
 //   v = rho v + (1-rho) g g;  d = sqrt((x + eps) / (v + eps)) g;  x = rho x + (1-rho) d d;  -lr d
@@ -560,11 +557,7 @@ void adadelta_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
   }
 }
 
-ffi::Error adadelta(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
-                    ffi::RemainingArgs args, ffi::RemainingRets rets, bool step) {
-  const Loop loop = step ? adadelta_loop<true> : adadelta_loop<false>;
-  return one_pass<4>("fused adadelta", pool, hyper, decay, args, rets, 2, step, loop, loop);
-}
+ONE_PASS_ENTRY(adadelta, 4, 2)
 
 // Rprop (scale_by_rprop, scale_by_learning_rate), on zeta (step sizes) and the previous gradient q:
 //   zeta = clip(zeta * (eta+ if g q > 0, eta- if g q < 0, else 1), zeta_min, zeta_max);
