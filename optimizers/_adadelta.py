@@ -10,7 +10,8 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._dtypes import inner, real_zeros_like, store, store_like, widen
-from optimizers._fused import check_flat_state, fused_direction
+from optimizers._flat_state import check_flat_state
+from optimizers._fused import fused_direction
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule

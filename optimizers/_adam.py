@@ -10,7 +10,8 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._dtypes import real_zeros_like, store, store_like, widen
-from optimizers._fused import check_flat_state, fused_direction
+from optimizers._flat_state import check_flat_state
+from optimizers._fused import fused_direction
 from optimizers._hyperparams import current_hyperparams, init_hyperparams
 from optimizers._moments import adam_moments, bias_correction, check_betas, ema, step_number
 from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate

@@ -58,6 +58,7 @@ import jaxlib
 import optax
 
 from optimizers._checks import floats_only, is_float, transformation, with_passed_through
+from optimizers._flat_state import with_flat_state
 from optimizers._hyperparams import current_hyperparams
 from optimizers._scaling import leaf_masks
 
@@ -186,61 +187,6 @@ def _on_cpu(kernel, unfused, *args):
     return jax.lax.platform_dependent(*args, cpu=kernel, default=unfused)
 
 
-def check_flat_state(owner: str, fused: bool, flat_state: bool) -> None:
-    if flat_state and not fused:
-        raise ValueError(f"{owner}: flat_state=True needs fused=True (it is the fused kernel's layout)")
-
-
-def _check_flat(owner: str, params) -> None:
-    for path, x in jax.tree_util.tree_leaves_with_path(params):
-        if jnp.result_type(x) != jnp.float32:
-            raise ValueError(f"{owner}: flat_state=True needs float32 params and gradients, got "
-                             f"{jax.tree_util.keystr(path) or 'params'} of dtype {jnp.result_type(x)}")
-
-
-def flatten_state(state, fields):
-    """``state`` (a chain's tuple) with each ``(link, field)`` of ``fields`` one flat float32 array."""
-    state = list(state)
-    for i, f in fields:
-        leaves = [x.ravel() for x in jax.tree.leaves(getattr(state[i], f))]
-        flat = jnp.concatenate(leaves) if leaves else jnp.zeros((0,), jnp.float32)
-        state[i] = state[i]._replace(**{f: flat})
-    return tuple(state)
-
-
-def unflatten_state(state, fields, params):
-    """The inverse of :func:`flatten_state`: each field back in the params' tree and shapes."""
-    leaves, treedef = jax.tree.flatten(params)
-    starts = [0]
-    for x in leaves:
-        starts.append(starts[-1] + x.size)
-    state = list(state)
-    for i, f in fields:
-        flat = getattr(state[i], f)
-        if flat.shape != (starts[-1],):
-            raise ValueError(f"flat_state: the state's {f!r} has shape {flat.shape}, the params need "
-                             f"({starts[-1]},)")
-        parts = [flat[a:b].reshape(x.shape) for a, b, x in zip(starts, starts[1:], leaves)]
-        state[i] = state[i]._replace(**{f: treedef.unflatten(parts)})
-    return tuple(state)
-
-
-def _with_flat_state(owner, chain, fields) -> optax.GradientTransformation:
-    """``chain`` keeping the per-parameter ``fields`` as flat arrays (unflattened around its update)."""
-
-    def init_fn(params):
-        _check_flat(owner, params)
-        return flatten_state(chain.init(params), fields)
-
-    def update_fn(grads, state, params=None):
-        if params is None:
-            raise ValueError(f"{owner}: flat_state=True needs params in update")
-        updates, state = chain.update(grads, unflatten_state(state, fields, params), params)
-        return updates, flatten_state(state, fields)
-
-    return optax.GradientTransformation(init_fn, update_fn)
-
-
 def fused(owner: str, chain: optax.GradientTransformation, kernel, state_trees,
           flat_fields=()) -> optax.GradientTransformation:
     """``chain`` with its update run by ``kernel(grads, state, params, step) -> (outputs, state)`` where it applies.
@@ -253,7 +199,7 @@ def fused(owner: str, chain: optax.GradientTransformation, kernel, state_trees,
     """
     load_kernels()  # here, so that a missing compiler is reported where fused=True is asked for
     if flat_fields:
-        chain = _with_flat_state(owner, chain, flat_fields)
+        chain = with_flat_state(owner, chain, flat_fields)
 
     def applies(grads, state, params):
         return params is not None and bool(jax.tree.leaves(grads)) and _runs_fused(grads, params, state_trees(state))

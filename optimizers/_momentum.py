@@ -11,7 +11,8 @@ import optax
 from optimizers._checks import transformation
 from optimizers._dtypes import store, store_like, widen
 from optimizers._fused import fused as fused_transform
-from optimizers._fused import check_flat_state, sgd_kernel
+from optimizers._flat_state import check_flat_state
+from optimizers._fused import sgd_kernel
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule

@@ -11,7 +11,8 @@ import optax
 from optimizers._checks import transformation
 from optimizers._dtypes import real_zeros_like, store, store_like
 from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams
-from optimizers._fused import check_flat_state, fused_direction
+from optimizers._flat_state import check_flat_state
+from optimizers._fused import fused_direction
 from optimizers._moments import adam_moments, bias_correction, check_betas, step_number
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule

@@ -11,7 +11,8 @@ import optax
 from optimizers._checks import transformation
 from optimizers._elementwise import after, clip
 from optimizers._dtypes import reject_complex
-from optimizers._fused import check_flat_state, fused_direction
+from optimizers._flat_state import check_flat_state
+from optimizers._fused import fused_direction
 from optimizers._hyperparams import check_range, init_hyperparams
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule

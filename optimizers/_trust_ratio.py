@@ -11,7 +11,8 @@ import optax
 from optimizers._adam import adam_scalars, scale_by_adam
 from optimizers._checks import transformation
 from optimizers._dtypes import abs2
-from optimizers._fused import check_flat_state, fused_lamb, fused_lars
+from optimizers._flat_state import check_flat_state
+from optimizers._fused import fused_lamb, fused_lars
 from optimizers._hyperparams import _is_number, check_range, current_hyperparams, init_hyperparams
 from optimizers._momentum import trace
 from optimizers._scaling import MaskOrFn, add_decayed_weights, leaf_masks, scale_by_learning_rate
