@@ -332,13 +332,39 @@ ffi::Error radam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<
   return one_pass<11>("fused radam", pool, hyper, decay, args, rets, 2, step, loop, loop);
 }
 
-// Per-leaf sums of squares of a and b over chunks: within a block of kBlock elements, kLanes
-// float32 partial sums (a vectorizable reduction: each lane adds its 64 terms in order); the
-// blocks', chunks' and leaf's sums in double, in order, so the result does not depend on the
-// number of threads.
+// Sums over a chunk: within a block of kBlock elements, kLanes float32 partial sums (a
+// vectorizable reduction: each lane adds its 64 terms in order); the blocks' sums in double,
+// in order. Chunks' sums are then added in chunk order, so no result depends on the number
+// of threads.
 constexpr int kLanes = 16;
 constexpr int64_t kBlock = 1024;
 
+// The sum of term(e) over count elements from lo (a multiple of kLanes): kLanes float32
+// partial sums, a vectorizable reduction.
+template <typename Term>
+inline double lanes(int64_t lo, int64_t count, Term term) {
+  float acc[kLanes] = {};
+  for (int64_t e = lo; e < lo + count; e += kLanes)
+    for (int k = 0; k < kLanes; ++k) acc[k] += term(e + k);
+  double total = 0.0;
+  for (int k = 0; k < kLanes; ++k) total += acc[k];
+  return total;
+}
+
+// The sum of term(e) over [lo, hi): lanes of kBlock elements, the blocks' sums in double; the
+// order depends only on lo and hi.
+template <typename Term>
+inline double lane_sum(int64_t lo, int64_t hi, Term term) {
+  double total = 0.0;
+  int64_t i = lo;
+  for (; i + kBlock <= hi; i += kBlock) total += lanes(i, kBlock, term);
+  const int64_t rest = (hi - i) / kLanes * kLanes;
+  total += lanes(i, rest, term);
+  for (i += rest; i < hi; ++i) total += term(i);
+  return total;
+}
+
+// Per-leaf sums of squares of a and b (LAMB, LARS), chunk by chunk.
 struct LeafSums {
   std::vector<int64_t> first;  // leaf i's chunks are first[i] .. first[i+1]-1
   std::shared_ptr<std::vector<double>> sums;  // per chunk: sum a^2, sum b^2
@@ -401,23 +427,11 @@ ffi::Error lamb(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
       v[e] = vi;
       return mi / c1 / (std::sqrt(vi / c2) + eps) + lam * p[e];
     };
-    double r_sum = 0.0, p_sum = 0.0;
-    int64_t i = lo;
-    for (; i + kBlock <= hi; i += kBlock) {
-      float rr[kLanes] = {}, pp[kLanes] = {};
-      for (int64_t e = i; e < i + kBlock; e += kLanes)
-        for (int k = 0; k < kLanes; ++k) {
-          const float r = element(e + k);
-          rr[k] += r * r, pp[k] += p[e + k] * p[e + k];
-        }
-      for (int k = 0; k < kLanes; ++k) r_sum += rr[k], p_sum += pp[k];
-    }
-    for (; i < hi; ++i) {
-      const float r = element(i);
-      r_sum += static_cast<double>(r) * r, p_sum += static_cast<double>(p[i]) * p[i];
-    }
-    (*partial)[2 * j] = r_sum;
-    (*partial)[2 * j + 1] = p_sum;
+    (*partial)[2 * j] = lane_sum(lo, hi, [&](int64_t e) {
+      const float r = element(e);
+      return r * r;
+    });
+    (*partial)[2 * j + 1] = lane_sum(lo, hi, [p](int64_t e) { return p[e] * p[e]; });
   });
   const float* on = decay.typed_data() + L;
   for (size_t i = 0; i < L; ++i) {
@@ -465,17 +479,8 @@ ffi::Error lars(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
   parallel_chunks(pool, leaves, [partial](const Leaf& leaf, int64_t lo, int64_t hi, int64_t j) {
     const float* __restrict g = leaf.g;
     const float* __restrict w = leaf.p;
-    double a = 0.0, b = 0.0;
-    int64_t i = lo;
-    for (; i + kBlock <= hi; i += kBlock) {
-      float gg[kLanes] = {}, ww[kLanes] = {};
-      for (int64_t e = i; e < i + kBlock; e += kLanes)
-        for (int k = 0; k < kLanes; ++k) gg[k] += g[e + k] * g[e + k], ww[k] += w[e + k] * w[e + k];
-      for (int k = 0; k < kLanes; ++k) a += gg[k], b += ww[k];
-    }
-    for (; i < hi; ++i) a += static_cast<double>(g[i]) * g[i], b += static_cast<double>(w[i]) * w[i];
-    (*partial)[2 * j] = a;
-    (*partial)[2 * j + 1] = b;
+    (*partial)[2 * j] = lane_sum(lo, hi, [g](int64_t e) { return g[e] * g[e]; });
+    (*partial)[2 * j + 1] = lane_sum(lo, hi, [w](int64_t e) { return w[e] * w[e]; });
   });
   const float* on = decay.typed_data() + L;
   for (size_t i = 0; i < L; ++i) {
@@ -632,31 +637,6 @@ ffi::Error sgd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ff
        {sgd_pass<true, true, false>, sgd_pass<true, true, true>}},
   };
   return passes[step][momentum][nesterov && momentum](pool, hyper, decay, args, rets);
-}
-
-// The sum of term(e) over count elements from lo (a multiple of kLanes): kLanes float32
-// partial sums, a vectorizable reduction.
-template <typename Term>
-inline double lanes(int64_t lo, int64_t count, Term term) {
-  float acc[kLanes] = {};
-  for (int64_t e = lo; e < lo + count; e += kLanes)
-    for (int k = 0; k < kLanes; ++k) acc[k] += term(e + k);
-  double total = 0.0;
-  for (int k = 0; k < kLanes; ++k) total += acc[k];
-  return total;
-}
-
-// The sum of term(e) over [lo, hi): lanes of kBlock elements, the blocks' sums in double; the
-// order depends only on lo and hi.
-template <typename Term>
-inline double lane_sum(int64_t lo, int64_t hi, Term term) {
-  double total = 0.0;
-  int64_t i = lo;
-  for (; i + kBlock <= hi; i += kBlock) total += lanes(i, kBlock, term);
-  const int64_t rest = (hi - i) / kLanes * kLanes;
-  total += lanes(i, rest, term);
-  for (i += rest; i < hi; ++i) total += term(i);
-  return total;
 }
 
 // Adafactor (scale_by_factored_rms, [clip_by_block_rms], [scale_by_param_block_rms],
