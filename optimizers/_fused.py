@@ -164,6 +164,16 @@ def _call(target: str, hyper, decays, params, grads, buffers, step: bool, flags=
             [_merge(kept, state[k * n:(k + 1) * n], buffer) for k, buffer in enumerate(buffers)])
 
 
+def _state_buffers(buffer, flat: bool):
+    """A state buffer as ``_call`` takes it: its leaves, or (``flat``) the one flat array."""
+    return buffer if flat else jax.tree.leaves(buffer)
+
+
+def _state_tree(buffer, treedef, flat: bool):
+    """A buffer from ``_call`` back in the state's form: the params' tree, or (``flat``) as it is."""
+    return buffer if flat else treedef.unflatten(buffer)
+
+
 def _advance(link, **values):
     """(hyperparameters of this update, the link's state after it) for a link holding ``values``."""
     hp = current_hyperparams(values, link.hyperparams, link.count)
@@ -271,10 +281,10 @@ def direction_kernel(target: str, values: dict, scalars, fields: tuple, learning
             wd, decay_new = _advance(decay_link, weight_decay=weight_decay)
             lam, new_decay = wd["weight_decay"], [decay_new]
         g, treedef = jax.tree.flatten(grads)
-        state_buffers = [getattr(link, f) if flat else jax.tree.leaves(getattr(link, f)) for f in fields]
+        state_buffers = [_state_buffers(getattr(link, f), flat) for f in fields]
         out, buffers = _call(target, hyper, _leaf_decays(decay_link, lam, mask, params), jax.tree.leaves(params), g,
                              state_buffers, step, flat=flat, **attrs)
-        new_link = new_link._replace(**{f: b if flat else treedef.unflatten(b) for f, b in zip(fields, buffers)},
+        new_link = new_link._replace(**{f: _state_tree(b, treedef, flat) for f, b in zip(fields, buffers)},
                                      **(link_update(hp, link) if link_update else {}))
         return treedef.unflatten(out), (new_link, *new_decay, lr_new)
 
@@ -307,11 +317,10 @@ def fused_lamb(chain, adam_values: dict, adam_scalars, min_param_norm, max_param
                            jnp.float32(max_param_norm), -lr["learning_rate"]]).astype(jnp.float32)
         flags = [jnp.float32(on) for on in jax.tree.leaves(leaf_masks(trust_ratio_mask, params))]
         g, treedef = jax.tree.flatten(grads)
-        moments = [adam_link.mu, adam_link.nu] if flat else [jax.tree.leaves(adam_link.mu), jax.tree.leaves(adam_link.nu)]
+        moments = [_state_buffers(adam_link.mu, flat), _state_buffers(adam_link.nu, flat)]
         out, (mu, nu) = _call("optimizers_lamb", hyper, _leaf_decays(decay_link, wd["weight_decay"], mask, params),
                               jax.tree.leaves(params), g, moments, step, flags, flat=flat)
-        adam_new = adam_new._replace(mu=mu, nu=nu) if flat else adam_new._replace(mu=treedef.unflatten(mu),
-                                                                                   nu=treedef.unflatten(nu))
+        adam_new = adam_new._replace(mu=_state_tree(mu, treedef, flat), nu=_state_tree(nu, treedef, flat))
         return treedef.unflatten(out), (adam_new, decay_new, trust_new, lr_new)
 
     return fused("lamb", chain, kernel, lambda state: (state[0].mu, state[0].nu),
@@ -334,9 +343,9 @@ def fused_lars(chain, lars_values: dict, momentum, nesterov: bool, learning_rate
         flags = [jnp.float32(on) for on in jax.tree.leaves(leaf_masks(trust_ratio_mask, params))]
         g, treedef = jax.tree.flatten(grads)
         out, (trace,) = _call("optimizers_lars", hyper, betas, jax.tree.leaves(params), g,
-                              [trace_link.trace if flat else jax.tree.leaves(trace_link.trace)], step, flags,
+                              [_state_buffers(trace_link.trace, flat)], step, flags,
                               flat=flat, nesterov=bool(nesterov))
-        trace = trace if flat else treedef.unflatten(trace)
+        trace = _state_tree(trace, treedef, flat)
         return treedef.unflatten(out), (lars_new, lr_new, trace_new._replace(trace=trace))
 
     return fused("lars", chain, kernel, lambda state: state[2].trace, [(2, "trace")] if flat else ())
@@ -356,14 +365,14 @@ def sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask, flat=False
         buffers = []
         if has_momentum:
             hp, trace_new = _advance(trace_link, momentum=momentum)
-            mu, buffers = hp["momentum"], [trace_link.trace if flat else jax.tree.leaves(trace_link.trace)]
+            mu, buffers = hp["momentum"], [_state_buffers(trace_link.trace, flat)]
         g, treedef = jax.tree.flatten(grads)
         hyper = jnp.stack([mu, -lr["learning_rate"]]).astype(jnp.float32)
         decays = _leaf_decays(decay_link if has_decay else None, lam, mask, params)
         out, new_buffers = _call("optimizers_sgd", hyper, decays, jax.tree.leaves(params), g,
                                  buffers, step, flat=flat, momentum=has_momentum, nesterov=bool(nesterov))
         if has_momentum:
-            trace_link = trace_new._replace(trace=new_buffers[0] if flat else treedef.unflatten(new_buffers[0]))
+            trace_link = trace_new._replace(trace=_state_tree(new_buffers[0], treedef, flat))
         return treedef.unflatten(out), (decay_link, trace_link, lr_new)
 
     return kernel
