@@ -1,5 +1,5 @@
 // CPU kernels for Adam/AdamW, AMSGrad, Adamax, Nadam, RAdam, LAMB, LARS, Lion, AdaGrad,
-// Adadelta, Rprop, SGD and Adafactor, called from XLA through its FFI.
+// Adadelta, RMSProp, Rprop, SGD and Adafactor, called from XLA through its FFI.
 //
 // XLA:CPU writes each output buffer of an elementwise update in its own loop, so an Adam step
 // reads the gradient and the moments several times (40 bytes per parameter where 28 suffice).
@@ -7,7 +7,7 @@
 // pytree in one call, split into chunks that XLA's intra-op thread pool and the calling thread
 // share.  The formulas, and the order of their float32 operations, are those of the chains in
 // _adam.py, _nadam.py, _radam.py, _trust_ratio.py, _lion.py, _adagrad.py, _adadelta.py,
-// _rprop.py, _momentum.py and _adafactor.py (see _fused.py); the in-place buffers (params in "step" mode, the moments
+// _rmsprop.py, _rprop.py, _momentum.py and _adafactor.py (see _fused.py); the in-place buffers (params in "step" mode, the moments
 // always) are aliased to their results by the caller.
 //
 // Operands of the kernels but Adafactor's: hyper (f32[k], the step's scalars), decay (f32[L],
@@ -564,6 +564,63 @@ void adadelta_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
 
 ONE_PASS_ENTRY(adadelta, 4, 2)
 
+// RMSProp (scale_by_rms, [trace], scale_by_learning_rate), on v, [the mean a (centered)], [the momentum b]:
+//   v' = rho v + ((1-rho) g) g;  s = v' or (centered) rho (v - a a) + ((rho (1-rho)) (g - a)) (g - a),
+//   a' = rho a + (1-rho) g;  u = g / (sqrt(s) + eps) or g / sqrt(s + eps), s = max(s, 0) if centered;
+//   b' = u + mu b, u = b' (heavy ball) or u + mu b' (Nesterov);  d = -lr u
+// hyper: rho, 1-rho, rho (1-rho), eps, mu, -lr. kMomentum: 0 none, 1 heavy ball, 2 Nesterov.
+template <bool kStep, bool kCentered, bool kInSqrt, int kMomentum>
+void rmsprop_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+  const float rho = h[0], orho = h[1], rho_orho = h[2], eps = h[3], mu = h[4], nlr = h[5];
+  float* __restrict p = leaf.p;
+  const float* __restrict g = leaf.g;
+  float* __restrict v = leaf.m;
+  float* __restrict a = leaf.v;
+  float* __restrict b = kCentered ? leaf.w : leaf.v;
+  float* __restrict out = leaf.out;
+  for (int64_t i = lo; i < hi; ++i) {
+    const float gi = g[i], vo = v[i];
+    const float vi = rho * vo + (orho * gi) * gi;
+    float s = vi;
+    if (kCentered) {
+      const float ao = a[i], d = gi - ao;
+      s = rho * (vo - ao * ao) + (rho_orho * d) * d;
+      a[i] = rho * ao + orho * gi;
+    }
+    v[i] = vi;
+    if (kCentered) s = nan_max(s, 0.0f);
+    float u = gi / (kInSqrt ? std::sqrt(s + eps) : std::sqrt(s) + eps);
+    if (kMomentum) {
+      const float bi = u + mu * b[i];
+      b[i] = bi;
+      u = kMomentum == 2 ? u + mu * bi : bi;
+    }
+    emit<kStep>(out, p, i, nlr * u);
+  }
+}
+
+template <bool kStep, bool kCentered, bool kInSqrt>
+Loop rmsprop_pick(int momentum) {
+  return momentum == 0 ? rmsprop_loop<kStep, kCentered, kInSqrt, 0>
+                       : (momentum == 1 ? rmsprop_loop<kStep, kCentered, kInSqrt, 1>
+                                        : rmsprop_loop<kStep, kCentered, kInSqrt, 2>);
+}
+
+ffi::Error rmsprop(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> decay,
+                   ffi::RemainingArgs args, ffi::RemainingRets rets, bool centered, bool eps_in_sqrt,
+                   int64_t momentum, bool step) {
+  if (momentum < 0 || momentum > 2) return ffi::Error::InvalidArgument("fused rmsprop: momentum 0, 1 or 2");
+  using Pick = Loop (*)(int);
+  const Pick picks[2][2][2] = {  // [step][centered][eps_in_sqrt]
+      {{rmsprop_pick<false, false, false>, rmsprop_pick<false, false, true>},
+       {rmsprop_pick<false, true, false>, rmsprop_pick<false, true, true>}},
+      {{rmsprop_pick<true, false, false>, rmsprop_pick<true, false, true>},
+       {rmsprop_pick<true, true, false>, rmsprop_pick<true, true, true>}}};
+  const Loop loop = picks[step][centered][eps_in_sqrt](static_cast<int>(momentum));
+  const int n_state = 1 + centered + (momentum != 0);
+  return one_pass<6>("fused rmsprop", pool, hyper, decay, args, rets, n_state, step, loop, loop);
+}
+
 // Rprop (scale_by_rprop, scale_by_learning_rate), on zeta (step sizes) and the previous gradient q:
 //   zeta = clip(zeta * (eta+ if g q > 0, eta- if g q < 0, else 1), zeta_min, zeta_max);
 //   g = 0 where g q < 0 (the "torch" form);  q = g;  d = -lr zeta sign(g)
@@ -896,6 +953,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lars, lars, OPTIMIZERS_BIND.Attr<bool>(
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lion, lion, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adagrad, adagrad, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adadelta, adadelta, OPTIMIZERS_BIND.Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_rmsprop, rmsprop,
+                              OPTIMIZERS_BIND.Attr<bool>("centered").Attr<bool>("eps_in_sqrt").Attr<int64_t>("momentum")
+                                  .Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_rprop, rprop, OPTIMIZERS_BIND.Attr<bool>("torch_form").Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_sgd, sgd,
                               OPTIMIZERS_BIND.Attr<bool>("momentum").Attr<bool>("nesterov").Attr<bool>("step"));

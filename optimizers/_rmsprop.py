@@ -10,6 +10,9 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._dtypes import inner, real_full_like, store, store_like, widen
+from optimizers._flat_state import check_flat_state
+from optimizers._fused import _advance, _call, _state_buffers, _state_tree
+from optimizers._fused import fused as fused_transform
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers._momentum import trace
 from optimizers._scaling import scale_by_learning_rate
@@ -66,8 +69,8 @@ def scale_by_rms(decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
                                real_full_like(params, initial_scale),
                                optax.tree.zeros_like(params) if centered else None)
 
-    def denominator(var, e):
-        var = jnp.maximum(var, 0.0)
+    def denominator(var, e):  # only the centered variance can round below 0 (v >= 0 from v_0 >= 0)
+        var = jnp.maximum(var, 0.0) if centered else var
         return jnp.sqrt(var + e) if eps_in_sqrt else jnp.sqrt(var) + e
 
     def variance(g, v_old, m_old, rho):
@@ -95,16 +98,57 @@ def scale_by_rms(decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
 
 def rmsprop(learning_rate: ScalarOrSchedule, decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
             initial_scale: float = 0.0, eps_in_sqrt: bool = False, centered: bool = False,
-            momentum: ScalarOrSchedule = 0.0, nesterov: bool = False) -> optax.GradientTransformation:
+            momentum: ScalarOrSchedule = 0.0, nesterov: bool = False, *, fused: bool = False,
+            flat_state: bool = False) -> optax.GradientTransformation:
     r"""RMSProp: :math:`\theta_t = \theta_{t-1} - \gamma_t b_t`, :math:`b_t = \mu b_{t-1} + u_t`.
 
     :math:`u_t` from :func:`scale_by_rms`; with ``momentum`` the buffer :math:`b_t` holds
     :math:`u_t` before the learning rate, as in ``torch.optim.RMSprop``, so a learning-rate
-    schedule gives PyTorch's trajectory (optax's ``rmsprop`` scales before its momentum).
+    schedule gives PyTorch's trajectory (optax's ``rmsprop`` scales before its momentum);
+    ``nesterov`` uses :math:`u_t + \mu b_t` (:func:`trace`). ``fused=True``: the same update,
+    every variant, as one pass over memory on the CPU (see :func:`adam`); ``flat_state`` as there.
     """
     check_range("rmsprop", "momentum", momentum, 0.0, 1.0, high_open=True)
-    return optax.chain(
+    if nesterov and is_zero(momentum):
+        raise ValueError(f"rmsprop: nesterov=True needs a momentum in (0, 1), got momentum={momentum!r}")
+    chain = optax.chain(
         scale_by_rms(decay, eps, initial_scale, eps_in_sqrt, centered),
         optax.identity() if is_zero(momentum) else trace(momentum, nesterov),
         scale_by_learning_rate(learning_rate),
     )
+    check_flat_state("rmsprop", fused, flat_state)
+    if not fused:
+        return chain
+    kind = 0 if is_zero(momentum) else 1 + bool(nesterov)
+    fields = [(0, "nu")] + [(0, "mu")] * centered + [(1, "trace")] * bool(kind)
+    kernel = _rmsprop_kernel(dict(decay=decay, eps=eps), momentum, learning_rate, fields, flat_state,
+                             centered=bool(centered), eps_in_sqrt=bool(eps_in_sqrt), momentum=kind)
+    return fused_transform("rmsprop", chain, kernel, lambda state: [getattr(state[i], f) for i, f in fields],
+                           fields if flat_state else ())
+
+
+def _rmsprop_kernel(rms_values: dict, mu_value, learning_rate, fields, flat: bool, **attrs):
+    """The kernel of ``chain(scale_by_rms, trace or identity, scale_by_learning_rate)``
+    (``optimizers_rmsprop``, see ``_fused_kernels.cc``); ``fields``: its state buffers, in the
+    kernel's order."""
+
+    def kernel(grads, state, params, step):
+        state = list(state)  # the links' buffers stay the old ones until the kernel's results replace them
+        hp, state[0] = _advance(state[0], **rms_values)
+        mu = jnp.zeros([], jnp.float32)
+        if attrs["momentum"]:
+            trace_hp, state[1] = _advance(state[1], momentum=mu_value)
+            mu = trace_hp["momentum"]
+        lr, state[2] = _advance(state[2], learning_rate=learning_rate)
+        rho = hp["decay"]
+        hyper = jnp.stack([rho, 1 - rho, rho * (1 - rho), hp["eps"], mu, -lr["learning_rate"]]).astype(jnp.float32)
+        g, treedef = jax.tree.flatten(grads)
+        leaves = jax.tree.leaves(params)
+        buffers = [_state_buffers(getattr(state[i], f), flat) for i, f in fields]
+        out, buffers = _call("optimizers_rmsprop", hyper, [jnp.zeros([], jnp.float32)] * len(leaves), leaves, g,
+                             buffers, step, flat=flat, **attrs)
+        for (i, f), b in zip(fields, buffers):
+            state[i] = state[i]._replace(**{f: _state_tree(b, treedef, flat)})
+        return treedef.unflatten(out), tuple(state)
+
+    return kernel

@@ -1,5 +1,5 @@
-"""The CPU kernels of ``fused=True`` (one pass: adam, adamw, lion, adagrad, adadelta, rprop, sgd; two: lamb, lars;
-three: adafactor) and update_and_apply.
+"""The CPU kernels of ``fused=True`` (one pass: adam, adamw, amsgrad, adamax, nadam, radam, lion, adagrad,
+adadelta, rmsprop, rprop, sgd; two: lamb, lars; three: adafactor) and update_and_apply.
 
 The fused transforms are also in the conformance suite (and so in the sharding, checkpoint,
 non-finite, counter, precision and property tests). Here: that the kernel runs, that it is
@@ -23,6 +23,7 @@ from test_lion import _lion_reference
 from test_momentum import _sgd_reference
 from test_nadam import _nadam_reference
 from test_radam import _radam_reference
+from test_rmsprop import _rmsprop_reference
 from test_rprop import _rprop_reference
 from test_trust_ratio import _lamb_reference, _lars_reference
 
@@ -57,6 +58,11 @@ FUSED = {
     "lion": lambda fused, **kw: optimizers.lion(0.01, weight_decay=0.1, fused=fused, **kw),
     "adagrad": lambda fused, **kw: optimizers.adagrad(0.1, initial_accumulator_value=0.1, fused=fused, **kw),
     "adadelta": lambda fused, **kw: optimizers.adadelta(1.0, rho=0.9, eps=1e-6, fused=fused, **kw),
+    "rmsprop": lambda fused, **kw: optimizers.rmsprop(0.01, fused=fused, **kw),
+    "rmsprop centered momentum": lambda fused, **kw: optimizers.rmsprop(0.01, centered=True, momentum=0.9,
+                                                                        fused=fused, **kw),
+    "rmsprop eps_in_sqrt nesterov": lambda fused, **kw: optimizers.rmsprop(
+        0.01, decay=0.9, eps=1e-6, eps_in_sqrt=True, momentum=0.5, nesterov=True, fused=fused, **kw),
     "rprop": lambda fused, **kw: optimizers.rprop(0.01, fused=fused, **kw),
     "rprop torch": lambda fused, **kw: optimizers.rprop(0.01, form="torch", fused=fused, **kw),
     "sgd": lambda fused, **kw: optimizers.sgd(0.05, fused=fused, **kw),
@@ -162,6 +168,15 @@ def _adafactor_params(theta, grads, *args):
     return iter([theta] * len(grads)) if theta.size == 0 else _adafactor_reference(theta, grads, *args, set())
 
 
+def _rmsprop_params(theta, grads, lr, rho, eps, eps_in_sqrt, centered, mu, nesterov):
+    """RMSProp with momentum: b_t = mu b_{t-1} + u_t, theta_t = theta_{t-1} - lr (b_t or u_t + mu b_t)."""
+    b = np.zeros_like(theta)
+    for u in _rmsprop_reference(grads, rho, eps, eps_in_sqrt, centered):
+        b = mu * b + u
+        theta = theta - lr * (u + mu * b if nesterov else b)
+        yield theta
+
+
 def _adam_params(theta, grads, lr, wd):
     return _decoupled(_adam_reference(grads, 0.9, 0.999, 1e-8), theta, lr, wd)
 
@@ -184,6 +199,9 @@ REFERENCES = {  # per leaf: (theta0, grads, masked in) -> params after each step
     "lion": lambda t, gs, on: _decoupled(_lion_reference(gs, 0.9, 0.99), t, 0.01, 0.1),
     "adagrad": lambda t, gs, on: _decoupled(_adagrad_directions(gs, 0.1, 1e-10), t, 0.1, 0.0),
     "adadelta": lambda t, gs, on: _decoupled(_adadelta_reference(gs, 0.9, 1e-6), t, 1.0, 0.0),
+    "rmsprop": lambda t, gs, on: _rmsprop_params(t, gs, 0.01, 0.99, 1e-8, False, False, 0.0, False),
+    "rmsprop centered momentum": lambda t, gs, on: _rmsprop_params(t, gs, 0.01, 0.99, 1e-8, False, True, 0.9, False),
+    "rmsprop eps_in_sqrt nesterov": lambda t, gs, on: _rmsprop_params(t, gs, 0.01, 0.9, 1e-6, True, False, 0.5, True),
     "rprop": lambda t, gs, on: _decoupled(_rprop_reference(gs, 1.2, 0.5, 1e-4, 5e3, "table"), t, 0.01, 0.0),
     "rprop torch": lambda t, gs, on: _decoupled(_rprop_reference(gs, 1.2, 0.5, 1e-4, 5e3, "torch"), t, 0.01, 0.0),
     "sgd": lambda t, gs, on: _sgd_reference(t, gs, 0.05, 0.0, False, 0.0),
@@ -222,6 +240,9 @@ TORCH = {
     "radam torch": lambda ps: torch.optim.RAdam(ps, lr=0.01),
     "adagrad": lambda ps: torch.optim.Adagrad(ps, lr=0.1, initial_accumulator_value=0.1, eps=1e-10),
     "adadelta": lambda ps: torch.optim.Adadelta(ps, lr=1.0, rho=0.9, eps=1e-6),
+    "rmsprop": lambda ps: torch.optim.RMSprop(ps, lr=0.01, alpha=0.99, eps=1e-8),
+    "rmsprop centered momentum": lambda ps: torch.optim.RMSprop(ps, lr=0.01, alpha=0.99, eps=1e-8, centered=True,
+                                                                momentum=0.9),
     "rprop torch": lambda ps: torch.optim.Rprop(ps, lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0)),
     "sgd momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
     "adafactor every matrix": lambda ps: torch.optim.Adafactor(ps, lr=0.01, eps=(1e-30, 1e-3)),
@@ -367,6 +388,8 @@ FLAT = {  # flat_state=True: the moments as one flat array each
     "adagrad": lambda flat: optimizers.adagrad(0.1, initial_accumulator_value=0.1, fused=True, flat_state=flat),
     "adadelta": lambda flat: optimizers.adadelta(1.0, rho=0.9, eps=1e-6, fused=True, flat_state=flat),
     "rprop torch": lambda flat: optimizers.rprop(0.01, form="torch", fused=True, flat_state=flat),
+    "rmsprop centered momentum": lambda flat: optimizers.rmsprop(0.01, centered=True, momentum=0.9, fused=True,
+                                                                 flat_state=flat),
     "lamb masked": lambda flat: optimizers.lamb(
         0.01, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p),
         trust_ratio_mask=lambda p: jax.tree.map(lambda x: x.size > 1, p), fused=True, flat_state=flat),

@@ -100,6 +100,15 @@ def _sgd(draw):
                         weight_decay=DECAY))
 
 
+@st.composite
+def _rmsprop(draw):
+    momentum = draw(st.one_of(st.just(0.0), UNIT))
+    nesterov = draw(st.booleans()) if momentum else False
+    return draw(_kwargs(learning_rate=LR, decay=UNIT, eps=EPS, initial_scale=_floats(0.0, 1.0),
+                        eps_in_sqrt=st.booleans(), centered=st.booleans(), momentum=st.just(momentum),
+                        nesterov=st.just(nesterov)))
+
+
 HYPERPARAMETERS = {
     "adadelta": _kwargs(learning_rate=LR, rho=UNIT, eps=EPS),
     "adafactor": _kwargs(
@@ -128,9 +137,7 @@ HYPERPARAMETERS = {
     "nadam": _kwargs(**ADAM, momentum_decay=_floats(0.0, 0.1)),
     "novograd": _kwargs(**ADAM, weight_decay=DECAY),
     "radam": _kwargs(**ADAM, threshold=_floats(4.0, 10.0), eps_on_raw_sqrt=st.booleans()),
-    "rmsprop": _kwargs(learning_rate=LR, decay=UNIT, eps=EPS, initial_scale=_floats(0.0, 1.0),
-                       eps_in_sqrt=st.booleans(), centered=st.booleans(), momentum=st.one_of(st.just(0.0), UNIT),
-                       nesterov=st.booleans()),
+    "rmsprop": _rmsprop(),
     "rprop": _kwargs(learning_rate=LR, eta_plus=_floats(1.0, 2.0, exclude_min=True),
                      eta_minus=_floats(0.0, 1.0, exclude_min=True, exclude_max=True),
                      min_scale=_log_uniform(1e-6, 1.0), max_scale=_floats(1.0, 1e4),

@@ -54,3 +54,8 @@ def test_rmsprop_eps_in_sqrt_matches_optax():
     want = run_params_f64(optax.rmsprop(1e-2, decay=0.9, eps=1e-8), grads, theta0)
     for g, w in zip(got, want):
         assert_trees_close(g, w, rtol=1e-10)
+
+
+def test_nesterov_needs_momentum():
+    with pytest.raises(ValueError, match="rmsprop: nesterov=True needs a momentum"):
+        optimizers.rmsprop(1e-2, nesterov=True)
