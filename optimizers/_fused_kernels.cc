@@ -1,5 +1,5 @@
 // CPU kernels for Adam/AdamW, AMSGrad, Adamax, Nadam, RAdam, LAMB, LARS, Lion, AdaGrad,
-// Adadelta, RMSProp, Rprop, SGD and Adafactor, called from XLA through its FFI.
+// Adadelta, RMSProp, Rprop, SGD, NovoGrad and Adafactor, called from XLA through its FFI.
 //
 // XLA:CPU writes each output buffer of an elementwise update in its own loop, so an Adam step
 // reads the gradient and the moments several times (40 bytes per parameter where 28 suffice).
@@ -7,7 +7,7 @@
 // pytree in one call, split into chunks that XLA's intra-op thread pool and the calling thread
 // share.  The formulas, and the order of their float32 operations, are those of the chains in
 // _adam.py, _nadam.py, _radam.py, _trust_ratio.py, _lion.py, _adagrad.py, _adadelta.py,
-// _rmsprop.py, _rprop.py, _momentum.py and _adafactor.py (see _fused.py); the in-place buffers (params in "step" mode, the moments
+// _rmsprop.py, _rprop.py, _momentum.py, _novograd.py and _adafactor.py (see _fused.py); the in-place buffers (params in "step" mode, the moments
 // always) are aliased to their results by the caller.
 //
 // Operands of the kernels but Adafactor's: hyper (f32[k], the step's scalars), decay (f32[L],
@@ -41,7 +41,7 @@ struct Leaf {
   float* w;        // the third state buffer, in place (may be null)
   float* out;      // updates (update mode; null in step mode)
   int64_t n;
-  float decay;   // the leaf's weight decay
+  float decay;   // the leaf's weight decay (NovoGrad: the denominator of its normalised gradient)
   float ratio;  // LAMB, LARS: the leaf's trust ratio, between their two passes
 };
 
@@ -584,6 +584,27 @@ void adadelta_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
 
 ONE_PASS_ENTRY(adadelta, 4, 2)
 
+// NovoGrad (scale_by_novograd, scale_by_learning_rate), with each leaf's denominator
+// den = sqrt(v) + eps (no eps at the first step; 1 where that is 0), from the per-leaf second
+// moment v the caller computes from the leaf's sum of squares:
+//   m = b1 m + g / den + lambda w;  d = -lr m
+// hyper: b1, lambda, -lr; decay: the L denominators.
+template <bool kStep>
+void novograd_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+  const float b1 = h[0], lam = h[1], nlr = h[2], den = leaf.decay;
+  float* __restrict w = leaf.p;
+  const float* __restrict g = leaf.g;
+  float* __restrict m = leaf.m;
+  float* __restrict out = leaf.out;
+  for (int64_t i = lo; i < hi; ++i) {
+    const float mi = b1 * m[i] + g[i] / den + lam * w[i];
+    m[i] = mi;
+    emit<kStep>(out, w, i, nlr * mi);
+  }
+}
+
+ONE_PASS_ENTRY(novograd, 3, 1)
+
 // RMSProp (scale_by_rms, [trace], scale_by_learning_rate), on v, [the mean a (centered)], [the momentum b]:
 //   v' = rho v + ((1-rho) g) g;  s = v' or (centered) rho (v - a a) + ((rho (1-rho)) (g - a)) (g - a),
 //   a' = rho a + (1-rho) g;  u = g / (sqrt(s) + eps) or g / sqrt(s + eps), s = max(s, 0) if centered;
@@ -983,6 +1004,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lars, lars, OPTIMIZERS_BIND.Attr<bool>(
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lion, lion, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adagrad, adagrad, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adadelta, adadelta, OPTIMIZERS_BIND.Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_novograd, novograd, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_rmsprop, rmsprop,
                               OPTIMIZERS_BIND.Attr<bool>("centered").Attr<bool>("eps_in_sqrt").Attr<int64_t>("momentum")
                                   .Attr<bool>("step"));
