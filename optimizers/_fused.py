@@ -5,7 +5,8 @@ step reads the gradient and the moments again for each of :math:`m_t`, :math:`v_
 update, 40 bytes per float32 parameter where one pass needs 28, and the step is memory bound
 (``benchmarks/``). With ``fused=True``, ``adam``, ``adamw``, ``amsgrad``, ``adamax``,
 ``nadam``, ``radam``, ``sgd``, ``lion``, ``adagrad``, ``adadelta``, ``rmsprop`` and ``rprop`` run their
-update instead as one C++ loop per step, ``novograd`` as one after XLA's per-leaf sums of squares, ``lamb`` and ``lars`` as two (the per-leaf norms,
+update instead as one C++ loop per step, ``novograd`` as one after XLA's per-leaf sums of squares,
+``sm3`` as one (SM3-II, the covers' maxima in the same pass) or two (SM3-I), ``lamb`` and ``lars`` as two (the per-leaf norms,
 then the update), ``adafactor`` as three (the second moments and sums of squares, the
 clipping sums of factored leaves, the update), called from XLA through its FFI
 (``_fused_kernels.cc``): every leaf of the tree in one call, each input read
@@ -21,7 +22,7 @@ operations; the state is the unfused chain's, so checkpoints, :func:`get_hyperpa
   ``torch.optim.Adam(fused=True)``. For any other transform it is ``tx.update`` then
   ``optax.apply_updates``.
 
-``flat_state=True`` (with ``fused``, all but ``adafactor``) keeps each per-parameter state
+``flat_state=True`` (with ``fused``, all but ``sm3`` and ``adafactor``) keeps each per-parameter state
 buffer as one flat float32 array, the leaves one after another, instead of a tree: the same
 numbers, but JAX creates one output buffer per moment instead of one per leaf (about 1.6 us
 each on the CPU here, a millisecond a step on a 150-leaf tree); the state is no longer the
@@ -65,7 +66,7 @@ from optimizers._scaling import leaf_masks
 _SOURCE = Path(__file__).with_name("_fused_kernels.cc")
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC"]
 _KERNELS = ("adam", "amsgrad", "adamax", "nadam", "radam", "lamb", "lars", "lion", "adagrad", "adadelta", "rmsprop", "rprop",
-            "sgd", "novograd", "adafactor")
+            "sgd", "novograd", "sm3", "adafactor")
 _STEPS = weakref.WeakKeyDictionary()  # tx.update -> the in-place step of a fused transform
 
 
@@ -245,8 +246,8 @@ def update_and_apply(tx: optax.GradientTransformation, grads, state, params):
 
     For a transform made with ``fused=True`` (:func:`adam`, :func:`adamw`, :func:`amsgrad`,
     :func:`adamax`, :func:`nadam`, :func:`radam`, :func:`sgd`, :func:`lion`, :func:`adagrad`,
-    :func:`adadelta`, :func:`rmsprop`, :func:`rprop`, :func:`novograd`, :func:`lamb`, :func:`lars`,
-    :func:`adafactor`) on the
+    :func:`adadelta`, :func:`rmsprop`, :func:`rprop`, :func:`novograd`, :func:`sm3`, :func:`lamb`,
+    :func:`lars`, :func:`adafactor`) on the
     CPU, its kernel, which writes the params in place (donate them, and the
     state, to ``jax.jit``). For any other transform, ``tx.update`` then
     ``optax.apply_updates`` (to the float leaves: integer params are kept), so a train step

@@ -12,6 +12,8 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._ema import scale_by_ema
+from optimizers._fused import _advance, _call
+from optimizers._fused import fused as fused_transform
 from optimizers._dtypes import abs2, real_dtype, store
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers._scaling import scale_by_learning_rate
@@ -127,7 +129,7 @@ def scale_by_sm3(eps_root: ScalarOrSchedule = 0.0, variant: str = "I") -> optax.
 
 
 def sm3(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = None,
-        eps_root: ScalarOrSchedule = 0.0, variant: str = "I") -> optax.GradientTransformation:
+        eps_root: ScalarOrSchedule = 0.0, variant: str = "I", *, fused: bool = False) -> optax.GradientTransformation:
     r"""SM3: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_sm3`), memory linear in the dims.
 
     With ``momentum`` :math:`\beta`, :math:`u_t` is first averaged,
@@ -138,11 +140,44 @@ def sm3(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 
         learning_rate: :math:`\gamma_t \ge 0`, a number or a schedule.
         momentum: :math:`\beta \in [0, 1)`, or ``None`` (the paper's SM3, no momentum).
         eps_root, variant: see :func:`scale_by_sm3`.
+        fused: the same update on the CPU as one pass over memory (SM3-II; SM3-I reads the
+            gradient once more for the covers' maxima first), the maxima taken in the same pass
+            (see :func:`adam`).
     """
     if momentum is not None:
         check_range("sm3", "momentum", momentum, 0.0, 1.0, high_open=True)
-    return optax.chain(
+    chain = optax.chain(
         scale_by_sm3(eps_root, variant),
         optax.identity() if is_zero(momentum) else scale_by_ema(momentum),
         scale_by_learning_rate(learning_rate),
     )
+    if not fused:
+        return chain
+    return fused_transform("sm3", chain, _sm3_kernel(eps_root, momentum, learning_rate, variant == "II"),
+                           lambda state: (state[0].mu, getattr(state[1], "ema", ())))
+
+
+def _sm3_kernel(eps_root, momentum, learning_rate, two: bool):
+    """The kernel of ``chain(scale_by_sm3, scale_by_ema or identity, scale_by_learning_rate)``
+    (``optimizers_sm3``, see ``_fused_kernels.cc``)."""
+
+    def kernel(grads, state, params, step):
+        state = list(state)  # the links' buffers stay the old ones until the kernel's results replace them
+        hp, state[0] = _advance(state[0], eps_root=eps_root)
+        has_momentum, b = hasattr(state[1], "ema"), jnp.zeros([], jnp.float32)
+        if has_momentum:
+            ema_hp, state[1] = _advance(state[1], decay=momentum)
+            b = ema_hp["decay"]
+        lr, state[2] = _advance(state[2], learning_rate=learning_rate)
+        hyper = jnp.stack([hp["eps_root"], b, 1 - b, -lr["learning_rate"]]).astype(jnp.float32)
+        g, treedef = jax.tree.flatten(grads)
+        leaves = jax.tree.leaves(params)
+        buffers = [jax.tree.leaves(state[0].mu)] + ([jax.tree.leaves(state[1].ema)] if has_momentum else [])
+        out, buffers = _call("optimizers_sm3", hyper, [jnp.zeros([], jnp.float32)] * len(leaves), leaves, g, buffers,
+                             step, two=two, momentum=has_momentum)
+        state[0] = state[0]._replace(mu=treedef.unflatten(buffers[0]))
+        if has_momentum:
+            state[1] = state[1]._replace(ema=treedef.unflatten(buffers[1]))
+        return treedef.unflatten(out), tuple(state)
+
+    return kernel

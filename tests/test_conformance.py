@@ -72,6 +72,7 @@ WRAPPED = {
     "fused(novograd)": lambda **o: make("novograd", fused=True, **o),
     "fused(rmsprop)": lambda **o: make("rmsprop", fused=True, **o),
     "fused(rprop)": lambda **o: make("rprop", fused=True, **o),
+    "fused(sm3)": lambda **o: make("sm3", fused=True, **o),
     "fused(sgd)": lambda **o: make("sgd", fused=True, **o),
 }
 NAMES = ALIASES + sorted(WRAPPED)

@@ -1,5 +1,6 @@
 """The CPU kernels of ``fused=True`` (one pass: adam, adamw, amsgrad, adamax, nadam, radam, lion, adagrad,
-adadelta, rmsprop, rprop, sgd, novograd; two: lamb, lars; three: adafactor) and update_and_apply.
+adadelta, rmsprop, rprop, sgd, novograd, sm3-II; two: sm3-I, lamb, lars; three: adafactor) and
+update_and_apply.
 
 The fused transforms are also in the conformance suite (and so in the sharding, checkpoint,
 non-finite, counter, precision and property tests). Here: that the kernel runs, that it is
@@ -68,6 +69,9 @@ FUSED = {
     "rmsprop eps_in_sqrt nesterov": lambda fused, **kw: optimizers.rmsprop(
         0.01, decay=0.9, eps=1e-6, eps_in_sqrt=True, momentum=0.5, nesterov=True, fused=fused, **kw),
     "rprop": lambda fused, **kw: optimizers.rprop(0.01, fused=fused, **kw),
+    "sm3": lambda fused, **kw: optimizers.sm3(0.3, fused=fused, **kw),
+    "sm3 II momentum": lambda fused, **kw: optimizers.sm3(0.3, momentum=0.9, eps_root=1e-8, variant="II", fused=fused,
+                                                          **kw),
     "rprop torch": lambda fused, **kw: optimizers.rprop(0.01, form="torch", fused=fused, **kw),
     "sgd": lambda fused, **kw: optimizers.sgd(0.05, fused=fused, **kw),
     "adafactor": lambda fused, **kw: optimizers.adafactor(0.01, fused=fused, **kw),
@@ -194,6 +198,42 @@ def _novograd_params(theta, grads, lr, b1, b2, eps, wd):
         yield theta
 
 
+def _sm3_directions(grads, variant, eps):
+    """SM3-I/II with one accumulator per index of each dim (test_sm3 checks this against the
+    paper's explicit cover sets, which are too many here); a vector or scalar is AdaGrad."""
+    shape = grads[0].shape
+    if len(shape) < 2:
+        yield from _adagrad_sm3(grads, eps)
+        return
+    acc = [np.zeros(n) for n in shape]
+    others = [tuple(a for a in range(len(shape)) if a != d) for d in range(len(shape))]
+    spread = lambda d: np.expand_dims(acc[d], others[d])  # noqa: E731
+    for g in grads:
+        if variant == "I":
+            acc = [a + np.max(g**2, axis=o, initial=0.0) for a, o in zip(acc, others)]
+            nu = np.minimum.reduce(np.broadcast_arrays(*[spread(d) for d in range(len(shape))]))
+        else:
+            nu = np.minimum.reduce(np.broadcast_arrays(*[spread(d) for d in range(len(shape))])) + g**2
+            acc = [np.max(nu, axis=o, initial=0.0) for o in others]
+        yield np.where(nu > 0, g / np.sqrt(np.where(nu > 0, nu + eps, 1.0)), 0.0)
+
+
+def _adagrad_sm3(grads, eps):
+    v = np.zeros_like(grads[0])
+    for g in grads:
+        v = v + g**2
+        yield np.where(v > 0, g / np.sqrt(np.where(v > 0, v + eps, 1.0)), 0.0)
+
+
+def _sm3_params(theta, grads, lr, variant, eps, b):
+    """SM3 (Algorithms 1, 2) with optax's momentum m_t = b m_{t-1} + (1-b) u_t: theta_t = theta_{t-1} - lr m_t."""
+    m = np.zeros_like(theta)
+    for u in _sm3_directions(grads, variant, eps):
+        m = b * m + (1 - b) * u
+        theta = theta - lr * m
+        yield theta
+
+
 def _adam_params(theta, grads, lr, wd):
     return _decoupled(_adam_reference(grads, 0.9, 0.999, 1e-8), theta, lr, wd)
 
@@ -221,6 +261,8 @@ REFERENCES = {  # per leaf: (theta0, grads, masked in) -> params after each step
     "rmsprop": lambda t, gs, on: _rmsprop_params(t, gs, 0.01, 0.99, 1e-8, False, False, 0.0, False),
     "rmsprop centered momentum": lambda t, gs, on: _rmsprop_params(t, gs, 0.01, 0.99, 1e-8, False, True, 0.9, False),
     "rmsprop eps_in_sqrt nesterov": lambda t, gs, on: _rmsprop_params(t, gs, 0.01, 0.9, 1e-6, True, False, 0.5, True),
+    "sm3": lambda t, gs, on: _sm3_params(t, gs, 0.3, "I", 0.0, 0.0),
+    "sm3 II momentum": lambda t, gs, on: _sm3_params(t, gs, 0.3, "II", 1e-8, 0.9),
     "rprop": lambda t, gs, on: _decoupled(_rprop_reference(gs, 1.2, 0.5, 1e-4, 5e3, "table"), t, 0.01, 0.0),
     "rprop torch": lambda t, gs, on: _decoupled(_rprop_reference(gs, 1.2, 0.5, 1e-4, 5e3, "torch"), t, 0.01, 0.0),
     "sgd": lambda t, gs, on: _sgd_reference(t, gs, 0.05, 0.0, False, 0.0),

@@ -254,6 +254,7 @@ PINNED = {
     "fused(rmsprop)": (2.35e-01, 2.35e-01),
     "fused(rprop)": (3.13e-03, 2.81e-03),
     "fused(sgd)": (2.66e-02, 2.66e-02),
+    "fused(sm3)": (3.76e-02, 3.78e-02),
 }
 
 
