@@ -150,8 +150,10 @@ def _call(target: str, hyper, decays, params, grads, buffers, step: bool, flags=
 
     ``buffers``: lists of per-leaf state buffers shaped like the grads, in the kernel's order,
     or (``flat``) one flat array each, the leaves one after another; ``decays`` and ``flags``
-    (one number per leaf each) are its info operand.
+    (one number per leaf each; ``decays=None``: zeros) are its info operand.
     """
+    if decays is None:
+        decays = [jnp.zeros([], jnp.float32)] * len(grads)
     kept = _with_elements(grads)
     if not kept:
         return _outputs(kept, [], params, grads, step), buffers

@@ -182,6 +182,20 @@ ffi::Error one_pass(const char* name, ffi::ThreadPool& pool, const ffi::Buffer<f
     return one_pass<kScalars>("fused " #NAME, pool, hyper, decay, args, rets, kState, step, loop, loop);   \
   }
 
+// Adam's moments at element i, updated in place: m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2
+// (scale_by_adam's order of operations); returns the new (m, v).
+struct Moments {
+  float m, v;
+};
+
+inline Moments adam_moments(float* __restrict m, float* __restrict v, int64_t i, float gi, float b1, float ob1,
+                            float b2, float ob2) {
+  const Moments out{b1 * m[i] + ob1 * gi, b2 * v[i] + ob2 * (gi * gi)};
+  m[i] = out.m;
+  v[i] = out.v;
+  return out;
+}
+
 // Adam and AdamW (scale_by_adam, add_decayed_weights, scale_by_learning_rate):
 //   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  u = m / c1 / (sqrt(v / c2) + eps)
 //   u = u + lambda p;  d = -lr u
@@ -196,10 +210,7 @@ void adam_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
   float* __restrict out = leaf.out;
   for (int64_t i = lo; i < hi; ++i) {
     const float gi = g[i];
-    const float mi = b1 * m[i] + ob1 * gi;
-    const float vi = b2 * v[i] + ob2 * (gi * gi);
-    m[i] = mi;
-    v[i] = vi;
+    const auto [mi, vi] = adam_moments(m, v, i, gi, b1, ob1, b2, ob2);
     float u = mi / c1 / (std::sqrt(vi / c2) + eps);
     if (kDecay) u = u + lam * p[i];
     emit<kStep>(out, p, i, nlr * u);
@@ -216,6 +227,9 @@ ffi::Error adam(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
 // jnp.maximum: NaN if either is NaN.
 inline float nan_max(float a, float b) { return a != a ? a : (b != b ? b : (a > b ? a : b)); }
 
+// jnp.minimum: NaN if either is NaN.
+inline float nan_min(float a, float b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
+
 // AMSGrad (scale_by_amsgrad, scale_by_learning_rate), with Adam's m and v:
 //   corrected: w = max(w, v / c2), u = m / c1 / (sqrt(w) + eps);
 //   raw:       w = max(w, v),      u = m / c1 / (sqrt(w / c2) + eps);   d = -lr u
@@ -230,11 +244,8 @@ void amsgrad_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
   float* __restrict out = leaf.out;
   for (int64_t i = lo; i < hi; ++i) {
     const float gi = g[i];
-    const float mi = b1 * m[i] + ob1 * gi;
-    const float vi = b2 * v[i] + ob2 * (gi * gi);
+    const auto [mi, vi] = adam_moments(m, v, i, gi, b1, ob1, b2, ob2);
     const float wi = nan_max(w[i], kRaw ? vi : vi / c2);
-    m[i] = mi;
-    v[i] = vi;
     w[i] = wi;
     emit<kStep>(out, p, i, nlr * (mi / c1 / ((kRaw ? std::sqrt(wi / c2) : std::sqrt(wi)) + eps)));
   }
@@ -284,10 +295,7 @@ void nadam_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
   float* __restrict out = leaf.out;
   for (int64_t i = lo; i < hi; ++i) {
     const float gi = g[i];
-    const float mi = b1 * m[i] + ob1 * gi;
-    const float vi = b2 * v[i] + ob2 * (gi * gi);
-    m[i] = mi;
-    v[i] = vi;
+    const auto [mi, vi] = adam_moments(m, v, i, gi, b1, ob1, b2, ob2);
     const float nesterov = k1 * gi / k2 + k3 * mi / k4;
     emit<kStep>(out, p, i, nlr * (nesterov / (std::sqrt(vi / c2) + eps)));
   }
@@ -310,10 +318,7 @@ void radam_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
   float* __restrict out = leaf.out;
   for (int64_t i = lo; i < hi; ++i) {
     const float gi = g[i];
-    const float mi = b1 * m[i] + ob1 * gi;
-    const float vi = b2 * v[i] + ob2 * (gi * gi);
-    m[i] = mi;
-    v[i] = vi;
+    const auto [mi, vi] = adam_moments(m, v, i, gi, b1, ob1, b2, ob2);
     float factor = 1.0f;
     if (kRectified) factor = r * (kRawSqrt ? root_c2 / (std::sqrt(vi) + eps) : 1.0f / (std::sqrt(vi / c2) + eps));
     emit<kStep>(out, p, i, nlr * (factor * (mi / c1)));
@@ -442,10 +447,7 @@ ffi::Error lamb(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
     float* __restrict v = leaf.v;
     auto element = [&](int64_t e) {
       const float gi = g[e];
-      const float mi = b1 * m[e] + ob1 * gi;
-      const float vi = b2 * v[e] + ob2 * (gi * gi);
-      m[e] = mi;
-      v[e] = vi;
+      const auto [mi, vi] = adam_moments(m, v, e, gi, b1, ob1, b2, ob2);
       return mi / c1 / (std::sqrt(vi / c2) + eps) + lam * p[e];
     };
     const auto both = lane_sums<2>(lo, hi, [&](int64_t e) {
@@ -986,9 +988,6 @@ ffi::Error adafactor(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buf
   return ffi::Error::Success();
 }
 
-// jnp.minimum: NaN if either is NaN.
-inline float nan_min(float a, float b) { return a != a ? a : (b != b ? b : (a < b ? a : b)); }
-
 // SM3 (scale_by_sm3, [scale_by_ema], scale_by_learning_rate). A leaf of rank k >= 2 is rows x cols
 // (cols its last dim, rows the others) with one accumulator per index of each dim, kept end to
 // end (acc_0, ..., acc_{k-1}); nu(i) is the min of the accumulators of i's covers:
@@ -1009,31 +1008,30 @@ struct Sm3Span {  // a chunk: elements [lo, hi) of a leaf (whole rows for rank >
   int64_t leaf, lo, hi, slot;
 };
 
-// min over d < k-1 of acc_d[i_d] for the row's index (i_0, ..., i_{k-2}); +inf for k < 2.
-inline float prefix_min(const Covers& c, int64_t row) {
-  float low = INFINITY;
+// visit(r) for the accumulator r (in acc's layout) of each of the row's prefix indices
+// (i_0, ..., i_{k-2}), the row's dims but the last.
+template <typename Visit>
+inline void for_prefix(const Covers& c, int64_t row, Visit visit) {
   int64_t offset = 0, rest = row, stride = 1;
   const size_t k = c.dims.size();
   for (size_t d = 0; d + 1 < k; ++d) stride *= c.dims[d];
   for (size_t d = 0; d + 1 < k; ++d) {
     stride /= c.dims[d];
-    low = nan_min(low, c.acc[offset + rest / stride]);
+    visit(offset + rest / stride);
     rest %= stride, offset += c.dims[d];
   }
+}
+
+// min over d < k-1 of acc_d[i_d] for the row; +inf for k < 2.
+inline float prefix_min(const Covers& c, int64_t row) {
+  float low = INFINITY;
+  for_prefix(c, row, [&](int64_t r) { low = nan_min(low, c.acc[r]); });
   return low;
 }
 
-// maxima[acc_d index of the row] = max(., key) for d < k-1.
+// maxima[r] = max(maxima[r], key) for the row's prefix accumulators r.
 inline void prefix_max(const Covers& c, uint32_t* maxima, int64_t row, uint32_t key) {
-  int64_t offset = 0, rest = row, stride = 1;
-  const size_t k = c.dims.size();
-  for (size_t d = 0; d + 1 < k; ++d) stride *= c.dims[d];
-  for (size_t d = 0; d + 1 < k; ++d) {
-    stride /= c.dims[d];
-    uint32_t& slot = maxima[offset + rest / stride];
-    slot = std::max(slot, key);
-    rest %= stride, offset += c.dims[d];
-  }
+  for_prefix(c, row, [&](int64_t r) { maxima[r] = std::max(maxima[r], key); });
 }
 
 // x >= 0 or NaN as an integer key that orders like x, with every NaN above +inf: the max of the

@@ -145,8 +145,7 @@ def _rmsprop_kernel(rms_values: dict, mu_value, learning_rate, fields, flat: boo
         g, treedef = jax.tree.flatten(grads)
         leaves = jax.tree.leaves(params)
         buffers = [_state_buffers(getattr(state[i], f), flat) for i, f in fields]
-        out, buffers = _call("optimizers_rmsprop", hyper, [jnp.zeros([], jnp.float32)] * len(leaves), leaves, g,
-                             buffers, step, flat=flat, **attrs)
+        out, buffers = _call("optimizers_rmsprop", hyper, None, leaves, g, buffers, step, flat=flat, **attrs)
         for (i, f), b in zip(fields, buffers):
             state[i] = state[i]._replace(**{f: _state_tree(b, treedef, flat)})
         return treedef.unflatten(out), tuple(state)

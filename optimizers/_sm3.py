@@ -173,8 +173,7 @@ def _sm3_kernel(eps_root, momentum, learning_rate, two: bool):
         g, treedef = jax.tree.flatten(grads)
         leaves = jax.tree.leaves(params)
         buffers = [jax.tree.leaves(state[0].mu)] + ([jax.tree.leaves(state[1].ema)] if has_momentum else [])
-        out, buffers = _call("optimizers_sm3", hyper, [jnp.zeros([], jnp.float32)] * len(leaves), leaves, g, buffers,
-                             step, two=two, momentum=has_momentum)
+        out, buffers = _call("optimizers_sm3", hyper, None, leaves, g, buffers, step, two=two, momentum=has_momentum)
         state[0] = state[0]._replace(mu=treedef.unflatten(buffers[0]))
         if has_momentum:
             state[1] = state[1]._replace(ema=treedef.unflatten(buffers[1]))

@@ -27,6 +27,7 @@ from test_nadam import _nadam_reference
 from test_radam import _radam_reference
 from test_rmsprop import _rmsprop_reference
 from test_rprop import _rprop_reference
+from test_sm3 import _sm3_per_dim_reference
 from test_trust_ratio import _lamb_reference, _lars_reference
 
 import optimizers
@@ -198,37 +199,10 @@ def _novograd_params(theta, grads, lr, b1, b2, eps, wd):
         yield theta
 
 
-def _sm3_directions(grads, variant, eps):
-    """SM3-I/II with one accumulator per index of each dim (test_sm3 checks this against the
-    paper's explicit cover sets, which are too many here); a vector or scalar is AdaGrad."""
-    shape = grads[0].shape
-    if len(shape) < 2:
-        yield from _adagrad_sm3(grads, eps)
-        return
-    acc = [np.zeros(n) for n in shape]
-    others = [tuple(a for a in range(len(shape)) if a != d) for d in range(len(shape))]
-    spread = lambda d: np.expand_dims(acc[d], others[d])  # noqa: E731
-    for g in grads:
-        if variant == "I":
-            acc = [a + np.max(g**2, axis=o, initial=0.0) for a, o in zip(acc, others)]
-            nu = np.minimum.reduce(np.broadcast_arrays(*[spread(d) for d in range(len(shape))]))
-        else:
-            nu = np.minimum.reduce(np.broadcast_arrays(*[spread(d) for d in range(len(shape))])) + g**2
-            acc = [np.max(nu, axis=o, initial=0.0) for o in others]
-        yield np.where(nu > 0, g / np.sqrt(np.where(nu > 0, nu + eps, 1.0)), 0.0)
-
-
-def _adagrad_sm3(grads, eps):
-    v = np.zeros_like(grads[0])
-    for g in grads:
-        v = v + g**2
-        yield np.where(v > 0, g / np.sqrt(np.where(v > 0, v + eps, 1.0)), 0.0)
-
-
 def _sm3_params(theta, grads, lr, variant, eps, b):
     """SM3 (Algorithms 1, 2) with optax's momentum m_t = b m_{t-1} + (1-b) u_t: theta_t = theta_{t-1} - lr m_t."""
     m = np.zeros_like(theta)
-    for u in _sm3_directions(grads, variant, eps):
+    for u in _sm3_per_dim_reference(grads, variant, eps):
         m = b * m + (1 - b) * u
         theta = theta - lr * m
         yield theta
