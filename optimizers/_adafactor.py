@@ -339,20 +339,20 @@ def _adafactor_kernel(decay_rate, eps, clipping_threshold, min_scale, b1, learni
         mu = treedef.flatten_up_to(ema_new.ema) if momentum else []
         kept = _with_elements(g)
         factored = {i: full[i].shape != g[i].shape for i in kept}
-        operands = [x for i in kept for x in ((rows[i], cols[i]) if factored[i] else (full[i],))]
-        out, new = _ffi("optimizers_adafactor", hyper, [jnp.float32(factored[i]) for i in kept],
-                        [p[i] for i in kept], [g[i] for i in kept], operands + [mu[i] for i in kept if momentum], step,
-                        momentum=momentum) if kept else ([], [])
-        new_state = iter(new[:len(operands)])
-        for i in kept:  # the operands back in place, in their order
+        state = [[(rows[i], cols[i]) if factored[i] else (full[i],) for i in kept]]
+        if momentum:
+            state.append([(mu[i],) for i in kept])
+        out, new = _ffi("optimizers_adafactor", hyper, [[jnp.float32(factored[i]) for i in kept]],
+                        [p[i] for i in kept], [g[i] for i in kept], state, step, momentum=momentum)
+        for i, leaf in zip(kept, new[0]):  # the operands back in place
             if factored[i]:
-                rows[i], cols[i] = next(new_state), next(new_state)
+                rows[i], cols[i] = leaf
             else:
-                full[i] = next(new_state)
+                (full[i],) = leaf
         rms_new = rms_new._replace(v_row=treedef.unflatten(rows), v_col=treedef.unflatten(cols),
                                    v=treedef.unflatten(full))
         if momentum:
-            ema_new = ema_new._replace(ema=treedef.unflatten(_merge(kept, new[len(operands):], mu)))
+            ema_new = ema_new._replace(ema=treedef.unflatten(_merge(kept, [m for (m,) in new[1]], mu)))
         return treedef.unflatten(_outputs(kept, out, p, g, step)), (rms_new, clip_new, scale_new, ema_new, step_new)
 
     return kernel

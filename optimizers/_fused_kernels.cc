@@ -1,14 +1,15 @@
 // CPU kernels for Adam/AdamW, AMSGrad, Adamax, Nadam, RAdam, LAMB, LARS, Lion, AdaGrad,
-// Adadelta, RMSProp, Rprop, SGD, NovoGrad and Adafactor, called from XLA through its FFI.
+// Adadelta, RMSProp, Rprop, SGD, NovoGrad, SM3 and Adafactor, called from XLA through its FFI.
 //
 // XLA:CPU writes each output buffer of an elementwise update in its own loop, so an Adam step
 // reads the gradient and the moments several times (40 bytes per parameter where 28 suffice).
-// These kernels read every input once and write every output once, over all the leaves of a
-// pytree in one call, split into chunks that XLA's intra-op thread pool and the calling thread
-// share.  The formulas, and the order of their float32 operations, are those of the chains in
-// _adam.py, _nadam.py, _radam.py, _trust_ratio.py, _lion.py, _adagrad.py, _adadelta.py,
-// _rmsprop.py, _rprop.py, _momentum.py, _novograd.py and _adafactor.py (see _fused.py); the in-place buffers (params in "step" mode, the moments
-// always) are aliased to their results by the caller.
+// These kernels read every input once and write every output once, over the leaves of a pytree
+// (up to 32 a call, see _fused.py), split into chunks that XLA's intra-op thread pool and the
+// calling thread share.  The formulas, and the order of their float32 operations, are those of
+// the chains in _adam.py, _nadam.py, _radam.py, _trust_ratio.py, _lion.py, _adagrad.py,
+// _adadelta.py, _rmsprop.py, _rprop.py, _momentum.py, _novograd.py, _sm3.py and _adafactor.py
+// (see _fused.py); the in-place buffers (params in "step" mode, the moments always) are
+// aliased to their results by the caller.
 //
 // Operands of the kernels but Adafactor's: hyper (f32[k], the step's scalars), decay (f32[L],
 // the weight decay of each of the L leaves), then L params, L gradients and L of each state

@@ -141,10 +141,42 @@ def test_the_kernel_runs(name):
     assert f'custom_call_target="{target}"' in _hlo(tx.update, params, state, params)
     step = jax.jit(lambda p, s, g: optimizers.update_and_apply(tx, g, s, p), donate_argnums=(0, 1))
     text = step.lower(params, state, params).compile().as_text()
-    assert text.count(f'custom_call_target="{target}"') == 1  # every leaf in one call
+    assert text.count(f'custom_call_target="{target}"') == 1  # every leaf in one call (9 < 32 leaves)
     tiny = re.compile(r"= \w+\[0?\](\{0?\})? copy\(")  # an empty leaf or a scalar
     copies = [line for line in text.splitlines() if " copy(" in line and not tiny.search(line)]
     assert not copies  # in place under donation (XLA may copy the empty leaf, 0 bytes, or a scalar count)
+
+
+@pytest.mark.parametrize("run", RUNS)
+@pytest.mark.parametrize("name", FUSED)
+def test_leaves_split_over_several_calls(name, run, monkeypatch):
+    """Two leaves a call (the first, a scalar, an empty leaf and uneven rest included): the
+    results of one call over all the leaves, bit for bit, and the same state."""
+    params, grads = _tree(0), _grads(3)
+    whole, whole_state = RUNS[run](FUSED[name](True), params, grads)
+    monkeypatch.setattr(_fused, "_LEAVES_PER_CALL", 2)
+    tx = FUSED[name](True)
+    split, split_state = RUNS[run](tx, params, grads)
+    text = _hlo(tx.update, params, tx.init(params), params)
+    target = "optimizers_" + name.split()[0].removesuffix("w")
+    assert text.count(f'custom_call_target="{target}"') == 4  # 8 leaves with elements
+    for a, b in zip(jax.tree.leaves((split[-1], split_state)), jax.tree.leaves((whole[-1], whole_state))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_many_leaf_tree_runs_in_calls_of_32_leaves():
+    """A 70-leaf tree: three calls, in place under donation, the unfused chain's results."""
+    shapes = {f"w{i}": (i % 5 + 1, 3) if i % 3 else (i + 1,) for i in range(70)}
+    params, grads = _tree(0, shapes=shapes), [_tree(1 + k, shapes=shapes) for k in range(5)]
+    tx = optimizers.adamw(0.01, weight_decay=0.1, fused=True)
+    step = jax.jit(lambda p, s, g: optimizers.update_and_apply(tx, g, s, p), donate_argnums=(0, 1))
+    text = step.lower(params, tx.init(params), params).compile().as_text()
+    assert text.count('custom_call_target="optimizers_adam"') == 3
+    assert " copy(" not in text.replace("s32[] copy(", "")  # no copies but of the scalar counts
+    fused, fused_state = _in_place_steps(tx, params, grads)
+    plain, plain_state = _in_place_steps(optimizers.adamw(0.01, weight_decay=0.1), params, grads)
+    assert_trees_close(fused[-1], plain[-1], rtol=1e-6)
+    assert_trees_close(fused_state, plain_state, rtol=1e-6)
 
 
 def test_donated_step_writes_the_same_memory():
