@@ -32,7 +32,8 @@ automatically; our hyperparameters in ``KWARGS``, the counterparts, with the sam
 * **Floor**: the bandwidth of the fastest elementwise in-place pass on this machine (JAX, PyTorch
   and NumPy candidates, measured before and after the rest; bytes read + written per second)
   over as much memory as the step touches (params, grads and state: its *working set*), and,
-  per optimizer, the bytes it must move per parameter (``MIN_BYTES``, float32): floor time =
+  per optimizer, the bytes it must move per parameter (``MIN_BYTES``, float32; Adafactor's and
+  SM3's from their per-element state, ``SUBLINEAR``): floor time =
   bytes x parameters / bandwidth, and ``ours/floor`` is the measured median over it. The pass
   is as large as the working set because bandwidth depends on it: on a CPU whose last-level
   cache is large (300 MB here) a pass over one 64 MB tensor runs from the cache at twice the
@@ -172,15 +173,28 @@ MIN_BYTES = {
     "lars": 28,  # pass 1 reads g, theta for the norms; pass 2: g, theta, m -> theta, m
     "lamb": 40,  # pass 1: g, theta, m, v -> m, v and both norms; pass 2: theta, m, v -> theta
     "funnelled_sgdm": 44,  # pass 1: u, g for the global u.g; pass 2: g, theta, p, m, u -> theta, p, m, u
-    # sublinear state: g, theta for the row/column sums and RMS(theta); g for the clipped
-    # update's RMS; g, theta -> theta
-    "adafactor": 24,
-    "sm3": 20,  # sublinear covers (reduced in the same pass); g, theta, momentum -> theta, momentum
+}
+# Sublinear state: the bytes depend on which leaves have per-element statistics (a vector's
+# Adafactor moment, SM3's cover of a vector), so they are computed from the state bytes per
+# parameter by SUBLINEAR[name](per-element state bytes).
+SUBLINEAR = {
+    # a factored matrix: g, theta for the row/column sums and RMS(theta); g again for the
+    # clipped update's RMS; g, theta -> theta (24). A leaf with its full v (and with b1, its
+    # momentum) also reads v in the first pass and the second, and writes it: + 2 x 4 bytes
+    # per buffer.
+    "adafactor": lambda per_element: 24 + 2 * per_element,
+    # covers reduced in the same pass; g, theta and every per-element buffer (a vector's
+    # accumulator, the momentum) read and written once
+    "sm3": lambda per_element: 12 + 2 * per_element,
 }
 
 
 def min_bytes(name: str, state_bytes_per_param: float) -> float:
-    """``MIN_BYTES[name]``, or for an alias not in it 12 + 2 x its state bytes per parameter."""
+    """The bytes ``name`` must move per parameter: ``MIN_BYTES[name]``; for the sublinear-state
+    algorithms from their per-element state (the statistics of factored leaves and covers left
+    out); for an alias in neither, 12 + 2 x its state bytes per parameter."""
+    if name in SUBLINEAR:
+        return SUBLINEAR[name](4 * math.floor(state_bytes_per_param / 4 + 1e-9))
     return MIN_BYTES.get(name, 12 + 2 * round(state_bytes_per_param))
 
 

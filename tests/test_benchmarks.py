@@ -98,3 +98,15 @@ def test_factored_state_is_sublinear_in_the_matrix_size(name):
     # Rows plus columns: 8x the side, 64x the parameters, 8x the state, so per parameter 1/8.
     assert large <= small / 7
     assert large < 0.01
+
+
+@pytest.mark.parametrize("name, tree, minimum", [
+    ("adafactor", {"w": (512, 256)}, 24),  # factored: two reads of g and theta's, then theta in place
+    ("adafactor", {"w": (4096,)}, 32),  # its full v read in both passes and written once
+    ("sm3", {"w": (512, 256)}, 12),  # the covers are sublinear: g, theta -> theta
+    ("sm3", {"w": (4096,)}, 20),  # a vector's cover is one accumulator per element
+])
+def test_the_floor_of_sublinear_state_follows_its_per_element_buffers(name, tree, minimum):
+    params = jax.tree.map(lambda s: np.zeros(s, np.float32), tree, is_leaf=lambda x: isinstance(x, tuple))
+    tx = getattr(optimizers, name)(learning_rate=1e-3)
+    assert bench.min_bytes(name, bench.state_bytes(tx, params) / bench.num_params(params)) == minimum
