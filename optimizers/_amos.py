@@ -10,6 +10,8 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._ema import scale_by_ema
+from optimizers._fused import _advance, _call
+from optimizers._fused import fused as fused_transform
 from optimizers._dtypes import abs2, real_dtype, store
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers._moments import step_number
@@ -170,7 +172,7 @@ def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0
 
 def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0.999, c_coef: float = 0.25,
          d_coef: float = 0.25, granularity: Granularity = "element", momentum: ScalarOrSchedule = 0.0,
-         eps: float = 2.0**-125) -> optax.GradientTransformation:
+         eps: float = 2.0**-125, *, fused: bool = False) -> optax.GradientTransformation:
     r"""Amos: :math:`\theta_t = \theta_{t-1} - \xi_t \bar u_t`, :math:`\bar u_t = \mu \bar u_{t-1} + (1-\mu) u_t`.
 
     :math:`u_t` from :func:`scale_by_amos` with :math:`\xi` = ``learning_rate``. Algorithm
@@ -182,12 +184,53 @@ def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule =
         learning_rate: the global learning rate :math:`\xi \ge 0`, a number or a schedule.
         eta, beta, c_coef, d_coef, granularity, eps: as in :func:`scale_by_amos`.
         momentum: :math:`\mu \in [0, 1)`; 0 (the default) for none.
+        fused: the same update on the CPU as one pass over memory (see :func:`adam`), with
+            ``granularity="element"``: the chain writes :math:`u`, :math:`v` and :math:`b` in
+            three loops that each read the gradient, :math:`v`, :math:`b` and the params (and
+            copies :math:`b` under donation, which two of them read).
     """
     check_range("amos", "learning_rate", learning_rate, 0.0)
     check_range("amos", "momentum", momentum, 0.0, 1.0, high_open=True)
     _check("amos", eta, beta, c_coef, d_coef, granularity, eps)
-    return optax.chain(
+    chain = optax.chain(
         scale_by_amos(learning_rate, eta, beta, c_coef, d_coef, granularity, eps),
         optax.identity() if is_zero(momentum) else scale_by_ema(momentum),
         scale_by_learning_rate(learning_rate),
     )
+    if not fused:
+        return chain
+    if granularity != "element":
+        raise ValueError(f"amos: fused=True needs granularity='element' (a slot per entry), got {granularity!r}")
+    return fused_transform("amos", chain, _amos_kernel(learning_rate, eta, beta, c_coef, d_coef, momentum, eps),
+                           lambda state: (state[0].v, state[0].b, getattr(state[1], "ema", ())))
+
+
+def _amos_kernel(learning_rate, eta, beta, c_coef, d_coef, momentum, eps):
+    """The kernel of ``chain(scale_by_amos, scale_by_ema or identity, scale_by_learning_rate)``
+    with one slot per entry (``optimizers_amos``, see ``_fused_kernels.cc``)."""
+
+    def kernel(grads, state, params, step):
+        state, link = list(state), state[0]  # the buffers stay the old ones until the kernel's replace them
+        hp, state[0] = _advance(link, learning_rate=learning_rate, beta=beta)
+        x, b1 = hp["learning_rate"], hp["beta"]
+        has_momentum, mu = hasattr(state[1], "ema"), jnp.zeros([], jnp.float32)
+        if has_momentum:
+            ema_hp, state[1] = _advance(state[1], decay=momentum)
+            mu = ema_hp["decay"]
+        lr, state[2] = _advance(state[2], learning_rate=learning_rate)
+        correction = 1 - b1 ** step_number(link.count, b1.dtype)
+        hyper = jnp.stack([b1, 1 - b1, correction, eps, c_coef * jnp.sqrt(x), x, mu, 1 - mu,
+                           -lr["learning_rate"]]).astype(jnp.float32)
+        g, treedef = jax.tree.flatten(grads)
+        etas = treedef.flatten_up_to(_eta_tree(eta, params))
+        info = [jnp.asarray(e, jnp.float32) for e in etas], [d_coef * jnp.sqrt(x * e) for e in etas]
+        buffers = [jax.tree.leaves(state[0].v), jax.tree.leaves(state[0].b)]
+        buffers += [jax.tree.leaves(state[1].ema)] if has_momentum else []
+        out, buffers = _call("optimizers_amos", hyper, info[0], jax.tree.leaves(params), g, buffers, step, info[1],
+                             momentum=has_momentum)
+        state[0] = state[0]._replace(v=treedef.unflatten(buffers[0]), b=treedef.unflatten(buffers[1]))
+        if has_momentum:
+            state[1] = state[1]._replace(ema=treedef.unflatten(buffers[2]))
+        return treedef.unflatten(out), tuple(state)
+
+    return kernel

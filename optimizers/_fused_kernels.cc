@@ -1,4 +1,4 @@
-// CPU kernels for Adam/AdamW, AMSGrad, Adamax, Nadam, RAdam, LAMB, LARS, Lion, AdaGrad,
+// CPU kernels for Adam/AdamW, AMSGrad, Adamax, Nadam, RAdam, LAMB, LARS, Lion, AdaGrad, Amos,
 // Adadelta, RMSProp, Rprop, SGD, NovoGrad, SM3 and Adafactor, called from XLA through its FFI.
 //
 // XLA:CPU writes each output buffer of an elementwise update in its own loop, so an Adam step
@@ -545,6 +545,56 @@ ffi::Error lion(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
   const Loop plain = step ? lion_loop<true, false> : lion_loop<false, false>;
   const Loop decayed = step ? lion_loop<true, true> : lion_loop<false, true>;
   return one_pass<5>("fused lion", pool, hyper, decay, args, rets, 1, step, plain, decayed);
+}
+
+// Amos, element granularity (scale_by_amos, scale_by_ema or identity, scale_by_learning_rate):
+//   v = beta v + (1-beta) g^2;  r = (1-beta^t) / max(v, eps);  c = (1 + s_c b)^(-1/2);
+//   d = 1 / (1 + s_d b);  gx = c xi r g^2;  u = d (eta sqrt(r) g + 0.5 gx p);  b = b + xi gx (1 + b);
+//   [m = mu m + (1-mu) u, u = m];  -lr u.  Per leaf: eta (decay), s_d = d_coef sqrt(xi eta) (ratio).
+template <bool kStep, bool kMomentum>
+void amos_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+  const float beta = h[0], obeta = h[1], corr = h[2], eps = h[3], sc = h[4], xi = h[5], mu = h[6], omu = h[7];
+  const float nlr = h[8], eta = leaf.decay, sd = leaf.ratio;
+  float* __restrict p = leaf.p;
+  const float* __restrict g = leaf.g;
+  float* __restrict v = leaf.m;
+  float* __restrict b = leaf.v;
+  float* __restrict m = leaf.w;
+  float* __restrict out = leaf.out;
+  for (int64_t i = lo; i < hi; ++i) {
+    const float gi = g[i], g2 = gi * gi, bi = b[i];
+    const float vi = beta * v[i] + obeta * g2;
+    v[i] = vi;
+    const float r = corr / nan_max(vi, eps);
+    const float c = 1.0f / std::sqrt(1.0f + sc * bi);
+    const float d = 1.0f / (1.0f + sd * bi);
+    const float gx = c * xi * r * g2;
+    float u = d * (eta * std::sqrt(r) * gi + 0.5f * gx * p[i]);
+    b[i] = bi + xi * gx * (1.0f + bi);
+    if (kMomentum) {
+      u = mu * m[i] + omu * u;
+      m[i] = u;
+    }
+    emit<kStep>(out, p, i, nlr * u);
+  }
+}
+
+ffi::Error amos(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<ffi::F32> info,
+                ffi::RemainingArgs args, ffi::RemainingRets rets, bool momentum, bool step) {
+  if (hyper.element_count() != 9) return ffi::Error::InvalidArgument("fused amos: 9 scalars expected");
+  const size_t L = info.element_count() / 2;
+  auto found = collect(info, args, rets, momentum ? 3 : 2, step, L);
+  if (!found.has_value()) return found.error();
+  auto leaves = *found;
+  for (size_t i = 0; i < L; ++i) (*leaves)[i].ratio = info.typed_data()[L + i];
+  std::array<float, 9> h;
+  std::copy(hyper.typed_data(), hyper.typed_data() + 9, h.begin());
+  const Loop loop = momentum ? (step ? amos_loop<true, true> : amos_loop<false, true>)
+                             : (step ? amos_loop<true, false> : amos_loop<false, false>);
+  parallel_chunks(pool, leaves, [h, loop](const Leaf& leaf, int64_t lo, int64_t hi, int64_t) {
+    loop(leaf, lo, hi, h.data());
+  });
+  return ffi::Error::Success();
 }
 
 // AdaGrad (scale_by_rss, scale_by_learning_rate):  v = v + g g;  d = -lr g / (sqrt(v) + eps)
@@ -1205,6 +1255,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lamb, lamb, OPTIMIZERS_BIND.Attr<bool>(
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lars, lars, OPTIMIZERS_BIND.Attr<bool>("nesterov").Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lion, lion, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adagrad, adagrad, OPTIMIZERS_BIND.Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_amos, amos, OPTIMIZERS_BIND.Attr<bool>("momentum").Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adadelta, adadelta, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_novograd, novograd, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_rmsprop, rmsprop,

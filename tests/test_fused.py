@@ -1,5 +1,5 @@
 """The CPU kernels of ``fused=True`` (one pass: adam, adamw, amsgrad, adamax, nadam, radam, lion, adagrad,
-adadelta, rmsprop, rprop, sgd, novograd, sm3-II; two: sm3-I, lamb, lars; three: adafactor) and
+amos, adadelta, rmsprop, rprop, sgd, novograd, sm3-II; two: sm3-I, lamb, lars; three: adafactor) and
 update_and_apply.
 
 The fused transforms are also in the conformance suite (and so in the sharding, checkpoint,
@@ -20,6 +20,7 @@ import torch
 from helpers import assert_trees_close, run_torch
 from test_adadelta import _adadelta_reference
 from test_adafactor import _adafactor_reference
+from test_amos import _amos_reference
 from test_adam import _adam_reference, _adamax_reference, _amsgrad_reference
 from test_lion import _lion_reference
 from test_momentum import _sgd_reference
@@ -61,6 +62,10 @@ FUSED = {
     "lion": lambda fused, **kw: optimizers.lion(0.01, weight_decay=0.1, fused=fused, **kw),
     "adagrad": lambda fused, **kw: optimizers.adagrad(0.1, initial_accumulator_value=0.1, fused=fused, **kw),
     "adadelta": lambda fused, **kw: optimizers.adadelta(1.0, rho=0.9, eps=1e-6, fused=fused, **kw),
+    "amos": lambda fused, **kw: optimizers.amos(0.05, eta=lambda p: jax.tree.map(lambda x: 0.5 + x.ndim, p),
+                                                fused=fused, **kw),
+    "amos momentum": lambda fused, **kw: optimizers.amos(0.05, eta=1.0, beta=0.99, c_coef=0.5, d_coef=0.1,
+                                                         momentum=0.9, fused=fused, **kw),
     "novograd": lambda fused, **kw: optimizers.novograd(0.01, fused=fused, **kw),
     "novograd decay": lambda fused, **kw: optimizers.novograd(0.01, b1=0.95, b2=0.98, eps=1e-3, weight_decay=0.01,
                                                               fused=fused, **kw),
@@ -262,6 +267,8 @@ REFERENCES = {  # per leaf: (theta0, grads, masked in) -> params after each step
     "lion": lambda t, gs, on: _decoupled(_lion_reference(gs, 0.9, 0.99), t, 0.01, 0.1),
     "adagrad": lambda t, gs, on: _decoupled(_adagrad_directions(gs, 0.1, 1e-10), t, 0.1, 0.0),
     "adadelta": lambda t, gs, on: _decoupled(_adadelta_reference(gs, 0.9, 1e-6), t, 1.0, 0.0),
+    "amos": lambda t, gs, on: _amos_reference(t, gs, 0.05, 0.5 + t.ndim, 0.999, 0.25, 0.25, ()),
+    "amos momentum": lambda t, gs, on: _amos_reference(t, gs, 0.05, 1.0, 0.99, 0.5, 0.1, (), momentum=0.9),
     "novograd": lambda t, gs, on: _novograd_params(t, gs, 0.01, 0.9, 0.25, 1e-8, 0.0),
     "novograd decay": lambda t, gs, on: _novograd_params(t, gs, 0.01, 0.95, 0.98, 1e-3, 0.01),
     "rmsprop": lambda t, gs, on: _rmsprop_params(t, gs, 0.01, 0.99, 1e-8, False, False, 0.0, False),
@@ -431,6 +438,12 @@ def test_mismatched_trees_are_named():
     params = _tree(0, shapes={"w": (4, 3)})
     with pytest.raises(ValueError, match=r"\['w'\] has shape \(4, 4\)"):
         optimizers.update_and_apply(tx, {"w": jnp.ones((4, 4))}, tx.init(params), params)
+
+
+@pytest.mark.parametrize("granularity", ["leaf", "last_axis", lambda leaf: (0,)])
+def test_fused_amos_needs_a_slot_per_entry(granularity):
+    with pytest.raises(ValueError, match="amos: fused=True needs granularity='element'"):
+        optimizers.amos(0.1, eta=1.0, granularity=granularity, fused=True)
 
 
 def test_a_missing_compiler_is_reported(tmp_path, monkeypatch):

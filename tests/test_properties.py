@@ -110,6 +110,8 @@ def _rmsprop(draw):
                         nesterov=st.just(nesterov)))
 
 
+AMOS = dict(learning_rate=LR, eta=_log_uniform(1e-2, 2.0), beta=UNIT, c_coef=_floats(0.0, 1.0),
+            d_coef=_floats(0.0, 1.0), momentum=st.one_of(st.just(0.0), UNIT), eps=_log_uniform(2.0**-125, 1e-8))
 HYPERPARAMETERS = {
     "adadelta": _kwargs(learning_rate=LR, rho=UNIT, eps=EPS),
     "adafactor": _kwargs(
@@ -123,9 +125,7 @@ HYPERPARAMETERS = {
     "adamw": _kwargs(**ADAM, weight_decay=DECAY),
     "adax": _kwargs(learning_rate=LR, b1=UNIT, b2=_log_uniform(1e-6, 0.999), eps=EPS,
                     eps_on_raw_sqrt=st.booleans()),
-    "amos": _kwargs(learning_rate=LR, eta=_log_uniform(1e-2, 2.0), beta=UNIT, c_coef=_floats(0.0, 1.0),
-                    d_coef=_floats(0.0, 1.0), granularity=st.sampled_from(["element", "leaf", "last_axis"]),
-                    momentum=st.one_of(st.just(0.0), UNIT), eps=_log_uniform(2.0**-125, 1e-8)),
+    "amos": _kwargs(**AMOS, granularity=st.sampled_from(["element", "leaf", "last_axis"])),
     "amsgrad": _kwargs(**ADAM, max_over=st.sampled_from(["corrected", "raw"])),
     # gamma_p * m * g is at most 1 per step; gamma_s multiplies a dot product over every
     # parameter (up to ~2e4 here), so it is kept smaller (documented: set for the problem).
@@ -164,6 +164,8 @@ WRAPPER_HYPERPARAMETERS = {
                          reset_state=st.booleans()),
     "fused": _kwargs(),  # not a wrapper: the alias built with fused=True
 }
+# fused=True where its kernel takes fewer forms than the alias (Amos: a slot per entry).
+FUSED_HYPERPARAMETERS = {"amos": _kwargs(**AMOS, granularity=st.just("element"))}
 
 
 def _split_name(name):
@@ -178,7 +180,8 @@ def _hyperparameters(name):
     wrapper, inner = _split_name(name)
     if wrapper is None:
         return HYPERPARAMETERS[name]
-    return _kwargs(inner=HYPERPARAMETERS[inner], wrapper=WRAPPER_HYPERPARAMETERS[wrapper])
+    own = FUSED_HYPERPARAMETERS if wrapper == "fused" else {}
+    return _kwargs(inner=own.get(inner, HYPERPARAMETERS[inner]), wrapper=WRAPPER_HYPERPARAMETERS[wrapper])
 
 
 def build(name, kwargs):
