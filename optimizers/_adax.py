@@ -10,6 +10,8 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._dtypes import abs2, real_zeros_like, store, store_like, widen
+from optimizers._flat_state import check_flat_state
+from optimizers._fused import fused_direction
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._moments import ema, step_number
 from optimizers._scaling import scale_by_learning_rate
@@ -26,6 +28,12 @@ class ScaleByAdaxState(NamedTuple):
 def _growth(b2, t):
     r""":math:`(1+\beta_2)^t - 1`, without the cancellation of the direct formula in float32."""
     return jnp.expm1(t * jnp.log1p(b2))
+
+
+def _weight_and_eps(hp, state, eps_on_raw_sqrt):
+    r"""(:math:`w_t = \beta_2 / ((1+\beta_2)^t - 1)`, the :math:`\epsilon` added to :math:`\sqrt{\hat v_t}`)."""
+    growth = _growth(hp["b2"], step_number(state.count, hp["b2"].dtype))
+    return hp["b2"] / growth, hp["eps"] / jnp.sqrt(growth) if eps_on_raw_sqrt else hp["eps"]
 
 
 def scale_by_adax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4, eps: ScalarOrSchedule = 1e-8,
@@ -77,11 +85,9 @@ def scale_by_adax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4, eps: 
     def update_fn(updates, state, params=None):
         del params
         hp = current_hyperparams(dict(b1=b1, b2=b2, eps=eps), state.hyperparams, state.count)
-        growth = _growth(hp["b2"], step_number(state.count, hp["b2"].dtype))
-        w = hp["b2"] / growth
+        w, eps_hat = _weight_and_eps(hp, state, eps_on_raw_sqrt)
         m = ema(updates, state.mu, hp["b1"])
         v = jax.tree.map(lambda g, s: widen(s) + w * (abs2(widen(g)) - widen(s)), updates, state.nu)
-        eps_hat = hp["eps"] / jnp.sqrt(growth) if eps_on_raw_sqrt else hp["eps"]
         out = jax.tree.map(lambda g, a, b: store(a / (jnp.sqrt(b) + eps_hat), g.dtype), updates, m, v)
         return out, ScaleByAdaxState(optax.safe_increment(state.count), hp, store_like(m, state.mu),
                                      store_like(v, state.nu))
@@ -90,9 +96,20 @@ def scale_by_adax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4, eps: 
 
 
 def adax(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4,
-         eps: ScalarOrSchedule = 1e-8, eps_on_raw_sqrt: bool = False) -> optax.GradientTransformation:
+         eps: ScalarOrSchedule = 1e-8, eps_on_raw_sqrt: bool = False, *, fused: bool = False,
+         flat_state: bool = False) -> optax.GradientTransformation:
     r"""AdaX: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_adax`).
 
     ``eps_on_raw_sqrt=True, eps=1e-12`` gives the authors' ``AdaX(weight_decay=0)``.
+    ``fused=True``: one pass over memory on the CPU, and ``flat_state``, as in :func:`adam`.
     """
-    return optax.chain(scale_by_adax(b1, b2, eps, eps_on_raw_sqrt), scale_by_learning_rate(learning_rate))
+    chain = optax.chain(scale_by_adax(b1, b2, eps, eps_on_raw_sqrt), scale_by_learning_rate(learning_rate))
+    check_flat_state("adax", fused, flat_state)
+    if not fused:
+        return chain
+
+    def scalars(hp, state):  # b1, 1-b1, w_t, the eps added to sqrt(v_hat)
+        return [hp["b1"], 1 - hp["b1"], *_weight_and_eps(hp, state, eps_on_raw_sqrt)]
+
+    return fused_direction("adax", chain, "optimizers_adax", dict(b1=b1, b2=b2, eps=eps), scalars, ("mu", "nu"),
+                           learning_rate, flat=flat_state)

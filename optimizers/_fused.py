@@ -3,7 +3,7 @@ r"""Fused CPU kernels (``fused=True``) and :func:`update_and_apply`.
 XLA:CPU writes every output buffer of an elementwise update in a loop of its own: Adam's
 step reads the gradient and the moments again for each of :math:`m_t`, :math:`v_t` and the
 update, 40 bytes per float32 parameter where one pass needs 28, and the step is memory bound
-(``benchmarks/``). With ``fused=True``, ``adam``, ``adamw``, ``amsgrad``, ``adamax``,
+(``benchmarks/``). With ``fused=True``, ``adam``, ``adamw``, ``amsgrad``, ``adamax``, ``adax``,
 ``nadam``, ``radam``, ``sgd``, ``lion``, ``adagrad``, ``amos``, ``adadelta``, ``rmsprop`` and
 ``rprop`` run their update instead as one C++ loop per step, ``novograd`` as one after XLA's
 per-leaf sums of squares, ``sm3`` as one (SM3-II, the covers' maxima in the same pass) or two
@@ -22,11 +22,11 @@ same order of float32 operations; the state is the unfused chain's, so checkpoin
   ``torch.optim.Adam(fused=True)``. For any other transform it is ``tx.update`` then
   ``optax.apply_updates``.
 
-``flat_state=True`` (with ``fused``, all but ``sm3`` and ``adafactor``) keeps each per-parameter state
-buffer as one flat float32 array, the leaves one after another, instead of a tree: the same
-numbers, but JAX creates one output buffer per moment instead of one per leaf (about 1.6 us
-each on the CPU here, a millisecond a step on a 150-leaf tree); the state is no longer the
-unfused chain's (no checkpoint interchange, no sharding like the params).
+``flat_state=True`` (with ``fused``, all but ``sm3``, ``adafactor`` and ``amos``) keeps each
+per-parameter state buffer as one flat float32 array, the leaves one after another, instead of a
+tree: the same numbers, but JAX creates one output buffer per moment instead of one per leaf
+(about 1.6 us each on the CPU here, a millisecond a step on a 150-leaf tree); the state is no
+longer the unfused chain's (no checkpoint interchange, no sharding like the params).
 
 The kernel runs where it applies: on the CPU, with float32 params, gradients and state,
 float32 hyperparameters (``jax_enable_x64`` off) and params given. Anywhere else (a GPU,
@@ -65,7 +65,7 @@ from optimizers._scaling import leaf_masks
 
 _SOURCE = Path(__file__).with_name("_fused_kernels.cc")
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC"]
-_KERNELS = ("adam", "amsgrad", "adamax", "nadam", "radam", "lamb", "lars", "lion", "adagrad", "amos", "adadelta",
+_KERNELS = ("adam", "amsgrad", "adamax", "nadam", "radam", "adax", "lamb", "lars", "lion", "adagrad", "amos", "adadelta",
             "rmsprop", "rprop", "sgd", "novograd", "sm3", "adafactor")
 _STEPS = weakref.WeakKeyDictionary()  # tx.update -> the in-place step of a fused transform
 
@@ -275,10 +275,10 @@ def update_and_apply(tx: optax.GradientTransformation, grads, state, params):
     r"""One optimizer step: ``(new_params, new_state)``.
 
     For a transform made with ``fused=True`` (:func:`adam`, :func:`adamw`, :func:`amsgrad`,
-    :func:`adamax`, :func:`nadam`, :func:`radam`, :func:`sgd`, :func:`lion`, :func:`adagrad`,
-    :func:`amos`, :func:`adadelta`, :func:`rmsprop`, :func:`rprop`, :func:`novograd`,
-    :func:`sm3`, :func:`lamb`, :func:`lars`, :func:`adafactor`) on the CPU, its kernel, which
-    writes the params in place (donate them, and the state, to ``jax.jit``). For any other
+    :func:`adamax`, :func:`adax`, :func:`nadam`, :func:`radam`, :func:`sgd`, :func:`lion`,
+    :func:`adagrad`, :func:`amos`, :func:`adadelta`, :func:`rmsprop`, :func:`rprop`,
+    :func:`novograd`, :func:`sm3`, :func:`lamb`, :func:`lars`, :func:`adafactor`) on the CPU, its
+    kernel, which writes the params in place (donate them, and the state, to ``jax.jit``). For any other
     transform, ``tx.update`` then ``optax.apply_updates`` (to the float leaves: integer params
     are kept), so a train step written with it works with every optimizer.
     """

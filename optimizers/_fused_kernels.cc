@@ -1,4 +1,4 @@
-// CPU kernels for Adam/AdamW, AMSGrad, Adamax, Nadam, RAdam, LAMB, LARS, Lion, AdaGrad, Amos,
+// CPU kernels for Adam/AdamW, AMSGrad, Adamax, Nadam, RAdam, AdaX, LAMB, LARS, Lion, AdaGrad, Amos,
 // Adadelta, RMSProp, Rprop, SGD, NovoGrad, SM3 and Adafactor, called from XLA through its FFI.
 //
 // XLA:CPU writes each output buffer of an elementwise update in its own loop, so an Adam step
@@ -546,6 +546,28 @@ ffi::Error lion(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> hyper, ffi::Buffer<f
   const Loop decayed = step ? lion_loop<true, true> : lion_loop<false, true>;
   return one_pass<5>("fused lion", pool, hyper, decay, args, rets, 1, step, plain, decayed);
 }
+
+// AdaX (scale_by_adax, scale_by_learning_rate), v the bias-corrected v_hat:
+//   m = b1 m + (1-b1) g;  v = v + w (g^2 - v);  d = -lr m / (sqrt(v) + eps)
+template <bool kStep>
+void adax_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+  const float b1 = h[0], ob1 = h[1], w = h[2], eps = h[3], nlr = h[4];
+  float* __restrict p = leaf.p;
+  const float* __restrict g = leaf.g;
+  float* __restrict m = leaf.m;
+  float* __restrict v = leaf.v;
+  float* __restrict out = leaf.out;
+  for (int64_t i = lo; i < hi; ++i) {
+    const float gi = g[i];
+    const float mi = b1 * m[i] + ob1 * gi;
+    const float vi = v[i] + w * (gi * gi - v[i]);
+    m[i] = mi;
+    v[i] = vi;
+    emit<kStep>(out, p, i, nlr * (mi / (std::sqrt(vi) + eps)));
+  }
+}
+
+ONE_PASS_ENTRY(adax, 5, 2)
 
 // Amos, element granularity (scale_by_amos, scale_by_ema or identity, scale_by_learning_rate):
 //   v = beta v + (1-beta) g^2;  r = (1-beta^t) / max(v, eps);  c = (1 + s_c b)^(-1/2);
@@ -1255,6 +1277,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lamb, lamb, OPTIMIZERS_BIND.Attr<bool>(
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lars, lars, OPTIMIZERS_BIND.Attr<bool>("nesterov").Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lion, lion, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adagrad, adagrad, OPTIMIZERS_BIND.Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adax, adax, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_amos, amos, OPTIMIZERS_BIND.Attr<bool>("momentum").Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adadelta, adadelta, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_novograd, novograd, OPTIMIZERS_BIND.Attr<bool>("step"));

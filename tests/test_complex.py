@@ -268,8 +268,9 @@ PAIR = {
     "swa(adam)": (_swa_of_adam, True, 2),
 }
 # Complex leaves run the unfused chain: the same decisions.
-PAIR.update({f"fused({n})": PAIR[n] for n in ("adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "amos",
-                                            "amsgrad", "lamb", "lars", "nadam", "novograd", "radam", "rmsprop", "sm3")})
+PAIR.update({f"fused({n})": PAIR[n] for n in ("adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "adax",
+                                            "amos", "amsgrad", "lamb", "lars", "nadam", "novograd", "radam", "rmsprop",
+                                            "sm3")})
 # Linear in each real coordinate: complex = the real optimizer on (real part, imaginary part).
 SPLIT = {n: {} for n in ["lookahead(sgd)", "scale_by_learning_rate", "scale_by_relative_step", "sgd"]}
 SPLIT["sgd (nesterov)"] = dict(nesterov=True)

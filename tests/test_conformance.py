@@ -61,6 +61,7 @@ WRAPPED = {
     "fused(adamw)": lambda **o: make("adamw", fused=True, **o),
     "fused(amsgrad)": lambda **o: make("amsgrad", fused=True, **o),
     "fused(adamax)": lambda **o: make("adamax", fused=True, **o),
+    "fused(adax)": lambda **o: make("adax", fused=True, **o),
     "fused(nadam)": lambda **o: make("nadam", fused=True, **o),
     "fused(radam)": lambda **o: make("radam", fused=True, **o),
     "fused(lamb)": lambda **o: make("lamb", fused=True, **o),

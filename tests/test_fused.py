@@ -1,6 +1,6 @@
-"""The CPU kernels of ``fused=True`` (one pass: adam, adamw, amsgrad, adamax, nadam, radam, lion, adagrad,
-amos, adadelta, rmsprop, rprop, sgd, novograd, sm3-II; two: sm3-I, lamb, lars; three: adafactor) and
-update_and_apply.
+"""The CPU kernels of ``fused=True`` (one pass: adam, adamw, amsgrad, adamax, adax, nadam, radam, lion,
+adagrad, amos, adadelta, rmsprop, rprop, sgd, novograd, sm3-II; two: sm3-I, lamb, lars; three:
+adafactor) and update_and_apply.
 
 The fused transforms are also in the conformance suite (and so in the sharding, checkpoint,
 non-finite, counter, precision and property tests). Here: that the kernel runs, that it is
@@ -22,6 +22,7 @@ from test_adadelta import _adadelta_reference
 from test_adafactor import _adafactor_reference
 from test_amos import _amos_reference
 from test_adam import _adam_reference, _adamax_reference, _amsgrad_reference
+from test_adax import _adax_reference
 from test_lion import _lion_reference
 from test_momentum import _sgd_reference
 from test_nadam import _nadam_reference
@@ -47,6 +48,9 @@ FUSED = {
     "amsgrad": lambda fused, **kw: optimizers.amsgrad(0.01, fused=fused, **kw),
     "amsgrad raw": lambda fused, **kw: optimizers.amsgrad(0.01, max_over="raw", fused=fused, **kw),
     "adamax": lambda fused, **kw: optimizers.adamax(0.01, fused=fused, **kw),
+    "adax": lambda fused, **kw: optimizers.adax(0.01, fused=fused, **kw),
+    "adax raw sqrt": lambda fused, **kw: optimizers.adax(0.01, b1=0.8, b2=0.01, eps=1e-6, eps_on_raw_sqrt=True,
+                                                         fused=fused, **kw),
     "nadam": lambda fused, **kw: optimizers.nadam(0.01, fused=fused, **kw),
     "radam": lambda fused, **kw: optimizers.radam(0.01, fused=fused, **kw),
     "radam torch": lambda fused, **kw: optimizers.radam(0.01, threshold=5.0, eps_on_raw_sqrt=True, fused=fused, **kw),
@@ -256,6 +260,8 @@ REFERENCES = {  # per leaf: (theta0, grads, masked in) -> params after each step
     "amsgrad": lambda t, gs, on: _decoupled(_amsgrad_reference(gs, 0.9, 0.999, 1e-8, "corrected"), t, 0.01, 0.0),
     "amsgrad raw": lambda t, gs, on: _decoupled(_amsgrad_reference(gs, 0.9, 0.999, 1e-8, "raw"), t, 0.01, 0.0),
     "adamax": lambda t, gs, on: _decoupled(_adamax_reference(gs, 0.9, 0.999, 1e-8), t, 0.01, 0.0),
+    "adax": lambda t, gs, on: _decoupled(_adax_reference(gs, 0.9, 1e-4, 1e-8), t, 0.01, 0.0),
+    "adax raw sqrt": lambda t, gs, on: _decoupled(_adax_reference(gs, 0.8, 0.01, 1e-6, True), t, 0.01, 0.0),
     "nadam": lambda t, gs, on: _decoupled(_nadam_reference(gs, 0.9, 0.999, 1e-8, 0.004), t, 0.01, 0.0),
     "radam": lambda t, gs, on: _decoupled(_radam_reference(gs, 0.9, 0.999, 1e-8), t, 0.01, 0.0),
     "radam torch": lambda t, gs, on: _decoupled(_radam_reference(gs, 0.9, 0.999, 1e-8, 5.0, True), t, 0.01, 0.0),
@@ -463,6 +469,7 @@ FLAT = {  # flat_state=True: the moments as one flat array each
     "amsgrad raw": lambda flat: optimizers.amsgrad(0.01, max_over="raw", fused=True, flat_state=flat),
     "lion": lambda flat: optimizers.lion(0.01, weight_decay=0.1, fused=True, flat_state=flat),
     "adamax": lambda flat: optimizers.adamax(0.01, fused=True, flat_state=flat),
+    "adax raw sqrt": lambda flat: optimizers.adax(0.01, b2=0.01, eps_on_raw_sqrt=True, fused=True, flat_state=flat),
     "nadam": lambda flat: optimizers.nadam(0.01, fused=True, flat_state=flat),
     "radam": lambda flat: optimizers.radam(0.01, fused=True, flat_state=flat),
     "adagrad": lambda flat: optimizers.adagrad(0.1, initial_accumulator_value=0.1, fused=True, flat_state=flat),

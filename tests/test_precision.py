@@ -242,6 +242,7 @@ PINNED = {
     "fused(adamw)": (2.00e-02, 1.96e-02),
     "fused(amsgrad)": (4.04e-02, 3.90e-02),
     "fused(adamax)": (4.46e-02, 3.32e-02),
+    "fused(adax)": (2.26e-02, 2.03e-02),
     "fused(nadam)": (1.84e-01, 1.84e-01),
     "fused(radam)": (2.56e-01, 2.43e-01),
     "fused(lamb)": (6.33e-02, 6.08e-02),
