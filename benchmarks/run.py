@@ -718,8 +718,8 @@ def csv_rows(rows: list[Row]):
 
 # Rows "alias variant" (stepped with optimizers.update_and_apply): the alias built with these.
 VARIANTS = {"fused": dict(fused=True), "fused flat": dict(fused=True, flat_state=True)}
-FUSED = ("adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "adax", "amos", "amsgrad", "lamb", "lars", "lion",
-         "nadam", "novograd", "radam", "rmsprop", "rprop", "sgd", "sm3")
+FUSED = ("adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "adax", "amos", "amsgrad", "funnelled_sgdm",
+         "lamb", "lars", "lion", "nadam", "novograd", "radam", "rmsprop", "rprop", "sgd", "sm3")
 FLAT = ("adam", "adamw", "sgd")  # with flat_state
 SMOKE_ONLY = ("adam", "adam fused", "adam fused flat", "lamb")
 

@@ -10,6 +10,9 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._elementwise import after
+from optimizers._flat_state import check_flat_state, unflatten_state
+from optimizers._fused import _advance, _call, _state_buffers, _state_tree
+from optimizers._fused import fused as fused_transform
 from optimizers._dtypes import reject_complex, store, store_like, widen
 from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams
 from optimizers._moments import ema
@@ -103,8 +106,7 @@ def scale_by_funnelled_sgdm(eta: ScalarOrSchedule, momentum: ScalarOrSchedule = 
     def update_fn(updates, state, params=None):
         del params
         hp = current_hyperparams(values, state.hyperparams, state.count)
-        corr = _dot(state.trace, updates, state.scale.dtype)
-        s = (state.scale * jnp.exp(hp["gamma_s"] * hp["learning_rate"] * corr)).astype(state.scale.dtype)
+        s = _scale(hp, state, updates)
         p = jax.tree.map(lambda g, q, m: store(q * jnp.exp(hp["gamma_p"] * m * g), q.dtype),
                          updates, state.gain, state.grad_avg)
         # m and u overwrite buffers that the gains and the dot product read: written after them.
@@ -117,14 +119,47 @@ def scale_by_funnelled_sgdm(eta: ScalarOrSchedule, momentum: ScalarOrSchedule = 
     return transformation("scale_by_funnelled_sgdm", init_fn, update_fn)
 
 
+def _scale(hp, state, updates):
+    r""":math:`s_t = s_{t-1} \exp(\gamma_s \eta\, \tilde u_{t-1} \cdot g_t)`, the dot product over every leaf."""
+    corr = _dot(state.trace, updates, state.scale.dtype)
+    return (state.scale * jnp.exp(hp["gamma_s"] * hp["learning_rate"] * corr)).astype(state.scale.dtype)
+
+
 def funnelled_sgdm(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9, beta: ScalarOrSchedule = 0.9,
-                   gamma_p: ScalarOrSchedule = 1e-3, gamma_s: ScalarOrSchedule = 1e-3) -> optax.GradientTransformation:
+                   gamma_p: ScalarOrSchedule = 1e-3, gamma_s: ScalarOrSchedule = 1e-3, *, fused: bool = False,
+                   flat_state: bool = False) -> optax.GradientTransformation:
     r"""Funnelled SGDM: :math:`\theta_t = \theta_{t-1} - \eta_t s_t \tilde u_t` (:func:`scale_by_funnelled_sgdm`).
 
     Args:
         learning_rate: :math:`\eta \ge 0`, a number or a schedule.
         momentum, beta, gamma_p, gamma_s: as in :func:`scale_by_funnelled_sgdm`.
+        fused: the same update on the CPU as one pass over memory after XLA's dot product
+            :math:`\tilde u_{t-1} \cdot g_t` (see :func:`adam`); ``flat_state`` as there.
     """
     check_range("funnelled_sgdm", "learning_rate", learning_rate, 0.0)
-    return optax.chain(scale_by_funnelled_sgdm(learning_rate, momentum, beta, gamma_p, gamma_s),
-                       scale_by_learning_rate(learning_rate))
+    chain = optax.chain(scale_by_funnelled_sgdm(learning_rate, momentum, beta, gamma_p, gamma_s),
+                        scale_by_learning_rate(learning_rate))
+    check_flat_state("funnelled_sgdm", fused, flat_state)
+    if not fused:
+        return chain
+    fields = ("gain", "grad_avg", "trace")
+    values = dict(learning_rate=learning_rate, momentum=momentum, beta=beta, gamma_p=gamma_p, gamma_s=gamma_s)
+
+    def kernel(grads, state, params, step):
+        link, lr_link = state
+        hp, new_link = _advance(link, **values)
+        lr, lr_new = _advance(lr_link, learning_rate=learning_rate)
+        tree_link = unflatten_state((link,), [(0, "trace")], grads)[0] if flat_state else link
+        scale = _scale(hp, tree_link, grads)  # the chain's dot product, leaf by leaf
+        hyper = jnp.stack([hp["gamma_p"], hp["beta"], 1 - hp["beta"], hp["momentum"], scale,
+                           -lr["learning_rate"]]).astype(jnp.float32)
+        g, treedef = jax.tree.flatten(grads)
+        buffers = [_state_buffers(getattr(link, f), flat_state) for f in fields]
+        out, buffers = _call("optimizers_funnelled_sgdm", hyper, None, jax.tree.leaves(params), g, buffers, step,
+                             flat=flat_state)
+        new_link = new_link._replace(scale=scale, **{f: _state_tree(b, treedef, flat_state)
+                                                     for f, b in zip(fields, buffers)})
+        return treedef.unflatten(out), (new_link, lr_new)
+
+    return fused_transform("funnelled_sgdm", chain, kernel, lambda state: [getattr(state[0], f) for f in fields],
+                           [(0, f) for f in fields] if flat_state else ())

@@ -5,15 +5,16 @@ step reads the gradient and the moments again for each of :math:`m_t`, :math:`v_
 update, 40 bytes per float32 parameter where one pass needs 28, and the step is memory bound
 (``benchmarks/``). With ``fused=True``, ``adam``, ``adamw``, ``amsgrad``, ``adamax``, ``adax``,
 ``nadam``, ``radam``, ``sgd``, ``lion``, ``adagrad``, ``amos``, ``adadelta``, ``rmsprop`` and
-``rprop`` run their update instead as one C++ loop per step, ``novograd`` as one after XLA's
-per-leaf sums of squares, ``sm3`` as one (SM3-II, the covers' maxima in the same pass) or two
-(SM3-I), ``lamb`` and ``lars`` as two (the per-leaf norms, then the update), ``adafactor`` as
-three (the second moments and sums of squares, the clipping sums of factored leaves, the
-update), called from XLA through its FFI (``_fused_kernels.cc``): up to 32 leaves of the tree
-in one call, each input read once and each output written once, the moments updated in place,
-in chunks shared by XLA's intra-op threads. The same formulas as the unfused chains, in the
-same order of float32 operations; the state is the unfused chain's, so checkpoints,
-:func:`get_hyperparams`, :func:`set_hyperparams` and schedules work alike.
+``rprop`` run their update instead as one C++ loop per step, ``novograd`` and ``funnelled_sgdm``
+as one after XLA's per-leaf sums of squares or global dot product, ``sm3`` as one (SM3-II, the
+covers' maxima in the same pass) or two (SM3-I), ``lamb`` and ``lars`` as two (the per-leaf
+norms, then the update), ``adafactor`` as three (the second moments and sums of squares, the
+clipping sums of factored leaves, the update), called from XLA through its FFI
+(``_fused_kernels.cc``): up to 32 leaves of the tree in one call, each input read once and each
+output written once, the moments updated in place, in chunks shared by XLA's intra-op threads.
+The same formulas as the unfused chains, in the same order of float32 operations; the state is
+the unfused chain's, so checkpoints, :func:`get_hyperparams`, :func:`set_hyperparams` and
+schedules work alike.
 
 * ``tx.update`` + ``optax.apply_updates`` (what Flax's ``TrainState`` calls): one pass that
   writes the updates, then XLA's add (36 bytes per parameter for Adam).
@@ -66,7 +67,7 @@ from optimizers._scaling import leaf_masks
 _SOURCE = Path(__file__).with_name("_fused_kernels.cc")
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC"]
 _KERNELS = ("adam", "amsgrad", "adamax", "nadam", "radam", "adax", "lamb", "lars", "lion", "adagrad", "amos", "adadelta",
-            "rmsprop", "rprop", "sgd", "novograd", "sm3", "adafactor")
+            "rmsprop", "rprop", "sgd", "funnelled_sgdm", "novograd", "sm3", "adafactor")
 _STEPS = weakref.WeakKeyDictionary()  # tx.update -> the in-place step of a fused transform
 
 
@@ -277,10 +278,11 @@ def update_and_apply(tx: optax.GradientTransformation, grads, state, params):
     For a transform made with ``fused=True`` (:func:`adam`, :func:`adamw`, :func:`amsgrad`,
     :func:`adamax`, :func:`adax`, :func:`nadam`, :func:`radam`, :func:`sgd`, :func:`lion`,
     :func:`adagrad`, :func:`amos`, :func:`adadelta`, :func:`rmsprop`, :func:`rprop`,
-    :func:`novograd`, :func:`sm3`, :func:`lamb`, :func:`lars`, :func:`adafactor`) on the CPU, its
-    kernel, which writes the params in place (donate them, and the state, to ``jax.jit``). For any other
-    transform, ``tx.update`` then ``optax.apply_updates`` (to the float leaves: integer params
-    are kept), so a train step written with it works with every optimizer.
+    :func:`funnelled_sgdm`, :func:`novograd`, :func:`sm3`, :func:`lamb`, :func:`lars`,
+    :func:`adafactor`) on the CPU, its kernel, which writes the params in place (donate them,
+    and the state, to ``jax.jit``). For any other transform, ``tx.update`` then
+    ``optax.apply_updates`` (to the float leaves: integer params are kept), so a train step
+    written with it works with every optimizer.
     """
     step = _STEPS.get(getattr(tx, "update", None))
     if step is not None:

@@ -71,6 +71,7 @@ WRAPPED = {
     "fused(adafactor)": lambda **o: make("adafactor", fused=True, **o),
     "fused(adagrad)": lambda **o: make("adagrad", fused=True, **o),
     "fused(amos)": lambda **o: make("amos", fused=True, **o),
+    "fused(funnelled_sgdm)": lambda **o: make("funnelled_sgdm", fused=True, **o),
     "fused(novograd)": lambda **o: make("novograd", fused=True, **o),
     "fused(rmsprop)": lambda **o: make("rmsprop", fused=True, **o),
     "fused(rprop)": lambda **o: make("rprop", fused=True, **o),

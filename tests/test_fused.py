@@ -1,5 +1,5 @@
 """The CPU kernels of ``fused=True`` (one pass: adam, adamw, amsgrad, adamax, adax, nadam, radam, lion,
-adagrad, amos, adadelta, rmsprop, rprop, sgd, novograd, sm3-II; two: sm3-I, lamb, lars; three:
+adagrad, amos, adadelta, rmsprop, rprop, sgd, funnelled_sgdm, novograd, sm3-II; two: sm3-I, lamb, lars; three:
 adafactor) and update_and_apply.
 
 The fused transforms are also in the conformance suite (and so in the sharding, checkpoint,
@@ -23,6 +23,7 @@ from test_adafactor import _adafactor_reference
 from test_amos import _amos_reference
 from test_adam import _adam_reference, _adamax_reference, _amsgrad_reference
 from test_adax import _adax_reference
+from test_funnelled_sgdm import _funnelled_reference
 from test_lion import _lion_reference
 from test_momentum import _sgd_reference
 from test_nadam import _nadam_reference
@@ -65,6 +66,7 @@ FUSED = {
         trust_ratio_mask=lambda p: jax.tree.map(lambda x: x.size > 1, p), nesterov=True, fused=fused, **kw),
     "lion": lambda fused, **kw: optimizers.lion(0.01, weight_decay=0.1, fused=fused, **kw),
     "adagrad": lambda fused, **kw: optimizers.adagrad(0.1, initial_accumulator_value=0.1, fused=fused, **kw),
+    "funnelled_sgdm": lambda fused, **kw: optimizers.funnelled_sgdm(0.01, gamma_p=0.1, fused=fused, **kw),
     "adadelta": lambda fused, **kw: optimizers.adadelta(1.0, rho=0.9, eps=1e-6, fused=fused, **kw),
     "amos": lambda fused, **kw: optimizers.amos(0.05, eta=lambda p: jax.tree.map(lambda x: 0.5 + x.ndim, p),
                                                 fused=fused, **kw),
@@ -294,6 +296,18 @@ REFERENCES = {  # per leaf: (theta0, grads, masked in) -> params after each step
 }
 
 
+def _funnelled_params(leaves, grads, eta, mu, beta, gamma_p, gamma_s):
+    """Per step, every leaf's params: theta_t = theta_{t-1} - s_t u_t (one scale for the whole tree)."""
+    for steps in _funnelled_reference(grads, eta, mu, beta, gamma_p, gamma_s):
+        leaves = [theta - step for theta, step in zip(leaves, steps)]
+        yield leaves
+
+
+WHOLE_TREE_REFERENCES = {  # (theta0 leaves, grads as lists of leaves) -> the leaves after each step
+    "funnelled_sgdm": lambda ls, gs: _funnelled_params(ls, gs, 0.01, 0.9, 0.9, 0.1, 1e-3),
+}
+
+
 @pytest.mark.parametrize("run", RUNS)
 @pytest.mark.parametrize("name", FUSED)
 def test_matches_the_published_update(name, run):
@@ -302,9 +316,16 @@ def test_matches_the_published_update(name, run):
     params, grads = _tree(0), _grads(10)
     got, _ = RUNS[run](FUSED[name](True), params, grads)
     leaves = jax.tree.leaves(params)
+    if name in WHOLE_TREE_REFERENCES:
+        wants = WHOLE_TREE_REFERENCES[name]([x.astype(np.float64) for x in leaves],
+                                            [[x.astype(np.float64) for x in jax.tree.leaves(g)] for g in grads])
+        wants = list(zip(*wants))  # per leaf, its params after each step
     for i, theta0 in enumerate(leaves):
         seq = [jax.tree.leaves(g)[i].astype(np.float64) for g in grads]
-        want = list(REFERENCES[name](theta0.astype(np.float64), seq, theta0.ndim > 1))
+        if name in WHOLE_TREE_REFERENCES:
+            want = wants[i]
+        else:
+            want = list(REFERENCES[name](theta0.astype(np.float64), seq, theta0.ndim > 1))
         for step, w in enumerate(want):
             g = np.asarray(jax.tree.leaves(got[step])[i], np.float64)
             scale = max(float(np.max(np.abs(w), initial=0.0)), 1e-30)
@@ -391,7 +412,7 @@ SMALL = {"mat": (30, 7), "s": (), "empty": (0,), "one": (1,), "blocks": [(2, 3),
 @pytest.mark.parametrize("dtype", ["bfloat16", "complex64"])
 @pytest.mark.parametrize("name", FUSED)
 def test_other_dtypes_run_the_unfused_chain(name, dtype):
-    if dtype == "complex64" and name.startswith(("lion", "rprop")):
+    if dtype == "complex64" and name.startswith(("lion", "rprop", "funnelled_sgdm")):
         pytest.skip("refuses complex params (test_complex)")
     params = jax.tree.map(lambda x: jnp.asarray(x, dtype), _tree(0, shapes=SMALL))
     grads = [jax.tree.map(lambda x: jnp.asarray(x, dtype), _tree(1 + k, shapes=SMALL)) for k in range(3)]
@@ -446,6 +467,25 @@ def test_mismatched_trees_are_named():
         optimizers.update_and_apply(tx, {"w": jnp.ones((4, 4))}, tx.init(params), params)
 
 
+def test_fused_funnelled_sgdm_gains_over_the_whole_range_of_exp():
+    """The kernel's vectorized exp (Cephes' expf) against XLA's, exponents from -120 to 95: the
+    gains agree within float32 rounding and overflow to inf alike (below exp's normal range
+    both give at most the smallest normal float)."""
+    n = 4001
+    params, first = {"w": np.zeros(n, np.float32)}, {"w": np.ones(n, np.float32)}
+    second = {"w": np.linspace(-1.12, 0.88, n, dtype=np.float32)}  # the exponent is 107.5 x this
+    gains = []
+    for fused in (True, False):
+        tx = optimizers.funnelled_sgdm(1e-3, beta=0.0, gamma_p=107.5, gamma_s=0.0, fused=fused)
+        update = jax.jit(tx.update)
+        state = update(first, tx.init(params), params)[1]  # m = 1, the gains still 1
+        gains.append(np.asarray(update(second, state, params)[1][0].gain["w"]))
+    assert np.isinf(gains[1]).sum() > 100 and (gains[1] < np.finfo(np.float32).tiny).sum() > 100
+    np.testing.assert_array_equal(np.isinf(gains[0]), np.isinf(gains[1]))
+    finite = np.isfinite(gains[1])
+    np.testing.assert_allclose(gains[0][finite], gains[1][finite], rtol=3e-7, atol=np.finfo(np.float32).tiny)
+
+
 @pytest.mark.parametrize("granularity", ["leaf", "last_axis", lambda leaf: (0,)])
 def test_fused_amos_needs_a_slot_per_entry(granularity):
     with pytest.raises(ValueError, match="amos: fused=True needs granularity='element'"):
@@ -470,6 +510,7 @@ FLAT = {  # flat_state=True: the moments as one flat array each
     "lion": lambda flat: optimizers.lion(0.01, weight_decay=0.1, fused=True, flat_state=flat),
     "adamax": lambda flat: optimizers.adamax(0.01, fused=True, flat_state=flat),
     "adax raw sqrt": lambda flat: optimizers.adax(0.01, b2=0.01, eps_on_raw_sqrt=True, fused=True, flat_state=flat),
+    "funnelled_sgdm": lambda flat: optimizers.funnelled_sgdm(0.01, gamma_p=0.1, fused=True, flat_state=flat),
     "nadam": lambda flat: optimizers.nadam(0.01, fused=True, flat_state=flat),
     "radam": lambda flat: optimizers.radam(0.01, fused=True, flat_state=flat),
     "adagrad": lambda flat: optimizers.adagrad(0.1, initial_accumulator_value=0.1, fused=True, flat_state=flat),
@@ -483,7 +524,7 @@ FLAT = {  # flat_state=True: the moments as one flat array each
         trust_ratio_mask=lambda p: jax.tree.map(lambda x: x.size > 1, p), fused=True, flat_state=flat),
     "lars nesterov": lambda flat: optimizers.lars(0.1, weight_decay=0.01, nesterov=True, fused=True, flat_state=flat),
 }
-FLAT_FIELDS = ("mu", "nu", "nu_max", "trace", "sum_of_squares", "delta_nu", "step_size", "prev_grad")
+FLAT_FIELDS = ("mu", "nu", "nu_max", "trace", "sum_of_squares", "delta_nu", "step_size", "prev_grad", "gain", "grad_avg")
 
 
 def _flattened(tree):

@@ -252,6 +252,7 @@ PINNED = {
     "fused(adafactor)": (7.01e-03, 4.75e-03),
     "fused(adagrad)": (3.74e-02, 3.74e-02),
     "fused(amos)": (3.98e-02, 1.61e-02),
+    "fused(funnelled_sgdm)": (2.43e-02, 1.97e-02),
     "fused(novograd)": (4.89e-03, 4.36e-03),
     "fused(rmsprop)": (2.35e-01, 2.35e-01),
     "fused(rprop)": (3.13e-03, 2.81e-03),
