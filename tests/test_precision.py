@@ -21,7 +21,7 @@ LOW = ["bfloat16", "float16"]
 SHAPES = {"w": (8, 6), "s": ()}
 # Funnelled SGDM's exponents gamma * m * g grow with g^2 (its docstring: set them for the
 # problem); the default 1e-3 overflows even float64 at |g| = 1e4. Rates for that scale:
-WIDE_RANGE_KWARGS = {"funnelled_sgdm": dict(gamma_p=1e-11, gamma_s=1e-11)}
+WIDE_RANGE_KWARGS = {n: dict(gamma_p=1e-11, gamma_s=1e-11) for n in ("funnelled_sgdm", "fused(funnelled_sgdm)")}
 
 
 def _tree(f):
