@@ -10,9 +10,9 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._dtypes import store, store_like, widen
-from optimizers._fused import fused as fused_transform
 from optimizers._flat_state import check_flat_state
-from optimizers._fused import sgd_kernel
+from optimizers._fused import _advance, _call, _leaf_decays, _state_buffers, _state_tree
+from optimizers._fused import fused as fused_transform
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -100,6 +100,33 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 
     check_flat_state("sgd", fused, flat_state)
     if not fused:
         return chain
-    kernel = sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask, flat_state)
+    kernel = _sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask, flat_state)
     flat_fields = [(1, "trace")] if flat_state and not is_zero(momentum) else ()
     return fused_transform("sgd", chain, kernel, lambda state: getattr(state[1], "trace", ()), flat_fields)
+
+
+def _sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask, flat=False):
+    """The kernel of ``chain(add_decayed_weights or identity, trace or identity, scale_by_learning_rate)``."""
+
+    def kernel(grads, state, params, step):
+        decay_link, trace_link, lr_link = state
+        has_decay, has_momentum = hasattr(decay_link, "hyperparams"), hasattr(trace_link, "trace")
+        lr, lr_new = _advance(lr_link, learning_rate=learning_rate)
+        lam, mu = jnp.zeros([], jnp.float32), jnp.zeros([], jnp.float32)
+        if has_decay:
+            wd, decay_link = _advance(decay_link, weight_decay=weight_decay)
+            lam = wd["weight_decay"]
+        buffers = []
+        if has_momentum:
+            hp, trace_new = _advance(trace_link, momentum=momentum)
+            mu, buffers = hp["momentum"], [_state_buffers(trace_link.trace, flat)]
+        g, treedef = jax.tree.flatten(grads)
+        hyper = jnp.stack([mu, -lr["learning_rate"]]).astype(jnp.float32)
+        decays = _leaf_decays(decay_link if has_decay else None, lam, mask, params)
+        out, new_buffers = _call("optimizers_sgd", hyper, decays, jax.tree.leaves(params), g,
+                                 buffers, step, flat=flat, momentum=has_momentum, nesterov=bool(nesterov))
+        if has_momentum:
+            trace_link = trace_new._replace(trace=_state_tree(new_buffers[0], treedef, flat))
+        return treedef.unflatten(out), (decay_link, trace_link, lr_new)
+
+    return kernel
