@@ -176,7 +176,8 @@ def _outputs(kept, computed, params, grads, step):
 
 
 def _call(target: str, hyper, decays, params, grads, buffers, step: bool, flags=None, flat=False, **attrs):
-    """One kernel call over all leaves: (outputs, new buffers), outputs the new params (``step``) or updates.
+    """The kernel over all leaves (see :func:`_ffi`): (outputs, new buffers), outputs the new params
+    (``step``) or updates.
 
     ``buffers``: lists of per-leaf state buffers shaped like the grads, in the kernel's order,
     or (``flat``) one flat array each, the leaves one after another; ``decays`` and ``flags``
