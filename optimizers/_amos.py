@@ -10,7 +10,8 @@ import optax
 
 from optimizers._checks import transformation
 from optimizers._ema import scale_by_ema
-from optimizers._fused import _advance, _call
+from optimizers._flat_state import check_flat_state
+from optimizers._fused import _advance, _call, _state_buffers, _state_tree
 from optimizers._fused import fused as fused_transform
 from optimizers._dtypes import abs2, real_dtype, store
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
@@ -172,7 +173,7 @@ def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0
 
 def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0.999, c_coef: float = 0.25,
          d_coef: float = 0.25, granularity: Granularity = "element", momentum: ScalarOrSchedule = 0.0,
-         eps: float = 2.0**-125, *, fused: bool = False) -> optax.GradientTransformation:
+         eps: float = 2.0**-125, *, fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:
     r"""Amos: :math:`\theta_t = \theta_{t-1} - \xi_t \bar u_t`, :math:`\bar u_t = \mu \bar u_{t-1} + (1-\mu) u_t`.
 
     :math:`u_t` from :func:`scale_by_amos` with :math:`\xi` = ``learning_rate``. Algorithm
@@ -188,6 +189,8 @@ def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule =
             ``granularity="element"``: the chain writes :math:`u`, :math:`v` and :math:`b` in
             three loops that each read the gradient, :math:`v`, :math:`b` and the params (and
             copies :math:`b` under donation, which two of them read).
+        flat_state: with ``fused``, :math:`v`, :math:`b` (and the momentum) as one flat array
+            each, as in :func:`adam`.
     """
     check_range("amos", "learning_rate", learning_rate, 0.0)
     check_range("amos", "momentum", momentum, 0.0, 1.0, high_open=True)
@@ -197,17 +200,21 @@ def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule =
         optax.identity() if is_zero(momentum) else scale_by_ema(momentum),
         scale_by_learning_rate(learning_rate),
     )
+    check_flat_state("amos", fused, flat_state)
     if not fused:
         return chain
     if granularity != "element":
         raise ValueError(f"amos: fused=True needs granularity='element' (a slot per entry), got {granularity!r}")
-    return fused_transform("amos", chain, _amos_kernel(learning_rate, eta, beta, c_coef, d_coef, momentum, eps),
-                           lambda state: (state[0].v, state[0].b, getattr(state[1], "ema", ())))
+    fields = [(0, "v"), (0, "b")] + ([] if is_zero(momentum) else [(1, "ema")])
+    return fused_transform("amos", chain,
+                           _amos_kernel(learning_rate, eta, beta, c_coef, d_coef, momentum, eps, flat_state),
+                           lambda state: [getattr(state[i], f) for i, f in fields], fields if flat_state else ())
 
 
-def _amos_kernel(learning_rate, eta, beta, c_coef, d_coef, momentum, eps):
+def _amos_kernel(learning_rate, eta, beta, c_coef, d_coef, momentum, eps, flat=False):
     """The kernel of ``chain(scale_by_amos, scale_by_ema or identity, scale_by_learning_rate)``
-    with one slot per entry (``optimizers_amos``, see ``_fused_kernels.cc``)."""
+    with one slot per entry (``optimizers_amos``, see ``_fused_kernels.cc``); ``flat``: its
+    state buffers as one flat array each."""
 
     def kernel(grads, state, params, step):
         state, link = list(state), state[0]  # the buffers stay the old ones until the kernel's replace them
@@ -224,13 +231,13 @@ def _amos_kernel(learning_rate, eta, beta, c_coef, d_coef, momentum, eps):
         g, treedef = jax.tree.flatten(grads)
         etas = treedef.flatten_up_to(_eta_tree(eta, params))
         info = [jnp.asarray(e, jnp.float32) for e in etas], [d_coef * jnp.sqrt(x * e) for e in etas]
-        buffers = [jax.tree.leaves(state[0].v), jax.tree.leaves(state[0].b)]
-        buffers += [jax.tree.leaves(state[1].ema)] if has_momentum else []
+        buffers = [_state_buffers(buf, flat) for buf in [link.v, link.b] + ([state[1].ema] if has_momentum else [])]
         out, buffers = _call("optimizers_amos", hyper, info[0], jax.tree.leaves(params), g, buffers, step, info[1],
-                             momentum=has_momentum)
-        state[0] = state[0]._replace(v=treedef.unflatten(buffers[0]), b=treedef.unflatten(buffers[1]))
+                             flat=flat, momentum=has_momentum)
+        buffers = [_state_tree(buf, treedef, flat) for buf in buffers]
+        state[0] = state[0]._replace(v=buffers[0], b=buffers[1])
         if has_momentum:
-            state[1] = state[1]._replace(ema=treedef.unflatten(buffers[2]))
+            state[1] = state[1]._replace(ema=buffers[2])
         return treedef.unflatten(out), tuple(state)
 
     return kernel

@@ -23,7 +23,7 @@ schedules work alike.
   ``torch.optim.Adam(fused=True)``. For any other transform it is ``tx.update`` then
   ``optax.apply_updates``.
 
-``flat_state=True`` (with ``fused``, all but ``sm3``, ``adafactor`` and ``amos``) keeps each
+``flat_state=True`` (with ``fused``, all but ``sm3`` and ``adafactor``) keeps each
 per-parameter state buffer as one flat float32 array, the leaves one after another, instead of a
 tree: the same numbers, but JAX creates one output buffer per moment instead of one per leaf
 (about 1.6 us each on the CPU here, a millisecond a step on a 150-leaf tree); the state is no

@@ -523,8 +523,12 @@ FLAT = {  # flat_state=True: the moments as one flat array each
         0.01, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p),
         trust_ratio_mask=lambda p: jax.tree.map(lambda x: x.size > 1, p), fused=True, flat_state=flat),
     "lars nesterov": lambda flat: optimizers.lars(0.1, weight_decay=0.01, nesterov=True, fused=True, flat_state=flat),
+    "amos": lambda flat: optimizers.amos(0.01, eta=0.5, fused=True, flat_state=flat),
+    "amos momentum": lambda flat: optimizers.amos(0.01, eta=lambda p: jax.tree.map(lambda x: 0.1 * x.ndim, p),
+                                                  momentum=0.9, fused=True, flat_state=flat),
 }
-FLAT_FIELDS = ("mu", "nu", "nu_max", "trace", "sum_of_squares", "delta_nu", "step_size", "prev_grad", "gain", "grad_avg")
+FLAT_FIELDS = ("mu", "nu", "nu_max", "trace", "sum_of_squares", "delta_nu", "step_size", "prev_grad", "gain", "grad_avg",
+               "v", "b", "ema")
 
 
 def _flattened(tree):
