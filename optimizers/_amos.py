@@ -232,8 +232,8 @@ def _amos_kernel(learning_rate, eta, beta, c_coef, d_coef, momentum, eps, flat=F
         etas = treedef.flatten_up_to(_eta_tree(eta, params))
         info = [jnp.asarray(e, jnp.float32) for e in etas], [d_coef * jnp.sqrt(x * e) for e in etas]
         buffers = [_state_buffers(buf, flat) for buf in [link.v, link.b] + ([state[1].ema] if has_momentum else [])]
-        out, buffers = _call("optimizers_amos", hyper, info[0], jax.tree.leaves(params), g, buffers, step, info[1],
-                             flat=flat, momentum=has_momentum)
+        out, buffers = _call("optimizers_amos", hyper, info, jax.tree.leaves(params), g, buffers, step, flat=flat,
+                             momentum=has_momentum)
         buffers = [_state_tree(buf, treedef, flat) for buf in buffers]
         state[0] = state[0]._replace(v=buffers[0], b=buffers[1])
         if has_momentum:

@@ -175,22 +175,22 @@ def _outputs(kept, computed, params, grads, step):
     return _merge(kept, computed, params if step else [jnp.zeros_like(g) for g in grads])
 
 
-def _call(target: str, hyper, decays, params, grads, buffers, step: bool, flags=None, flat=False, **attrs):
+def _call(target: str, hyper, info, params, grads, buffers, step: bool, flat=False, **attrs):
     """The kernel over all leaves (see :func:`_ffi`): (outputs, new buffers), outputs the new params
     (``step``) or updates.
 
-    ``buffers``: lists of per-leaf state buffers shaped like the grads, in the kernel's order,
-    or (``flat``) one flat array each, the leaves one after another; ``decays`` and ``flags``
-    (one number per leaf each; ``decays=None``: zeros) are its info operand: the kernel's two
-    per-leaf numbers, whatever they mean to it (Amos: its eta and d sqrt(xi eta)).
+    ``info``: the kernel's per-leaf numbers, columns of one number per leaf, whatever they mean to
+    it (a weight decay, a trust-ratio flag; Amos: its eta and d sqrt(xi eta)); ``None``: one
+    column of zeros. ``buffers``: lists of per-leaf state buffers shaped like the grads, in the
+    kernel's order, or (``flat``) one flat array each, the leaves one after another.
     """
-    if decays is None:
-        decays = [jnp.zeros([], jnp.float32)] * len(grads)
+    if info is None:
+        info = [[jnp.zeros([], jnp.float32)] * len(grads)]
     kept = _with_elements(grads)
     if not kept:
         return _outputs(kept, [], params, grads, step), buffers
     pick = lambda xs: [xs[i] for i in kept]  # noqa: E731
-    info = [pick(decays)] + ([pick(flags)] if flags else [])
+    info = [pick(column) for column in info]
     state = list(buffers) if flat else [[(b,) for b in pick(buffer)] for buffer in buffers]
     out, state = _ffi(target, hyper, info, pick(params), pick(grads), state, step, flat=flat, **attrs)
     if flat:
@@ -318,7 +318,7 @@ def direction_kernel(target: str, values: dict, scalars, fields: tuple, learning
             lam, new_decay = wd["weight_decay"], [decay_new]
         g, treedef = jax.tree.flatten(grads)
         state_buffers = [_state_buffers(getattr(link, f), flat) for f in fields]
-        out, buffers = _call(target, hyper, _leaf_decays(decay_link, lam, mask, params), jax.tree.leaves(params), g,
+        out, buffers = _call(target, hyper, [_leaf_decays(decay_link, lam, mask, params)], jax.tree.leaves(params), g,
                              state_buffers, step, flat=flat, **attrs)
         new_link = new_link._replace(**{f: _state_tree(b, treedef, flat) for f, b in zip(fields, buffers)},
                                      **(link_update(hp, link) if link_update else {}))

@@ -123,7 +123,7 @@ def _sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask, flat=Fals
         g, treedef = jax.tree.flatten(grads)
         hyper = jnp.stack([mu, -lr["learning_rate"]]).astype(jnp.float32)
         decays = _leaf_decays(decay_link if has_decay else None, lam, mask, params)
-        out, new_buffers = _call("optimizers_sgd", hyper, decays, jax.tree.leaves(params), g,
+        out, new_buffers = _call("optimizers_sgd", hyper, [decays], jax.tree.leaves(params), g,
                                  buffers, step, flat=flat, momentum=has_momentum, nesterov=bool(nesterov))
         if has_momentum:
             trace_link = trace_new._replace(trace=_state_tree(new_buffers[0], treedef, flat))

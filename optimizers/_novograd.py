@@ -137,7 +137,7 @@ def _novograd_kernel(values: dict, learning_rate, flat: bool):
         nu, dens = _second_moments(grads, link, hp)
         hyper = jnp.stack([hp["b1"], hp["weight_decay"], -lr["learning_rate"]]).astype(jnp.float32)
         g, treedef = jax.tree.flatten(grads)
-        out, (mu,) = _call("optimizers_novograd", hyper, jax.tree.leaves(dens), jax.tree.leaves(params), g,
+        out, (mu,) = _call("optimizers_novograd", hyper, [jax.tree.leaves(dens)], jax.tree.leaves(params), g,
                            [_state_buffers(link.mu, flat)], step, flat=flat)
         new_link = new_link._replace(mu=_state_tree(mu, treedef, flat), nu=store_like(nu, link.nu))
         return treedef.unflatten(out), (new_link, lr_new)

@@ -304,8 +304,8 @@ def _fused_lamb(chain, adam_values: dict, adam_scalars, min_param_norm, max_para
         flags = [jnp.float32(on) for on in jax.tree.leaves(leaf_masks(trust_ratio_mask, params))]
         g, treedef = jax.tree.flatten(grads)
         moments = [_state_buffers(adam_link.mu, flat), _state_buffers(adam_link.nu, flat)]
-        out, (mu, nu) = _call("optimizers_lamb", hyper, _leaf_decays(decay_link, wd["weight_decay"], mask, params),
-                              jax.tree.leaves(params), g, moments, step, flags, flat=flat)
+        out, (mu, nu) = _call("optimizers_lamb", hyper, [_leaf_decays(decay_link, wd["weight_decay"], mask, params), flags],
+                              jax.tree.leaves(params), g, moments, step, flat=flat)
         adam_new = adam_new._replace(mu=_state_tree(mu, treedef, flat), nu=_state_tree(nu, treedef, flat))
         return treedef.unflatten(out), (adam_new, decay_new, trust_new, lr_new)
 
@@ -328,9 +328,8 @@ def _fused_lars(chain, lars_values: dict, momentum, nesterov: bool, learning_rat
         betas = _leaf_decays(lars_link, hp["weight_decay"], weight_decay_mask, params)
         flags = [jnp.float32(on) for on in jax.tree.leaves(leaf_masks(trust_ratio_mask, params))]
         g, treedef = jax.tree.flatten(grads)
-        out, (trace,) = _call("optimizers_lars", hyper, betas, jax.tree.leaves(params), g,
-                              [_state_buffers(trace_link.trace, flat)], step, flags,
-                              flat=flat, nesterov=bool(nesterov))
+        out, (trace,) = _call("optimizers_lars", hyper, [betas, flags], jax.tree.leaves(params), g,
+                              [_state_buffers(trace_link.trace, flat)], step, flat=flat, nesterov=bool(nesterov))
         trace = _state_tree(trace, treedef, flat)
         return treedef.unflatten(out), (lars_new, lr_new, trace_new._replace(trace=trace))
 
