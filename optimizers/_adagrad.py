@@ -56,7 +56,7 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: ScalarOrSchedule =
         del params
         hp = current_hyperparams(dict(eps=eps), state.hyperparams, state.count)
         v = jax.tree.map(lambda g, s: widen(s) + abs2(widen(g)), updates, state.sum_of_squares)
-        out = jax.tree.map(lambda g, s: store(widen(g) / (jnp.sqrt(s) + hp["eps"]), g.dtype), updates, v)
+        out = jax.tree.map(lambda g, s: store(widen(g) / (hp["eps"] + jnp.sqrt(s)), g.dtype), updates, v)
         return out, ScaleByRssState(optax.safe_increment(state.count), hp, store_like(v, state.sum_of_squares))
 
     return transformation("scale_by_rss", init_fn, update_fn)

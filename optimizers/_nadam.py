@@ -72,7 +72,7 @@ def scale_by_nadam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
 
         def direction(g, a, b):
             nesterov = (1 - mu_t) * g / (1 - prod) + mu_next * a / (1 - prod * mu_next)
-            return store(nesterov / (jnp.sqrt(b / c2) + hp["eps"]), g.dtype)
+            return store(nesterov / (hp["eps"] + jnp.sqrt(b / c2)), g.dtype)
 
         out = jax.tree.map(direction, updates, m, v)
         moments = store_like(m, state.mu), store_like(v, state.nu)

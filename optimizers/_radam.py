@@ -98,9 +98,9 @@ def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
 
         def direction(g, a, b):
             if eps_on_raw_sqrt:
-                adaptive = jnp.sqrt(c2) / (jnp.sqrt(b) + hp["eps"])
+                adaptive = jnp.sqrt(c2) / (hp["eps"] + jnp.sqrt(b))
             else:
-                adaptive = 1 / (jnp.sqrt(b / c2) + hp["eps"])
+                adaptive = 1 / (hp["eps"] + jnp.sqrt(b / c2))
             return jnp.where(adapt, r * adaptive, 1.0) * (a / c1)
 
         out = jax.tree.map(lambda g, a, b: store(direction(g, a, b), g.dtype), updates, m, v)

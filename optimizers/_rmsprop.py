@@ -71,7 +71,7 @@ def scale_by_rms(decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
 
     def denominator(var, e):  # only the centered variance can round below 0 (v >= 0 from v_0 >= 0)
         var = jnp.maximum(var, 0.0) if centered else var
-        return jnp.sqrt(var + e) if eps_in_sqrt else jnp.sqrt(var) + e
+        return jnp.sqrt(e + var) if eps_in_sqrt else e + jnp.sqrt(var)
 
     def variance(g, v_old, m_old, rho):
         m_old = widen(m_old)
