@@ -680,7 +680,7 @@ def markdown(rows: list[Row], info: dict, floor: Floor, dispatch: dict) -> str:
             "(interleaved runs). ours/torch: against the faster of foreach and fused. floor: the bytes the "
             "algorithm must move per parameter at the floor bandwidth. HLO: kernels over parameter-sized arrays "
             "in the compiled step (k), the bytes they move per parameter (B), fresh memory per step in bytes per "
-            "parameter (t) and copies (c); a fused row's kernel is a custom call (one per 32 leaves), counted with its operands "
+            "parameter (t) and copies (c); a fused row's kernel is a custom call (one per 4 leaves), counted with its operands "
             "(LAMB's and LARS's second pass is not in B). Compile: trace + lower + compile, median of the "
             "repetitions.", ""]
     return "\n".join(out)

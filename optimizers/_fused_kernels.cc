@@ -5,7 +5,7 @@
 // XLA:CPU writes each output buffer of an elementwise update in its own loop, so an Adam step
 // reads the gradient and the moments several times (40 bytes per parameter where 28 suffice).
 // These kernels read every input once and write every output once, over the leaves of a pytree
-// (up to 32 a call, see _fused.py), split into chunks that XLA's intra-op thread pool and the
+// (up to 4 a call, see _fused.py), split into chunks that XLA's intra-op thread pool and the
 // calling thread share.  The formulas, and the order of their float32 operations, are those of
 // the chains in _adam.py, _nadam.py, _radam.py, _trust_ratio.py, _lion.py, _adagrad.py,
 // _adadelta.py, _rmsprop.py, _rprop.py, _momentum.py, _novograd.py, _sm3.py, _adafactor.py,
