@@ -1,0 +1,60 @@
+"""The API reference: every public name of both packages has a generated page."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+sys.path.insert(0, str(DOCS / "_ext"))
+apipages = importlib.import_module("apipages")
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory):
+    return apipages.write_pages(tmp_path_factory.mktemp("api"))
+
+
+@pytest.mark.parametrize("package", apipages.PACKAGES)
+def test_every_public_name_has_a_page(pages, package):
+    for name in importlib.import_module(package).__all__:
+        page = pages[f"{package}.{name}"]
+        assert f":: {package}.{name}\n" in page.read_text(), (name, page)
+
+
+def test_every_page_is_in_a_group(pages):
+    groups = {p.name for p in next(iter(pages.values())).parent.glob("group.*.rst")}
+    listed = "".join((next(iter(pages.values())).parent / g).read_text() for g in groups)
+    for page in set(pages.values()):
+        assert f"\n   {page.stem}\n" in listed, page.stem
+
+
+@pytest.mark.parametrize("name, group", [
+    ("lamb", "optimizers"), ("scale_by_adam", "transforms"), ("trace", "transforms"),
+    ("scale_by_learning_rate", "transforms"), ("lookahead", "wrappers"), ("ema", "wrappers"),
+    ("adagrad", "optimizers"), ("forward_value_and_grad", "estimators"),
+    ("gradientless_descent", "estimators"), ("save", "tools"), ("get_hyperparams", "tools"),
+])
+def test_groups_follow_the_rules(name, group):
+    import optimizers
+
+    assert apipages.classify("optimizers", name, getattr(optimizers, name)) == group
+
+
+def test_a_new_name_gets_a_page(monkeypatch, tmp_path):
+    import optimizers
+
+    def scale_by_novelty() -> "optax.GradientTransformation":
+        """A transform no one has documented yet."""
+
+    class NoveltyThing:
+        """An export no rule knows."""
+
+    monkeypatch.setattr(optimizers, "scale_by_novelty", scale_by_novelty, raising=False)
+    monkeypatch.setattr(optimizers, "NoveltyThing", NoveltyThing, raising=False)
+    monkeypatch.setattr(optimizers, "__all__", optimizers.__all__ + ["NoveltyThing", "scale_by_novelty"])
+    pages = apipages.write_pages(tmp_path)
+    assert pages["optimizers.scale_by_novelty"].name == "optimizers.scale_by_novelty.rst"
+    assert "optimizers.NoveltyThing" in (tmp_path / "group.other.rst").read_text()
+    assert "optimizers.scale_by_novelty" in (tmp_path / "group.transforms.rst").read_text()
