@@ -143,9 +143,11 @@ def write_pages(outdir: str | Path) -> dict[str, Path]:
     for e in entries:
         pages.setdefault(e["page"], []).append(e)
     written = {}
+    names = [e["name"] for e in entries if e["host"] is None]
     for page, members in pages.items():
         main = next(m for m in members if m["host"] is None)
-        body = [page, "=" * len(page), "", f".. currentmodule:: {main['package']}", ""]
+        title = main["name"] if names.count(main["name"]) == 1 else page  # package only if needed
+        body = [title, "=" * len(title), "", f".. currentmodule:: {main['package']}", ""]
         for m in sorted(members, key=lambda m: m["host"] is not None):
             body.append(_directive(m["package"], m["name"], m["obj"]))
         path = outdir / f"{page}.rst"
@@ -208,8 +210,13 @@ def _state_docstring(app, what, name, obj, options, lines):
     if not lines:
         lines += [f"The state of :func:`{transform}`.", ""]
     for field, typ, comment in state_fields(obj):
-        lines.append(f"* ``{field}`` (``{typ}``): {comment}")
+        lines.append(f"* ``{field}`` (``{typ}``): {_escape(comment)}")
     lines.append("")
+
+
+def _escape(text: str) -> str:
+    """A source comment as plain reStructuredText text (no markup, no references)."""
+    return re.sub(r"([\\`*_|<>\[\]])", r"\\\1", text)
 
 
 def _skip_fields(app, what, name, obj, skip, options):
