@@ -45,6 +45,7 @@ autodoc_type_aliases = {
 }
 autodoc_default_options = {"undoc-members": False}
 python_use_unqualified_type_names = True
+maximum_signature_line_length = 88  # one parameter a line for long signatures
 
 # A reference to one of our names that does not resolve fails the build (-W); references to
 # other libraries' names (no intersphinx offline) and to typing constructs are not checked.
