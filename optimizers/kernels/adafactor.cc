@@ -48,7 +48,7 @@ std::vector<Span> adafactor_spans(const std::vector<Leaf>& leaves, const std::ve
       continue;
     }
     const int64_t rows = f[i].rows, cols = f[i].cols, size = rows * cols;
-    const int64_t per = std::min(rows, std::max((kChunk + cols - 1) / cols, (rows + 63) / 64));
+    const int64_t per = rows_per_chunk(rows, cols);
     for (int64_t at = 0; at < n; at += size)
       for (int64_t r0 = 0; r0 < rows; r0 += per) {
         spans.push_back({i, at + r0 * cols, at + std::min(rows, r0 + per) * cols, cols_total});
@@ -112,20 +112,21 @@ void adafactor_apply(const Leaf& leaf, const Factors& f, int64_t lo, int64_t hi,
 
 using AdafactorLoop = void (*)(const Leaf&, const Factors&, int64_t, int64_t, const float*);
 
-ffi::Error adafactor(KERNEL_OPERANDS, bool momentum, bool step) {
-  const auto found = scalars<8>("fused adafactor", hyper);
-  if (!found.has_value()) return found.error();
+// The leaves and their factors (info: per leaf 1 if factored, else 0), the state buffers aliased.
+ffi::Error adafactor_leaves(const Call& call, bool momentum, bool step, std::vector<Leaf>& leaves,
+                            std::vector<Factors>& f) {
+  const auto& [pool, hyper, info, args, rets] = call;
   const size_t L = info.element_count();
   size_t n_state = 0;
   for (size_t i = 0; i < L; ++i) n_state += info.typed_data()[i] != 0.0f ? 2 : 1;
   const size_t n_mu = momentum ? L : 0;
   if (args.size() != 2 * L + n_state + n_mu || rets.size() != L + n_state + n_mu)
     return invalid("fused adafactor: wrong number of buffers");
-  auto leaves = std::make_shared<std::vector<Leaf>>(L);
-  auto f = std::make_shared<std::vector<Factors>>(L);
+  leaves.resize(L);
+  f.resize(L);
   for (size_t i = 0, k = 0; i < L; ++i) {
-    Leaf& leaf = (*leaves)[i];
-    Factors& fi = (*f)[i];
+    Leaf& leaf = leaves[i];
+    Factors& fi = f[i];
     if (auto e = leaf_io(args, rets, L, i, step, leaf); e.failure()) return e;
     fi.factored = info.typed_data()[i] != 0.0f;
     if (fi.factored) {
@@ -150,6 +151,16 @@ ffi::Error adafactor(KERNEL_OPERANDS, bool momentum, bool step) {
       leaf.m = *m;
     }
   }
+  return ffi::Error::Success();
+}
+
+ffi::Error adafactor(KERNEL_OPERANDS, bool momentum, bool step) {
+  const auto found = scalars<8>("fused adafactor", hyper);
+  if (!found.has_value()) return found.error();
+  auto leaves = std::make_shared<std::vector<Leaf>>();
+  auto f = std::make_shared<std::vector<Factors>>();
+  if (auto e = adafactor_leaves({pool, hyper, info, args, rets}, momentum, step, *leaves, *f); e.failure()) return e;
+  const size_t L = leaves->size();
   const std::array<float, 8> h = *found;
   const float beta = h[0], obeta = h[1], eps1 = h[2], d = h[3], eps2 = h[4];
   int64_t cols_total = 0;

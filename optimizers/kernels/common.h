@@ -111,6 +111,12 @@ void parallel_chunks(ffi::ThreadPool& pool, Leaves leaves, Body body) {
   });
 }
 
+// The rows of a chunk of a rows x cols matrix (Adafactor, SM3): at least kChunk elements' worth,
+// at most 64 chunks a matrix.
+inline int64_t rows_per_chunk(int64_t rows, int64_t cols) {
+  return std::min(rows, std::max((kChunk + cols - 1) / cols, (rows + 63) / 64));
+}
+
 inline float* data(const ffi::AnyBuffer& b) { return static_cast<float*>(b.untyped_data()); }
 
 inline ffi::Error invalid(const std::string& what) { return ffi::Error::InvalidArgument(what); }

@@ -128,19 +128,19 @@ void sm3_span(const Leaf& leaf, Covers& c, const Sm3Span& s, const float* h) {
   }
 }
 
-ffi::Error sm3(KERNEL_OPERANDS, bool two, bool momentum, bool step) {
-  const auto found = scalars<4>("fused sm3", hyper);
-  if (!found.has_value()) return found.error();
+// The leaves, their covers and their chunks (info: one number per leaf), the state buffers aliased.
+ffi::Error sm3_leaves(const Call& call, bool momentum, bool step, std::vector<Leaf>& leaves,
+                      std::vector<Covers>& covers, std::vector<Sm3Span>& spans) {
+  const auto& [pool, hyper, info, args, rets] = call;
   const size_t L = info.element_count();
   const size_t n_state = momentum ? 2 : 1;
   if (args.size() != (2 + n_state) * L || rets.size() != (1 + n_state) * L)
     return invalid("fused sm3: wrong number of buffers");
-  auto leaves = std::make_shared<std::vector<Leaf>>(L);
-  auto covers = std::make_shared<std::vector<Covers>>(L);
-  auto spans = std::make_shared<std::vector<Sm3Span>>();
+  leaves.resize(L);
+  covers.resize(L);
   for (size_t i = 0; i < L; ++i) {
-    Leaf& leaf = (*leaves)[i];
-    Covers& c = (*covers)[i];
+    Leaf& leaf = leaves[i];
+    Covers& c = covers[i];
     if (auto e = leaf_io(args, rets, L, i, step, leaf); e.failure()) return e;
     const auto dims = args.get<ffi::AnyBuffer>(L + i)->dimensions();
     if (dims.size() >= 2) {
@@ -157,16 +157,27 @@ ffi::Error sm3(KERNEL_OPERANDS, bool two, bool momentum, bool step) {
     }
     if (c.dims.empty()) {
       for (int64_t b = 0; b < leaf.n; b += kChunk)
-        spans->push_back({static_cast<int64_t>(i), b, std::min(b + kChunk, leaf.n), 0});
+        spans.push_back({static_cast<int64_t>(i), b, std::min(b + kChunk, leaf.n), 0});
       continue;
     }
     const int64_t rows = leaf.n / c.cols;
-    const int64_t per = std::min(rows, std::max((kChunk + c.cols - 1) / c.cols, (rows + 63) / 64));
+    const int64_t per = rows_per_chunk(rows, c.cols);
     int64_t slot = 0;
     for (int64_t r0 = 0; r0 < rows; r0 += per, ++slot)
-      spans->push_back({static_cast<int64_t>(i), r0 * c.cols, std::min(rows, r0 + per) * c.cols, slot});
+      spans.push_back({static_cast<int64_t>(i), r0 * c.cols, std::min(rows, r0 + per) * c.cols, slot});
     c.maxima.assign(slot * c.total, 0u);
   }
+  return ffi::Error::Success();
+}
+
+ffi::Error sm3(KERNEL_OPERANDS, bool two, bool momentum, bool step) {
+  const auto found = scalars<4>("fused sm3", hyper);
+  if (!found.has_value()) return found.error();
+  auto leaves = std::make_shared<std::vector<Leaf>>();
+  auto covers = std::make_shared<std::vector<Covers>>();
+  auto spans = std::make_shared<std::vector<Sm3Span>>();
+  if (auto e = sm3_leaves({pool, hyper, info, args, rets}, momentum, step, *leaves, *covers, *spans); e.failure())
+    return e;
   const std::array<float, 4> h = *found;
   using SpanLoop = void (*)(const Leaf&, Covers&, const Sm3Span&, const float*);
   auto run = [&](SpanLoop loop) {
