@@ -16,8 +16,10 @@
 // L gradients and L of each state buffer (or one flat buffer of each). Results: L outputs
 // (updates, or the new params in step mode), then the state buffers as they came.
 //
-// Everything here has internal linkage (an anonymous namespace), as when the kernels were one
-// source: each source gets its own copy, free to inline into its loops.
+// _fused.py compiles the sources as one translation unit (XLA's FFI headers parsed once: 20 s
+// of CPU, where compiling them one by one took 55), so a name in a source's anonymous namespace
+// must not stand in another's; each source also compiles on its own. Everything here has
+// internal linkage (an anonymous namespace), free to inline into the loops.
 
 #pragma once
 
