@@ -9,12 +9,12 @@ update, 40 bytes per float32 parameter where one pass needs 28, and the step is 
 as one after XLA's per-leaf sums of squares or global dot product, ``sm3`` as one (SM3-II, the
 covers' maxima in the same pass) or two (SM3-I), ``lamb`` and ``lars`` as two (the per-leaf
 norms, then the update), ``adafactor`` as three (the second moments and sums of squares, the
-clipping sums of factored leaves, the update), called from XLA through its FFI
-(``_fused_kernels.cc``): up to 4 leaves of the tree in one call, each input read once and each
-output written once, the moments updated in place, in chunks shared by XLA's intra-op threads.
-The same formulas as the unfused chains, in the same order of float32 operations; the state is
-the unfused chain's, so checkpoints, :func:`get_hyperparams`, :func:`set_hyperparams` and
-schedules work alike.
+clipping sums of factored leaves, the update), called from XLA through its FFI (``kernels/``:
+one source per algorithm family): up to 4 leaves of the tree in one call, each input read once
+and each output written once, the moments updated in place, in chunks shared by XLA's intra-op
+threads. The same formulas as the unfused chains, in the same order of float32 operations; the
+state is the unfused chain's, so checkpoints, :func:`get_hyperparams`, :func:`set_hyperparams`
+and schedules work alike.
 
 * ``tx.update`` + ``optax.apply_updates`` (what Flax's ``TrainState`` calls): one pass that
   writes the updates, then XLA's add (36 bytes per parameter for Adam).
@@ -38,8 +38,8 @@ under ``jit`` with params sharded over several devices XLA gathers them to call 
 unfused form there.
 
 The library is compiled on first use with the machine's C++ compiler (``$CXX``, else ``g++``;
-about 2 s) into ``$OPTIMIZERS_CACHE`` (default ``~/.cache/optimizers``), keyed by the
-source, the compiler flags, jaxlib's version and the CPU.
+about 20 s) into ``$OPTIMIZERS_CACHE`` (default ``~/.cache/optimizers``), keyed by the sources
+and headers, the compiler flags, jaxlib's version and the CPU.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from optimizers._flat_state import with_flat_state
 from optimizers._hyperparams import current_hyperparams
 from optimizers._scaling import leaf_masks
 
-_SOURCE = Path(__file__).with_name("_fused_kernels.cc")
+_KERNEL_DIR = Path(__file__).with_name("kernels")  # one source per algorithm family, and common.h
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC"]
 _KERNELS = ("adam", "amsgrad", "adamax", "nadam", "radam", "adax", "lamb", "lars", "lion", "adagrad", "amos", "adadelta",
             "rmsprop", "rprop", "sgd", "funnelled_sgdm", "novograd", "sm3", "adafactor")
@@ -79,26 +79,37 @@ def _cpu_signature() -> str:
     return next((line for line in text.splitlines() if line.startswith(("flags", "Features"))), "")
 
 
+def _files(*patterns: str) -> list[Path]:
+    return sorted(path for pattern in patterns for path in _KERNEL_DIR.glob(pattern))
+
+
+def _run(cmd: list[str]) -> None:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    except FileNotFoundError as e:
+        raise RuntimeError(f"fused=True needs a C++ compiler to build its CPU kernels: {cmd[0]!r} "
+                           f"was not found (set $CXX, or use fused=False)") from e
+    if done.returncode != 0:
+        raise RuntimeError(f"fused=True: building the CPU kernels failed:\n{' '.join(cmd)}\n{done.stderr}")
+
+
 def _build(out: Path) -> None:
+    """Compiles the sources into the one library ``out``, as one translation unit: XLA's FFI headers
+    are parsed once (about 20 s of CPU here; compiled one by one, 55 s)."""
     compiler = os.environ.get("CXX", "g++")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        partial = Path(tmp) / out.name
-        cmd = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(partial)]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True)
-        except FileNotFoundError as e:
-            raise RuntimeError(f"fused=True needs a C++ compiler to build its CPU kernels: {compiler!r} "
-                               f"was not found (set $CXX, or use fused=False)") from e
-        if done.returncode != 0:
-            raise RuntimeError(f"fused=True: building the CPU kernels failed:\n{' '.join(cmd)}\n{done.stderr}")
+        unity, partial = Path(tmp) / "kernels.cc", Path(tmp) / out.name
+        unity.write_text("".join(f'#include "{source}"\n' for source in _files("*.cc")))
+        _run([compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(unity), "-o", str(partial)])
         os.replace(partial, out)  # atomic: parallel builds (pytest workers) each leave a whole file
 
 
 @functools.lru_cache(maxsize=None)
 def load_kernels() -> None:
     """Compiles (once per machine and version) and registers the CPU kernels with XLA."""
-    key = hashlib.sha256("\n".join([_SOURCE.read_text(), *_FLAGS, jaxlib.__version__, platform.machine(),
+    code = [f"{path.name}\n{path.read_text()}" for path in _files("*.cc", "*.h")]
+    key = hashlib.sha256("\n".join([*code, *_FLAGS, jaxlib.__version__, platform.machine(),
                                     _cpu_signature()]).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("OPTIMIZERS_CACHE", Path.home() / ".cache" / "optimizers"))
     library = cache / f"fused_kernels_{key}.so"
