@@ -1,0 +1,262 @@
+r"""Running an optimizer's update on quantized state block by block, and finding its per-parameter buffers.
+
+XLA:CPU writes the input of a reduction out in full: the block absmax of a new moment needs
+that moment as a float32 array of the whole leaf first (4 bytes per element per buffer, and
+XLA keeps every leaf's alive at once). :func:`run_blockwise` bounds it instead: each large
+quantized leaf runs through the inner update in a loop over chunks of ``CHUNK`` elements
+(whole blocks), each chunk dequantized, updated and quantized again, so the step's
+temporaries are a chunk's, not the model's.
+
+That is the same computation only when the update is elementwise. It is taken when it is
+checked to be, on the traced update itself: every operation on non-scalar values is
+elementwise (no reduction, reshape, gather, dot, ...), and the inner update traced with the
+chunk (and with the other leaves empty) is the same sequence of operations as traced with
+the whole tree (a mask or a rule that looks at shapes decides alike). Otherwise (LAMB's
+norms, Adafactor's factored moments, a fused kernel) the whole update runs on the
+dequantized state, and the new state of each leaf is quantized after it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from optimizers._quantized_codes import QuantizedBuffer, dequantize, is_quantized, layout_of, quantize
+
+CHUNK = 1 << 16  # elements per iteration of a block-wise loop; smaller leaves run whole
+
+_ELEMENTWISE = frozenset(
+    "abs add and atan2 cbrt ceil clamp convert_element_type copy copy_p cos cosh div eq erf erf_inv exp exp2 "
+    "expm1 floor ge gt integer_pow is_finite le log log1p logistic lt max min mul ne neg nextafter not or pow "
+    "reduce_precision rem round rsqrt select_n sign sin sinh sqrt square stop_gradient sub tan tanh xor".split())
+
+
+def _is_buffer(x) -> bool:
+    return is_quantized(x) or (hasattr(x, "dtype") and hasattr(x, "shape") and jnp.issubdtype(x.dtype, jnp.floating))
+
+
+def _mirror(node, treedef):
+    """The per-param groups of ``node`` when it holds one floating array (or nothing) per param, else ``None``."""
+    try:
+        groups = treedef.flatten_up_to(node)
+    except (ValueError, TypeError):
+        return None
+    if all(_is_buffer(g) or not jax.tree.leaves(g) for g in groups) and any(_is_buffer(g) for g in groups):
+        return groups
+    return None
+
+
+def _children(node):
+    return jax.tree.flatten(node, is_leaf=lambda x: x is not node)
+
+
+def per_param_fields(state, treedef, nonnegative: dict) -> list:
+    """``(path, groups, signed)`` of each per-parameter field of ``state``, from the root down.
+
+    A field is per-parameter when it holds one floating array (or quantized buffer, or
+    nothing) per param of ``treedef``; ``path`` is the child indices that lead to it;
+    ``signed`` is False for the fields ``nonnegative[type(state node)]`` names.
+    """
+    found = []
+
+    def visit(node, path, signed):
+        groups = _mirror(node, treedef)
+        if groups is not None:
+            found.append((path, groups, signed))
+            return
+        children, structure = _children(node)
+        if structure.num_nodes == 1 or is_quantized(node):
+            return
+        unsigned = nonnegative.get(type(node), frozenset())
+        names = getattr(node, "_fields", [None] * len(children))
+        for i, (name, child) in enumerate(zip(names, children)):
+            visit(child, path + (i,), name not in unsigned)
+
+    visit(state, (), True)
+    return found
+
+
+def replace_at(state, values: dict):
+    """``state`` with the subtree at each path of ``values`` replaced by its value."""
+    if () in values:
+        return values[()]
+    heads: dict = {}
+    for path, v in values.items():
+        heads.setdefault(path[0], {})[path[1:]] = v
+    children, structure = _children(state)
+    return structure.unflatten([replace_at(c, heads[i]) if i in heads else c for i, c in enumerate(children)])
+
+
+def _at(state, path):
+    for i in path:
+        state = _children(state)[0][i]
+    return state
+
+
+def _signature(jaxpr, out: list) -> bool:
+    """Appends the operations of ``jaxpr`` to ``out``; whether all those on arrays are elementwise."""
+    ok = True
+    for eqn in jaxpr.eqns:
+        shapes = [getattr(v.aval, "shape", ()) for v in eqn.invars]
+        out.append((eqn.primitive.name, tuple(s == () for s in shapes)))
+        subs = [eqn.params[k] for k in ("jaxpr", "call_jaxpr", "fun_jaxpr") if k in eqn.params]
+        subs += list(eqn.params.get("branches", ()))
+        for sub in subs:
+            ok &= _signature(getattr(sub, "jaxpr", sub), out)
+        if subs or all(s == () for s in shapes):
+            continue
+        name = eqn.primitive.name
+        ok &= name in _ELEMENTWISE or (name == "broadcast_in_dim" and math.prod(shapes[0]) == 1)
+    return ok
+
+
+def _trace(update, *args):
+    """The operations of ``update(*args)`` (abstract), and whether they are elementwise; ``None`` if it fails."""
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
+    try:
+        jaxpr = jax.make_jaxpr(update)(*abstract)
+    except Exception:  # noqa: BLE001  (a rule that cannot take the chunks runs whole)
+        return None
+    ops: list = []
+    return ops, _signature(jaxpr.jaxpr, ops)
+
+
+def _empty(x):
+    """A leaf of ``x``'s rank without elements; scalars and empty nodes stay."""
+    shape = x.codes.shape if is_quantized(x) else getattr(x, "shape", ())
+    if not _is_buffer(x) or len(shape) == 0:
+        return x
+    return jnp.zeros((0,) + tuple(shape[1:]), jnp.float32 if is_quantized(x) else x.dtype)
+
+
+class _Call:
+    """The inner update's inputs with some leaves replaced (``given``) and others emptied."""
+
+    def __init__(self, updates, state, params, bits, nonnegative):
+        self.leaves, self.treedef = jax.tree.flatten(updates)
+        self.params = None if params is None else self.treedef.flatten_up_to(params)
+        self.state, self.bits = state, bits
+        self.fields = per_param_fields(state, self.treedef, nonnegative)
+
+    def inputs(self, emptied, given: dict):
+        """``(updates, state, params)``: ``given[i] = (grad, param, {field index: buffer})`` for leaf ``i``,
+        the leaves in ``emptied`` without elements, the others as they are (dequantized)."""
+
+        def leaf(x, i, replacement):
+            if replacement is not None:
+                return replacement
+            if i in emptied:
+                return _empty(x)
+            return dequantize(x, self.bits) if is_quantized(x) else x
+
+        n = len(self.leaves)
+        g = self.treedef.unflatten([leaf(self.leaves[i], i, given[i][0] if i in given else None) for i in range(n)])
+        p = None if self.params is None else self.treedef.unflatten(
+            [leaf(self.params[i], i, given[i][1] if i in given else None) for i in range(n)])
+        new = {path: self.treedef.unflatten([leaf(groups[i], i, given[i][2].get(f) if i in given else None)
+                                             for i in range(n)])
+               for f, (path, groups, _) in enumerate(self.fields)}
+        return g, replace_at(self.state, new), p
+
+    def chunked(self, i) -> bool:
+        """Whether leaf ``i`` is large and all its per-parameter buffers are quantized, shaped like it."""
+        shape = self.leaves[i].shape
+        groups = [groups[i] for _, groups, _ in self.fields]
+        return (math.prod(shape) >= CHUNK and all(is_quantized(g) or not jax.tree.leaves(g) for g in groups)
+                and all(g.codes.shape == shape for g in groups if is_quantized(g)))
+
+
+def _chunks(x, lay, k, fill=0):
+    """``x`` (a leaf, or its codes) as ``(chunks, k * block)``, in whole blocks, padded with ``fill``."""
+    blocks = x.reshape(lay.lead + (lay.columns,))
+    if lay.pad:
+        blocks = jnp.pad(blocks, [(0, 0)] * len(lay.lead) + [(0, lay.pad)], constant_values=fill)
+    blocks = blocks.reshape(-1, lay.block)
+    n = -(-blocks.shape[0] // k)
+    return jnp.pad(blocks, [(0, n * k - blocks.shape[0]), (0, 0)], constant_values=fill).reshape(n, k * lay.block)
+
+
+def _unchunk(x, lay, shape):
+    flat = x.reshape(-1)[:math.prod(lay.lead) * lay.blocks * lay.block].reshape(lay.lead + (-1,))
+    return flat[..., :lay.columns].reshape(shape)
+
+
+def _loop(update, call: _Call, i, quantized_fields, bits):
+    """Leaf ``i``'s updates and new quantized buffers, chunk by chunk (``lax.map``)."""
+    g = call.leaves[i]
+    first = call.fields[quantized_fields[0]][1][i]
+    lay = layout_of(first.codes.shape, first.scales.shape)
+    k = max(1, CHUNK // lay.block)
+    chunk_shape = (1,) * (g.ndim - 1) + (k * lay.block,)
+    xs = [_chunks(g, lay, k)] + ([] if call.params is None else [_chunks(call.params[i], lay, k)])
+    for f in quantized_fields:
+        q = call.fields[f][1][i]
+        xs += [_chunks(q.codes, lay, k), jnp.pad(q.scales.reshape(-1), (0, xs[0].shape[0] * k - q.scales.size))
+               .reshape(-1, k)]
+    others = set(range(len(call.leaves))) - {i}
+
+    def body(x):
+        gc, pc = x[0], (None if call.params is None else x[1])
+        rest = x[1 if call.params is None else 2:]
+        buffers = {f: dequantize(QuantizedBuffer(c.reshape(k, lay.block), s.reshape(k, 1)), bits).reshape(chunk_shape)
+                   for f, c, s in zip(quantized_fields, rest[::2], rest[1::2])}
+        given = {i: (gc.reshape(chunk_shape), None if pc is None else pc.reshape(chunk_shape), buffers)}
+        u, new = update(*call.inputs(others, given))
+        out = [call.treedef.flatten_up_to(u)[i].reshape(-1)]
+        for f, rest_q in zip(quantized_fields, rest[::2]):
+            value = call.treedef.flatten_up_to(_at(new, call.fields[f][0]))[i]
+            q = quantize(value.reshape(k, lay.block), rest_q.dtype == jnp.int8, lay.block, bits)
+            out += [q.codes.reshape(-1), q.scales.reshape(-1)]
+        return out
+
+    ys = jax.lax.map(body, xs)
+    u = _unchunk(ys[0], lay, g.shape).astype(g.dtype)
+    new = [QuantizedBuffer(_unchunk(c, lay, g.shape), s.reshape(-1)[:math.prod(first.scales.shape)]
+                           .reshape(first.scales.shape)) for c, s in zip(ys[1::2], ys[2::2])]
+    return u, new
+
+
+def run_blockwise(update, updates, state, params, bits: int, nonnegative: dict, requantize):
+    """``update``'s ``(updates, new state)`` on quantized ``state``, large leaves chunk by chunk; ``None``
+    when the update is not elementwise or no leaf is large enough (see the module docstring).
+
+    ``requantize(old, new)`` quantizes the new state of the leaves that run whole.
+    """
+    call = _Call(updates, state, params, bits, nonnegative)
+    big = [i for i in range(len(call.leaves)) if call.chunked(i)]
+    if not big:
+        return None
+    whole = _trace(update, *call.inputs(set(), {}))
+    if whole is None or not whole[1]:
+        return None
+    probes = [call.inputs(set(big), {})]
+    for i in big:
+        probes.append(call.inputs(set(range(len(call.leaves))) - {i}, {i: _probe_chunk(call, i)}))
+    for probe in probes:
+        traced = _trace(update, *probe)
+        if traced is None or traced[0] != whole[0]:
+            return None
+    out, new = update(*call.inputs(set(big), {}))
+    new = requantize(state, new)  # the leaves that ran whole
+    out_leaves = call.treedef.flatten_up_to(out)
+    replaced = {path: call.treedef.flatten_up_to(_at(new, path)) for path, _, _ in call.fields}
+    for i in big:
+        quantized_fields = [f for f, (_, groups, _) in enumerate(call.fields) if is_quantized(groups[i])]
+        out_leaves[i], buffers = _loop(update, call, i, quantized_fields, bits)
+        for f, buffer in zip(quantized_fields, buffers):
+            replaced[call.fields[f][0]][i] = buffer
+    new = replace_at(new, {path: call.treedef.unflatten(groups) for path, groups in replaced.items()})
+    return call.treedef.unflatten(out_leaves), new
+
+
+def _probe_chunk(call: _Call, i):
+    """Leaf ``i``'s grad, param and buffers as a chunk of :func:`_loop` has them (for :func:`_trace`)."""
+    g = call.leaves[i]
+    fields = [f for f, (_, groups, _) in enumerate(call.fields) if is_quantized(groups[i])]
+    first = call.fields[fields[0]][1][i]
+    block = layout_of(first.codes.shape, first.scales.shape).block
+    shape = (1,) * (g.ndim - 1) + (max(1, CHUNK // block) * block,)
+    p = None if call.params is None else jnp.zeros(shape, call.params[i].dtype)
+    return jnp.zeros(shape, g.dtype), p, {f: jnp.zeros(shape, jnp.float32) for f in fields}
