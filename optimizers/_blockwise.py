@@ -22,6 +22,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from optimizers._quantized_codes import QuantizedBuffer, dequantize, is_quantized, layout_of, quantize
 
@@ -183,8 +184,8 @@ def _unchunk(x, lay, shape):
     return flat[..., :lay.columns].reshape(shape)
 
 
-def _loop(update, call: _Call, i, quantized_fields, bits):
-    """Leaf ``i``'s updates and new quantized buffers, chunk by chunk (``lax.map``)."""
+def _loop(update, call: _Call, i, quantized_fields, bits, apply):
+    """Leaf ``i``'s updates (``apply``: new param) and new quantized buffers, chunk by chunk (``lax.map``)."""
     g = call.leaves[i]
     first = call.fields[quantized_fields[0]][1][i]
     lay = layout_of(first.codes.shape, first.scales.shape)
@@ -204,7 +205,8 @@ def _loop(update, call: _Call, i, quantized_fields, bits):
                    for f, c, s in zip(quantized_fields, rest[::2], rest[1::2])}
         given = {i: (gc.reshape(chunk_shape), None if pc is None else pc.reshape(chunk_shape), buffers)}
         u, new = update(*call.inputs(others, given))
-        out = [call.treedef.flatten_up_to(u)[i].reshape(-1)]
+        u = call.treedef.flatten_up_to(u)[i]
+        out = [((pc.reshape(u.shape) + u).astype(pc.dtype) if apply else u).reshape(-1)]
         for f, rest_q in zip(quantized_fields, rest[::2]):
             value = call.treedef.flatten_up_to(_at(new, call.fields[f][0]))[i]
             q = quantize(value.reshape(k, lay.block), rest_q.dtype == jnp.int8, lay.block, bits)
@@ -218,11 +220,13 @@ def _loop(update, call: _Call, i, quantized_fields, bits):
     return u, new
 
 
-def run_blockwise(update, updates, state, params, bits: int, nonnegative: dict, requantize):
+def run_blockwise(update, updates, state, params, bits: int, nonnegative: dict, requantize, apply=False):
     """``update``'s ``(updates, new state)`` on quantized ``state``, large leaves chunk by chunk; ``None``
     when the update is not elementwise or no leaf is large enough (see the module docstring).
 
-    ``requantize(old, new)`` quantizes the new state of the leaves that run whole.
+    ``requantize(old, new)`` quantizes the new state of the leaves that run whole. ``apply``:
+    the new params instead of the updates (``optax.apply_updates``), each chunk's written
+    in the loop, so no float32 updates of a whole leaf are kept either.
     """
     call = _Call(updates, state, params, bits, nonnegative)
     big = [i for i in range(len(call.leaves)) if call.chunked(i)]
@@ -241,10 +245,13 @@ def run_blockwise(update, updates, state, params, bits: int, nonnegative: dict, 
     out, new = update(*call.inputs(set(big), {}))
     new = requantize(state, new)  # the leaves that ran whole
     out_leaves = call.treedef.flatten_up_to(out)
+    if apply:  # the leaves that ran whole (the others are replaced below)
+        out_leaves = [optax.apply_updates(p, u) if i not in big else u
+                      for i, (p, u) in enumerate(zip(call.params, out_leaves))]
     replaced = {path: call.treedef.flatten_up_to(_at(new, path)) for path, _, _ in call.fields}
     for i in big:
         quantized_fields = [f for f, (_, groups, _) in enumerate(call.fields) if is_quantized(groups[i])]
-        out_leaves[i], buffers = _loop(update, call, i, quantized_fields, bits)
+        out_leaves[i], buffers = _loop(update, call, i, quantized_fields, bits, apply)
         for f, buffer in zip(quantized_fields, buffers):
             replaced[call.fields[f][0]][i] = buffer
     new = replace_at(new, {path: call.treedef.unflatten(groups) for path, groups in replaced.items()})
