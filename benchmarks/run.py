@@ -759,6 +759,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, help="untimed steps per variant first (default 5; 1 with --smoke)")
     p.add_argument("--compile-reps", type=int, help="first compiles per variant (default 3; 1 with --smoke)")
     p.add_argument("--no-torch", action="store_true", help="leave torch.optim out")
+    p.add_argument("--no-quantized", action="store_true", help="leave out the '... 8-bit' rows (benchmarks/quantized.py)")
     p.add_argument("--torch-threads", type=int,
                    help="torch.set_num_threads (default: torch's); 1 avoids OpenMP spin-waits on a busy machine")
     p.add_argument("--cpu-multi-output-fusion", action="store_true",
@@ -824,6 +825,11 @@ def main(argv=None) -> str:
     rows = [r if r.error else r._replace(floor_ms=1e3 * r.min_bytes * r.params /
                                          floor(working_set(r.params, r.state_ours))[0]) for r in rows]
     table = markdown(rows, info, floor, dispatch)
+    quantized_names = [n for n in ("adamw", "lion", "sgd", "lamb") if n in names]
+    if quantized_names and not (args.smoke or args.no_quantized):
+        import quantized  # benchmarks/quantized.py: the "... 8-bit" rows
+        table += "".join("\n" + quantized.section(t, TREES[t](False), args.reps, args.warmup, quantized_names)
+                         for t in trees)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write(table)
     with open(os.path.join(out_dir, "results.csv"), "w", newline="") as f:

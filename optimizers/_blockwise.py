@@ -2,10 +2,11 @@ r"""Running an optimizer's update on quantized state block by block, and finding
 
 XLA:CPU writes the input of a reduction out in full: the block absmax of a new moment needs
 that moment as a float32 array of the whole leaf first (4 bytes per element per buffer, and
-XLA keeps every leaf's alive at once). :func:`run_blockwise` bounds it instead: each large
-quantized leaf runs through the inner update in a loop over chunks of ``CHUNK`` elements
-(whole blocks), each chunk dequantized, updated and quantized again, so the step's
-temporaries are a chunk's, not the model's.
+XLA keeps every leaf's alive at once). :func:`run_blockwise` bounds it instead: the large
+quantized leaves (``MIN_BLOCKS`` blocks and more) run through the inner update in a loop of
+``CHUNKS`` steps, each step one chunk (whole blocks) of every large leaf, dequantized,
+updated and quantized again, so the step's float32 temporaries are 1/``CHUNKS`` of the
+model's. One loop for all leaves: the inner update is traced once more, not once per leaf.
 
 That is the same computation only when the update is elementwise. It is taken when it is
 checked to be, on the traced update itself: every operation on non-scalar values is
@@ -19,14 +20,16 @@ dequantized state, and the new state of each leaf is quantized after it.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from optimizers._quantized_codes import QuantizedBuffer, dequantize, is_quantized, layout_of, quantize
+from optimizers._quantized_codes import Layout, QuantizedBuffer, dequantize, is_quantized, layout_of, quantize
 
-CHUNK = 1 << 16  # elements per iteration of a block-wise loop; smaller leaves run whole
+CHUNKS = 16  # iterations of the block-wise loop: each holds 1/16 of the large leaves' float32 state
+MIN_BLOCKS = 64  # leaves of fewer blocks run whole
 
 _ELEMENTWISE = frozenset(
     "abs add and atan2 cbrt ceil clamp convert_element_type copy copy_p cos cosh div eq erf erf_inv exp exp2 "
@@ -165,18 +168,25 @@ class _Call:
         """Whether leaf ``i`` is large and all its per-parameter buffers are quantized, shaped like it."""
         shape = self.leaves[i].shape
         groups = [groups[i] for _, groups, _ in self.fields]
-        return (math.prod(shape) >= CHUNK and all(is_quantized(g) or not jax.tree.leaves(g) for g in groups)
+        quantized = [g for g in groups if is_quantized(g)]
+        return (bool(quantized) and math.prod(quantized[0].scales.shape) >= MIN_BLOCKS and all(is_quantized(g) or not jax.tree.leaves(g) for g in groups)
                 and all(g.codes.shape == shape for g in groups if is_quantized(g)))
 
 
-def _chunks(x, lay, k, fill=0):
-    """``x`` (a leaf, or its codes) as ``(chunks, k * block)``, in whole blocks, padded with ``fill``."""
+def _chunks(x, lay, k):
+    """``x`` (a leaf, or its codes) as ``(CHUNKS, k * block)``: whole blocks, padded with zeros."""
     blocks = x.reshape(lay.lead + (lay.columns,))
     if lay.pad:
-        blocks = jnp.pad(blocks, [(0, 0)] * len(lay.lead) + [(0, lay.pad)], constant_values=fill)
+        blocks = jnp.pad(blocks, [(0, 0)] * len(lay.lead) + [(0, lay.pad)])
     blocks = blocks.reshape(-1, lay.block)
-    n = -(-blocks.shape[0] // k)
-    return jnp.pad(blocks, [(0, n * k - blocks.shape[0]), (0, 0)], constant_values=fill).reshape(n, k * lay.block)
+    if CHUNKS * k > blocks.shape[0]:
+        blocks = jnp.pad(blocks, [(0, CHUNKS * k - blocks.shape[0]), (0, 0)])
+    return blocks.reshape(CHUNKS, k * lay.block)
+
+
+def _scale_chunks(scales, k):
+    flat = scales.reshape(-1)
+    return jnp.pad(flat, (0, CHUNKS * k - flat.size)).reshape(CHUNKS, k)
 
 
 def _unchunk(x, lay, shape):
@@ -184,40 +194,73 @@ def _unchunk(x, lay, shape):
     return flat[..., :lay.columns].reshape(shape)
 
 
-def _loop(update, call: _Call, i, quantized_fields, bits, apply):
-    """Leaf ``i``'s updates (``apply``: new param) and new quantized buffers, chunk by chunk (``lax.map``)."""
-    g = call.leaves[i]
-    first = call.fields[quantized_fields[0]][1][i]
+class _Leaf(NamedTuple):
+    """How a large leaf is cut: its layout, ``k`` blocks a chunk, its quantized fields, a chunk's shape."""
+
+    lay: Layout
+    k: int
+    fields: list
+    shape: tuple
+
+
+def _geometry(call: _Call, i) -> _Leaf:
+    fields = [f for f, (_, groups, _) in enumerate(call.fields) if is_quantized(groups[i])]
+    first = call.fields[fields[0]][1][i]
     lay = layout_of(first.codes.shape, first.scales.shape)
-    k = max(1, CHUNK // lay.block)
-    chunk_shape = (1,) * (g.ndim - 1) + (k * lay.block,)
-    xs = [_chunks(g, lay, k)] + ([] if call.params is None else [_chunks(call.params[i], lay, k)])
-    for f in quantized_fields:
-        q = call.fields[f][1][i]
-        xs += [_chunks(q.codes, lay, k), jnp.pad(q.scales.reshape(-1), (0, xs[0].shape[0] * k - q.scales.size))
-               .reshape(-1, k)]
-    others = set(range(len(call.leaves))) - {i}
+    k = -(-math.prod(first.scales.shape) // CHUNKS)
+    return _Leaf(lay, k, fields, (1,) * (first.codes.ndim - 1) + (k * lay.block,))
 
-    def body(x):
-        gc, pc = x[0], (None if call.params is None else x[1])
-        rest = x[1 if call.params is None else 2:]
-        buffers = {f: dequantize(QuantizedBuffer(c.reshape(k, lay.block), s.reshape(k, 1)), bits).reshape(chunk_shape)
-                   for f, c, s in zip(quantized_fields, rest[::2], rest[1::2])}
-        given = {i: (gc.reshape(chunk_shape), None if pc is None else pc.reshape(chunk_shape), buffers)}
-        u, new = update(*call.inputs(others, given))
-        u = call.treedef.flatten_up_to(u)[i]
-        out = [((pc.reshape(u.shape) + u).astype(pc.dtype) if apply else u).reshape(-1)]
-        for f, rest_q in zip(quantized_fields, rest[::2]):
-            value = call.treedef.flatten_up_to(_at(new, call.fields[f][0]))[i]
-            q = quantize(value.reshape(k, lay.block), rest_q.dtype == jnp.int8, lay.block, bits)
-            out += [q.codes.reshape(-1), q.scales.reshape(-1)]
-        return out
 
-    ys = jax.lax.map(body, xs)
-    u = _unchunk(ys[0], lay, g.shape).astype(g.dtype)
-    new = [QuantizedBuffer(_unchunk(c, lay, g.shape), s.reshape(-1)[:math.prod(first.scales.shape)]
-                           .reshape(first.scales.shape)) for c, s in zip(ys[1::2], ys[2::2])]
-    return u, new
+def _loop(update, call: _Call, geometry: dict, bits, apply):
+    """The large leaves' updates (``apply``: new params) and new quantized buffers, in ``CHUNKS`` steps of a
+    ``fori_loop``, each step a chunk of every large leaf (the small leaves emptied). The chunks are
+    written back in place into the loop's carry, which starts as the params (``apply``) and the old
+    codes and scales, so a donated step needs no second copy of them."""
+    grads, carry = {}, {}
+    for i, leaf in geometry.items():
+        grads[i] = _chunks(call.leaves[i], leaf.lay, leaf.k)
+        first = None if call.params is None else _chunks(call.params[i], leaf.lay, leaf.k)
+        out = first if apply else jnp.zeros(grads[i].shape, call.leaves[i].dtype)
+        carry[i] = (out, first if not apply else None,
+                    [(_chunks(call.fields[f][1][i].codes, leaf.lay, leaf.k),
+                      _scale_chunks(call.fields[f][1][i].scales, leaf.k)) for f in leaf.fields])
+    emptied = {i for i, g in enumerate(call.leaves) if g.ndim and i not in geometry}
+
+    def body(c, carry):
+        given = {}
+        for i, leaf in geometry.items():
+            out, params, qs = carry[i]
+            pc = out[c] if apply else (None if params is None else params[c])
+            buffers = {f: dequantize(QuantizedBuffer(codes[c].reshape(leaf.k, leaf.lay.block),
+                                                     scales[c].reshape(leaf.k, 1)), bits).reshape(leaf.shape)
+                       for f, (codes, scales) in zip(leaf.fields, qs)}
+            given[i] = (grads[i][c].reshape(leaf.shape), None if pc is None else pc.reshape(leaf.shape), buffers)
+        u, new = update(*call.inputs(emptied, given))
+        u = call.treedef.flatten_up_to(u)
+        result = {}
+        for i, leaf in geometry.items():
+            out, params, qs = carry[i]
+            pc = given[i][1]
+            step = ((pc + u[i]).astype(pc.dtype) if apply else u[i]).reshape(-1)
+            quantized = []
+            for f, (codes, scales) in zip(leaf.fields, qs):
+                value = call.treedef.flatten_up_to(_at(new, call.fields[f][0]))[i]
+                q = quantize(value.reshape(leaf.k, leaf.lay.block), codes.dtype == jnp.int8, leaf.lay.block, bits)
+                quantized.append((codes.at[c].set(q.codes.reshape(-1)), scales.at[c].set(q.scales.reshape(-1))))
+            result[i] = (out.at[c].set(step.astype(out.dtype)), params, quantized)
+        return result
+
+    carry = jax.lax.fori_loop(0, CHUNKS, body, carry)
+    results = {}
+    for i, leaf in geometry.items():
+        g, (out, _, quantized) = call.leaves[i], carry[i]
+        buffers = []
+        for f, (c, sc) in zip(leaf.fields, quantized):
+            old = call.fields[f][1][i]
+            buffers.append(QuantizedBuffer(_unchunk(c, leaf.lay, g.shape),
+                                           sc.reshape(-1)[:old.scales.size].reshape(old.scales.shape)))
+        results[i] = (_unchunk(out, leaf.lay, g.shape), buffers)
+    return results
 
 
 def run_blockwise(update, updates, state, params, bits: int, nonnegative: dict, requantize, apply=False):
@@ -235,11 +278,14 @@ def run_blockwise(update, updates, state, params, bits: int, nonnegative: dict, 
     whole = _trace(update, *call.inputs(set(), {}))
     if whole is None or not whole[1]:
         return None
-    probes = [call.inputs(set(big), {})]
-    for i in big:
-        probes.append(call.inputs(set(range(len(call.leaves))) - {i}, {i: _probe_chunk(call, i)}))
-    for probe in probes:
-        traced = _trace(update, *probe)
+    geometry = {i: _geometry(call, i) for i in big}
+    zeros = lambda shape, dtype: jnp.zeros(shape, dtype)  # noqa: E731
+    probe = {i: (zeros(leaf.shape, call.leaves[i].dtype),
+                 None if call.params is None else zeros(leaf.shape, call.params[i].dtype),
+                 {f: zeros(leaf.shape, jnp.float32) for f in leaf.fields}) for i, leaf in geometry.items()}
+    emptied = {i for i, g in enumerate(call.leaves) if g.ndim and i not in geometry}
+    for inputs in (call.inputs(set(big), {}), call.inputs(emptied, probe)):
+        traced = _trace(update, *inputs)
         if traced is None or traced[0] != whole[0]:
             return None
     out, new = update(*call.inputs(set(big), {}))
@@ -249,21 +295,9 @@ def run_blockwise(update, updates, state, params, bits: int, nonnegative: dict, 
         out_leaves = [optax.apply_updates(p, u) if i not in big else u
                       for i, (p, u) in enumerate(zip(call.params, out_leaves))]
     replaced = {path: call.treedef.flatten_up_to(_at(new, path)) for path, _, _ in call.fields}
-    for i in big:
-        quantized_fields = [f for f, (_, groups, _) in enumerate(call.fields) if is_quantized(groups[i])]
-        out_leaves[i], buffers = _loop(update, call, i, quantized_fields, bits, apply)
-        for f, buffer in zip(quantized_fields, buffers):
+    for i, (step, buffers) in _loop(update, call, geometry, bits, apply).items():
+        out_leaves[i] = step
+        for f, buffer in zip(geometry[i].fields, buffers):
             replaced[call.fields[f][0]][i] = buffer
     new = replace_at(new, {path: call.treedef.unflatten(groups) for path, groups in replaced.items()})
     return call.treedef.unflatten(out_leaves), new
-
-
-def _probe_chunk(call: _Call, i):
-    """Leaf ``i``'s grad, param and buffers as a chunk of :func:`_loop` has them (for :func:`_trace`)."""
-    g = call.leaves[i]
-    fields = [f for f, (_, groups, _) in enumerate(call.fields) if is_quantized(groups[i])]
-    first = call.fields[fields[0]][1][i]
-    block = layout_of(first.codes.shape, first.scales.shape).block
-    shape = (1,) * (g.ndim - 1) + (max(1, CHUNK // block) * block,)
-    p = None if call.params is None else jnp.zeros(shape, call.params[i].dtype)
-    return jnp.zeros(shape, g.dtype), p, {f: jnp.zeros(shape, jnp.float32) for f in fields}
