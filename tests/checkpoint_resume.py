@@ -33,7 +33,6 @@ CASES = {name: (lambda name=name: make(name)) for name in NAMES}
 CASES["reduce_on_plateau(adam)"] = lambda: optax.chain(
     make("adam", learning_rate=0.1), optimizers.reduce_on_plateau(factor=0.5, patience=2))
 CASES["adamw(one_cycle)"] = lambda: make("adamw", learning_rate=schedules.one_cycle(STEPS, peak_value=0.05))
-CASES["with_quantized_state(adamw)"] = lambda: optimizers.with_quantized_state(make("adamw"), min_size=16)
 
 
 def _f32(tree):
