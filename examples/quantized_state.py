@@ -137,7 +137,9 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start, tables = time.perf_counter(), []
-    corpus = char_lm.load_corpus(char_lm.MODULES[:2]) if args.smoke else char_lm.load_corpus()
+    corpus = None
+    if "char_lm" in args.tasks:
+        corpus = char_lm.load_corpus(char_lm.MODULES[:2]) if args.smoke else char_lm.load_corpus()
     tasks = {"digits": (lambda tx, n, s: digits_run(tx, n, s, args.smoke), d_steps, seeds),
              "char_lm": (lambda tx, n, s: char_lm_run(tx, n, s, args.smoke, corpus), c_steps, 1)}
     for bits in args.bits:
