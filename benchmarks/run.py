@@ -8,6 +8,7 @@ One command measures everything, prints a Markdown table and writes it with a CS
 
     --only adam,lamb   --trees single,transformer,resnet18,billion   --reps 60   --warmup 5   --compile-reps 3
     --no-torch                  leave torch.optim out
+    --no-quantized              leave out the "... 8-bit" rows (benchmarks/quantized.py)
     --torch-threads 1           torch.set_num_threads (its OpenMP spin-waits stall on a machine shared with others)
     --cpu-multi-output-fusion   XLA:CPU's sibling multi-output fusion (an XLA_FLAGS option; process-wide)
     --reuse-memory              restart under GLIBC_TUNABLES that keep freed memory for reuse (Linux)
@@ -174,6 +175,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, help="untimed steps per variant first (default 5; 1 with --smoke)")
     p.add_argument("--compile-reps", type=int, help="first compiles per variant (default 3; 1 with --smoke)")
     p.add_argument("--no-torch", action="store_true", help="leave torch.optim out")
+    p.add_argument("--no-quantized", action="store_true", help="leave out the '... 8-bit' rows (benchmarks/quantized.py)")
     p.add_argument("--torch-threads", type=int,
                    help="torch.set_num_threads (default: torch's); 1 avoids OpenMP spin-waits on a busy machine")
     p.add_argument("--cpu-multi-output-fusion", action="store_true",
@@ -227,6 +229,11 @@ def main(argv=None) -> str:
         rows += [timed_row(name, tree, shapes, floor, args, device, options) for name in names]
     rows = with_final_floor(rows, floor)
     table = markdown(rows, info, floor, dispatch)
+    quantized_names = [n for n in ("adamw", "lion", "sgd", "lamb") if n in names]
+    if quantized_names and not (args.smoke or args.no_quantized):
+        from benchmarks import quantized  # the "... 8-bit" rows
+        table += "".join("\n" + quantized.section(t, TREES[t](False), args.reps, args.warmup, quantized_names)
+                         for t in args.trees.split(","))
     write_results(out_dir, table, rows)
     print("\n" + table)
     print(f"written: {os.path.join(out_dir, 'results.md')}, {os.path.join(out_dir, 'results.csv')}")

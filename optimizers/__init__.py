@@ -72,6 +72,10 @@ from optimizers._novograd import novograd as novograd
 from optimizers._novograd import scale_by_novograd as scale_by_novograd
 from optimizers._plateau import ReduceOnPlateauState as ReduceOnPlateauState
 from optimizers._plateau import reduce_on_plateau as reduce_on_plateau
+from optimizers._quantized import QuantizedBuffer as QuantizedBuffer
+from optimizers._quantized import dequantized as dequantized
+from optimizers._quantized import register_nonnegative as register_nonnegative
+from optimizers._quantized import with_quantized_state as with_quantized_state
 from optimizers._radam import ScaleByRadamState as ScaleByRadamState
 from optimizers._radam import radam as radam
 from optimizers._radam import scale_by_radam as scale_by_radam
@@ -112,6 +116,7 @@ __all__ = [
     "GradientlessDescent",
     "GradientlessDescentState",
     "LookaheadState",
+    "QuantizedBuffer",
     "ReduceOnPlateauState",
     "ScaleByAdadeltaState",
     "ScaleByAdamState",
@@ -154,6 +159,7 @@ __all__ = [
     "check_finite",
     "clip_by_block_rms",
     "data_echoing",
+    "dequantized",
     "ema",
     "fit_sharding",
     "forward_value_and_grad",
@@ -171,6 +177,7 @@ __all__ = [
     "radam",
     "recompute_batch_stats",
     "reduce_on_plateau",
+    "register_nonnegative",
     "restore",
     "rmsprop",
     "rprop",
@@ -206,6 +213,7 @@ __all__ = [
     "to_bytes",
     "trace",
     "update_and_apply",
+    "with_quantized_state",
     "with_state_dtype",
     "zeroth_order_value_and_grad",
 ]

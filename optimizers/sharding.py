@@ -32,6 +32,15 @@ How a state leaf finds its sharding:
    dimension they do not divide; a dimension no axis divides is replicated. The same rule
    gives :func:`fsdp_shardings` for the params.
 
+5. **Quantized buffers** (:func:`~optimizers.with_quantized_state`). The codes have their
+   buffer's shape and follow rule 2. The scales, one per block, have the shape
+   ``lead + (blocks,)`` (the leading axes of the buffer, then its blocks; see
+   ``_quantized_codes.Layout``): they are split like the codes along ``lead``, and along
+   the blocks too when the codes' first blocked axis is split, no later axis is, and each
+   device's share holds whole blocks (a (1024, 1024) moment in blocks of 256 split on axis 1
+   over 4 devices: 256 columns, one block, each). Otherwise the scales are not split along
+   that axis (replicated there: 4 bytes per block), and XLA moves what each device needs.
+
 Which placement is chosen never changes the result: ``jit`` computes the same values for any
 sharding of its inputs (reductions such as LAMB's norms or Adafactor's row means over a
 sharded axis become global reductions), the placement only sets memory and communication.
@@ -47,6 +56,8 @@ from typing import Any, Callable, Optional, Union
 import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
+
+from optimizers._quantized_codes import QuantizedBuffer, layout_of
 
 _Entries = tuple  # one tuple of mesh axis names per array dimension ("()" for not split)
 
@@ -189,6 +200,21 @@ class _Rules:
         fitted = _fit(found.pop(), leaf.shape, self.mesh) if len(found) == 1 else None
         return self.sharding(fitted, memory_kind)
 
+    def of_quantized(self, buffer, index) -> QuantizedBuffer:
+        """A quantized buffer's shardings: the codes as the buffer would be; the scales split along the
+        leading axes they share with the codes, and along the first blocked axis when no later axis is
+        split and each device's part of it holds whole blocks (rule 5 of the module docstring)."""
+        shape, entries, memory_kind = self.params[index]
+        found = _follow(buffer.codes.shape, shape, entries)
+        codes = _fit(found.pop(), buffer.codes.shape, self.mesh) if len(found) == 1 else None
+        if codes is None:
+            return QuantizedBuffer(self.sharding(None, memory_kind), self.sharding(None, memory_kind))
+        lay = layout_of(buffer.codes.shape, buffer.scales.shape)
+        k = len(lay.lead)
+        blocked = codes[k] if not lay.pad and not any(codes[k + 1:]) else ()
+        scales = _fit(codes[:k] + (blocked,), buffer.scales.shape, self.mesh)
+        return QuantizedBuffer(self.sharding(codes, memory_kind), self.sharding(scales, memory_kind))
+
     def of_shape(self, leaf) -> NamedSharding:
         found = {(e, m) for shape, e, m in self.params if shape == leaf.shape}
         return self.sharding(*found.pop()) if len(found) == 1 else self.sharding(None)
@@ -201,7 +227,8 @@ class _Rules:
             groups = None
         if groups is not None and all(_is_flat(g) for g in groups):
             return self.treedef.unflatten(
-                [jax.tree.map(lambda leaf, i=i: self.of_param(leaf, i), g) for i, g in enumerate(groups)])
+                [self.of_quantized(g, i) if isinstance(g, QuantizedBuffer)
+                 else jax.tree.map(lambda leaf, i=i: self.of_param(leaf, i), g) for i, g in enumerate(groups)])
         if not jax.tree.leaves(node):
             return node
         if _is_leaf(node):
