@@ -2,7 +2,7 @@ r"""8-bit optimizer state: every per-parameter buffer kept as block-wise quantiz
 
 :func:`with_quantized_state` stores the moments of any optimizer in about a quarter of their
 float32 bytes, as 8-bit codes of the dynamic code plus one float32 scale per block
-(:mod:`optimizers._quantized_codes`). Which buffers are non-negative (and get the unsigned
+(``optimizers._quantized_codes``). Which buffers are non-negative (and get the unsigned
 code, one more bit of resolution) is declared per state type and field with
 :func:`register_nonnegative`; every other buffer gets the signed code, which is right for
 either sign.
@@ -128,7 +128,7 @@ def with_quantized_state(optimizer: optax.GradientTransformation, bits: int = 8,
         s_{t-1} = Q^{-1}(c_{t-1}, a_{t-1}), \quad (u_t, s_t) = \mathrm{update}(g_t, s_{t-1}),
         \quad a_t = \max_{\text{block}} |s_t|, \quad c_t = Q(s_t / a_t)
 
-    with the dynamic code :math:`Q` (:mod:`optimizers._quantized_codes`): the signed one
+    with the dynamic code :math:`Q` (``optimizers._quantized_codes``): the signed one
     (``int8``) by default, the unsigned one (``uint8``, twice the resolution) for the fields
     declared non-negative (:func:`register_nonnegative`: second moments, accumulated
     squares, AMSGrad's max, Adadelta's accumulators, SM3's covers, Rprop's step sizes, for
@@ -161,7 +161,7 @@ def with_quantized_state(optimizer: optax.GradientTransformation, bits: int = 8,
     ``optax.inject_hyperparams``, :func:`get_hyperparams` / :func:`set_hyperparams` (the
     state keeps ``optimizer``'s fields), checkpoints (the codes and scales are arrays),
     :func:`state_shardings` (codes like their params, scales along the leading axes they
-    share, see :mod:`optimizers.sharding`), ``jax.pmap``. :func:`dequantized` reads a state
+    share, see :func:`state_shardings`), ``jax.pmap``. :func:`dequantized` reads a state
     back in float32 (e.g. before :func:`averaged_params`).
 
     Args:

@@ -128,7 +128,7 @@ class Layout(NamedTuple):
     not cross an index of ``lead``. The leading axes are as many as leave ``columns`` a
     multiple of the block size (a (1024, 1024) matrix in blocks of 256: ``lead=(1024,)``, 4
     blocks a row), so the scales, shaped ``lead + (blocks,)``, follow the array's leading axes
-    (and its sharding, see :mod:`optimizers.sharding`). When no split fits, the array is one
+    (and its sharding, see :func:`state_shardings`). When no split fits, the array is one
     row whose last block is padded with ``pad`` zeros (an array smaller than a block is one
     block of its size).
     """
@@ -182,7 +182,7 @@ def _from_blocks(x, lay: Layout, shape):
 
 
 class QuantizedBuffer(NamedTuple):
-    """A state buffer kept as codes and block scales (see :mod:`optimizers._quantized_codes`)."""
+    """A state buffer kept as codes and block scales (see ``optimizers._quantized_codes``)."""
 
     codes: jax.Array  # the buffer's shape; int8: the signed code, uint8: the unsigned one
     scales: jax.Array  # float32 absmax of each block, shape lead + (blocks,) (see Layout)
