@@ -27,7 +27,7 @@ _MODES = ("hard", "smooth", "refined")
 
 
 def _sign(mode, smooth_beta):
-    """optax's variants of the sign: ``hard`` (the paper's), ``smooth`` :math:`\tanh(\kappa x)`,
+    r"""optax's variants of the sign: ``hard`` (the paper's), ``smooth`` :math:`\tanh(\kappa x)`,
     ``refined`` (:math:`x` where :math:`|x| < 1`, else its sign)."""
     if mode == "smooth":
         return lambda x: jnp.tanh(smooth_beta * x)
