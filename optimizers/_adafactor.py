@@ -236,6 +236,7 @@ def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSched
     """
     b1 = either("adafactor", "b1", b1, "momentum", momentum)
     mu_dtype = either("adafactor", "mu_dtype", mu_dtype, "dtype_momentum", dtype_momentum)
+    check_state_dtype("adafactor", "mu_dtype", mu_dtype)
     if b1 is not None:
         check_range("adafactor", "b1", b1, 0.0, 1.0, high_open=True)
     param_scale = scale_by_param_block_rms(min_scale)  # built (and checked) even when left out

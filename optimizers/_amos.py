@@ -201,6 +201,7 @@ def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule =
             each, as in :func:`adam`.
     """
     check_range("amos", "learning_rate", learning_rate, 0.0)
+    check_state_dtype("amos", "mu_dtype", mu_dtype)
     if momentum is not None:
         check_range("amos", "momentum", momentum, 0.0, 1.0, high_open=True)
     _check("amos", eta, beta, c_coef, d_coef, granularity, eps)

@@ -118,6 +118,7 @@ def scale_by_sm3(eps_root: Optional[ScalarOrSchedule] = None, variant: str = "I"
     if b2 is not None:
         check_range("scale_by_sm3", "b2", b2, 0.0, 1.0)
     check_state_dtype("scale_by_sm3", "nu_dtype", nu_dtype)
+    check_state_dtype("scale_by_sm3", "mu_dtype", mu_dtype)
     if variant not in _VARIANTS:
         raise ValueError(f"scale_by_sm3: variant must be 'I' or 'II', got {variant!r}")
     if b1 is not None:
