@@ -106,6 +106,7 @@ def scale_by_factored_rms(decay_rate: float = 0.8, eps: Optional[float] = None, 
         ICML 2018, Algorithms 4 (matrices) and 5 (other tensors), Section 7 (:math:`\hat\beta_{2,t}`).
     """
     owner = "scale_by_factored_rms"
+    check_range(owner, "epsilon", epsilon, 0.0, low_open=True)
     eps = either(owner, "eps", eps, "epsilon", epsilon, default=1e-30)
     if step_offset is not None:
         check_range(owner, "step_offset", step_offset, 0)
@@ -234,6 +235,8 @@ def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSched
         Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
         ICML 2018, Algorithms 4 and 5, Sections 6-9.
     """
+    check_range("adafactor", "momentum", momentum, 0.0, 1.0, high_open=True)  # checked under the name given
+    check_range("adafactor", "decay_offset", decay_offset, 0)
     b1 = either("adafactor", "b1", b1, "momentum", momentum)
     mu_dtype = either("adafactor", "mu_dtype", mu_dtype, "dtype_momentum", dtype_momentum)
     check_state_dtype("adafactor", "mu_dtype", mu_dtype)

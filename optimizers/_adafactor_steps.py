@@ -46,6 +46,7 @@ def clip_by_block_rms(clipping_threshold: Optional[float] = None, *, threshold: 
     References:
         Shazeer & Stern, ICML 2018, Section 6 (update clipping).
     """
+    check_range("clip_by_block_rms", "threshold", threshold, 1.0)
     clipping_threshold = either("clip_by_block_rms", "clipping_threshold", clipping_threshold, "threshold", threshold,
                                 default=1.0)
     check_range("clip_by_block_rms", "clipping_threshold", clipping_threshold, 1.0)

@@ -65,6 +65,7 @@ def scale_by_lion(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.99, mu_dt
     check_range("scale_by_lion", "b1", b1, 0.0, 1.0, high_open=True)
     check_range("scale_by_lion", "b2", b2, 0.0, 1.0, high_open=True)
     check_state_dtype("scale_by_lion", "mu_dtype", mu_dtype)
+    check_range("scale_by_lion", "smooth_beta", smooth_beta, 0.0, low_open=True)
     if mode not in _MODES:
         raise ValueError(f"scale_by_lion: mode must be one of {_MODES}, got {mode!r}")
     sign = _sign(mode, smooth_beta)

@@ -48,12 +48,12 @@ def lookahead(optimizer: Optional[optax.GradientTransformation] = None, sync_per
         Algorithm 1.
     """
     optimizer = either("lookahead", "optimizer", optimizer, "fast_optimizer", fast_optimizer)
-    if optimizer is None:
-        raise ValueError("lookahead: optimizer (or optax's fast_optimizer) is required, got neither")
     check_range("lookahead", "sync_period", sync_period, 1)
     check_range("lookahead", "slow_step_size", slow_step_size, 0.0, 1.0)
 
     def init_fn(params):
+        if optimizer is None:
+            raise ValueError("lookahead: no optimizer to wrap: give optimizer (or optax's fast_optimizer)")
         return LookaheadState(jnp.zeros([], jnp.int32), init_hyperparams(slow_step_size=slow_step_size),
                               optimizer.init(params), jax.tree.map(lambda p: jnp.array(p, copy=True), params))
 

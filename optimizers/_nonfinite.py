@@ -34,6 +34,11 @@ def _all_finite(tree) -> jax.Array:
                             jnp.array(True))
 
 
+def _check_count(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"apply_if_finite: {name} must be an integer >= 1, got {value!r}")
+
+
 def apply_if_finite(inner: optax.GradientTransformation, max_consecutive_skips: Optional[int] = None, *,
                     max_consecutive_errors: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
     r"""Skips every step whose gradients hold a NaN or an Inf; gives up after too many in a row.
@@ -75,12 +80,11 @@ def apply_if_finite(inner: optax.GradientTransformation, max_consecutive_skips: 
         max_consecutive_errors: optax's name for it (give one), with the meaning above: after
             :math:`N` skips this gives up with NaN updates, where optax applies the update.
     """
+    if max_consecutive_errors is not None:
+        _check_count("max_consecutive_errors", max_consecutive_errors)
     max_consecutive_skips = either("apply_if_finite", "max_consecutive_skips", max_consecutive_skips,
                                    "max_consecutive_errors", max_consecutive_errors, default=10)
-    if isinstance(max_consecutive_skips, bool) or not isinstance(max_consecutive_skips, int) \
-            or max_consecutive_skips < 1:
-        raise ValueError(f"apply_if_finite: max_consecutive_skips must be an integer >= 1, "
-                         f"got {max_consecutive_skips!r}")
+    _check_count("max_consecutive_skips", max_consecutive_skips)
 
     def init_fn(params):
         zero = jnp.zeros([], jnp.int32)

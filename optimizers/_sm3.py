@@ -113,6 +113,7 @@ def scale_by_sm3(eps_root: Optional[ScalarOrSchedule] = None, variant: str = "I"
         Anil, Gupta, Koren & Singer, "Memory-Efficient Adaptive Optimization", NeurIPS 2019,
         Algorithm 1 (SM3-I) and Algorithm 2 (SM3-II).
     """
+    check_range("scale_by_sm3", "eps", eps, 0.0)
     eps_root = either("scale_by_sm3", "eps_root", eps_root, "eps", eps, default=0.0)
     check_range("scale_by_sm3", "eps_root", eps_root, 0.0)
     if b2 is not None:
