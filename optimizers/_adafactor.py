@@ -169,7 +169,7 @@ def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSched
               decay_rate: float = 0.8, eps: float = 1e-30, clipping_threshold: Optional[float] = 1.0,
               min_scale: float = 1e-3, min_dim_size_to_factor: int = 128, factored: bool = True,
               multiply_by_parameter_scale: bool = True, relative_step: bool = True, *,
-              momentum: Optional[float] = None,  # b1's other spelling (a schedule too) mu_dtype=None, dtype_momentum=None, nu_dtype=None,
+              momentum: Optional[float] = None, mu_dtype=None, dtype_momentum=None, nu_dtype=None,
               decay_offset: Optional[int] = None, weight_decay_rate: Optional[ScalarOrSchedule] = None,
               weight_decay_mask: MaskOrFn = None, fused: bool = False) -> optax.GradientTransformation:
     r"""Adafactor: :math:`X_t = X_{t-1} - \rho_t m_t`, :math:`m_t = \max(\epsilon_2, \mathrm{RMS}(X_{t-1}))\hat U_t`.
