@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,7 @@ from optimizers._ema import scale_by_ema
 from optimizers._flat_state import check_flat_state
 from optimizers._fused import _advance, _call, _state_buffers, _state_tree
 from optimizers._fused import fused as fused_transform
-from optimizers._dtypes import abs2, real_dtype, store
+from optimizers._dtypes import abs2, check_state_dtype, moment_dtype, store
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers._moments import step_number
 from optimizers._scaling import scale_by_learning_rate
@@ -44,9 +44,9 @@ def _shared_axes(granularity, leaf) -> tuple:
     return tuple(range(leaf.ndim if granularity == "leaf" else leaf.ndim - 1))
 
 
-def _reduced_zeros(granularity, leaf):
+def _reduced_zeros(granularity, leaf, dtype=None):
     axes = _shared_axes(granularity, leaf)
-    return jnp.zeros([1 if i in axes else n for i, n in enumerate(leaf.shape)], real_dtype(leaf.dtype))
+    return jnp.zeros([1 if i in axes else n for i, n in enumerate(leaf.shape)], moment_dtype(leaf.dtype, dtype, True))
 
 
 def _eta_tree(eta, params):
@@ -68,7 +68,7 @@ def _check(owner, eta, beta, c_coef, d_coef, granularity, eps):
 
 def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0.999, c_coef: float = 0.25,
                   d_coef: float = 0.25, granularity: Granularity = "element",
-                  eps: float = 2.0**-125) -> optax.GradientTransformation:
+                  eps: float = 2.0**-125, *, nu_dtype=None) -> optax.GradientTransformation:
     r"""Amos's direction: the step of Algorithm 1 (as the authors' code computes it) divided by :math:`\xi`.
 
     Per leaf :math:`\theta` with model-oriented scale :math:`\tilde\eta`, with
@@ -130,6 +130,8 @@ def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0
         d_coef: :math:`d \ge 0` (0.25).
         granularity: see above.
         eps: :math:`\epsilon > 0`.
+        nu_dtype: the dtype of :math:`v_t` and :math:`b_t` (saturating), or ``None`` (the params'
+            real dtype); the step is computed in at least float32.
 
     References:
         Tian & Parikh, "Amos: An Adam-style Optimizer with Adaptive Weight Decay towards
@@ -137,9 +139,10 @@ def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0
     """
     check_range("scale_by_amos", "xi", xi, 0.0)
     _check("scale_by_amos", eta, beta, c_coef, d_coef, granularity, eps)
+    check_state_dtype("scale_by_amos", "nu_dtype", nu_dtype)
 
     def init_fn(params):
-        v = jax.tree.map(lambda p: _reduced_zeros(granularity, p), params)
+        v = jax.tree.map(lambda p: _reduced_zeros(granularity, p, nu_dtype), params)
         return ScaleByAmosState(jnp.zeros([], jnp.int32), init_hyperparams(learning_rate=xi, beta=beta), v,
                                 jax.tree.map(jnp.zeros_like, v))
 
@@ -155,13 +158,14 @@ def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0
             axes = _shared_axes(granularity, g)
             # A zero-size leaf shares its one slot among no entries: its mean square is 0, not NaN.
             g2 = jnp.mean(abs2(g), axis=axes, keepdims=True) if g.size else jnp.zeros(v.shape, v.dtype)
-            v_new = b1 * v + (1 - b1) * g2
+            v_new, b_old = b1 * v + (1 - b1) * g2, b
+            b = b.astype(jnp.promote_types(b.dtype, x.dtype))
             r = correction / jnp.maximum(v_new, eps)  # 1 / v_hat
             c = jax.lax.rsqrt(1 + c_coef * jnp.sqrt(x) * b)
             d = 1 / (1 + d_coef * jnp.sqrt(x * e) * b)
             gamma_over_xi = c * x * r * g2  # gamma_t / xi, without dividing by xi
             u = d * (e * jnp.sqrt(r) * g + 0.5 * gamma_over_xi * theta)
-            return store(u, grad.dtype), store(v_new, v.dtype), store(b + x * gamma_over_xi * (1 + b), b.dtype)
+            return store(u, grad.dtype), store(v_new, v.dtype), store(b + x * gamma_over_xi * (1 + b), b_old.dtype)
 
         treedef = jax.tree.structure(updates)
         out = treedef.flatten_up_to(jax.tree.map(leaf, updates, state.v, state.b, params, _eta_tree(eta, params)))
@@ -172,8 +176,9 @@ def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0
 
 
 def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0.999, c_coef: float = 0.25,
-         d_coef: float = 0.25, granularity: Granularity = "element", momentum: ScalarOrSchedule = 0.0,
-         eps: float = 2.0**-125, *, fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:
+         d_coef: float = 0.25, granularity: Granularity = "element", momentum: Optional[ScalarOrSchedule] = None,
+         eps: float = 2.0**-125, *, nu_dtype=None, mu_dtype=None, fused: bool = False,
+         flat_state: bool = False) -> optax.GradientTransformation:
     r"""Amos: :math:`\theta_t = \theta_{t-1} - \xi_t \bar u_t`, :math:`\bar u_t = \mu \bar u_{t-1} + (1-\mu) u_t`.
 
     :math:`u_t` from :func:`scale_by_amos` with :math:`\xi` = ``learning_rate``. Algorithm
@@ -184,7 +189,10 @@ def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule =
     Args:
         learning_rate: the global learning rate :math:`\xi \ge 0`, a number or a schedule.
         eta, beta, c_coef, d_coef, granularity, eps: as in :func:`scale_by_amos`.
-        momentum: :math:`\mu \in [0, 1)`; 0 (the default) for none.
+        momentum: :math:`\mu \in [0, 1)`; ``None`` (the default) or 0 for none (no buffer).
+        nu_dtype: see :func:`scale_by_amos`.
+        mu_dtype: the momentum buffer's dtype, or ``None`` (the params'); ``fused=True`` runs the
+            chain for state dtypes other than float32.
         fused: the same update on the CPU as one pass over memory (see :func:`adam`), with
             ``granularity="element"``: the chain writes :math:`u`, :math:`v` and :math:`b` in
             three loops that each read the gradient, :math:`v`, :math:`b` and the params (and
@@ -193,11 +201,13 @@ def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule =
             each, as in :func:`adam`.
     """
     check_range("amos", "learning_rate", learning_rate, 0.0)
-    check_range("amos", "momentum", momentum, 0.0, 1.0, high_open=True)
+    check_state_dtype("amos", "mu_dtype", mu_dtype)
+    if momentum is not None:
+        check_range("amos", "momentum", momentum, 0.0, 1.0, high_open=True)
     _check("amos", eta, beta, c_coef, d_coef, granularity, eps)
     chain = optax.chain(
-        scale_by_amos(learning_rate, eta, beta, c_coef, d_coef, granularity, eps),
-        optax.identity() if is_zero(momentum) else scale_by_ema(momentum),
+        scale_by_amos(learning_rate, eta, beta, c_coef, d_coef, granularity, eps, nu_dtype=nu_dtype),
+        optax.identity() if is_zero(momentum) else scale_by_ema(momentum, mu_dtype),
         scale_by_learning_rate(learning_rate),
     )
     check_flat_state("amos", fused, flat_state)

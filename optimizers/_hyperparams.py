@@ -109,3 +109,22 @@ def is_zero(value) -> bool:
     under ``optax.inject_hyperparams`` at ``init`` and at ``update``.
     """
     return value is None or (_is_number(value) and value == 0)
+
+
+def given(**values) -> dict:
+    """The hyperparameters that are given: those that are ``None`` (off) are left out of the state."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def either(owner: str, name: str, value, optax_name: str, optax_value, default=None):
+    """The value of ``name``, which optax spells ``optax_name``: one of the two, or ``default``.
+
+    Raises:
+        ValueError: both are given.
+    """
+    if value is not None and optax_value is not None:
+        raise ValueError(f"{owner}: give {name} or {optax_name} (optax's name for it), not both: "
+                         f"got {name}={value!r} and {optax_name}={optax_value!r}")
+    if value is None:
+        value = optax_value
+    return default if value is None else value

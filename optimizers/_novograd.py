@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
-from optimizers._dtypes import abs2, real_dtype, store, store_like
+from optimizers._dtypes import abs2, check_state_dtype, moment_dtype, store, store_like, zeros_in
 from optimizers._flat_state import check_flat_state
 from optimizers._fused import _advance, _call, _state_buffers, _state_tree
 from optimizers._fused import fused as fused_transform
-from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
+from optimizers._hyperparams import check_range, current_hyperparams, given, init_hyperparams
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -26,7 +26,8 @@ class ScaleByNovogradState(NamedTuple):
 
 
 def scale_by_novograd(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25, eps: ScalarOrSchedule = 1e-8,
-                      weight_decay: ScalarOrSchedule = 0.0) -> optax.GradientTransformation:
+                      weight_decay: ScalarOrSchedule = 0.0, *, eps_root: Optional[ScalarOrSchedule] = None,
+                      mu_dtype=None, nu_dtype=None) -> optax.GradientTransformation:
     r"""NovoGrad's direction, per leaf (layer) :math:`i`.
 
     .. math::
@@ -49,6 +50,10 @@ def scale_by_novograd(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25, e
         b2: :math:`\beta_2 \in [0, 1)` (the table's 0.25).
         eps: :math:`\epsilon > 0`.
         weight_decay: :math:`\lambda \ge 0`, added inside the momentum.
+        eps_root: optax's :math:`\epsilon_{root} \ge 0` under the root, :math:`\sqrt{v_t + \epsilon_{root}}`
+            (at every step, the first too, as optax), or ``None``.
+        mu_dtype, nu_dtype: the dtypes of :math:`m_t` and of the per-leaf :math:`v_t`
+            (saturating), or ``None`` (the params'); the update is computed in at least float32.
 
     References:
         Ginsburg et al., "Stochastic Gradient Methods with Layer-wise Adaptive Moments for
@@ -58,12 +63,16 @@ def scale_by_novograd(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25, e
     check_range("scale_by_novograd", "b2", b2, 0.0, 1.0, high_open=True)
     check_range("scale_by_novograd", "eps", eps, 0.0, low_open=True)
     check_range("scale_by_novograd", "weight_decay", weight_decay, 0.0)
-    values = dict(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    if eps_root is not None:
+        check_range("scale_by_novograd", "eps_root", eps_root, 0.0)
+    check_state_dtype("scale_by_novograd", "mu_dtype", mu_dtype)
+    check_state_dtype("scale_by_novograd", "nu_dtype", nu_dtype)
+    values = given(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, eps_root=eps_root)
 
     def init_fn(params):
-        nu = jax.tree.map(lambda p: jnp.zeros([], real_dtype(p.dtype)), params)
+        nu = jax.tree.map(lambda p: jnp.zeros([], moment_dtype(p.dtype, nu_dtype, real=True)), params)
         return ScaleByNovogradState(jnp.zeros([], jnp.int32), init_hyperparams(**values),
-                                    optax.tree.zeros_like(params), nu)
+                                    zeros_in(params, mu_dtype), nu)
 
     def update_fn(updates, state, params=None):
         if params is None:
@@ -94,20 +103,24 @@ def _second_moments(updates, state, hp):
     nu = jax.tree.map(lambda n, v: jnp.where(first, n, b2_ * v + (1 - b2_) * n), norm2, state.nu)
 
     def denominator(v):
-        den = jnp.sqrt(wide(v)) + jnp.where(first, 0.0, hp["eps"])
+        root = jnp.sqrt(wide(v) + hp["eps_root"]) if "eps_root" in hp else jnp.sqrt(wide(v))
+        den = root + jnp.where(first, 0.0, hp["eps"])
         return jnp.where(den == 0, 1.0, den)
 
     return nu, jax.tree.map(denominator, nu)
 
 
 def novograd(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25,
-             eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.0, *, fused: bool = False,
+             eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.0, *,
+             eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None, nu_dtype=None, fused: bool = False,
              flat_state: bool = False) -> optax.GradientTransformation:
     r"""NovoGrad: :math:`\theta_t = \theta_{t-1} - \gamma_t m_t` (:func:`scale_by_novograd`).
 
     ``fused=True``: on the CPU, XLA's per-leaf sums of squares, then the moment and the params
     in one pass over memory (see :func:`adam`), 24 bytes per float32 parameter in place;
-    ``flat_state``: :math:`m` as one flat float32 array (see :func:`adam`).
+    ``flat_state``: :math:`m` as one flat float32 array (see :func:`adam`). ``eps_root``,
+    ``mu_dtype``, ``nu_dtype``: see :func:`scale_by_novograd` (the kernel has ``eps_root``; with a
+    state dtype other than float32 the chain runs).
 
     .. warning::
         ``optax.novograd`` defaults to ``eps=1e-6`` and adds it at the first step too; the
@@ -117,11 +130,13 @@ def novograd(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Sc
         Ginsburg et al., "Stochastic Gradient Methods with Layer-wise Adaptive Moments for
         Training of Deep Networks", arXiv:1905.11286, 2019, Algorithm 1.
     """
-    chain = optax.chain(scale_by_novograd(b1, b2, eps, weight_decay), scale_by_learning_rate(learning_rate))
+    chain = optax.chain(scale_by_novograd(b1, b2, eps, weight_decay, eps_root=eps_root, mu_dtype=mu_dtype,
+                                          nu_dtype=nu_dtype), scale_by_learning_rate(learning_rate))
     check_flat_state("novograd", fused, flat_state)
     if not fused:
         return chain
-    kernel = _novograd_kernel(dict(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay), learning_rate, flat_state)
+    values = given(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, eps_root=eps_root)
+    kernel = _novograd_kernel(values, learning_rate, flat_state)
     return fused_transform("novograd", chain, kernel, lambda state: (state[0].mu, state[0].nu),
                            [(0, "mu")] if flat_state else ())
 

@@ -39,8 +39,8 @@ def _values(**values):
 
 
 def _check_eps(owner, eps):
-    if eps is not None:
-        check_range(owner, "eps", eps, 0.0, low_open=True)
+    if eps is not None:  # 0 (optax's default) is fine: a zero norm gives a ratio of 1, no division by it
+        check_range(owner, "eps", eps, 0.0)
 
 
 class ScaleByTrustRatioState(NamedTuple):
@@ -50,7 +50,7 @@ class ScaleByTrustRatioState(NamedTuple):
 
 def scale_by_trust_ratio(trust_coefficient: ScalarOrSchedule = 1.0, eps: Optional[ScalarOrSchedule] = None,
                          min_param_norm: float = 0.0, max_param_norm: float = _INF,
-                         mask: MaskOrFn = None) -> optax.GradientTransformation:
+                         mask: MaskOrFn = None, *, min_norm: Optional[float] = None) -> optax.GradientTransformation:
     r"""Rescales each leaf's update by the trust ratio :math:`\eta\,\phi(\|\theta\|) / \|u\|`.
 
     For every leaf (layer) :math:`\theta^{(i)}` with incoming update :math:`u^{(i)}`:
@@ -69,16 +69,18 @@ def scale_by_trust_ratio(trust_coefficient: ScalarOrSchedule = 1.0, eps: Optiona
 
     .. warning::
         ``optax.scale_by_trust_ratio(min_norm=c)`` clips both norms from below by
-        :math:`c`; here only the parameter norm is clipped, by the paper's :math:`\phi`
-        (``min_param_norm``, ``max_param_norm``). With the defaults the two are equal.
+        :math:`c`; the paper's :math:`\phi` (``min_param_norm``, ``max_param_norm``) clips only
+        the parameter norm. ``min_norm=c`` here is optax's: both norms at least :math:`c` (so
+        with :math:`c > 0` the ratio is never the rule of one). With the defaults all agree.
 
     Args:
         trust_coefficient: :math:`\eta > 0`.
-        eps: :math:`\epsilon > 0` added to :math:`\|u\|`, or ``None`` for none.
+        eps: :math:`\epsilon \ge 0` added to :math:`\|u\|`, or ``None`` for none (optax's 0).
         min_param_norm: :math:`\gamma_l \ge 0`, lower clip of :math:`\|\theta\|`.
         max_param_norm: :math:`\gamma_u > 0` (at least :math:`\gamma_l`), upper clip.
         mask: leaves to rescale, as in :func:`add_decayed_weights`; ``False`` leaves pass
             through unchanged (biases, norm scales).
+        min_norm: optax's lower clip :math:`c \ge 0` of both norms, or ``None`` for none.
 
     References:
         You, Li, Reddi et al., "Large Batch Optimization for Deep Learning: Training BERT in
@@ -86,6 +88,8 @@ def scale_by_trust_ratio(trust_coefficient: ScalarOrSchedule = 1.0, eps: Optiona
     """
     check_range("scale_by_trust_ratio", "trust_coefficient", trust_coefficient, 0.0, low_open=True)
     _check_eps("scale_by_trust_ratio", eps)
+    if min_norm is not None:
+        check_range("scale_by_trust_ratio", "min_norm", min_norm, 0.0)
     check_range("scale_by_trust_ratio", "min_param_norm", min_param_norm, 0.0, _INF, high_open=True)
     check_range("scale_by_trust_ratio", "max_param_norm", max_param_norm, 0.0, low_open=True)
     if _is_number(min_param_norm) and _is_number(max_param_norm):
@@ -107,6 +111,8 @@ def scale_by_trust_ratio(trust_coefficient: ScalarOrSchedule = 1.0, eps: Optiona
                 return u
             p_norm = jnp.clip(_norm(p, coefficient.dtype), min_param_norm, max_param_norm)
             u_norm = _norm(u, coefficient.dtype)
+            if min_norm is not None:
+                p_norm, u_norm = jnp.maximum(p_norm, min_norm), jnp.maximum(u_norm, min_norm)
             ratio = _ratio(coefficient, p_norm, u_norm + hp.get("eps", 0.0), (p_norm == 0) | (u_norm == 0))
             return (ratio * u).astype(u.dtype)
 
@@ -146,7 +152,7 @@ def scale_by_lars(weight_decay: ScalarOrSchedule = 0.0, trust_coefficient: Scala
     Args:
         weight_decay: :math:`\beta \ge 0`.
         trust_coefficient: :math:`\eta > 0` (the paper's LARS coefficient, 0.001).
-        eps: :math:`\epsilon > 0` added to the denominator, or ``None`` (the paper) for none.
+        eps: :math:`\epsilon \ge 0` added to the denominator, or ``None`` (the paper) for none.
         weight_decay_mask: leaves to decay, as in :func:`add_decayed_weights`.
         trust_ratio_mask: leaves to rescale; ``False`` leaves keep :math:`\lambda = 1`.
 
@@ -242,8 +248,8 @@ def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, 
 def lamb(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
          eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = None,
          trust_ratio_mask: MaskOrFn = None, min_param_norm: float = 0.0,
-         max_param_norm: float = _INF, *, fused: bool = False, flat_state: bool = False
-         ) -> optax.GradientTransformation:
+         max_param_norm: float = _INF, *, eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None,
+         nu_dtype=None, fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:
     r"""LAMB: Adam's direction plus decoupled decay, rescaled per leaf by :math:`\phi(\|\theta\|)/\|r\|`.
 
     .. math::
@@ -267,6 +273,8 @@ def lamb(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
         trust_ratio_mask: leaves to rescale; others take plain AdamW steps.
         min_param_norm, max_param_norm: the bounds of :math:`\phi` (identity by default),
             as in :func:`scale_by_trust_ratio`.
+        eps_root, mu_dtype, nu_dtype: as in :func:`scale_by_adam` (with ``eps_root``, or a
+            state dtype other than float32, ``fused=True`` runs the chain).
         fused: the same update as two passes over memory on the CPU (the moments and both
             norms of each leaf, then the params; see :func:`adam`).
         flat_state: with ``fused``, the moments as one flat float32 array each (see :func:`adam`).
@@ -276,13 +284,13 @@ def lamb(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
         76 minutes", ICLR 2020, Algorithm 2.
     """
     chain = optax.chain(
-        scale_by_adam(b1, b2, eps),
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype),
         add_decayed_weights(weight_decay, mask),
         scale_by_trust_ratio(min_param_norm=min_param_norm, max_param_norm=max_param_norm, mask=trust_ratio_mask),
         scale_by_learning_rate(learning_rate),
     )
     check_flat_state("lamb", fused, flat_state)
-    if not fused:
+    if not fused or eps_root is not None:
         return chain
     return _fused_lamb(chain, dict(b1=b1, b2=b2, eps=eps), adam_scalars, min_param_norm, max_param_norm,
                       learning_rate, weight_decay, mask, trust_ratio_mask, flat_state)
