@@ -1,0 +1,195 @@
+"""optax's contract, for every optimizer and wrapper of the conformance suite (fused ones too).
+
+A user swaps ``optax.`` for ``optimizers.`` and keeps optax's combinators; what optax's own
+optimizers promise must then hold here too:
+
+1. convergence on a 3-element parabola and on Rosenbrock from (0, 0), in float32 and in
+   complex64 (where the rule takes complex params: the others raise ``TypeError`` at
+   ``init``), in 10,000 jit-compiled steps, to within 3e-2, without recompiling after the
+   first step;
+2. ``update`` accepts unknown keyword arguments and ignores them;
+3. ``optax.inject_hyperparams(factory)(**kwargs)`` gives the updates and the inner state
+   (tree and values) of ``factory(**kwargs)``, for ``KWARGS`` and for the factory's defaults;
+4. the state keeps its tree, shapes and dtypes through ``jax.lax.cond`` in every float and
+   complex dtype, and the updates the gradients' dtype (values checked by
+   ``test_conformance.test_keeps_dtype``);
+5. ``optax.MultiSteps(tx, every_k_schedule=4)`` gives zero updates on the first three steps.
+
+The tests never branch on a name; every entry of ``test_conformance.NAMES`` is enrolled.
+"""
+
+import functools
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from test_conformance import GRADS, NAMES, PARAMS, factory, make
+
+STEPS = 10_000
+TOL = 3e-2
+COMPLEX = {jnp.float32: jnp.complex64, jnp.float64: jnp.complex128}
+
+
+def _parabola(p):
+    return jnp.sum(jnp.abs(p["w"] - p["target"]) ** 2)
+
+
+def _rosenbrock(p):
+    return jnp.abs(1 - p["x"]) ** 2 + 100 * jnp.abs(p["y"] - p["x"] ** 2) ** 2
+
+
+def _problems(dtype):
+    """(loss, start, minimum) of both problems; a complex dtype moves the parabola's minimum
+    off the real axis (Rosenbrock's stays at (1, 1), the only zero of its loss)."""
+    target = np.array([1.0, -2.0, 0.5])
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        target = target + 1j * np.array([0.5, 1.0, -1.0])
+    cast = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, dtype), tree)  # noqa: E731
+    parabola = cast({"w": np.array([-1.0, 1.0, 2.0]), "target": target})
+    rosen = cast({"x": 0.0, "y": 0.0})
+    return [(_parabola, parabola, {**parabola, "w": parabola["target"]}), (_rosenbrock, rosen, cast({"x": 1.0, "y": 1.0}))]
+
+
+def _descent(loss, p):
+    """The gradient of a real loss in the real-pair sense (JAX's ``grad`` gives its conjugate)."""
+    grads = jax.tree.map(jnp.conj, jax.grad(loss)(p))
+    return {**grads, "target": jnp.zeros_like(p["target"])} if "target" in p else grads
+
+
+def _train(tx, loss, params):
+    """``params`` after ``STEPS`` steps of ``tx`` on ``loss``, in one jit-compiled loop."""
+    def body(_, carry):
+        p, s = carry
+        u, s = tx.update(_descent(loss, p), s, p)
+        return optax.apply_updates(p, u), s
+
+    return jax.lax.fori_loop(0, STEPS, body, (params, tx.init(params)))[0]
+
+
+def _init_or_skip(tx, params):
+    try:
+        return tx.init(params)
+    except TypeError as e:  # a rule that does not take complex params says so at init
+        assert "complex" in str(e)
+        pytest.skip(f"refuses complex params: {e}")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.complex64], ids=["float32", "complex64"])
+@pytest.mark.parametrize("name", NAMES)
+def test_converges_without_recompiling(name, dtype):
+    tx = make(name)
+    problems = _problems(dtype)
+    _init_or_skip(tx, problems[0][1])
+    finals = jax.jit(lambda starts: [_train(tx, f, p) for (f, _, _), p in zip(problems, starts)])(
+        [p for _, p, _ in problems])
+    for (loss, _, minimum), final in zip(problems, finals):
+        for got, want in zip(jax.tree.leaves(final), jax.tree.leaves(minimum), strict=True):
+            np.testing.assert_allclose(got, want, atol=TOL, err_msg=loss.__name__)
+    # One compilation for every step: the state update keeps every leaf's type (weak types too).
+    loss, params, _ = problems[1]
+
+    @jax.jit
+    def step(p, s):
+        u, s = tx.update(_descent(loss, p), s, p)
+        return optax.apply_updates(p, u), s
+
+    state = tx.init(params)
+    for _ in range(3):
+        params, state = step(params, state)
+    assert step._cache_size() == 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_update_ignores_unknown_keywords(name):
+    tx = make(name)
+    state = tx.init(PARAMS)
+    for g in GRADS[:2]:
+        want, want_state = tx.update(g, state, PARAMS)
+        got, state = tx.update(g, state, PARAMS, an_unknown_keyword=jnp.ones(3), loss=1.0)
+        for a, b in zip(jax.tree.leaves((got, state)), jax.tree.leaves((want, want_state)), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def _strip_injected(state):
+    """``state`` with every ``inject_hyperparams`` state replaced by the state inside it."""
+    injected = lambda x: isinstance(x, optax.InjectStatefulHyperparamsState)  # noqa: E731
+    return jax.tree.map(lambda x: _strip_injected(x.inner_state) if injected(x) else x, state, is_leaf=injected)
+
+
+def _own_defaults(build, kwargs):
+    """Only the learning rate of ``kwargs``: the factory's defaults for everything else."""
+    required = [k for k, p in inspect.signature(build).parameters.items()
+                if p.default is inspect.Parameter.empty and k != "learning_rate"]
+    if required:
+        pytest.skip(f"the factory needs {required} besides the learning rate")
+    return {"learning_rate": kwargs["learning_rate"]}
+
+
+@pytest.mark.parametrize("which", ["kwargs", "defaults"])
+@pytest.mark.parametrize("name", NAMES)
+def test_inject_hyperparams_keeps_updates_and_state(name, which):
+    build, kwargs, wrap = factory(name)
+    kwargs = kwargs if which == "kwargs" else _own_defaults(build, kwargs)
+    plain, injected = wrap(build(**kwargs)), wrap(optax.inject_hyperparams(build)(**kwargs))
+    s_plain, s_injected = plain.init(PARAMS), injected.init(PARAMS)
+    for k, g in enumerate(GRADS[:4]):
+        u_plain, s_plain = plain.update(g, s_plain, PARAMS)
+        u_injected, s_injected = injected.update(g, s_injected, PARAMS)
+        for a, b in zip(jax.tree.leaves(u_injected), jax.tree.leaves(u_plain), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-7, err_msg=f"updates of step {k}")
+        inner = _strip_injected(s_injected)
+        assert jax.tree.structure(inner) == jax.tree.structure(s_plain), f"step {k}"
+        for a, b in zip(jax.tree.leaves(inner), jax.tree.leaves(s_plain), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7, err_msg=f"state of step {k}")
+
+
+DTYPES = ["float16", "bfloat16", "float32", "float64", "complex64", "complex128"]
+
+
+def _types(tree):
+    return jax.tree.structure(tree), [(x.shape, jnp.dtype(x.dtype), x.weak_type) for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", NAMES)
+def test_state_keeps_its_type_through_cond(name, dtype):
+    with jax.enable_x64(jnp.dtype(dtype).itemsize * (2 if "complex" not in dtype else 1) == 16):
+        cast = lambda t: jax.tree.map(lambda x: jnp.asarray(x, dtype), t)  # noqa: E731
+        params, grads, tx = cast(PARAMS), cast(GRADS[0]), make(name)
+        state = _init_or_skip(tx, params)
+
+        def both_ways(pred, params, grads, state):
+            updates, new = tx.update(grads, state, params)
+            chosen = jax.lax.cond(pred, lambda: new, lambda: state)  # the init state or an updated one
+            inside = jax.lax.cond(pred, lambda s: tx.update(grads, s, params)[1], lambda s: s, chosen)
+            return updates, new, inside
+
+        updates, new, inside = jax.eval_shape(both_ways, True, params, grads, state)
+        assert _types(updates) == _types(grads)
+        assert _types(new) == _types(state) and _types(inside) == _types(state)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("name", NAMES)
+def test_multi_steps_gives_zero_updates_until_the_kth(name, dtype):
+    cast = lambda t: jax.tree.map(lambda x: jnp.asarray(x, dtype), t)  # noqa: E731
+    tx = optax.MultiSteps(make(name), every_k_schedule=4)
+    params = cast(PARAMS)
+    grads = jax.tree.map(lambda *g: jnp.stack(g), *map(cast, GRADS[:4]))
+
+    @jax.jit
+    def run(params, grads):
+        def body(state, g):
+            u, state = tx.update(g, state, params)
+            return state, u
+
+        return jax.lax.scan(body, tx.init(params), grads)[1]
+
+    updates = run(params, grads)
+    for u in jax.tree.leaves(updates):
+        assert u.dtype == jnp.dtype(dtype)
+        np.testing.assert_array_equal(u[:3], np.zeros_like(u[:3]))
+    assert any(np.any(np.asarray(u[3], np.float32) != 0) for u in jax.tree.leaves(updates))
