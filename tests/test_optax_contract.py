@@ -135,7 +135,10 @@ def test_inject_hyperparams_keeps_updates_and_state(name, which):
     kwargs = kwargs if which == "kwargs" else _own_defaults(build, kwargs)
     plain, injected = wrap(build(**kwargs)), wrap(optax.inject_hyperparams(build)(**kwargs))
     s_plain, s_injected = plain.init(PARAMS), injected.init(PARAMS)
-    for k, g in enumerate(GRADS[:4]):
+    # Traced, as in a jit-compiled step: the factory then gets traced hyperparameters.
+    traced = jax.eval_shape(injected.update, GRADS[0], s_injected, PARAMS)
+    assert _types(traced) == _types(injected.update(GRADS[0], s_injected, PARAMS))
+    for k, g in enumerate(GRADS[:4]):  # eager: the values of a few steps, without compiling
         u_plain, s_plain = plain.update(g, s_plain, PARAMS)
         u_injected, s_injected = injected.update(g, s_injected, PARAMS)
         for a, b in zip(jax.tree.leaves(u_injected), jax.tree.leaves(u_plain), strict=True):
