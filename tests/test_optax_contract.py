@@ -162,12 +162,12 @@ def test_state_keeps_its_type_through_cond(name, dtype):
         params, grads, tx = _cast(PARAMS, dtype), _cast(GRADS[0], dtype), make(name)
         state = _init_or_skip(tx, params)
 
-        def update_or_not(pred, grads, state, params):  # the updated state or the init state
-            return jax.lax.cond(pred, lambda s: tx.update(grads, s, params),
-                                lambda s: (jax.tree.map(jnp.zeros_like, grads), s), state)
+        def update_or_not(pred, grads, state, params):
+            updated = tx.update(grads, state, params)  # the updated state or the init state:
+            return updated, jax.lax.cond(pred, lambda: updated, lambda: (jax.tree.map(jnp.zeros_like, grads), state))
 
-        updates, new = jax.eval_shape(update_or_not, True, grads, state, params)  # traced, not compiled
-        assert _types(updates) == _types(grads) and _types(new) == _types(state)
+        for updates, new in jax.eval_shape(update_or_not, True, grads, state, params):  # traced, not compiled
+            assert _types(updates) == _types(grads) and _types(new) == _types(state)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
