@@ -6,7 +6,7 @@ optimizers promise must then hold here too:
 1. convergence on a 3-element parabola and on Rosenbrock from (0, 0), in float32 and in
    complex64 (where the rule takes complex params: the others raise ``TypeError`` at
    ``init``), in 10,000 jit-compiled steps, to within 3e-2, without recompiling after the
-   first step;
+   first step (a single jit-compiled step called repeatedly compiles once);
 2. ``update`` accepts unknown keyword arguments and ignores them;
 3. ``optax.inject_hyperparams(factory)(**kwargs)`` gives the updates and the inner state
    (tree and values) of ``factory(**kwargs)``, for ``KWARGS`` and for the factory's defaults;
@@ -35,8 +35,16 @@ SHAPES = {"w": (2, 3), "b": (3,)}
 PARAMS, *GRADS = [random_tree(np.random.default_rng(k), SHAPES) for k in range(5)]
 
 
+DTYPES = ["float16", "bfloat16", "float32", "float64", "complex64", "complex128"]
+
+
 def _cast(tree, dtype):
     return jax.tree.map(lambda x: jnp.asarray(x, dtype), tree)
+
+
+def _types(tree):
+    """What a jit cache and ``lax.cond`` compare: the structure, and each leaf's shape, dtype and weak type."""
+    return jax.tree.structure(tree), [(x.shape, jnp.dtype(x.dtype), x.weak_type) for x in jax.tree.leaves(tree)]
 
 
 def _parabola(p):
@@ -146,13 +154,6 @@ def test_inject_hyperparams_keeps_updates_and_state(name, which):
         assert jax.tree.structure(inner) == jax.tree.structure(s_plain), f"step {k}"
         for a, b in zip(jax.tree.leaves(inner), jax.tree.leaves(s_plain), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7, err_msg=f"state of step {k}")
-
-
-DTYPES = ["float16", "bfloat16", "float32", "float64", "complex64", "complex128"]
-
-
-def _types(tree):
-    return jax.tree.structure(tree), [(x.shape, jnp.dtype(x.dtype), x.weak_type) for x in jax.tree.leaves(tree)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
