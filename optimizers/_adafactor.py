@@ -94,6 +94,12 @@ def scale_by_factored_rms(decay_rate: float = 0.8, eps: float = 1e-30, min_dim_s
     check_range(owner, "min_dim_size_to_factor", min_dim_size_to_factor, 1)
 
     def init_fn(params):
+        if isinstance(min_dim_size_to_factor, jax.core.Tracer):
+            raise jax.errors.ConcretizationTypeError(
+                min_dim_size_to_factor, f"{owner}: min_dim_size_to_factor decides which leaves are factored (the "
+                "state's shapes), so it cannot be traced: under optax.inject_hyperparams, name it in static_args, "
+                "or call init outside jax.jit")
+
         def init_leaf(p):
             if factored and p.ndim >= 2 and min(p.shape[-2:]) >= min_dim_size_to_factor:
                 return _zeros_without(p, -1), _zeros_without(p, -2), jnp.zeros((0,), real_dtype(p.dtype))
