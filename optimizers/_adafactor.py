@@ -116,6 +116,12 @@ def scale_by_factored_rms(decay_rate: float = 0.8, eps: Optional[float] = None, 
     check_range(owner, "min_dim_size_to_factor", min_dim_size_to_factor, 1)
 
     def init_fn(params):
+        if isinstance(min_dim_size_to_factor, jax.core.Tracer):
+            raise jax.errors.ConcretizationTypeError(
+                min_dim_size_to_factor, f"{owner}: min_dim_size_to_factor decides which leaves are factored (the "
+                "state's shapes), so it cannot be traced: under optax.inject_hyperparams, name it in static_args, "
+                "or call init outside jax.jit")
+
         def init_leaf(p):
             dtype = moment_dtype(p.dtype, nu_dtype, real=True)
             if factored and p.ndim >= 2 and min(p.shape[-2:]) >= min_dim_size_to_factor:
@@ -259,6 +265,12 @@ def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSched
     return fused_transform("adafactor", chain, kernel, lambda state: (state[0].v_row, state[0].v_col, state[0].v, state[3]))
 
 
+def _or_zero(value):
+    """``value``, or 0 for ``None`` (no clipping, no parameter scale); an array as given (a traced
+    one under ``optax.inject_hyperparams``)."""
+    return 0.0 if value is None else value
+
+
 def _adafactor_kernel(decay_rate, eps, clipping_threshold, min_scale, b1, learning_rate, relative_step):
     """The fused step of :func:`adafactor`'s chain (``optimizers_adafactor``, see ``_fused_kernels.cc``):
     per leaf the full moment, or the row and column means of a factored leaf, updated in place."""
@@ -275,7 +287,7 @@ def _adafactor_kernel(decay_rate, eps, clipping_threshold, min_scale, b1, learni
             rho = jnp.minimum(rho, jax.lax.rsqrt(step_number(step_link.count, rho.dtype)))
         b, ema_new = _advance(ema_link, decay=b1) if hasattr(ema_link, "ema") else ({"decay": 0.0}, ema_link)
         beta = _beta2(rms_link.count, decay_rate)
-        hyper = jnp.stack([beta, 1 - beta, eps, clipping_threshold or 0.0, min_scale or 0.0, b["decay"],
+        hyper = jnp.stack([beta, 1 - beta, eps, _or_zero(clipping_threshold), _or_zero(min_scale), b["decay"],
                            1 - b["decay"], -rho]).astype(jnp.float32)
         return hyper, (tick(rms_link), tick(clip_link), tick(scale_link), ema_new, step_new)
 
