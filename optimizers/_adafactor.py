@@ -24,15 +24,18 @@ from optimizers._ema import scale_by_ema
 from optimizers._fused import _advance, _ffi, _merge, _outputs, _with_elements
 from optimizers._fused import fused as fused_transform
 from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams, is_zero
+from optimizers._layers import LayerAxes, check_layer_axes, falls_back, leaf_layer_axes, update_layer_axes
+from optimizers._layers import per_layer, within
 from optimizers._moments import step_number
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
 
-def _rms(x, dtype):
-    """The root mean square of a whole leaf, computed in ``dtype`` (or wider)."""
+def _rms(x, dtype, n=0):
+    """The root mean square of a whole leaf (of each layer, over all but ``n`` leading axes), broadcast
+    against it, computed in ``dtype`` (or wider)."""
     x = x.astype(jnp.promote_types(x.dtype, dtype))
-    return jnp.sqrt(jnp.mean(abs2(x)))
+    return per_layer(jnp.sqrt(jnp.mean(abs2(x), axis=within(x, n))), x)
 
 
 def _zeros_without(p, axis):
@@ -43,13 +46,13 @@ def _zeros_without(p, axis):
 class ScaleByFactoredRmsState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {}: decay_rate and eps are constants of the algorithm
-    v_row: optax.Updates  # factored leaves: R_t / m, shape p.shape[:-1]; other leaves: empty (0,)
+    v_row: optax.Updates  # factored leaves: R_t / m, shape p.shape[:-1] (layer axes first); others: empty (0,)
     v_col: optax.Updates  # factored leaves: C_t / n, shape p.shape[:-2] + p.shape[-1:]; others: empty (0,)
     v: optax.Updates  # other leaves: V_t, shape p.shape; factored leaves: empty (0,)
 
 
 def scale_by_factored_rms(decay_rate: float = 0.8, eps: float = 1e-30, min_dim_size_to_factor: int = 128,
-                          factored: bool = True) -> optax.GradientTransformation:
+                          factored: bool = True, *, layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""Divides by the root of a factored (rows x columns) moving average of squared gradients.
 
     With :math:`\hat\beta_{2,t} = 1 - t^{-c}` and, for a leaf whose last two dims
@@ -83,6 +86,11 @@ def scale_by_factored_rms(decay_rate: float = 0.8, eps: float = 1e-30, min_dim_s
         min_dim_size_to_factor: factor only when both of the last two dims are at least this
             (``>= 1``; 128 as optax).
         factored: ``False`` keeps full second moments for every leaf.
+        layer_axes: the leading axes of each leaf that index stacked layers (a prefix tree
+            of ints or a function of the params, see :mod:`optimizers._layers`): a layer is
+            factored when *it* is a large enough matrix (a stack of vectors is not), its rows
+            and columns are per layer (shapes ``p.shape[:-1]``, ``p.shape[:-2] + p.shape[-1:]``,
+            layer axes first). ``None``: the whole leaf decides.
 
     References:
         Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
@@ -92,16 +100,17 @@ def scale_by_factored_rms(decay_rate: float = 0.8, eps: float = 1e-30, min_dim_s
     check_range(owner, "decay_rate", decay_rate, 0.0, 1.0)
     check_range(owner, "eps", eps, 0.0, low_open=True)
     check_range(owner, "min_dim_size_to_factor", min_dim_size_to_factor, 1)
+    check_layer_axes(owner, layer_axes)
 
     def init_fn(params):
-        def init_leaf(p):
-            if factored and p.ndim >= 2 and min(p.shape[-2:]) >= min_dim_size_to_factor:
+        def init_leaf(p, k):
+            if factored and p.ndim - k >= 2 and min(p.shape[-2:]) >= min_dim_size_to_factor:
                 return _zeros_without(p, -1), _zeros_without(p, -2), jnp.zeros((0,), real_dtype(p.dtype))
             # Separate empty arrays: one array in two leaves cannot be donated twice.
             empty = lambda: jnp.zeros((0,), real_dtype(p.dtype))  # noqa: E731
             return empty(), empty(), jnp.zeros_like(p, dtype=real_dtype(p.dtype))
 
-        moments = jax.tree.map(init_leaf, params)
+        moments = jax.tree.map(init_leaf, params, leaf_layer_axes(owner, layer_axes, params))
         pick = [jax.tree.map(lambda _, s, i=i: s[i], params, moments) for i in range(3)]
         return ScaleByFactoredRmsState(jnp.zeros([], jnp.int32), init_hyperparams(), *pick)
 
@@ -142,7 +151,7 @@ class ClipByBlockRmsState(NamedTuple):
     hyperparams: dict  # {}: the threshold is a constant
 
 
-def clip_by_block_rms(clipping_threshold: float = 1.0) -> optax.GradientTransformation:
+def clip_by_block_rms(clipping_threshold: float = 1.0, *, layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""Update clipping: scales each leaf down to a root mean square of at most :math:`d`.
 
     .. math::
@@ -154,22 +163,27 @@ def clip_by_block_rms(clipping_threshold: float = 1.0) -> optax.GradientTransfor
 
     Args:
         clipping_threshold: :math:`d \ge 1` (1).
+        layer_axes: clip each stacked layer by its own RMS (see :mod:`optimizers._layers`; a
+            function of the params is given the updates when ``update`` gets no params).
 
     References:
         Shazeer & Stern, ICML 2018, Section 6 (update clipping).
     """
     check_range("clip_by_block_rms", "clipping_threshold", clipping_threshold, 1.0)
+    check_layer_axes("clip_by_block_rms", layer_axes)
+
+    def init_fn(params):
+        leaf_layer_axes("clip_by_block_rms", layer_axes, params)  # a bad prefix fails here
+        return ClipByBlockRmsState(jnp.zeros([], jnp.int32), init_hyperparams())
 
     def update_fn(updates, state, params=None):
-        del params
         dtype = float_dtype()
         updates = jax.tree.map(
-            lambda u: (u / jnp.maximum(1.0, _rms(u, dtype) / clipping_threshold)).astype(u.dtype), updates)
+            lambda u, k: (u / jnp.maximum(1.0, _rms(u, dtype, k) / clipping_threshold)).astype(u.dtype), updates,
+            update_layer_axes("clip_by_block_rms", layer_axes, updates, params))
         return updates, ClipByBlockRmsState(optax.safe_increment(state.count), state.hyperparams)
 
-    return transformation("clip_by_block_rms",
-                          lambda params: ClipByBlockRmsState(jnp.zeros([], jnp.int32), init_hyperparams()),
-                          update_fn)
+    return transformation("clip_by_block_rms", init_fn, update_fn)
 
 
 class ScaleByParamBlockRmsState(NamedTuple):
@@ -177,7 +191,7 @@ class ScaleByParamBlockRmsState(NamedTuple):
     hyperparams: dict  # {}: the floor is a constant
 
 
-def scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransformation:
+def scale_by_param_block_rms(min_scale: float = 1e-3, *, layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""Multiplies each leaf by the scale of its parameters, floored at :math:`\epsilon_2`.
 
     .. math::
@@ -189,23 +203,27 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransform
 
     Args:
         min_scale: :math:`\epsilon_2 > 0` (:math:`10^{-3}`).
+        layer_axes: the scale of each stacked layer (see :mod:`optimizers._layers`).
 
     References:
         Shazeer & Stern, ICML 2018, Section 8 (relative step size), Algorithms 4 and 5.
     """
     check_range("scale_by_param_block_rms", "min_scale", min_scale, 0.0, low_open=True)
+    check_layer_axes("scale_by_param_block_rms", layer_axes)
+
+    def init_fn(params):
+        leaf_layer_axes("scale_by_param_block_rms", layer_axes, params)  # a bad prefix fails here
+        return ScaleByParamBlockRmsState(jnp.zeros([], jnp.int32), init_hyperparams())
 
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError("scale_by_param_block_rms: update needs params, got params=None")
         dtype = float_dtype()
-        updates = jax.tree.map(lambda u, p: store(u * jnp.maximum(min_scale, _rms(p, dtype)), u.dtype),
-                               updates, params)
+        updates = jax.tree.map(lambda u, p, k: store(u * jnp.maximum(min_scale, _rms(p, dtype, k)), u.dtype),
+                               updates, params, leaf_layer_axes("scale_by_param_block_rms", layer_axes, params))
         return updates, ScaleByParamBlockRmsState(optax.safe_increment(state.count), state.hyperparams)
 
-    return transformation("scale_by_param_block_rms",
-                          lambda params: ScaleByParamBlockRmsState(jnp.zeros([], jnp.int32), init_hyperparams()),
-                          update_fn)
+    return transformation("scale_by_param_block_rms", init_fn, update_fn)
 
 
 class ScaleByRelativeStepState(NamedTuple):
@@ -248,8 +266,8 @@ def scale_by_relative_step(learning_rate: ScalarOrSchedule = 1e-2) -> optax.Grad
 def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSchedule] = None,
               decay_rate: float = 0.8, eps: float = 1e-30, clipping_threshold: Optional[float] = 1.0,
               min_scale: float = 1e-3, min_dim_size_to_factor: int = 128, factored: bool = True,
-              multiply_by_parameter_scale: bool = True, relative_step: bool = True, *, fused: bool = False
-              ) -> optax.GradientTransformation:
+              multiply_by_parameter_scale: bool = True, relative_step: bool = True, *, fused: bool = False,
+              layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""Adafactor: :math:`X_t = X_{t-1} - \rho_t m_t`, :math:`m_t = \max(\epsilon_2, \mathrm{RMS}(X_{t-1}))\hat U_t`.
 
     :math:`\hat U_t` is the clipped factored-RMS direction (:func:`scale_by_factored_rms`,
@@ -288,6 +306,9 @@ def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSched
         fused: the same update in three passes over memory on the CPU (see :func:`adam`): the
             second moments and the sums of squares, the clipping sums of factored leaves (with
             clipping), then the params.
+        layer_axes: per stacked layer factoring, clipping and parameter scale (see
+            :func:`scale_by_factored_rms`); with it ``fused=True`` runs the unfused chain (the
+            kernel takes one statistic per leaf).
 
     References:
         Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
@@ -295,15 +316,16 @@ def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSched
     """
     if b1 is not None:
         check_range("adafactor", "b1", b1, 0.0, 1.0, high_open=True)
-    param_scale = scale_by_param_block_rms(min_scale)  # built (and checked) even when left out
+    param_scale = scale_by_param_block_rms(min_scale, layer_axes=layer_axes)  # built (and checked) even when left out
     chain = optax.chain(
-        scale_by_factored_rms(decay_rate, eps, min_dim_size_to_factor, factored),
-        optax.identity() if clipping_threshold is None else clip_by_block_rms(clipping_threshold),
+        scale_by_factored_rms(decay_rate, eps, min_dim_size_to_factor, factored, layer_axes=layer_axes),
+        optax.identity() if clipping_threshold is None else clip_by_block_rms(clipping_threshold,
+                                                                              layer_axes=layer_axes),
         param_scale if multiply_by_parameter_scale else optax.identity(),
         optax.identity() if is_zero(b1) else scale_by_ema(b1),
         scale_by_relative_step(learning_rate) if relative_step else scale_by_learning_rate(learning_rate),
     )
-    if not fused:
+    if not fused or falls_back("adafactor", layer_axes):
         return chain
     kernel = _adafactor_kernel(decay_rate, eps, clipping_threshold, min_scale if multiply_by_parameter_scale else None,
                                b1, learning_rate, relative_step)
