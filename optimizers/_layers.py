@@ -136,3 +136,68 @@ def falls_back(owner: str, layer_axes: LayerAxes, flat_state: bool = False) -> b
         raise ValueError(f"{owner}: flat_state=True is the fused kernels' layout, and with layer_axes the "
                          f"unfused chain runs: use flat_state=False")
     return True
+
+
+def _flax_boxes():
+    """The Flax types that carry partition names: linen's ``AxisMetadata`` boxes, nnx's ``Variable``."""
+    try:
+        from flax import nnx
+        from flax.core import meta
+    except ImportError:  # no Flax: no boxes
+        return ()
+    return meta.AxisMetadata, nnx.Variable
+
+
+def _partition_names(x) -> tuple:
+    """The partition names of a boxed param: linen's ``names``, nnx's ``out_sharding`` metadata."""
+    names = getattr(x, "names", None)
+    if names is None and hasattr(x, "get_metadata"):
+        names = x.get_metadata().get("out_sharding")
+    return tuple(names or ())
+
+
+def layer_axes_from_flax(tree, names="layers"):
+    r"""``layer_axes`` from the partition names Flax's scans put on stacked params.
+
+    ``nn.scan(..., metadata_params={nn.PARTITION_NAME: "layers"})`` (linen) and
+    ``nnx.vmap``/``nnx.scan(..., transform_metadata={nnx.PARTITION_NAME: "layers"})`` (nnx)
+    insert ``"layers"`` into the partition names of every param they stack, where it has
+    them: linen's ``nn.Partitioned``/``nn.LogicallyPartitioned`` boxes
+    (``nn.with_partitioning``), nnx's ``out_sharding`` metadata
+    (``nnx.with_partitioning``, ``kernel_metadata={"out_sharding": ...}``). The count of a
+    param is the number of its leading names in ``names``; a param without names is one layer.
+
+    Args:
+        tree: the boxed params (linen's ``variables["params"]`` before ``nn.unbox``), an
+            ``nnx.State`` of ``Variable``\ s (``nnx.state(model, nnx.Param)``) or an nnx
+            module (its ``nnx.Param`` state).
+        names: the scan axes' partition name, or a collection of them (nested scans).
+
+    Returns:
+        A prefix of ``tree`` (and of its unboxed arrays) with one int per param, to give as
+        ``layer_axes``. Compute it once from the model: nnx's optimizer hands ``update``
+        plain arrays, without the metadata.
+
+    Raises:
+        ValueError: a param has a scan name after an unnamed or other axis (layer axes lead).
+    """
+    names = {names} if isinstance(names, str) else set(names)
+    boxes = _flax_boxes()
+    if boxes and isinstance(tree, _nnx_module()):
+        from flax import nnx
+        tree = nnx.state(tree, nnx.Param)
+
+    def count(path, x):
+        axes = _partition_names(x) if isinstance(x, boxes) else ()
+        k = next((i for i, a in enumerate(axes) if a not in names), len(axes))
+        if any(a in names for a in axes[k:]):
+            raise ValueError(f"layer_axes_from_flax: {_where(path)} has partition names {axes}: the layer "
+                             f"axes ({sorted(names)}) must lead")
+        return k
+
+    return jax.tree_util.tree_map_with_path(count, tree, is_leaf=lambda x: isinstance(x, boxes))
+
+
+def _nnx_module():
+    from flax import nnx
+    return nnx.Module

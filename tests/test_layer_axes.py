@@ -1,0 +1,198 @@
+"""``layer_axes``: a stacked (scanned) leaf gets the statistics of its layers, as if unrolled.
+
+The contract, for every transform whose rule reduces over a leaf: N steps on a tree of
+stacked leaves with ``layer_axes`` equal N steps without it on the unrolled tree (each layer
+its own leaf), slice for slice; and the run without ``layer_axes`` on the stacked tree (one
+statistic over all layers) differs. The unrolled run is the reference: it is the existing,
+separately tested per-leaf rule. The layers of every stacked leaf are scaled differently
+(0.1x, 1x, 10x) so that per-leaf and per-layer statistics are far apart.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import assert_close
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import optimizers
+
+STEPS = 3
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# Three layers of matrices and of vectors (L = 3), a single layer (L = 1), a leaf with two
+# layer axes (L1, L2) = (2, 2), and a leaf that is one layer. The layers are all (4, 3) or
+# (3,), so that the unrolled tree adds only two shapes (each shape compiles its own kernels).
+SHAPES = {"blocks": {"w": (3, 4, 3), "b": (3, 3)}, "single": (1, 4, 3), "deep": (2, 2, 4, 3), "head": (3,)}
+PREFIX = {"blocks": 1, "single": 1, "deep": 2, "head": None}
+
+
+def by_rank(params):
+    """The callable form: leaves of rank 4 have two layer axes, the head none, the rest one."""
+    return {k: jax.tree.map(lambda p: {4: 2, 1: 0}.get(p.ndim, 1), v) for k, v in params.items()}
+
+
+def _layered(rng, shape, k):
+    """Normal entries, the layers (slices of the first ``k`` axes) scaled 0.1x, 1x, 10x in turn."""
+    x = rng.normal(size=shape)
+    if k:
+        n = int(np.prod(shape[:k]))
+        x = x * (10.0 ** (np.arange(n) % 3 - 1)).reshape(shape[:k] + (1,) * (len(shape) - k))
+    return x.astype(np.float32)
+
+
+def _tree(rng, extra=()):
+    axes = {"blocks": {"w": 1, "b": 1}, "single": 1, "deep": 2, "head": 0}
+    return jax.tree.map(lambda s, k: _layered(rng, extra + s, k + len(extra)) if k else
+                        rng.normal(size=extra + s).astype(np.float32), SHAPES, axes,
+                        is_leaf=lambda x: isinstance(x, tuple))
+
+
+_rng = np.random.default_rng(0)
+PARAMS = _tree(_rng)
+GRADS = _tree(_rng, (STEPS,))  # a leading axis of steps
+COUNTS = {"blocks": {"w": 1, "b": 1}, "single": 1, "deep": 2, "head": 0}
+
+
+def unroll(x, k, lead=0):
+    """A leaf with ``k`` layer axes (after ``lead`` others) as nested lists of its layers."""
+    if k == 0:
+        return x
+    return [unroll(x[(slice(None),) * lead + (i,)], k - 1, lead) for i in range(x.shape[lead])]
+
+
+def restack(t, k):
+    return t if k == 0 else np.stack([restack(e, k - 1) for e in t])
+
+
+def run(tx, params=PARAMS, grads=GRADS):
+    """``STEPS`` steps, op by op: the small ops' compiled kernels are shared by every test (cheaper
+    here than compiling a step per optimizer); the final params."""
+    state = tx.init(params)
+    for t in range(STEPS):
+        updates, state = tx.update(jax.tree.map(lambda g: g[t], grads), state, params)
+        params = optax.apply_updates(params, updates)
+    return jax.device_get(params)
+
+
+def run_unrolled(tx, grads=GRADS):
+    """The run on the unrolled tree (each layer its own leaf), its result stacked back."""
+    params = jax.tree.map(unroll, PARAMS, COUNTS)
+    grads = jax.tree.map(lambda g, k: unroll(g, k, lead=1), grads, COUNTS)
+    out = run(tx, params, grads)
+    return jax.tree.map(restack, out, COUNTS, is_leaf=lambda x: isinstance(x, list))
+
+
+def _trust(transform, **kw):
+    return lambda layer_axes: optax.chain(transform(**kw, layer_axes=layer_axes), optimizers.scale_by_learning_rate(0.1))
+
+
+# name -> layer_axes -> transformation; the last link scales by a learning rate where the
+# transform alone returns a direction. Adafactor factors from 2 (the leaves are small).
+TABLE = {
+    "scale_by_trust_ratio": _trust(optimizers.scale_by_trust_ratio),
+    "scale_by_lars": _trust(optimizers.scale_by_lars, weight_decay=0.1, trust_coefficient=0.5),
+    "lars": lambda la: optimizers.lars(0.1, weight_decay=0.1, trust_coefficient=0.5, layer_axes=la),
+    "lamb": lambda la: optimizers.lamb(0.1, weight_decay=0.1, layer_axes=la),
+    "scale_by_novograd": _trust(optimizers.scale_by_novograd, weight_decay=0.01),
+    "novograd": lambda la: optimizers.novograd(0.1, layer_axes=la),
+    "scale_by_factored_rms": _trust(optimizers.scale_by_factored_rms, min_dim_size_to_factor=2),
+    "clip_by_block_rms": _trust(optimizers.clip_by_block_rms),
+    "scale_by_param_block_rms": _trust(optimizers.scale_by_param_block_rms),
+    "adafactor": lambda la: optimizers.adafactor(0.1, b1=0.9, min_dim_size_to_factor=2, layer_axes=la),
+    "scale_by_sm3": _trust(optimizers.scale_by_sm3),
+    "sm3": lambda la: optimizers.sm3(0.1, variant="II", layer_axes=la),
+    "scale_by_amos": _trust(optimizers.scale_by_amos, xi=0.1, eta=0.5, granularity="leaf"),
+    "amos": lambda la: optimizers.amos(0.1, 0.5, granularity="last_axis", layer_axes=la),
+}
+ERRORS = {}  # name -> max relative error against the unrolled run (printed by the last test)
+
+
+def _max_error(got, want):
+    return max(float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+               for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True))
+
+
+@functools.lru_cache(maxsize=None)
+def unrolled(name):
+    return run_unrolled(TABLE[name](None))
+
+
+@pytest.mark.parametrize("name", sorted(TABLE))
+def test_stacked_run_equals_the_unrolled_run(name):
+    """A prefix tree and a callable give the unrolled run, slice for slice; no layer_axes differs."""
+    want = unrolled(name)
+    for layer_axes in (PREFIX, by_rank):
+        got = run(TABLE[name](layer_axes))
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            assert_close(a, b, 1e-5)  # float32: the same operations per slice, summed in another order
+        ERRORS[name] = max(ERRORS.get(name, 0.0), _max_error(got, want))
+    wrong = run(TABLE[name](None))
+    assert _max_error(wrong, want) > 1e-3  # one statistic over all layers is another optimizer
+    for a, b in zip(jax.tree.leaves(run(TABLE[name](0))), jax.tree.leaves(wrong), strict=True):
+        np.testing.assert_array_equal(a, b)  # 0 layer axes everywhere: today's rule, bit for bit
+
+
+def test_state_shapes_follow_the_layers():
+    """Per-layer statistics keep the layer axes in front: NovoGrad's v, Adafactor's rows and
+    columns (and a stack of vectors is not factored), SM3's covers, Amos's shared slots."""
+    nu = optimizers.scale_by_novograd(layer_axes=PREFIX).init(PARAMS).nu
+    assert jax.tree.map(np.shape, nu) == {"blocks": {"w": (3,), "b": (3,)}, "single": (1,), "deep": (2, 2), "head": ()}
+    rms = optimizers.scale_by_factored_rms(min_dim_size_to_factor=2, layer_axes=PREFIX).init(PARAMS)
+    assert rms.v_row["deep"].shape == (2, 2, 4) and rms.v_col["deep"].shape == (2, 2, 3)
+    assert rms.v["blocks"]["b"].shape == (3, 3) and rms.v_row["blocks"]["b"].shape == (0,)
+    unstacked = optimizers.scale_by_factored_rms(min_dim_size_to_factor=2).init(PARAMS)
+    assert unstacked.v_row["blocks"]["b"].shape == (3,)  # without layer_axes: a 3 x 3 matrix
+    mu = optimizers.scale_by_sm3(layer_axes=PREFIX).init(PARAMS).mu
+    assert jax.tree.map(np.shape, mu) == {"blocks": {"w": (3, 7), "b": (3, 3)}, "single": (1, 7),
+                                          "deep": (2, 2, 7), "head": (3,)}
+    v = optimizers.scale_by_amos(0.1, 0.5, granularity="leaf", layer_axes=PREFIX).init(PARAMS).v
+    assert v["deep"].shape == (2, 2, 1, 1) and v["head"].shape == (1,)
+
+
+def test_fused_runs_the_chain_with_layer_axes():
+    """The kernels take one statistic per leaf: with layer_axes ``fused=True`` is the chain."""
+    for make in (lambda **kw: optimizers.lamb(0.1, weight_decay=0.1, **kw),
+                 lambda **kw: optimizers.lars(0.1, **kw), lambda **kw: optimizers.novograd(0.1, **kw),
+                 lambda **kw: optimizers.adafactor(0.1, min_dim_size_to_factor=2, **kw),
+                 lambda **kw: optimizers.sm3(0.1, **kw)):
+        want = run(make(layer_axes=PREFIX))
+        for a, b in zip(jax.tree.leaves(run(make(layer_axes=PREFIX, fused=True))), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="flat_state"):
+        optimizers.lamb(0.1, fused=True, flat_state=True, layer_axes=PREFIX)
+
+
+def test_fused_amos_keeps_its_kernel():
+    """Amos's kernel (one slot per entry, where layers change nothing) still runs with layer_axes."""
+    tx = optimizers.amos(0.1, 0.5, fused=True, layer_axes=PREFIX)
+    want = run(optimizers.amos(0.1, 0.5))
+    for a, b in zip(jax.tree.leaves(run(tx)), jax.tree.leaves(want), strict=True):
+        assert_close(a, b, 1e-6)  # the kernel's float32 operations, in its order
+    assert "optimizers_amos" in str(jax.make_jaxpr(lambda s, g: tx.update(g, s, PARAMS))(
+        tx.init(PARAMS), jax.tree.map(lambda g: g[0], GRADS)))
+
+
+def test_apply_if_finite_and_checkpoints_keep_per_layer_state():
+    """A non-finite step is skipped as on the unrolled tree; a state saved and restored mid-run
+    (``to_bytes``/``from_bytes``) resumes the run exactly."""
+    grads = jax.tree.map(lambda g: g.copy(), GRADS)
+    grads["blocks"]["w"][1, 2, 0, 0] = np.nan  # the third layer's gradient at step 1
+    tx = lambda la: optimizers.apply_if_finite(optimizers.lamb(0.1, layer_axes=la), 3)  # noqa: E731
+    want = run_unrolled(tx(None), grads)
+    got = run(tx(PREFIX), grads=grads)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert_close(a, b, 1e-5)
+    assert np.all(np.isfinite(got["blocks"]["w"]))
+
+    for tx in (optimizers.adafactor(0.1, b1=0.9, min_dim_size_to_factor=2, layer_axes=PREFIX),
+               optimizers.sm3(0.1, layer_axes=PREFIX), optimizers.novograd(0.1, layer_axes=by_rank)):
+        state = tx.init(PARAMS)
+        step = lambda s, t: tx.update(jax.tree.map(lambda g: g[t], GRADS), s, PARAMS)[1]  # noqa: E731
+        state = step(state, 0)
+        restored = optimizers.from_bytes(tx.init(PARAMS), optimizers.to_bytes(state))
+        for a, b in zip(jax.tree.leaves(step(restored, 1)), jax.tree.leaves(step(state, 1)), strict=True):
+            np.testing.assert_array_equal(a, b)
