@@ -78,6 +78,16 @@ def run(tx, params=PARAMS, grads=GRADS):
     return jax.device_get(params)
 
 
+def _run(tx, params, grads):
+    """The same steps as one compiled scan over the grads' leading axis."""
+    def step(carry, g):
+        p, s = carry
+        u, s = tx.update(g, s, p)
+        return (optax.apply_updates(p, u), s), None
+
+    return jax.lax.scan(step, (params, tx.init(params)), grads)[0][0]
+
+
 def run_unrolled(tx, grads=GRADS):
     """The run on the unrolled tree (each layer its own leaf), its result stacked back."""
     params = jax.tree.map(unroll, PARAMS, COUNTS)
@@ -196,3 +206,58 @@ def test_apply_if_finite_and_checkpoints_keep_per_layer_state():
         restored = optimizers.from_bytes(tx.init(PARAMS), optimizers.to_bytes(state))
         for a, b in zip(jax.tree.leaves(step(restored, 1)), jax.tree.leaves(step(state, 1)), strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def _sharded_setup():
+    rng = np.random.default_rng(1)
+    params = {"w": _layered(rng, (8, 4, 3), 1), "b": _layered(rng, (8, 3), 1)}
+    grads = {"w": _layered(rng, (STEPS, 8, 4, 3), 2), "b": _layered(rng, (STEPS, 8, 3), 2)}
+    return params, grads
+
+
+SHARDED = ["lamb", "novograd", "adafactor", "sm3", "scale_by_amos"]  # one per family
+
+
+def _collectives(tx, params, grads, p_sh, g_sh):
+    step = jax.jit(functools.partial(_run, tx), in_shardings=(p_sh, g_sh), out_shardings=p_sh,
+                   compiler_options=FAST_COMPILE)
+    compiled = step.lower(params, grads).compile()
+    hlo = compiled.as_text()
+    ops = [op for op in ("all-reduce", "all-gather", "collective-permute", "all-to-all", "reduce-scatter") if op in hlo]
+    return ops, compiled
+
+
+@pytest.mark.parametrize("name", SHARDED)
+def test_layers_sharded_over_devices_need_no_communication(name):
+    """8 layers, one per device: sharded jit gives the one-device run, with no collective op
+    (the state's shardings, from ``state_shardings``, follow the layers too)."""
+    params, grads = _sharded_setup()
+    tx = TABLE[name](1)  # one int: every leaf has one layer axis
+    mesh = jax.make_mesh((8,), ("layers",), axis_types=(AxisType.Auto,))
+    p_sh, g_sh = NamedSharding(mesh, P("layers")), NamedSharding(mesh, P(None, "layers"))
+    s_sh = optimizers.state_shardings(tx, params, p_sh)
+    for leaf, sh in zip(jax.tree.leaves(jax.eval_shape(tx.init, params)), jax.tree.leaves(s_sh), strict=True):
+        if leaf.ndim and leaf.shape[0] == 8:  # per-layer state lives with its layers
+            assert sh.spec[0] == "layers", (leaf.shape, sh.spec)
+    ops, compiled = _collectives(tx, params, grads, p_sh, g_sh)
+    assert ops == []
+    got = jax.device_get(compiled(jax.device_put(params, p_sh), jax.device_put(grads, g_sh)))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(run(tx, params, grads)), strict=True):
+        assert_close(a, b, 1e-6)
+    if name == "lamb":  # the check can fail: one norm over all layers needs an all-reduce
+        assert "all-reduce" in _collectives(TABLE[name](None), params, grads, p_sh, g_sh)[0]
+
+
+@pytest.mark.parametrize("name", ["lamb", "sm3"])
+def test_pmap_replicas_match_one_device(name):
+    """Data parallel: every device holds all layers, the gradients averaged; one device's run."""
+    params, _ = _sharded_setup()
+    rng = np.random.default_rng(2)
+    per_device = jax.tree.map(lambda p: (rng.integers(-64, 65, (8, STEPS) + p.shape) / 64).astype(np.float32), params)
+    mean = jax.tree.map(lambda g: g.mean(0), per_device)  # dyadic: exact in any summation order
+    tx = TABLE[name](1)
+    replicated = jax.tree.map(lambda p: np.broadcast_to(p, (8,) + p.shape), params)
+    got = jax.pmap(lambda p, g: _run(tx, p, jax.lax.pmean(g, "devices")), axis_name="devices")(replicated, per_device)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(run(tx, params, mean)), strict=True):
+        np.testing.assert_array_equal(a, np.broadcast_to(a[0], a.shape))
+        assert_close(a[0], b, 1e-6)
