@@ -261,3 +261,77 @@ def test_pmap_replicas_match_one_device(name):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(run(tx, params, mean)), strict=True):
         np.testing.assert_array_equal(a, np.broadcast_to(a[0], a.shape))
         assert_close(a[0], b, 1e-6)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"blocks": -1, "single": 1, "deep": 2, "head": 0}, r"non-negative ints.*-1 at \['blocks'\]"),
+    ({"blocks": 1.5, "single": 1, "deep": 2, "head": 0}, r"non-negative ints.*1.5 at \['blocks'\]"),
+    ({"blocks": {"w": True, "b": 1}, "single": 1, "deep": 2, "head": 0}, r"True at \['blocks'\]\['w'\]"),
+])
+def test_a_count_that_is_no_count_fails_when_built(bad, match):
+    for make in TABLE.values():
+        with pytest.raises(ValueError, match=match):
+            make(bad)
+    with pytest.raises(ValueError, match=match):  # a function's counts: when it is called
+        optimizers.lamb(0.1, layer_axes=lambda p: bad).init(PARAMS)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"blocks": 1, "single": 1, "deep": 5, "head": 0}, r"\['deep'\] 5 layer axes, more than its 4"),
+    ({"blocks": {"w": 1, "b": 3}, "single": 1, "deep": 2, "head": 0}, r"\['blocks'\]\['b'\] 3 layer axes"),
+    (2, r"\['head'\] 2 layer axes, more than its 1"),
+    ({"blocks": 1, "single": 1, "deep": 2, "head": 0, "extra": 1}, r"\['extra'\] is in layer_axes but not"),
+    ({"blocks": 1, "single": 1, "deep": 2}, r"the params' \['head'\] has no entry in layer_axes"),
+    ({"blocks": [1, 1], "single": 1, "deep": 2, "head": 0}, r"\['blocks'\]\[0\] is in layer_axes but not"),
+])
+def test_counts_that_do_not_fit_the_params_fail_at_init(bad, match):
+    for make in TABLE.values():
+        for layer_axes in (bad, lambda p: bad):
+            with pytest.raises(ValueError, match=match):
+                make(layer_axes).init(PARAMS)
+
+
+def test_counts_from_flax_scan_metadata():
+    """linen's nn.scan and nnx's vmap put the scan's partition name first on the stacked params."""
+    import flax.linen as nn
+    from flax import nnx
+
+    class Layer(nn.Module):
+        @nn.compact
+        def __call__(self, x, _):
+            init = nn.with_partitioning(nn.initializers.lecun_normal(), (None, "model"))
+            return nn.Dense(3, kernel_init=init)(x), None
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.scan(Layer, variable_axes={"params": 0}, split_rngs={"params": True}, length=2,
+                        metadata_params={nn.PARTITION_NAME: "layers"})(name="blocks")(x, None)[0]
+            return nn.Dense(2, name="head")(x)
+
+    boxed = Model().init(jax.random.key(0), jnp.ones((1, 3)))["params"]
+    counts = optimizers.layer_axes_from_flax(boxed)
+    # The kernel is boxed; the bias (no names) is one layer to the helper: annotate every param.
+    assert counts == {"blocks": {"Dense_0": {"kernel": 1, "bias": 0}}, "head": {"kernel": 0, "bias": 0}}
+    params = nn.unbox(boxed)
+    tx = optimizers.lamb(0.1, layer_axes=counts)
+    tx.update(params, tx.init(params), params)  # a prefix of the unboxed params too
+
+    class Block(nnx.Module):
+        def __init__(self, rngs):
+            self.kernel = nnx.Param(jnp.ones((3, 3)), out_sharding=(None, "model"))
+
+    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def stack(key):
+        return Block(nnx.Rngs(key))
+
+    with nnx.use_eager_sharding(False):
+        blocks = stack(jax.random.split(jax.random.key(0), 4))
+    assert blocks.kernel.shape == (4, 3, 3)
+    assert jax.tree.leaves(optimizers.layer_axes_from_flax(blocks)) == [1]
+    assert jax.tree.leaves(optimizers.layer_axes_from_flax(nnx.state(blocks, nnx.Param))) == [1]
+
+    nested = {"k": nn.Partitioned(jnp.ones((2, 3, 4)), ("stage", "layers", None))}
+    assert optimizers.layer_axes_from_flax(nested, names=("layers", "stage")) == {"k": 2}
+    with pytest.raises(ValueError, match=r"\['k'\] has partition names \('stage', 'layers', None\)"):
+        optimizers.layer_axes_from_flax(nested)
