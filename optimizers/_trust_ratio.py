@@ -62,7 +62,7 @@ def scale_by_trust_ratio(trust_coefficient: ScalarOrSchedule = 1.0, eps: Optiona
 
     and :math:`d^{(i)} = u^{(i)}` (ratio 1) where :math:`\phi(\|\theta^{(i)}\|) = 0` or
     :math:`\|u^{(i)}\| = 0`, so zero-initialised leaves still move and nothing divides by
-    zero. Norms are Frobenius norms of the whole leaf.
+    zero. Norms are Frobenius norms of the whole leaf (of each layer, with ``layer_axes``).
 
     The defaults (:math:`\eta = 1`, no :math:`\epsilon`, :math:`\phi(z) = z`) are LAMB's
     ratio and ``optax.scale_by_trust_ratio()``. After :func:`trace` this is the table's
