@@ -139,7 +139,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     width, depth, heads, context, steps, batch_size = 64, 4, 4, 64, args.steps, args.batch_size
     if args.smoke:
-        width, depth, heads, context, steps, batch_size = 16, 3, 2, 16, 4, 4
+        width, depth, heads, context, steps, batch_size = 16, 2, 2, 16, 3, 4
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
