@@ -29,6 +29,7 @@ from optimizers._ema import scale_by_ema
 from optimizers._fused import _advance, _ffi, _merge, _outputs, _with_elements
 from optimizers._fused import fused as fused_transform
 from optimizers._hyperparams import check_range, either, float_dtype, init_hyperparams, is_zero
+from optimizers._layers import LayerAxes, check_layer_axes, falls_back, leaf_layer_axes
 from optimizers._moments import step_number
 from optimizers._scaling import MaskOrFn, scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -42,14 +43,15 @@ def _zeros_without(p, axis, dtype):
 class ScaleByFactoredRmsState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {}: decay_rate and eps are constants of the algorithm
-    v_row: optax.Updates  # factored leaves: R_t / m, shape p.shape[:-1]; other leaves: empty (0,)
+    v_row: optax.Updates  # factored leaves: R_t / m, shape p.shape[:-1] (layer axes first); others: empty (0,)
     v_col: optax.Updates  # factored leaves: C_t / n, shape p.shape[:-2] + p.shape[-1:]; others: empty (0,)
     v: optax.Updates  # other leaves: V_t, shape p.shape; factored leaves: empty (0,)
 
 
 def scale_by_factored_rms(decay_rate: float = 0.8, eps: Optional[float] = None, min_dim_size_to_factor: int = 128,
                           factored: bool = True, *, epsilon: Optional[float] = None, step_offset: Optional[int] = None,
-                          decay_rate_fn: Optional[Callable] = None, nu_dtype=None) -> optax.GradientTransformation:
+                          decay_rate_fn: Optional[Callable] = None, nu_dtype=None,
+                          layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""Divides by the root of a factored (rows x columns) moving average of squared gradients.
 
     With :math:`\hat\beta_{2,t} = 1 - t^{-c}` and, for a leaf whose last two dims
@@ -100,6 +102,11 @@ def scale_by_factored_rms(decay_rate: float = 0.8, eps: Optional[float] = None, 
         decay_rate_fn: ``(i, decay_rate) -> beta``, or ``None`` (the paper's).
         nu_dtype: the dtype of the moments (rows, columns, or full; saturating), or ``None`` (the
             params' real dtype); the update is computed in at least float32.
+        layer_axes: the leading axes of each leaf that index stacked layers (a prefix tree
+            of ints or a function of the params, see :mod:`optimizers._layers`): a layer is
+            factored when *it* is a large enough matrix (a stack of vectors is not), its rows
+            and columns are per layer (shapes ``p.shape[:-1]``, ``p.shape[:-2] + p.shape[-1:]``,
+            layer axes first). ``None``: the whole leaf decides.
 
     References:
         Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
@@ -114,6 +121,7 @@ def scale_by_factored_rms(decay_rate: float = 0.8, eps: Optional[float] = None, 
     check_range(owner, "decay_rate", decay_rate, 0.0, 1.0)
     check_range(owner, "eps", eps, 0.0, low_open=True)
     check_range(owner, "min_dim_size_to_factor", min_dim_size_to_factor, 1)
+    check_layer_axes(owner, layer_axes)
 
     def init_fn(params):
         if isinstance(min_dim_size_to_factor, jax.core.Tracer):
@@ -122,15 +130,15 @@ def scale_by_factored_rms(decay_rate: float = 0.8, eps: Optional[float] = None, 
                 "state's shapes), so it cannot be traced: under optax.inject_hyperparams, name it in static_args, "
                 "or call init outside jax.jit")
 
-        def init_leaf(p):
+        def init_leaf(p, k):
             dtype = moment_dtype(p.dtype, nu_dtype, real=True)
-            if factored and p.ndim >= 2 and min(p.shape[-2:]) >= min_dim_size_to_factor:
+            if factored and p.ndim - k >= 2 and min(p.shape[-2:]) >= min_dim_size_to_factor:
                 return _zeros_without(p, -1, dtype), _zeros_without(p, -2, dtype), jnp.zeros((0,), dtype)
             # Separate empty arrays: one array in two leaves cannot be donated twice.
             empty = lambda: jnp.zeros((0,), dtype)  # noqa: E731
             return empty(), empty(), jnp.zeros_like(p, dtype=dtype)
 
-        moments = jax.tree.map(init_leaf, params)
+        moments = jax.tree.map(init_leaf, params, leaf_layer_axes(owner, layer_axes, params))
         pick = [jax.tree.map(lambda _, s, i=i: s[i], params, moments) for i in range(3)]
         return ScaleByFactoredRmsState(jnp.zeros([], jnp.int32), init_hyperparams(), *pick)
 
@@ -177,7 +185,8 @@ def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSched
               multiply_by_parameter_scale: bool = True, relative_step: bool = True, *,
               momentum: Optional[float] = None, mu_dtype=None, dtype_momentum=None, nu_dtype=None,
               decay_offset: Optional[int] = None, weight_decay_rate: Optional[ScalarOrSchedule] = None,
-              weight_decay_mask: MaskOrFn = None, fused: bool = False) -> optax.GradientTransformation:
+              weight_decay_mask: MaskOrFn = None, fused: bool = False,
+              layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""Adafactor: :math:`X_t = X_{t-1} - \rho_t m_t`, :math:`m_t = \max(\epsilon_2, \mathrm{RMS}(X_{t-1}))\hat U_t`.
 
     :math:`\hat U_t` is the clipped factored-RMS direction (:func:`scale_by_factored_rms`,
@@ -236,6 +245,9 @@ def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSched
             second moments and the sums of squares, the clipping sums of factored leaves (with
             clipping), then the params. With ``decay_offset`` or ``weight_decay_rate`` (which the
             kernel does not have), or a state dtype other than float32, the chain runs.
+        layer_axes: per stacked layer factoring, clipping and parameter scale (see
+            :func:`scale_by_factored_rms`); with it ``fused=True`` runs the unfused chain (the
+            kernel takes one statistic per leaf).
 
     References:
         Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
@@ -248,17 +260,18 @@ def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSched
     check_state_dtype("adafactor", "mu_dtype", mu_dtype)
     if b1 is not None:
         check_range("adafactor", "b1", b1, 0.0, 1.0, high_open=True)
-    param_scale = scale_by_param_block_rms(min_scale)  # built (and checked) even when left out
+    param_scale = scale_by_param_block_rms(min_scale, layer_axes=layer_axes)  # built (and checked) even when left out
     chain = optax.chain(
         scale_by_factored_rms(decay_rate, eps, min_dim_size_to_factor, factored, step_offset=decay_offset,
-                              nu_dtype=nu_dtype),
-        optax.identity() if clipping_threshold is None else clip_by_block_rms(clipping_threshold),
+                              nu_dtype=nu_dtype, layer_axes=layer_axes),
+        optax.identity() if clipping_threshold is None else clip_by_block_rms(clipping_threshold,
+                                                                              layer_axes=layer_axes),
         param_scale if multiply_by_parameter_scale else optax.identity(),
         optax.identity() if is_zero(b1) else scale_by_ema(b1, mu_dtype),
         scale_by_relative_step(learning_rate) if relative_step else scale_by_learning_rate(learning_rate),
         *([] if weight_decay_rate is None else [decay_after_step(weight_decay_rate, weight_decay_mask)]),
     )
-    if not fused or decay_offset is not None or weight_decay_rate is not None:
+    if not fused or falls_back("adafactor", layer_axes) or decay_offset is not None or weight_decay_rate is not None:
         return chain
     kernel = _adafactor_kernel(decay_rate, eps, clipping_threshold, min_scale if multiply_by_parameter_scale else None,
                                b1, learning_rate, relative_step)

@@ -12,15 +12,17 @@ import optax
 from optimizers._checks import transformation
 from optimizers._dtypes import abs2, store
 from optimizers._hyperparams import check_range, current_hyperparams, either, float_dtype, init_hyperparams
+from optimizers._layers import LayerAxes, check_layer_axes, leaf_layer_axes, per_layer, update_layer_axes, within
 from optimizers._moments import step_number
 from optimizers._scaling import AddDecayedWeightsState, MaskOrFn, leaf_masks
 from schedules import ScalarOrSchedule
 
 
-def _rms(x, dtype):
-    """The root mean square of a whole leaf, computed in ``dtype`` (or wider)."""
+def _rms(x, dtype, n=0):
+    """The root mean square of a whole leaf (of each layer, over all but ``n`` leading axes), broadcast
+    against it, computed in ``dtype`` (or wider)."""
     x = x.astype(jnp.promote_types(x.dtype, dtype))
-    return jnp.sqrt(jnp.mean(abs2(x)))
+    return per_layer(jnp.sqrt(jnp.mean(abs2(x), axis=within(x, n))), x)
 
 
 class ClipByBlockRmsState(NamedTuple):
@@ -28,8 +30,8 @@ class ClipByBlockRmsState(NamedTuple):
     hyperparams: dict  # {}: the threshold is a constant
 
 
-def clip_by_block_rms(clipping_threshold: Optional[float] = None, *, threshold: Optional[float] = None
-                      ) -> optax.GradientTransformation:
+def clip_by_block_rms(clipping_threshold: Optional[float] = None, *, threshold: Optional[float] = None,
+                      layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""Update clipping: scales each leaf down to a root mean square of at most :math:`d`.
 
     .. math::
@@ -42,6 +44,8 @@ def clip_by_block_rms(clipping_threshold: Optional[float] = None, *, threshold: 
     Args:
         clipping_threshold: :math:`d \ge 1` (1).
         threshold: optax's name for ``clipping_threshold`` (give one).
+        layer_axes: clip each stacked layer by its own RMS (see :mod:`optimizers._layers`; a
+            function of the params is given the updates when ``update`` gets no params).
 
     References:
         Shazeer & Stern, ICML 2018, Section 6 (update clipping).
@@ -50,17 +54,20 @@ def clip_by_block_rms(clipping_threshold: Optional[float] = None, *, threshold: 
     clipping_threshold = either("clip_by_block_rms", "clipping_threshold", clipping_threshold, "threshold", threshold,
                                 default=1.0)
     check_range("clip_by_block_rms", "clipping_threshold", clipping_threshold, 1.0)
+    check_layer_axes("clip_by_block_rms", layer_axes)
+
+    def init_fn(params):
+        leaf_layer_axes("clip_by_block_rms", layer_axes, params)  # a bad prefix fails here
+        return ClipByBlockRmsState(jnp.zeros([], jnp.int32), init_hyperparams())
 
     def update_fn(updates, state, params=None):
-        del params
         dtype = float_dtype()
         updates = jax.tree.map(
-            lambda u: (u / jnp.maximum(1.0, _rms(u, dtype) / clipping_threshold)).astype(u.dtype), updates)
+            lambda u, k: (u / jnp.maximum(1.0, _rms(u, dtype, k) / clipping_threshold)).astype(u.dtype), updates,
+            update_layer_axes("clip_by_block_rms", layer_axes, updates, params))
         return updates, ClipByBlockRmsState(optax.safe_increment(state.count), state.hyperparams)
 
-    return transformation("clip_by_block_rms",
-                          lambda params: ClipByBlockRmsState(jnp.zeros([], jnp.int32), init_hyperparams()),
-                          update_fn)
+    return transformation("clip_by_block_rms", init_fn, update_fn)
 
 
 class ScaleByParamBlockRmsState(NamedTuple):
@@ -68,7 +75,7 @@ class ScaleByParamBlockRmsState(NamedTuple):
     hyperparams: dict  # {}: the floor is a constant
 
 
-def scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransformation:
+def scale_by_param_block_rms(min_scale: float = 1e-3, *, layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""Multiplies each leaf by the scale of its parameters, floored at :math:`\epsilon_2`.
 
     .. math::
@@ -80,23 +87,27 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransform
 
     Args:
         min_scale: :math:`\epsilon_2 > 0` (:math:`10^{-3}`).
+        layer_axes: the scale of each stacked layer (see :mod:`optimizers._layers`).
 
     References:
         Shazeer & Stern, ICML 2018, Section 8 (relative step size), Algorithms 4 and 5.
     """
     check_range("scale_by_param_block_rms", "min_scale", min_scale, 0.0, low_open=True)
+    check_layer_axes("scale_by_param_block_rms", layer_axes)
+
+    def init_fn(params):
+        leaf_layer_axes("scale_by_param_block_rms", layer_axes, params)  # a bad prefix fails here
+        return ScaleByParamBlockRmsState(jnp.zeros([], jnp.int32), init_hyperparams())
 
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError("scale_by_param_block_rms: update needs params, got params=None")
         dtype = float_dtype()
-        updates = jax.tree.map(lambda u, p: store(u * jnp.maximum(min_scale, _rms(p, dtype)), u.dtype),
-                               updates, params)
+        updates = jax.tree.map(lambda u, p, k: store(u * jnp.maximum(min_scale, _rms(p, dtype, k)), u.dtype),
+                               updates, params, leaf_layer_axes("scale_by_param_block_rms", layer_axes, params))
         return updates, ScaleByParamBlockRmsState(optax.safe_increment(state.count), state.hyperparams)
 
-    return transformation("scale_by_param_block_rms",
-                          lambda params: ScaleByParamBlockRmsState(jnp.zeros([], jnp.int32), init_hyperparams()),
-                          update_fn)
+    return transformation("scale_by_param_block_rms", init_fn, update_fn)
 
 
 class ScaleByRelativeStepState(NamedTuple):

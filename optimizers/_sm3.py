@@ -16,6 +16,7 @@ from optimizers._fused import _advance, _call
 from optimizers._fused import fused as fused_transform
 from optimizers._dtypes import abs2, check_state_dtype, moment_dtype, store
 from optimizers._hyperparams import check_range, current_hyperparams, either, given, init_hyperparams, is_zero
+from optimizers._layers import LayerAxes, check_layer_axes, falls_back, leaf_layer_axes, over_layers, update_layer_axes
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -58,12 +59,14 @@ def _split(flat, shape):
 class ScaleBySm3State(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"eps_root": ...}
-    mu: optax.Updates  # per leaf, its accumulators end to end: shape (sum(p.shape),), or (1,) for a scalar
+    mu: optax.Updates  # per leaf, its accumulators end to end: shape (sum(p.shape),), or (1,) for a scalar;
+    # with k layer axes, per layer: shape p.shape[:k] + (sum(p.shape[k:]) or 1,)
 
 
 def scale_by_sm3(eps_root: Optional[ScalarOrSchedule] = None, variant: str = "I", *,
                  b1: Optional[ScalarOrSchedule] = None, b2: Optional[ScalarOrSchedule] = None,
-                 eps: Optional[ScalarOrSchedule] = None, nu_dtype=None, mu_dtype=None) -> optax.GradientTransformation:
+                 eps: Optional[ScalarOrSchedule] = None, nu_dtype=None, mu_dtype=None,
+                 layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""Divides by the root of SM3's cover-wise accumulated squared gradients.
 
     The covers of a rank-:math:`k` leaf are, for each dim, the slices sharing one index of
@@ -108,6 +111,10 @@ def scale_by_sm3(eps_root: Optional[ScalarOrSchedule] = None, variant: str = "I"
         eps: optax's name for ``eps_root``.
         nu_dtype: the accumulators' dtype (saturating), or ``None`` (the params' real dtype).
         mu_dtype: the momentum's dtype (with ``b1``), or ``None`` (the params').
+        layer_axes: the leading axes of each leaf that index stacked layers (a prefix tree
+            of ints or a function of the params, see :mod:`optimizers._layers`): the covers
+            are those of each layer, its accumulators kept per layer (layer axes first).
+            ``None``: the covers of the whole leaf.
 
     References:
         Anil, Gupta, Koren & Singer, "Memory-Efficient Adaptive Optimization", NeurIPS 2019,
@@ -122,15 +129,19 @@ def scale_by_sm3(eps_root: Optional[ScalarOrSchedule] = None, variant: str = "I"
     check_state_dtype("scale_by_sm3", "mu_dtype", mu_dtype)
     if variant not in _VARIANTS:
         raise ValueError(f"scale_by_sm3: variant must be 'I' or 'II', got {variant!r}")
+    check_layer_axes("scale_by_sm3", layer_axes)
     if b1 is not None:
         check_range("scale_by_sm3", "b1", b1, 0.0, 1.0, high_open=True)
-        core = scale_by_sm3(eps_root, variant, b2=b2, nu_dtype=nu_dtype)
+        core = scale_by_sm3(eps_root, variant, b2=b2, nu_dtype=nu_dtype, layer_axes=layer_axes)
         return optax.chain(core, scale_by_ema(b1, mu_dtype))
     values = given(eps_root=eps_root, b2=b2)
 
+    def zeros(p, k):
+        layer = p.shape[k:]
+        return jnp.zeros(p.shape[:k] + (sum(layer) if layer else 1,), moment_dtype(p.dtype, nu_dtype, real=True))
+
     def init_fn(params):
-        dtype = lambda p: moment_dtype(p.dtype, nu_dtype, real=True)  # noqa: E731
-        mu = jax.tree.map(lambda p: jnp.zeros((sum(p.shape) if p.ndim else 1,), dtype(p)), params)
+        mu = jax.tree.map(zeros, params, leaf_layer_axes("scale_by_sm3", layer_axes, params))
         return ScaleBySm3State(jnp.zeros([], jnp.int32), init_hyperparams(**values), mu)
 
     def update_leaf(g, flat, eps, decay):
@@ -150,9 +161,10 @@ def scale_by_sm3(eps_root: Optional[ScalarOrSchedule] = None, variant: str = "I"
         return store(u, g.dtype), store(jnp.concatenate([jnp.ravel(acc) for acc in new]), flat.dtype)
 
     def update_fn(updates, state, params=None):
-        del params
         hp = current_hyperparams(values, state.hyperparams, state.count)
-        out = jax.tree.map(lambda g, flat: update_leaf(g, flat, hp["eps_root"], hp.get("b2")), updates, state.mu)
+        axes = update_layer_axes("scale_by_sm3", layer_axes, updates, params)
+        leaf = lambda x, f: update_leaf(x, f, hp["eps_root"], hp.get("b2"))  # noqa: E731
+        out = jax.tree.map(lambda g, flat, k: over_layers(leaf, k)(g, flat), updates, state.mu, axes)
         u = jax.tree.map(lambda _, o: o[0], updates, out)
         mu = jax.tree.map(lambda _, o: o[1], updates, out)
         return u, ScaleBySm3State(optax.safe_increment(state.count), hp, mu)
@@ -162,7 +174,7 @@ def scale_by_sm3(eps_root: Optional[ScalarOrSchedule] = None, variant: str = "I"
 
 def sm3(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = None,
         eps_root: ScalarOrSchedule = 0.0, variant: str = "I", *, nu_dtype=None, mu_dtype=None,
-        fused: bool = False) -> optax.GradientTransformation:
+        fused: bool = False, layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""SM3: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_sm3`), memory linear in the dims.
 
     With ``momentum`` :math:`\beta`, :math:`u_t` is first averaged,
@@ -177,16 +189,18 @@ def sm3(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 
         fused: the same update on the CPU as one pass over memory (SM3-II; SM3-I reads the
             gradient once more for the covers' maxima first), the maxima taken in the same pass
             (see :func:`adam`); for a state dtype other than float32 the chain runs.
+        layer_axes: the covers of each stacked layer (see :func:`scale_by_sm3`); with it
+            ``fused=True`` runs the unfused chain (the kernel takes the covers of whole leaves).
     """
     check_state_dtype("sm3", "mu_dtype", mu_dtype)
     if momentum is not None:
         check_range("sm3", "momentum", momentum, 0.0, 1.0, high_open=True)
     chain = optax.chain(
-        scale_by_sm3(eps_root, variant, nu_dtype=nu_dtype),
+        scale_by_sm3(eps_root, variant, nu_dtype=nu_dtype, layer_axes=layer_axes),
         optax.identity() if is_zero(momentum) else scale_by_ema(momentum, mu_dtype),
         scale_by_learning_rate(learning_rate),
     )
-    if not fused:
+    if not fused or falls_back("sm3", layer_axes):
         return chain
     return fused_transform("sm3", chain, _sm3_kernel(eps_root, momentum, learning_rate, variant == "II"),
                            lambda state: (state[0].mu, getattr(state[1], "ema", ())))
