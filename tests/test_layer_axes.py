@@ -157,6 +157,49 @@ def test_state_shapes_follow_the_layers():
     assert v["deep"].shape == (2, 2, 1, 1) and v["head"].shape == (1,)
 
 
+# optax's keywords (issue 19) together with layer_axes: each is a per-layer rule too.
+WITH_OPTAX_KEYWORDS = {
+    "scale_by_trust_ratio(min_norm)": _direction(optimizers.scale_by_trust_ratio, min_norm=0.5),
+    "lamb(eps_root, fused)": lambda la: optimizers.lamb(0.1, weight_decay=0.1, eps_root=1e-6, fused=True,
+                                                        layer_axes=la),
+    "novograd(eps_root)": lambda la: optimizers.novograd(0.1, eps_root=1e-4, layer_axes=la),
+    "scale_by_sm3(b1, b2)": _direction(optimizers.scale_by_sm3, b1=0.9, b2=0.99, variant="II"),
+    "adafactor(momentum, decay_offset, weight_decay_rate)": lambda la: optimizers.adafactor(
+        0.1, momentum=0.9, min_dim_size_to_factor=2, decay_offset=1, weight_decay_rate=1e-3, layer_axes=la),
+    "amos(momentum)": lambda la: optimizers.amos(0.1, 0.5, granularity="leaf", momentum=0.9, layer_axes=la),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WITH_OPTAX_KEYWORDS))
+def test_optax_keywords_with_layer_axes_equal_the_unrolled_run(name):
+    make = WITH_OPTAX_KEYWORDS[name]
+    for a, b in zip(jax.tree.leaves(run(make(PREFIX))), jax.tree.leaves(run_unrolled(make(None))), strict=True):
+        assert_close(a, b, 1e-5)
+
+
+def test_state_dtypes_with_layer_axes():
+    """``mu_dtype``/``nu_dtype`` set the per-layer buffers' dtype; their shapes still follow the
+    layers, and an update keeps both."""
+    bf16 = jnp.bfloat16
+    cases = [
+        (optimizers.scale_by_novograd(mu_dtype=bf16, nu_dtype=bf16, layer_axes=PREFIX), lambda s: s.nu,
+         {"blocks": {"w": (3,), "b": (3,)}, "single": (1,), "deep": (2, 2), "head": ()}),
+        (optimizers.scale_by_sm3(b1=0.9, nu_dtype=bf16, mu_dtype=bf16, layer_axes=PREFIX), lambda s: s[0].mu,
+         {"blocks": {"w": (3, 7), "b": (3, 3)}, "single": (1, 7), "deep": (2, 2, 7), "head": (3,)}),
+        (optimizers.scale_by_amos(0.1, 0.5, granularity="leaf", nu_dtype=bf16, layer_axes=PREFIX), lambda s: s.b,
+         {"blocks": {"w": (3, 1, 1), "b": (3, 1)}, "single": (1, 1, 1), "deep": (2, 2, 1, 1), "head": (1,)}),
+        (optimizers.adafactor(0.1, b1=0.9, min_dim_size_to_factor=2, mu_dtype=bf16, nu_dtype=bf16, layer_axes=PREFIX),
+         lambda s: s[0].v_col, {"blocks": {"w": (3, 3), "b": (0,)}, "single": (1, 3), "deep": (2, 2, 3), "head": (0,)}),
+    ]
+    for tx, pick, shapes in cases:
+        state = jax.eval_shape(tx.init, PARAMS)
+        assert jax.tree.map(lambda x: x.shape, pick(state)) == shapes
+        buffers = [x for x in jax.tree.leaves(state) if x.ndim and x.size]
+        assert buffers and all(x.dtype == bf16 for x in buffers), [(x.shape, x.dtype) for x in buffers]
+        _, new = jax.eval_shape(tx.update, PARAMS, state, PARAMS)
+        assert jax.tree.map(lambda x: (x.shape, x.dtype), new) == jax.tree.map(lambda x: (x.shape, x.dtype), state)
+
+
 def test_fused_runs_the_chain_with_layer_axes():
     """The kernels take one statistic per leaf: with layer_axes ``fused=True`` is the chain."""
     for make in (lambda **kw: optimizers.lamb(0.1, weight_decay=0.1, **kw),
