@@ -52,6 +52,7 @@ from optimizers._gradient_free import gradientless_descent as gradientless_desce
 from optimizers._gradient_free import zeroth_order_value_and_grad as zeroth_order_value_and_grad
 from optimizers._hyperparams import get_hyperparams as get_hyperparams
 from optimizers._hyperparams import set_hyperparams as set_hyperparams
+from optimizers._layers import layer_axes_from_flax as layer_axes_from_flax
 from optimizers._lion import ScaleByLionState as ScaleByLionState
 from optimizers._lion import lion as lion
 from optimizers._lion import scale_by_lion as scale_by_lion
@@ -170,6 +171,7 @@ __all__ = [
     "gradientless_descent",
     "lamb",
     "lars",
+    "layer_axes_from_flax",
     "lion",
     "lookahead",
     "nadam",

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
-from optimizers._dtypes import inner, real_zeros_like, store, store_like, widen
+from optimizers._dtypes import check_state_dtype, inner, store, store_like, widen, zeros_in
 from optimizers._flat_state import check_flat_state
 from optimizers._fused import fused_direction
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
-from optimizers._scaling import scale_by_learning_rate
+from optimizers._scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
 
@@ -24,7 +24,8 @@ class ScaleByAdadeltaState(NamedTuple):
     delta_nu: optax.Updates  # X_t: moving average of the squared steps
 
 
-def scale_by_adadelta(rho: ScalarOrSchedule = 0.9, eps: ScalarOrSchedule = 1e-6) -> optax.GradientTransformation:
+def scale_by_adadelta(rho: ScalarOrSchedule = 0.9, eps: ScalarOrSchedule = 1e-6, *, nu_dtype=None
+                      ) -> optax.GradientTransformation:
     r"""Adadelta's direction.
 
     .. math::
@@ -39,16 +40,19 @@ def scale_by_adadelta(rho: ScalarOrSchedule = 0.9, eps: ScalarOrSchedule = 1e-6)
     Args:
         rho: :math:`\rho \in [0, 1)`.
         eps: :math:`\epsilon > 0`.
+        nu_dtype: the dtype of both moving averages, :math:`v_t` and :math:`X_t` (saturating), or
+            ``None`` (the params' real dtype); the update is computed in at least float32.
 
     References:
         Zeiler, "ADADELTA: An Adaptive Learning Rate Method", arXiv:1212.5701, Algorithm 1.
     """
     check_range("scale_by_adadelta", "rho", rho, 0.0, 1.0, high_open=True)
     check_range("scale_by_adadelta", "eps", eps, 0.0, low_open=True)
+    check_state_dtype("scale_by_adadelta", "nu_dtype", nu_dtype)
 
     def init_fn(params):
         return ScaleByAdadeltaState(jnp.zeros([], jnp.int32), init_hyperparams(rho=rho, eps=eps),
-                                    real_zeros_like(params), real_zeros_like(params))
+                                    zeros_in(params, nu_dtype, real=True), zeros_in(params, nu_dtype, real=True))
 
     def update_fn(updates, state, params=None):
         del params
@@ -67,17 +71,27 @@ def scale_by_adadelta(rho: ScalarOrSchedule = 0.9, eps: ScalarOrSchedule = 1e-6)
 
 
 def adadelta(learning_rate: ScalarOrSchedule = 1.0, rho: ScalarOrSchedule = 0.9,
-             eps: ScalarOrSchedule = 1e-6, *, fused: bool = False, flat_state: bool = False
+             eps: ScalarOrSchedule = 1e-6, weight_decay: Optional[ScalarOrSchedule] = None,
+             weight_decay_mask: MaskOrFn = None, *, nu_dtype=None, fused: bool = False, flat_state: bool = False
              ) -> optax.GradientTransformation:
     r"""Adadelta: :math:`\theta_t = \theta_{t-1} - \gamma_t d_t` (:func:`scale_by_adadelta`).
 
     The paper has no learning rate (:math:`\gamma = 1`, the default). optax's ``adadelta``
     defaults to ``learning_rate=None``, which ascends. ``fused=True``: the same update as one
     pass over memory on the CPU (see :func:`adam`); ``flat_state`` as there.
+
+    optax's ``weight_decay`` :math:`\lambda` (with ``weight_decay_mask``, as in
+    :func:`add_decayed_weights`) is added to the gradient before the direction, coupled L2 as
+    in ``optax.adadelta`` and ``torch.optim.Adadelta(weight_decay=...)``:
+    :math:`g_t \leftarrow g_t + \lambda \theta_{t-1}`. ``None`` (the default): no decay and no
+    link in the chain; with a decay, or ``nu_dtype`` other than float32, ``fused=True`` runs the
+    chain (the kernel has no coupled decay). ``nu_dtype``: see :func:`scale_by_adadelta`.
     """
-    chain = optax.chain(scale_by_adadelta(rho, eps), scale_by_learning_rate(learning_rate))
+    chain = optax.chain(
+        *([] if weight_decay is None else [add_decayed_weights(weight_decay, weight_decay_mask)]),
+        scale_by_adadelta(rho, eps, nu_dtype=nu_dtype), scale_by_learning_rate(learning_rate))
     check_flat_state("adadelta", fused, flat_state)
-    if not fused:
+    if not fused or weight_decay is not None:
         return chain
     return fused_direction("adadelta", chain, "optimizers_adadelta", dict(rho=rho, eps=eps), _adadelta_scalars,
                            ("nu", "delta_nu"), learning_rate, flat=flat_state)

@@ -12,44 +12,46 @@ The pieces, each a transform, in the order :func:`adafactor` chains them:
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._adafactor_steps import ClipByBlockRmsState as ClipByBlockRmsState  # noqa: F401  (exported)
+from optimizers._adafactor_steps import ScaleByParamBlockRmsState as ScaleByParamBlockRmsState  # noqa: F401
+from optimizers._adafactor_steps import ScaleByRelativeStepState as ScaleByRelativeStepState  # noqa: F401
+from optimizers._adafactor_steps import (clip_by_block_rms, decay_after_step, scale_by_param_block_rms,
+                                         scale_by_relative_step)
 from optimizers._checks import transformation
-from optimizers._dtypes import abs2, real_dtype, store
+from optimizers._dtypes import abs2, check_state_dtype, moment_dtype, store
 from optimizers._ema import scale_by_ema
 from optimizers._fused import _advance, _ffi, _merge, _outputs, _with_elements
 from optimizers._fused import fused as fused_transform
-from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams, is_zero
+from optimizers._hyperparams import check_range, either, float_dtype, init_hyperparams, is_zero
+from optimizers._layers import LayerAxes, check_layer_axes, falls_back, leaf_layer_axes
 from optimizers._moments import step_number
-from optimizers._scaling import scale_by_learning_rate
+from optimizers._scaling import MaskOrFn, scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
 
-def _rms(x, dtype):
-    """The root mean square of a whole leaf, computed in ``dtype`` (or wider)."""
-    x = x.astype(jnp.promote_types(x.dtype, dtype))
-    return jnp.sqrt(jnp.mean(abs2(x)))
-
-
-def _zeros_without(p, axis):
-    """Zeros shaped like ``p`` reduced over ``axis`` (keeping ``p``'s sharding), in ``p``'s real dtype."""
-    return jnp.zeros_like(jax.eval_shape(lambda x: jnp.mean(x, axis=axis), p), dtype=real_dtype(p.dtype))
+def _zeros_without(p, axis, dtype):
+    """Zeros shaped like ``p`` reduced over ``axis`` (keeping ``p``'s sharding), in ``dtype``."""
+    return jnp.zeros_like(jax.eval_shape(lambda x: jnp.mean(x, axis=axis), p), dtype=dtype)
 
 
 class ScaleByFactoredRmsState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {}: decay_rate and eps are constants of the algorithm
-    v_row: optax.Updates  # factored leaves: R_t / m, shape p.shape[:-1]; other leaves: empty (0,)
+    v_row: optax.Updates  # factored leaves: R_t / m, shape p.shape[:-1] (layer axes first); others: empty (0,)
     v_col: optax.Updates  # factored leaves: C_t / n, shape p.shape[:-2] + p.shape[-1:]; others: empty (0,)
     v: optax.Updates  # other leaves: V_t, shape p.shape; factored leaves: empty (0,)
 
 
-def scale_by_factored_rms(decay_rate: float = 0.8, eps: float = 1e-30, min_dim_size_to_factor: int = 128,
-                          factored: bool = True) -> optax.GradientTransformation:
+def scale_by_factored_rms(decay_rate: float = 0.8, eps: Optional[float] = None, min_dim_size_to_factor: int = 128,
+                          factored: bool = True, *, epsilon: Optional[float] = None, step_offset: Optional[int] = None,
+                          decay_rate_fn: Optional[Callable] = None, nu_dtype=None,
+                          layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""Divides by the root of a factored (rows x columns) moving average of squared gradients.
 
     With :math:`\hat\beta_{2,t} = 1 - t^{-c}` and, for a leaf whose last two dims
@@ -77,37 +79,72 @@ def scale_by_factored_rms(decay_rate: float = 0.8, eps: float = 1e-30, min_dim_s
         instead of adding :math:`\epsilon_1` to :math:`G_t^2` (as the paper and optax do); the
         two differ only for gradients of magnitude near :math:`\sqrt{\epsilon_1}`.
 
+    .. warning::
+        optax's ``step_offset`` :math:`k` (the first step of a fine-tuning phase) computes
+        :math:`\hat\beta_{2,t}` from :math:`t - k`, which is :math:`\le 0` for the first
+        :math:`k` steps of a fresh state: :math:`0^{-c}` and roots of negative numbers, NaN
+        updates from step 1 (optax#1791). Here the schedule restarts at :math:`k`:
+        :math:`\hat\beta_{2,t} = 1 - \max(t - k, 1)^{-c}`, so steps up to :math:`k + 1` take the
+        gradient's square whole (:math:`\hat\beta = 0`, as at step 1) and later ones decay as
+        from a new start.
+
+    ``decay_rate_fn(i, decay_rate)`` (optax's) gives :math:`\hat\beta_{2}` at the 0-based step
+    :math:`i` (after the offset) instead of :math:`1 - (i+1)^{-c}`.
+
     Args:
         decay_rate: :math:`c \in [0, 1]`, the exponent of :math:`\hat\beta_{2,t}` (0.8).
         eps: :math:`\epsilon_1 > 0` added to :math:`G_t^2` (:math:`10^{-30}`).
         min_dim_size_to_factor: factor only when both of the last two dims are at least this
             (``>= 1``; 128 as optax).
         factored: ``False`` keeps full second moments for every leaf.
+        epsilon: optax's name for ``eps`` (give one).
+        step_offset: :math:`k \ge 0`, or ``None`` (0).
+        decay_rate_fn: ``(i, decay_rate) -> beta``, or ``None`` (the paper's).
+        nu_dtype: the dtype of the moments (rows, columns, or full; saturating), or ``None`` (the
+            params' real dtype); the update is computed in at least float32.
+        layer_axes: the leading axes of each leaf that index stacked layers (a prefix tree
+            of ints or a function of the params, see :mod:`optimizers._layers`): a layer is
+            factored when *it* is a large enough matrix (a stack of vectors is not), its rows
+            and columns are per layer (shapes ``p.shape[:-1]``, ``p.shape[:-2] + p.shape[-1:]``,
+            layer axes first). ``None``: the whole leaf decides.
 
     References:
         Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
         ICML 2018, Algorithms 4 (matrices) and 5 (other tensors), Section 7 (:math:`\hat\beta_{2,t}`).
     """
     owner = "scale_by_factored_rms"
+    check_range(owner, "epsilon", epsilon, 0.0, low_open=True)
+    eps = either(owner, "eps", eps, "epsilon", epsilon, default=1e-30)
+    if step_offset is not None:
+        check_range(owner, "step_offset", step_offset, 0)
+    check_state_dtype(owner, "nu_dtype", nu_dtype)
     check_range(owner, "decay_rate", decay_rate, 0.0, 1.0)
     check_range(owner, "eps", eps, 0.0, low_open=True)
     check_range(owner, "min_dim_size_to_factor", min_dim_size_to_factor, 1)
+    check_layer_axes(owner, layer_axes)
 
     def init_fn(params):
-        def init_leaf(p):
-            if factored and p.ndim >= 2 and min(p.shape[-2:]) >= min_dim_size_to_factor:
-                return _zeros_without(p, -1), _zeros_without(p, -2), jnp.zeros((0,), real_dtype(p.dtype))
-            # Separate empty arrays: one array in two leaves cannot be donated twice.
-            empty = lambda: jnp.zeros((0,), real_dtype(p.dtype))  # noqa: E731
-            return empty(), empty(), jnp.zeros_like(p, dtype=real_dtype(p.dtype))
+        if isinstance(min_dim_size_to_factor, jax.core.Tracer):
+            raise jax.errors.ConcretizationTypeError(
+                min_dim_size_to_factor, f"{owner}: min_dim_size_to_factor decides which leaves are factored (the "
+                "state's shapes), so it cannot be traced: under optax.inject_hyperparams, name it in static_args, "
+                "or call init outside jax.jit")
 
-        moments = jax.tree.map(init_leaf, params)
+        def init_leaf(p, k):
+            dtype = moment_dtype(p.dtype, nu_dtype, real=True)
+            if factored and p.ndim - k >= 2 and min(p.shape[-2:]) >= min_dim_size_to_factor:
+                return _zeros_without(p, -1, dtype), _zeros_without(p, -2, dtype), jnp.zeros((0,), dtype)
+            # Separate empty arrays: one array in two leaves cannot be donated twice.
+            empty = lambda: jnp.zeros((0,), dtype)  # noqa: E731
+            return empty(), empty(), jnp.zeros_like(p, dtype=dtype)
+
+        moments = jax.tree.map(init_leaf, params, leaf_layer_axes(owner, layer_axes, params))
         pick = [jax.tree.map(lambda _, s, i=i: s[i], params, moments) for i in range(3)]
         return ScaleByFactoredRmsState(jnp.zeros([], jnp.int32), init_hyperparams(), *pick)
 
     def update_fn(updates, state, params=None):
         del params
-        beta = _beta2(state.count, decay_rate)
+        beta = _beta2(state.count, decay_rate, step_offset, decay_rate_fn)
 
         def update_leaf(g, r, c, v):
             x = g.astype(jnp.promote_types(g.dtype, beta.dtype))
@@ -131,125 +168,25 @@ def scale_by_factored_rms(decay_rate: float = 0.8, eps: float = 1e-30, min_dim_s
     return transformation("scale_by_factored_rms", init_fn, update_fn)
 
 
-def _beta2(count, decay_rate):
-    r""":math:`\hat\beta_{2,t} = 1 - t^{-c}` for the update at ``count``."""
+def _beta2(count, decay_rate, step_offset=None, decay_rate_fn=None):
+    r""":math:`\hat\beta_{2,t} = 1 - t^{-c}` for the update at ``count`` (:math:`t` counted from
+    ``step_offset``, at least 1), or ``decay_rate_fn``'s."""
+    if step_offset is not None:
+        count = jnp.maximum(count - jnp.asarray(step_offset, count.dtype), 0)
+    if decay_rate_fn is not None:
+        return jnp.asarray(decay_rate_fn(count, decay_rate), float_dtype())
     t = step_number(count, float_dtype())
     return 1 - t ** (-jnp.asarray(decay_rate, t.dtype))
-
-
-class ClipByBlockRmsState(NamedTuple):
-    count: jax.Array  # int32 scalar: updates applied so far
-    hyperparams: dict  # {}: the threshold is a constant
-
-
-def clip_by_block_rms(clipping_threshold: float = 1.0) -> optax.GradientTransformation:
-    r"""Update clipping: scales each leaf down to a root mean square of at most :math:`d`.
-
-    .. math::
-        \hat U_t = \frac{U_t}{\max(1, \mathrm{RMS}(U_t) / d)}, \qquad
-        \mathrm{RMS}(U) = \sqrt{\operatorname{mean}(U^2)}
-
-    The same as ``optax.clip_by_block_rms``. Document 003's table writes :math:`\|u_t\|`;
-    the paper, optax and PyTorch use the root mean square.
-
-    Args:
-        clipping_threshold: :math:`d \ge 1` (1).
-
-    References:
-        Shazeer & Stern, ICML 2018, Section 6 (update clipping).
-    """
-    check_range("clip_by_block_rms", "clipping_threshold", clipping_threshold, 1.0)
-
-    def update_fn(updates, state, params=None):
-        del params
-        dtype = float_dtype()
-        updates = jax.tree.map(
-            lambda u: (u / jnp.maximum(1.0, _rms(u, dtype) / clipping_threshold)).astype(u.dtype), updates)
-        return updates, ClipByBlockRmsState(optax.safe_increment(state.count), state.hyperparams)
-
-    return transformation("clip_by_block_rms",
-                          lambda params: ClipByBlockRmsState(jnp.zeros([], jnp.int32), init_hyperparams()),
-                          update_fn)
-
-
-class ScaleByParamBlockRmsState(NamedTuple):
-    count: jax.Array  # int32 scalar: updates applied so far
-    hyperparams: dict  # {}: the floor is a constant
-
-
-def scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransformation:
-    r"""Multiplies each leaf by the scale of its parameters, floored at :math:`\epsilon_2`.
-
-    .. math::
-        d_t = \max\bigl(\epsilon_2, \mathrm{RMS}(X_{t-1})\bigr)\, \hat U_t
-
-    so that the learning rate is a *relative* step; the floor lets zero-initialised leaves
-    move. The same as ``optax.scale_by_param_block_rms``; document 003's table writes
-    :math:`\|\theta_{t-1}\|` for the root mean square.
-
-    Args:
-        min_scale: :math:`\epsilon_2 > 0` (:math:`10^{-3}`).
-
-    References:
-        Shazeer & Stern, ICML 2018, Section 8 (relative step size), Algorithms 4 and 5.
-    """
-    check_range("scale_by_param_block_rms", "min_scale", min_scale, 0.0, low_open=True)
-
-    def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError("scale_by_param_block_rms: update needs params, got params=None")
-        dtype = float_dtype()
-        updates = jax.tree.map(lambda u, p: store(u * jnp.maximum(min_scale, _rms(p, dtype)), u.dtype),
-                               updates, params)
-        return updates, ScaleByParamBlockRmsState(optax.safe_increment(state.count), state.hyperparams)
-
-    return transformation("scale_by_param_block_rms",
-                          lambda params: ScaleByParamBlockRmsState(jnp.zeros([], jnp.int32), init_hyperparams()),
-                          update_fn)
-
-
-class ScaleByRelativeStepState(NamedTuple):
-    count: jax.Array  # int32 scalar: updates applied so far
-    hyperparams: dict  # {"learning_rate": gamma of the latest update}
-
-
-def scale_by_relative_step(learning_rate: ScalarOrSchedule = 1e-2) -> optax.GradientTransformation:
-    r"""Scales by the relative step size, decaying as :math:`1/\sqrt t` and capped: :math:`u_t = -\rho_t d_t`.
-
-    .. math::
-        \rho_t = \min\bigl(\gamma_t, 1/\sqrt{t}\bigr)
-
-    The paper's :math:`\rho_t = \min(10^{-2}, 1/\sqrt t)` is :math:`\gamma = 10^{-2}`; like
-    ``torch.optim.Adafactor``, the cap is the learning rate, which may be a schedule.
-
-    Args:
-        learning_rate: the cap :math:`\gamma_t \ge 0`, a number or a schedule.
-
-    References:
-        Shazeer & Stern, ICML 2018, Section 8 and Section 9 (proposed hyperparameters).
-    """
-    check_range("scale_by_relative_step", "learning_rate", learning_rate, 0.0)
-
-    def init_fn(params):
-        del params
-        return ScaleByRelativeStepState(jnp.zeros([], jnp.int32), init_hyperparams(learning_rate=learning_rate))
-
-    def update_fn(updates, state, params=None):
-        del params
-        hp = current_hyperparams(dict(learning_rate=learning_rate), state.hyperparams, state.count)
-        gamma = hp["learning_rate"]
-        rho = jnp.minimum(gamma, jax.lax.rsqrt(step_number(state.count, gamma.dtype)))
-        updates = jax.tree.map(lambda u: (-rho * u).astype(u.dtype), updates)
-        return updates, ScaleByRelativeStepState(optax.safe_increment(state.count), hp)
-
-    return transformation("scale_by_relative_step", init_fn, update_fn)
 
 
 def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSchedule] = None,
               decay_rate: float = 0.8, eps: float = 1e-30, clipping_threshold: Optional[float] = 1.0,
               min_scale: float = 1e-3, min_dim_size_to_factor: int = 128, factored: bool = True,
-              multiply_by_parameter_scale: bool = True, relative_step: bool = True, *, fused: bool = False
-              ) -> optax.GradientTransformation:
+              multiply_by_parameter_scale: bool = True, relative_step: bool = True, *,
+              momentum: Optional[float] = None, mu_dtype=None, dtype_momentum=None, nu_dtype=None,
+              decay_offset: Optional[int] = None, weight_decay_rate: Optional[ScalarOrSchedule] = None,
+              weight_decay_mask: MaskOrFn = None, fused: bool = False,
+              layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""Adafactor: :math:`X_t = X_{t-1} - \rho_t m_t`, :math:`m_t = \max(\epsilon_2, \mathrm{RMS}(X_{t-1}))\hat U_t`.
 
     :math:`\hat U_t` is the clipped factored-RMS direction (:func:`scale_by_factored_rms`,
@@ -276,6 +213,18 @@ def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSched
         its ``weight_decay`` (:math:`\theta \leftarrow (1-\gamma\lambda)\theta` first, not
         scaled by the parameter scale) is not part of this chain.
 
+    optax's keywords: ``momentum`` is ``b1`` and ``dtype_momentum`` is ``mu_dtype`` (other
+    spellings; give one of each pair; optax's default ``dtype_momentum=jnp.float32`` works, but
+    ``None`` here keeps the params' dtype); ``decay_offset`` is
+    :func:`scale_by_factored_rms`'s ``step_offset``; ``weight_decay_rate`` :math:`\lambda` (with
+    ``weight_decay_mask``) subtracts :math:`\lambda X_{t-1}` after the step, not multiplied by
+    the learning rate, as optax (:func:`~optimizers._adafactor_steps.decay_after_step`).
+
+    .. warning::
+        optax's ``decay_offset`` :math:`k > 0` gives NaN updates from step 1 of a fresh state
+        (optax#1791: :math:`\hat\beta_2` from :math:`t - k \le 0`); here the decay schedule
+        restarts at step :math:`k` instead (see :func:`scale_by_factored_rms`).
+
     Args:
         learning_rate: :math:`\gamma_t \ge 0`: the cap of :math:`\rho_t`, or the step itself
             when ``relative_step=False``; a number or a schedule.
@@ -285,29 +234,54 @@ def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSched
         min_scale: :math:`\epsilon_2 > 0`.
         multiply_by_parameter_scale: multiply by :math:`\max(\epsilon_2, \mathrm{RMS}(X_{t-1}))`.
         relative_step: :math:`\rho_t = \min(\gamma_t, 1/\sqrt t)`; ``False``: :math:`\rho_t = \gamma_t`.
+        momentum: optax's name for ``b1``.
+        mu_dtype: the momentum's dtype (saturating), or ``None`` (the params').
+        dtype_momentum: optax's name for ``mu_dtype``.
+        nu_dtype: the second moments' dtype (see :func:`scale_by_factored_rms`).
+        decay_offset: the step :math:`k \ge 0` the second-moment decay restarts from, or ``None``.
+        weight_decay_rate: :math:`\lambda \ge 0` (optax's), or ``None`` for none.
+        weight_decay_mask: which leaves ``weight_decay_rate`` decays (see :func:`add_decayed_weights`).
         fused: the same update in three passes over memory on the CPU (see :func:`adam`): the
             second moments and the sums of squares, the clipping sums of factored leaves (with
-            clipping), then the params.
+            clipping), then the params. With ``decay_offset`` or ``weight_decay_rate`` (which the
+            kernel does not have), or a state dtype other than float32, the chain runs.
+        layer_axes: per stacked layer factoring, clipping and parameter scale (see
+            :func:`scale_by_factored_rms`); with it ``fused=True`` runs the unfused chain (the
+            kernel takes one statistic per leaf).
 
     References:
         Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
         ICML 2018, Algorithms 4 and 5, Sections 6-9.
     """
+    check_range("adafactor", "momentum", momentum, 0.0, 1.0, high_open=True)  # checked under the name given
+    check_range("adafactor", "decay_offset", decay_offset, 0)
+    b1 = either("adafactor", "b1", b1, "momentum", momentum)
+    mu_dtype = either("adafactor", "mu_dtype", mu_dtype, "dtype_momentum", dtype_momentum)
+    check_state_dtype("adafactor", "mu_dtype", mu_dtype)
     if b1 is not None:
         check_range("adafactor", "b1", b1, 0.0, 1.0, high_open=True)
-    param_scale = scale_by_param_block_rms(min_scale)  # built (and checked) even when left out
+    param_scale = scale_by_param_block_rms(min_scale, layer_axes=layer_axes)  # built (and checked) even when left out
     chain = optax.chain(
-        scale_by_factored_rms(decay_rate, eps, min_dim_size_to_factor, factored),
-        optax.identity() if clipping_threshold is None else clip_by_block_rms(clipping_threshold),
+        scale_by_factored_rms(decay_rate, eps, min_dim_size_to_factor, factored, step_offset=decay_offset,
+                              nu_dtype=nu_dtype, layer_axes=layer_axes),
+        optax.identity() if clipping_threshold is None else clip_by_block_rms(clipping_threshold,
+                                                                              layer_axes=layer_axes),
         param_scale if multiply_by_parameter_scale else optax.identity(),
-        optax.identity() if is_zero(b1) else scale_by_ema(b1),
+        optax.identity() if is_zero(b1) else scale_by_ema(b1, mu_dtype),
         scale_by_relative_step(learning_rate) if relative_step else scale_by_learning_rate(learning_rate),
+        *([] if weight_decay_rate is None else [decay_after_step(weight_decay_rate, weight_decay_mask)]),
     )
-    if not fused:
+    if not fused or falls_back("adafactor", layer_axes) or decay_offset is not None or weight_decay_rate is not None:
         return chain
     kernel = _adafactor_kernel(decay_rate, eps, clipping_threshold, min_scale if multiply_by_parameter_scale else None,
                                b1, learning_rate, relative_step)
     return fused_transform("adafactor", chain, kernel, lambda state: (state[0].v_row, state[0].v_col, state[0].v, state[3]))
+
+
+def _or_zero(value):
+    """``value``, or 0 for ``None`` (no clipping, no parameter scale); an array as given (a traced
+    one under ``optax.inject_hyperparams``)."""
+    return 0.0 if value is None else value
 
 
 def _adafactor_kernel(decay_rate, eps, clipping_threshold, min_scale, b1, learning_rate, relative_step):
@@ -326,7 +300,7 @@ def _adafactor_kernel(decay_rate, eps, clipping_threshold, min_scale, b1, learni
             rho = jnp.minimum(rho, jax.lax.rsqrt(step_number(step_link.count, rho.dtype)))
         b, ema_new = _advance(ema_link, decay=b1) if hasattr(ema_link, "ema") else ({"decay": 0.0}, ema_link)
         beta = _beta2(rms_link.count, decay_rate)
-        hyper = jnp.stack([beta, 1 - beta, eps, clipping_threshold or 0.0, min_scale or 0.0, b["decay"],
+        hyper = jnp.stack([beta, 1 - beta, eps, _or_zero(clipping_threshold), _or_zero(min_scale), b["decay"],
                            1 - b["decay"], -rho]).astype(jnp.float32)
         return hyper, (tick(rms_link), tick(clip_link), tick(scale_link), ema_new, step_new)
 

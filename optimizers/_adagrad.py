@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
-from optimizers._dtypes import abs2, real_full_like, store, store_like, widen
+from optimizers._dtypes import abs2, check_state_dtype, full_in, store, store_like, widen
 from optimizers._flat_state import check_flat_state
 from optimizers._fused import fused_direction
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
@@ -23,7 +23,7 @@ class ScaleByRssState(NamedTuple):
     sum_of_squares: optax.Updates  # v_t, same tree and dtype as params
 
 
-def scale_by_rss(initial_accumulator_value: float = 0.0, eps: ScalarOrSchedule = 1e-10
+def scale_by_rss(initial_accumulator_value: float = 0.0, eps: ScalarOrSchedule = 1e-10, *, nu_dtype=None
                  ) -> optax.GradientTransformation:
     r"""Divides by the root of the sum of squared gradients (root sum of squares).
 
@@ -40,6 +40,8 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: ScalarOrSchedule =
     Args:
         initial_accumulator_value: :math:`v_0 \ge 0`.
         eps: :math:`\epsilon > 0`.
+        nu_dtype: the dtype of :math:`v_t` (saturating), or ``None`` (the params' real dtype);
+            the update is computed in at least float32.
 
     References:
         Duchi, Hazan & Singer, "Adaptive Subgradient Methods for Online Learning and
@@ -47,9 +49,10 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: ScalarOrSchedule =
     """
     check_range("scale_by_rss", "initial_accumulator_value", initial_accumulator_value, 0.0)
     check_range("scale_by_rss", "eps", eps, 0.0, low_open=True)
+    check_state_dtype("scale_by_rss", "nu_dtype", nu_dtype)
 
     def init_fn(params):
-        v0 = real_full_like(params, initial_accumulator_value)
+        v0 = full_in(params, initial_accumulator_value, nu_dtype, real=True)
         return ScaleByRssState(jnp.zeros([], jnp.int32), init_hyperparams(eps=eps), v0)
 
     def update_fn(updates, state, params=None):
@@ -63,16 +66,18 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: ScalarOrSchedule =
 
 
 def adagrad(learning_rate: ScalarOrSchedule, initial_accumulator_value: float = 0.0,
-            eps: ScalarOrSchedule = 1e-10, *, fused: bool = False, flat_state: bool = False
+            eps: ScalarOrSchedule = 1e-10, *, nu_dtype=None, fused: bool = False, flat_state: bool = False
             ) -> optax.GradientTransformation:
     r"""AdaGrad: :math:`\theta_t = \theta_{t-1} - \gamma_t g_t / (\sqrt{v_t} + \epsilon)`.
 
     See :func:`scale_by_rss`. PyTorch's ``lr_decay`` is the schedule
     ``lambda t: lr / (1 + t * lr_decay)``. ``fused=True``: the same update as one pass over
     memory on the CPU (see :func:`adam`), as ``torch.optim.Adagrad(fused=True)``;
-    ``flat_state`` as in :func:`adam`.
+    ``flat_state`` as in :func:`adam`. ``nu_dtype``: see :func:`scale_by_rss` (``fused=True`` runs
+    the chain for a dtype other than float32).
     """
-    chain = optax.chain(scale_by_rss(initial_accumulator_value, eps), scale_by_learning_rate(learning_rate))
+    chain = optax.chain(scale_by_rss(initial_accumulator_value, eps, nu_dtype=nu_dtype),
+                        scale_by_learning_rate(learning_rate))
     check_flat_state("adagrad", fused, flat_state)
     if not fused:
         return chain

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
-from optimizers._dtypes import abs2, real_zeros_like, store, store_like, widen
+from optimizers._dtypes import abs2, check_state_dtype, store, store_like, widen, zeros_in
 from optimizers._flat_state import check_flat_state
 from optimizers._fused import fused_direction
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
@@ -37,7 +37,7 @@ def _weight_and_eps(hp, state, eps_on_raw_sqrt):
 
 
 def scale_by_adax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4, eps: ScalarOrSchedule = 1e-8,
-                  eps_on_raw_sqrt: bool = False) -> optax.GradientTransformation:
+                  eps_on_raw_sqrt: bool = False, *, mu_dtype=None, nu_dtype=None) -> optax.GradientTransformation:
     r"""AdaX's direction.
 
     .. math::
@@ -69,6 +69,8 @@ def scale_by_adax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4, eps: 
         b2: :math:`\beta_2 \in (0, 1)` (1e-4).
         eps: :math:`\epsilon > 0` (1e-8).
         eps_on_raw_sqrt: add :math:`\epsilon` to :math:`\sqrt{v_t}` before the correction.
+        mu_dtype, nu_dtype: the dtypes of :math:`m_t` and :math:`\hat v_t` (saturating), or
+            ``None`` (the params'); the update is computed in at least float32.
 
     References:
         Li et al., "AdaX: Adaptive Gradient Descent with Exponential Long Term Memory",
@@ -77,10 +79,12 @@ def scale_by_adax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4, eps: 
     check_range("scale_by_adax", "b1", b1, 0.0, 1.0, high_open=True)
     check_range("scale_by_adax", "b2", b2, 0.0, 1.0, low_open=True, high_open=True)
     check_range("scale_by_adax", "eps", eps, 0.0, low_open=True)
+    check_state_dtype("scale_by_adax", "mu_dtype", mu_dtype)
+    check_state_dtype("scale_by_adax", "nu_dtype", nu_dtype)
 
     def init_fn(params):
         return ScaleByAdaxState(jnp.zeros([], jnp.int32), init_hyperparams(b1=b1, b2=b2, eps=eps),
-                                optax.tree.zeros_like(params), real_zeros_like(params))
+                                zeros_in(params, mu_dtype), zeros_in(params, nu_dtype, real=True))
 
     def update_fn(updates, state, params=None):
         del params
@@ -96,14 +100,16 @@ def scale_by_adax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4, eps: 
 
 
 def adax(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4,
-         eps: ScalarOrSchedule = 1e-8, eps_on_raw_sqrt: bool = False, *, fused: bool = False,
-         flat_state: bool = False) -> optax.GradientTransformation:
+         eps: ScalarOrSchedule = 1e-8, eps_on_raw_sqrt: bool = False, *, mu_dtype=None, nu_dtype=None,
+         fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:
     r"""AdaX: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_adax`).
 
     ``eps_on_raw_sqrt=True, eps=1e-12`` gives the authors' ``AdaX(weight_decay=0)``.
-    ``fused=True``: one pass over memory on the CPU, and ``flat_state``, as in :func:`adam`.
+    ``fused=True``: one pass over memory on the CPU, and ``flat_state``, as in :func:`adam`
+    (the chain runs with a state dtype other than float32).
     """
-    chain = optax.chain(scale_by_adax(b1, b2, eps, eps_on_raw_sqrt), scale_by_learning_rate(learning_rate))
+    chain = optax.chain(scale_by_adax(b1, b2, eps, eps_on_raw_sqrt, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+                        scale_by_learning_rate(learning_rate))
     check_flat_state("adax", fused, flat_state)
     if not fused:
         return chain

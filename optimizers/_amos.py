@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +13,9 @@ from optimizers._ema import scale_by_ema
 from optimizers._flat_state import check_flat_state
 from optimizers._fused import _advance, _call, _state_buffers, _state_tree
 from optimizers._fused import fused as fused_transform
-from optimizers._dtypes import abs2, real_dtype, store
+from optimizers._dtypes import abs2, check_state_dtype, moment_dtype, store
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
+from optimizers._layers import LayerAxes, check_layer_axes, leaf_layer_axes
 from optimizers._moments import step_number
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -32,21 +33,23 @@ _GRANULARITIES = ("element", "leaf", "last_axis")
 class ScaleByAmosState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"learning_rate": xi, "beta": ...}
-    v: optax.Updates  # v_t, per leaf of the reduced shape set by `granularity`
+    v: optax.Updates  # v_t, per leaf of the reduced shape set by `granularity` (and `layer_axes`)
     b: optax.Updates  # b_t, the decay accumulator, v's shape
 
 
-def _shared_axes(granularity, leaf) -> tuple:
+def _shared_axes(granularity, leaf, k=0) -> tuple:
+    """The axes of ``leaf`` that share a slot; those of each layer with ``k`` layer axes."""
     if callable(granularity):
-        return tuple(a % leaf.ndim for a in granularity(leaf))
+        layer = leaf if k == 0 else jax.ShapeDtypeStruct(leaf.shape[k:], leaf.dtype)
+        return tuple(k + a % layer.ndim for a in granularity(layer))
     if granularity == "element":
         return ()
-    return tuple(range(leaf.ndim if granularity == "leaf" else leaf.ndim - 1))
+    return tuple(range(k, leaf.ndim if granularity == "leaf" else leaf.ndim - 1))
 
 
-def _reduced_zeros(granularity, leaf):
-    axes = _shared_axes(granularity, leaf)
-    return jnp.zeros([1 if i in axes else n for i, n in enumerate(leaf.shape)], real_dtype(leaf.dtype))
+def _reduced_zeros(granularity, leaf, k=0, dtype=None):
+    axes = _shared_axes(granularity, leaf, k)
+    return jnp.zeros([1 if i in axes else n for i, n in enumerate(leaf.shape)], moment_dtype(leaf.dtype, dtype, True))
 
 
 def _eta_tree(eta, params):
@@ -68,7 +71,8 @@ def _check(owner, eta, beta, c_coef, d_coef, granularity, eps):
 
 def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0.999, c_coef: float = 0.25,
                   d_coef: float = 0.25, granularity: Granularity = "element",
-                  eps: float = 2.0**-125) -> optax.GradientTransformation:
+                  eps: float = 2.0**-125, *, nu_dtype=None, layer_axes: LayerAxes = None
+                  ) -> optax.GradientTransformation:
     r"""Amos's direction: the step of Algorithm 1 (as the authors' code computes it) divided by :math:`\xi`.
 
     Per leaf :math:`\theta` with model-oriented scale :math:`\tilde\eta`, with
@@ -130,6 +134,12 @@ def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0
         d_coef: :math:`d \ge 0` (0.25).
         granularity: see above.
         eps: :math:`\epsilon > 0`.
+        nu_dtype: the dtype of :math:`v_t` and :math:`b_t` (saturating), or ``None`` (the params'
+            real dtype); the step is computed in at least float32.
+        layer_axes: the leading axes of each leaf that index stacked layers (a prefix tree
+            of ints or a function of the params, see :mod:`optimizers._layers`): the slots
+            ``granularity`` shares are those of each layer (``"leaf"``: one per layer; a
+            function is given one layer's shape). Nothing changes for ``"element"``.
 
     References:
         Tian & Parikh, "Amos: An Adam-style Optimizer with Adaptive Weight Decay towards
@@ -137,9 +147,12 @@ def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0
     """
     check_range("scale_by_amos", "xi", xi, 0.0)
     _check("scale_by_amos", eta, beta, c_coef, d_coef, granularity, eps)
+    check_state_dtype("scale_by_amos", "nu_dtype", nu_dtype)
+    check_layer_axes("scale_by_amos", layer_axes)
 
     def init_fn(params):
-        v = jax.tree.map(lambda p: _reduced_zeros(granularity, p), params)
+        axes = leaf_layer_axes("scale_by_amos", layer_axes, params)
+        v = jax.tree.map(lambda p, k: _reduced_zeros(granularity, p, k, nu_dtype), params, axes)
         return ScaleByAmosState(jnp.zeros([], jnp.int32), init_hyperparams(learning_rate=xi, beta=beta), v,
                                 jax.tree.map(jnp.zeros_like, v))
 
@@ -150,21 +163,23 @@ def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0
         x, b1 = hp["learning_rate"], hp["beta"]
         correction = 1 - b1 ** step_number(state.count, b1.dtype)
 
-        def leaf(grad, v, b, theta, e):
+        def leaf(grad, v, b, theta, e, k):
             g = grad.astype(jnp.promote_types(grad.dtype, x.dtype))  # mean of g^2 not in bfloat16
-            axes = _shared_axes(granularity, g)
+            axes = _shared_axes(granularity, g, k)
             # A zero-size leaf shares its one slot among no entries: its mean square is 0, not NaN.
             g2 = jnp.mean(abs2(g), axis=axes, keepdims=True) if g.size else jnp.zeros(v.shape, v.dtype)
-            v_new = b1 * v + (1 - b1) * g2
+            v_new, b_old = b1 * v + (1 - b1) * g2, b
+            b = b.astype(jnp.promote_types(b.dtype, x.dtype))
             r = correction / jnp.maximum(v_new, eps)  # 1 / v_hat
             c = jax.lax.rsqrt(1 + c_coef * jnp.sqrt(x) * b)
             d = 1 / (1 + d_coef * jnp.sqrt(x * e) * b)
             gamma_over_xi = c * x * r * g2  # gamma_t / xi, without dividing by xi
             u = d * (e * jnp.sqrt(r) * g + 0.5 * gamma_over_xi * theta)
-            return store(u, grad.dtype), store(v_new, v.dtype), store(b + x * gamma_over_xi * (1 + b), b.dtype)
+            return store(u, grad.dtype), store(v_new, v.dtype), store(b + x * gamma_over_xi * (1 + b), b_old.dtype)
 
         treedef = jax.tree.structure(updates)
-        out = treedef.flatten_up_to(jax.tree.map(leaf, updates, state.v, state.b, params, _eta_tree(eta, params)))
+        out = treedef.flatten_up_to(jax.tree.map(leaf, updates, state.v, state.b, params, _eta_tree(eta, params),
+                                                 leaf_layer_axes("scale_by_amos", layer_axes, params)))
         u, v, b = (treedef.unflatten([t[i] for t in out]) for i in range(3))
         return u, ScaleByAmosState(optax.safe_increment(state.count), hp, v, b)
 
@@ -172,8 +187,9 @@ def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0
 
 
 def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0.999, c_coef: float = 0.25,
-         d_coef: float = 0.25, granularity: Granularity = "element", momentum: ScalarOrSchedule = 0.0,
-         eps: float = 2.0**-125, *, fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:
+         d_coef: float = 0.25, granularity: Granularity = "element", momentum: Optional[ScalarOrSchedule] = None,
+         eps: float = 2.0**-125, *, nu_dtype=None, mu_dtype=None, fused: bool = False,
+         flat_state: bool = False, layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""Amos: :math:`\theta_t = \theta_{t-1} - \xi_t \bar u_t`, :math:`\bar u_t = \mu \bar u_{t-1} + (1-\mu) u_t`.
 
     :math:`u_t` from :func:`scale_by_amos` with :math:`\xi` = ``learning_rate``. Algorithm
@@ -184,20 +200,28 @@ def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule =
     Args:
         learning_rate: the global learning rate :math:`\xi \ge 0`, a number or a schedule.
         eta, beta, c_coef, d_coef, granularity, eps: as in :func:`scale_by_amos`.
-        momentum: :math:`\mu \in [0, 1)`; 0 (the default) for none.
+        momentum: :math:`\mu \in [0, 1)`; ``None`` (the default) or 0 for none (no buffer).
+        nu_dtype: see :func:`scale_by_amos`.
+        mu_dtype: the momentum buffer's dtype, or ``None`` (the params'); ``fused=True`` runs the
+            chain for state dtypes other than float32.
         fused: the same update on the CPU as one pass over memory (see :func:`adam`), with
             ``granularity="element"``: the chain writes :math:`u`, :math:`v` and :math:`b` in
             three loops that each read the gradient, :math:`v`, :math:`b` and the params (and
             copies :math:`b` under donation, which two of them read).
         flat_state: with ``fused``, :math:`v`, :math:`b` (and the momentum) as one flat array
             each, as in :func:`adam`.
+        layer_axes: per stacked layer slots (see :func:`scale_by_amos`). ``fused`` needs
+            ``granularity="element"``, where layers change nothing: the kernel runs with them.
     """
     check_range("amos", "learning_rate", learning_rate, 0.0)
-    check_range("amos", "momentum", momentum, 0.0, 1.0, high_open=True)
+    check_state_dtype("amos", "mu_dtype", mu_dtype)
+    if momentum is not None:
+        check_range("amos", "momentum", momentum, 0.0, 1.0, high_open=True)
     _check("amos", eta, beta, c_coef, d_coef, granularity, eps)
     chain = optax.chain(
-        scale_by_amos(learning_rate, eta, beta, c_coef, d_coef, granularity, eps),
-        optax.identity() if is_zero(momentum) else scale_by_ema(momentum),
+        scale_by_amos(learning_rate, eta, beta, c_coef, d_coef, granularity, eps, nu_dtype=nu_dtype,
+                      layer_axes=layer_axes),
+        optax.identity() if is_zero(momentum) else scale_by_ema(momentum, mu_dtype),
         scale_by_learning_rate(learning_rate),
     )
     check_flat_state("amos", fused, flat_state)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
-from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams
+from optimizers._dtypes import check_state_dtype, moment_dtype, store, widen, zeros_in
+from optimizers._hyperparams import check_range, current_hyperparams, either, float_dtype, init_hyperparams
 from schedules import ScalarOrSchedule
 
 
@@ -79,7 +80,8 @@ class EmaState(NamedTuple):
     average: optax.Params  # w_ema, same tree and dtype as params
 
 
-def ema(decay: ScalarOrSchedule = 0.999, bias_correction: bool = False) -> optax.GradientTransformation:
+def ema(decay: ScalarOrSchedule = 0.999, bias_correction: Optional[bool] = None, *, debias: Optional[bool] = None,
+        accumulator_dtype=None) -> optax.GradientTransformation:
     r"""Exponential moving (Polyak) average of the weights after each update; passes updates through.
 
     .. math::
@@ -93,16 +95,33 @@ def ema(decay: ScalarOrSchedule = 0.999, bias_correction: bool = False) -> optax
 
     Args:
         decay: :math:`\beta \in [0, 1]`, or a schedule of it.
-        bias_correction: start from 0 and divide by :math:`1 - \prod \beta_t` when read.
+        bias_correction: start from 0 and divide by :math:`1 - \prod \beta_t` when read (``False``
+            by default).
+        debias: optax's name for ``bias_correction`` (give one).
+        accumulator_dtype: the dtype of :math:`w_{ema}` (saturating), or ``None`` (the params');
+            the average is computed in at least float32.
+
+    .. warning::
+        ``optax.ema`` is a moving average of the *updates* (this package's
+        :func:`~optimizers._ema.scale_by_ema`, and bias-corrected by default); this ``ema`` is
+        of the *weights*. Its ``debias`` and ``accumulator_dtype`` mean the same here, for the
+        weights' average.
 
     References:
         Polyak & Juditsky, "Acceleration of Stochastic Approximation by Averaging", SIAM J.
         Control Optim. 30(4), 1992.
     """
+    bias_correction = either("ema", "bias_correction", bias_correction, "debias", debias, default=False)
+    check_state_dtype("ema", "accumulator_dtype", accumulator_dtype)
     check_range("ema", "decay", decay, 0.0, 1.0)
 
     def init_fn(params):
-        average = optax.tree.zeros_like(params) if bias_correction else _copy(params)
+        if bias_correction:
+            average = zeros_in(params, accumulator_dtype)
+        elif accumulator_dtype is None:
+            average = _copy(params)
+        else:
+            average = jax.tree.map(lambda p: store(p, moment_dtype(p.dtype, accumulator_dtype)), params)
         return EmaState(jnp.zeros([], jnp.int32), init_hyperparams(decay=decay), jnp.ones([], float_dtype()),
                         average)
 
@@ -112,7 +131,8 @@ def ema(decay: ScalarOrSchedule = 0.999, bias_correction: bool = False) -> optax
         beta = hp["decay"]
         if not bias_correction:  # the first update copies the weights
             beta = jnp.where(state.count == 0, 0.0, beta)
-        average = jax.tree.map(lambda a, x: (beta * a + (1 - beta) * x).astype(a.dtype), state.average, w)
+        keep = (lambda x, a: x.astype(a.dtype)) if accumulator_dtype is None else (lambda x, a: store(x, a.dtype))
+        average = jax.tree.map(lambda a, x: keep(beta * widen(a) + (1 - beta) * x, a), state.average, w)
         return updates, EmaState(optax.safe_increment(state.count), hp, state.decay_product * beta, average)
 
     return transformation("ema", init_fn, update_fn)

@@ -108,9 +108,15 @@ class StateShapes:
         self.known[_signature(params)] = _abstract(state)
 
     def implied(self, updates):
+        """The state's shapes for ``updates``; ``None`` where ``init`` cannot be traced: its shapes
+        depend on a hyperparameter that is traced here (``optax.inject_hyperparams`` passes ints
+        such as Adafactor's ``min_dim_size_to_factor`` as arrays, traced in a jit-compiled update)."""
         key = _signature(updates)
         if key not in self.known:
-            self.known[key] = jax.eval_shape(self.init_fn, _abstract(updates))
+            try:
+                self.known[key] = jax.eval_shape(self.init_fn, _abstract(updates))
+            except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
+                self.known[key] = None
         return self.known[key]
 
 
@@ -122,7 +128,7 @@ def check_update_args(owner: str, shapes: StateShapes, updates, state, params) -
             raise ValueError(f"{owner}: the updates do not match the params: in the updates, {where} "
                              f"(as in the params)")
     implied = shapes.implied(floats_only(updates))
-    where = first_difference(state, implied)
+    where = None if implied is None else first_difference(state, implied)
     if where is not None:
         raise ValueError(f"{owner}: the updates do not match the optimizer state (was it initialised "
                          f"with other params?): in the state these updates imply, {where}")

@@ -92,6 +92,44 @@ def real_full_like(params, value):
     return jax.tree.map(lambda p: jnp.full_like(p, value, dtype=real_dtype(p.dtype)), params)
 
 
+def check_state_dtype(owner: str, name: str, dtype) -> None:
+    """Raises ``ValueError`` naming ``owner``'s ``name`` unless ``dtype`` is ``None`` or a real floating dtype."""
+    if dtype is None:
+        return
+    try:
+        checked = jnp.dtype(dtype)
+    except TypeError:
+        checked = None
+    if checked is None or not jnp.issubdtype(checked, jnp.floating):
+        raise ValueError(f"{owner}: {name} must be None or a real floating dtype such as 'bfloat16', got {dtype!r}")
+
+
+def moment_dtype(leaf_dtype, dtype=None, real: bool = False):
+    """The dtype of a state buffer of a leaf of ``leaf_dtype`` kept in ``dtype`` (a state-dtype keyword).
+
+    ``None``: the leaf's dtype (its real dtype with ``real``, for a second moment). Otherwise
+    ``dtype`` (float64 only under ``jax_enable_x64``), or for a complex leaf's complex moment
+    the smallest complex dtype holding it (complex64 for float32 or bfloat16, complex128 for
+    float64); a second moment (``real``) stays real.
+    """
+    if dtype is None:
+        return real_dtype(leaf_dtype) if real else jnp.dtype(leaf_dtype)
+    dtype = jax.dtypes.canonicalize_dtype(dtype)
+    if not real and jnp.issubdtype(leaf_dtype, jnp.complexfloating):
+        return jnp.promote_types(dtype, jnp.complex64)
+    return dtype
+
+
+def zeros_in(params, dtype=None, real: bool = False):
+    """Zeros shaped like each leaf, in :func:`moment_dtype` (``None``: as ``zeros_like``/:func:`real_zeros_like`)."""
+    return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=moment_dtype(p.dtype, dtype, real)), params)
+
+
+def full_in(params, value, dtype=None, real: bool = False):
+    """``value`` shaped like each leaf, in :func:`moment_dtype`."""
+    return jax.tree.map(lambda p: jnp.full_like(p, value, dtype=moment_dtype(p.dtype, dtype, real)), params)
+
+
 def reject_complex(owner: str, params, why: str) -> None:
     """Raises ``TypeError`` when ``params`` has a complex leaf: ``owner``'s rule does not extend to them."""
     if any(jnp.iscomplexobj(p) for p in jax.tree.leaves(params)):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
-from optimizers._dtypes import store, store_like
+from optimizers._dtypes import check_state_dtype, store, store_like, zeros_in
 from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers._moments import ema
 from schedules import ScalarOrSchedule
@@ -21,7 +21,7 @@ class ScaleByEmaState(NamedTuple):
     ema: optax.Updates  # m_t, same tree and dtype as params
 
 
-def scale_by_ema(decay: ScalarOrSchedule = 0.9) -> optax.GradientTransformation:
+def scale_by_ema(decay: ScalarOrSchedule = 0.9, accumulator_dtype=None) -> optax.GradientTransformation:
     r"""Replaces the updates by their exponential moving average (momentum without bias correction).
 
     .. math::
@@ -36,11 +36,15 @@ def scale_by_ema(decay: ScalarOrSchedule = 0.9) -> optax.GradientTransformation:
 
     Args:
         decay: :math:`\beta_t \in [0, 1)`, or a schedule of it.
+        accumulator_dtype: the dtype of :math:`m_t` (saturating), or ``None`` (the params'); the
+            average is computed in at least float32.
     """
     check_range("scale_by_ema", "decay", decay, 0.0, 1.0, high_open=True)
+    check_state_dtype("scale_by_ema", "accumulator_dtype", accumulator_dtype)
 
     def init_fn(params):
-        return ScaleByEmaState(jnp.zeros([], jnp.int32), init_hyperparams(decay=decay), optax.tree.zeros_like(params))
+        return ScaleByEmaState(jnp.zeros([], jnp.int32), init_hyperparams(decay=decay),
+                               zeros_in(params, accumulator_dtype))
 
     def update_fn(updates, state, params=None):
         del params

@@ -1,4 +1,8 @@
-"""Funnelled SGDM: momentum SGD with per-coordinate gains and a global scale adapted by exponentiated gradients."""
+"""Funnelled SGDM: momentum SGD with per-coordinate gains and a global scale adapted by exponentiated gradients.
+
+The global scale's dot product runs over the whole tree: it stays global for stacked
+(scanned) layers, and the transform takes no ``layer_axes`` (``docs/guides/scanned_layers.md``).
+"""
 
 from __future__ import annotations
 

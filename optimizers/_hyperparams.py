@@ -62,17 +62,25 @@ def _visit(node, fn):
     return node
 
 
-def get_hyperparams(state) -> dict[str, jax.Array]:
-    """The hyperparameters of the latest update, read from an optimizer state.
+def _array(value):
+    """A hyperparameter's array, taken out of the one-leaf pytree a trainer may keep it in
+    (Flax's ``nnx.Optimizer`` keeps every array of its state in an ``nnx.OptArray``)."""
+    leaves = jax.tree.leaves(value)
+    return leaves[0] if len(leaves) == 1 else value
 
-    Walks the whole state (chains, wrappers, ``optax.inject_hyperparams``). Where two
-    transforms share a name (LAMB's ``eps``), the first in the chain is returned.
+
+def get_hyperparams(state) -> dict[str, jax.Array]:
+    """The hyperparameters of the latest update, read from an optimizer state, as arrays.
+
+    Walks the whole state (chains, wrappers, ``optax.inject_hyperparams``, the state of a
+    Flax ``nnx.Optimizer`` or ``TrainState``). Where two transforms share a name (LAMB's
+    ``eps``), the first in the chain is returned.
     """
     found: dict[str, jax.Array] = {}
 
     def collect(node):
         for k, v in node.hyperparams.items():
-            found.setdefault(k, v)
+            found.setdefault(k, _array(v))
         return node
 
     _visit(state, collect)
@@ -83,8 +91,10 @@ def set_hyperparams(state, **values):
     """A copy of ``state`` with the named hyperparameters replaced in every transform holding them.
 
     The new values keep the stored dtype and shape, so a jit-compiled train step that takes
-    the state as an argument runs with them without recompiling. A hyperparameter given as
-    a schedule is re-evaluated at the next update, so setting it has no lasting effect.
+    the state as an argument runs with them without recompiling, and the wrapper a value is
+    kept in (an ``nnx.OptArray`` in a Flax ``nnx.Optimizer``'s ``opt_state``: assign the copy
+    back to ``optimizer.opt_state``). A hyperparameter given as a schedule is re-evaluated
+    at the next update, so setting it has no lasting effect.
 
     Raises:
         ValueError: a name no transform in ``state`` holds.
@@ -96,7 +106,8 @@ def set_hyperparams(state, **values):
                          f"it holds {sorted(held)}")
 
     def replace(node):
-        new = {k: jnp.asarray(values[k], v.dtype) if k in values else v for k, v in node.hyperparams.items()}
+        new = {k: jax.tree.map(lambda x, k=k: jnp.asarray(values[k], x.dtype), v) if k in values else v
+               for k, v in node.hyperparams.items()}
         return node._replace(hyperparams=new)
 
     return _visit(state, replace)
@@ -109,3 +120,22 @@ def is_zero(value) -> bool:
     under ``optax.inject_hyperparams`` at ``init`` and at ``update``.
     """
     return value is None or (_is_number(value) and value == 0)
+
+
+def given(**values) -> dict:
+    """The hyperparameters that are given: those that are ``None`` (off) are left out of the state."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def either(owner: str, name: str, value, optax_name: str, optax_value, default=None):
+    """The value of ``name``, which optax spells ``optax_name``: one of the two, or ``default``.
+
+    Raises:
+        ValueError: both are given.
+    """
+    if value is not None and optax_value is not None:
+        raise ValueError(f"{owner}: give {name} or {optax_name} (optax's name for it), not both: "
+                         f"got {name}={value!r} and {optax_name}={optax_value!r}")
+    if value is None:
+        value = optax_value
+    return default if value is None else value

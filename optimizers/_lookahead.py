@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
-from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
+from optimizers._hyperparams import check_range, current_hyperparams, either, init_hyperparams
 from schedules import ScalarOrSchedule
 
 
@@ -20,8 +20,9 @@ class LookaheadState(NamedTuple):
     slow: optax.Params  # the slow weights phi (use them for evaluation)
 
 
-def lookahead(optimizer: optax.GradientTransformation, sync_period: int = 5,
-              slow_step_size: ScalarOrSchedule = 0.5, reset_state: bool = False) -> optax.GradientTransformation:
+def lookahead(optimizer: Optional[optax.GradientTransformation] = None, sync_period: int = 5,
+              slow_step_size: ScalarOrSchedule = 0.5, reset_state: bool = False, *,
+              fast_optimizer: Optional[optax.GradientTransformation] = None) -> optax.GradientTransformation:
     r"""Lookahead around any optimizer: the params are the fast weights, the state holds the slow ones.
 
     The inner ``optimizer`` moves the fast weights :math:`\theta`; every :math:`k`-th update
@@ -40,15 +41,19 @@ def lookahead(optimizer: optax.GradientTransformation, sync_period: int = 5,
         sync_period: :math:`k \ge 1`.
         slow_step_size: :math:`\alpha \in [0, 1]`, or a schedule of it.
         reset_state: re-initialise the fast optimizer's state at each synchronisation.
+        fast_optimizer: optax's name for ``optimizer`` (give one).
 
     References:
         Zhang et al., "Lookahead Optimizer: k steps forward, 1 step back", NeurIPS 2019,
         Algorithm 1.
     """
+    optimizer = either("lookahead", "optimizer", optimizer, "fast_optimizer", fast_optimizer)
     check_range("lookahead", "sync_period", sync_period, 1)
     check_range("lookahead", "slow_step_size", slow_step_size, 0.0, 1.0)
 
     def init_fn(params):
+        if optimizer is None:
+            raise ValueError("lookahead: no optimizer to wrap: give optimizer (or optax's fast_optimizer)")
         return LookaheadState(jnp.zeros([], jnp.int32), init_hyperparams(slow_step_size=slow_step_size),
                               optimizer.init(params), jax.tree.map(lambda p: jnp.array(p, copy=True), params))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from optimizers._dtypes import abs2, widen
@@ -45,3 +46,26 @@ def adam_moments(updates, state, hp):
     t = step_number(state.count, hp["b1"].dtype)
     m, v = ema(updates, state.mu, hp["b1"]), ema(updates, state.nu, hp["b2"], 2)
     return t, m, v, bias_correction(hp["b1"], t), bias_correction(hp["b2"], t)
+
+
+def check_eps_root(owner: str, eps_root) -> None:
+    r""":math:`\epsilon_{root} \ge 0` (``None``: none)."""
+    if eps_root is not None:
+        check_range(owner, "eps_root", eps_root, 0.0)
+
+
+def corrected_mu(g, m, hp, t, c1, nesterov: bool):
+    r""":math:`\hat m_t = m_t / (1-\beta_1^t)`, or with ``nesterov`` (optax's, Dozat's form with a
+    constant :math:`\beta_1`) :math:`\beta_1 m_t / (1-\beta_1^{t+1}) + (1-\beta_1) g_t / (1-\beta_1^t)`."""
+    if not nesterov:
+        return m / c1
+    b1 = hp["b1"]
+    return b1 * m / bias_correction(b1, t + 1) + (1 - b1) * widen(g) / c1
+
+
+def adam_denominator(v, c2, hp):
+    r""":math:`\epsilon + \sqrt{v_t / (1-\beta_2^t)}`, or :math:`\epsilon + \sqrt{v_t / (1-\beta_2^t) + \epsilon_{root}}`
+    when ``hp`` holds an ``eps_root``."""
+    if "eps_root" in hp:
+        return hp["eps"] + jnp.sqrt(v / c2 + hp["eps_root"])
+    return hp["eps"] + jnp.sqrt(v / c2)

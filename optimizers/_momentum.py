@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
-from optimizers._dtypes import store, store_like, widen
+from optimizers._dtypes import check_state_dtype, store, store_like, widen, zeros_in
 from optimizers._flat_state import check_flat_state
 from optimizers._fused import _advance, _call, _leaf_decays, _state_buffers, _state_tree
 from optimizers._fused import fused as fused_transform
@@ -24,7 +24,8 @@ class TraceState(NamedTuple):
     trace: optax.Updates  # momentum buffer, same tree and dtype as params
 
 
-def trace(decay: ScalarOrSchedule = 0.9, nesterov: bool = False) -> optax.GradientTransformation:
+def trace(decay: ScalarOrSchedule = 0.9, nesterov: bool = False, accumulator_dtype=None
+          ) -> optax.GradientTransformation:
     r"""Accumulates a momentum trace of the updates.
 
     .. math::
@@ -37,6 +38,8 @@ def trace(decay: ScalarOrSchedule = 0.9, nesterov: bool = False) -> optax.Gradie
     Args:
         decay: momentum :math:`\mu_t` in ``[0, 1)``, or a schedule of it.
         nesterov: use the Nesterov form of :math:`u_t`.
+        accumulator_dtype: the dtype of :math:`m_t` (saturating), or ``None`` (the params');
+            the update is computed in at least float32 and returned in the gradients' dtype.
 
     References:
         Polyak, "Some methods of speeding up the convergence of iteration methods", 1964;
@@ -44,9 +47,11 @@ def trace(decay: ScalarOrSchedule = 0.9, nesterov: bool = False) -> optax.Gradie
         learning", ICML 2013, Eq. (3)-(4).
     """
     check_range("trace", "decay", decay, 0.0, 1.0, high_open=True)
+    check_state_dtype("trace", "accumulator_dtype", accumulator_dtype)
 
     def init_fn(params):
-        return TraceState(jnp.zeros([], jnp.int32), init_hyperparams(momentum=decay), optax.tree.zeros_like(params))
+        return TraceState(jnp.zeros([], jnp.int32), init_hyperparams(momentum=decay),
+                          zeros_in(params, accumulator_dtype))
 
     def update_fn(updates, state, params=None):
         del params
@@ -62,9 +67,10 @@ def trace(decay: ScalarOrSchedule = 0.9, nesterov: bool = False) -> optax.Gradie
     return transformation("trace", init_fn, update_fn)
 
 
-def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 0.0,
-        nesterov: bool = False, weight_decay: ScalarOrSchedule = 0.0,
-        mask: MaskOrFn = None, *, fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:
+def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = None,
+        nesterov: bool = False, weight_decay: Optional[ScalarOrSchedule] = None,
+        mask: MaskOrFn = None, *, accumulator_dtype=None, fused: bool = False,
+        flat_state: bool = False) -> optax.GradientTransformation:
     r"""Stochastic gradient descent, with optional momentum and L2 weight decay.
 
     .. math::
@@ -80,21 +86,26 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 
 
     Args:
         learning_rate: :math:`\gamma \ge 0`, a number or a schedule.
-        momentum: :math:`\mu \in [0, 1)`; ``0`` or ``None`` for plain SGD.
+        momentum: :math:`\mu \in [0, 1)`; ``None`` (the default, as optax's) or ``0`` for plain
+            SGD, with no momentum buffer.
         nesterov: Nesterov's accelerated gradient (needs ``momentum``).
-        weight_decay: L2 coefficient :math:`\lambda \ge 0`.
+        weight_decay: L2 coefficient :math:`\lambda \ge 0`; ``None`` (the default) or ``0``
+            for none (no link in the chain).
         mask: which leaves are decayed (see :func:`add_decayed_weights`).
+        accumulator_dtype: the momentum buffer's dtype (see :func:`trace`); ``fused=True`` runs
+            the chain for a dtype other than float32.
         fused: the same update as one pass over memory on the CPU (see :func:`adam`), as
             ``torch.optim.SGD(fused=True)``.
         flat_state: with ``fused``, the momentum as one flat float32 array (see :func:`adam`).
     """
     if momentum is not None:
         check_range("sgd", "momentum", momentum, 0.0, 1.0, high_open=True)
+    check_state_dtype("sgd", "accumulator_dtype", accumulator_dtype)
     if nesterov and is_zero(momentum):
         raise ValueError(f"sgd: nesterov=True needs a momentum in (0, 1), got momentum={momentum!r}")
     chain = optax.chain(
         optax.identity() if is_zero(weight_decay) else add_decayed_weights(weight_decay, mask),
-        optax.identity() if is_zero(momentum) else trace(momentum, nesterov),
+        optax.identity() if is_zero(momentum) else trace(momentum, nesterov, accumulator_dtype),
         scale_by_learning_rate(learning_rate),
     )
     check_flat_state("sgd", fused, flat_state)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
-from optimizers._dtypes import real_zeros_like, store, store_like
-from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams
+from optimizers._adam import adam, check_state_dtypes
+from optimizers._dtypes import store, store_like, zeros_in
+from optimizers._hyperparams import check_range, current_hyperparams, float_dtype, given, init_hyperparams
 from optimizers._flat_state import check_flat_state
 from optimizers._fused import fused_direction
-from optimizers._moments import adam_moments, bias_correction, check_betas, step_number
+from optimizers._moments import adam_denominator, adam_moments, bias_correction, check_betas, check_eps_root, step_number
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -27,7 +28,8 @@ class ScaleByNadamState(NamedTuple):
 
 
 def scale_by_nadam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
-                   momentum_decay: float = 0.004) -> optax.GradientTransformation:
+                   momentum_decay: float = 0.004, *, eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None,
+                   nu_dtype=None) -> optax.GradientTransformation:
     r"""Nadam's direction, with Dozat's momentum schedule.
 
     .. math::
@@ -45,7 +47,10 @@ def scale_by_nadam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
     .. warning::
         Document 003's table divides the momentum term by :math:`1 - \prod_{i\le t}\mu_i`;
         the paper (followed here) by :math:`1 - \prod_{i\le t+1}\mu_i`. ``optax.nadam``
-        has no momentum schedule (constant :math:`\beta_1`).
+        has no momentum schedule (constant :math:`\beta_1`): that is
+        ``scale_by_adam(nesterov=True)``, and ``nadam(..., momentum_decay=None)`` here.
+
+    ``eps_root``, ``mu_dtype``, ``nu_dtype``: as in :func:`scale_by_adam`.
 
     Args:
         b1: :math:`\beta_1 \in [0, 1)`.
@@ -58,21 +63,24 @@ def scale_by_nadam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
     """
     check_betas("scale_by_nadam", b1, b2, eps)
     check_range("scale_by_nadam", "momentum_decay", momentum_decay, 0.0)
+    check_eps_root("scale_by_nadam", eps_root)
+    check_state_dtypes("scale_by_nadam", mu_dtype, nu_dtype)
+    values = given(b1=b1, b2=b2, eps=eps, eps_root=eps_root)
 
     def init_fn(params):
-        return ScaleByNadamState(jnp.zeros([], jnp.int32), init_hyperparams(b1=b1, b2=b2, eps=eps),
-                                 jnp.ones([], float_dtype()), optax.tree.zeros_like(params),
-                                 real_zeros_like(params))
+        return ScaleByNadamState(jnp.zeros([], jnp.int32), init_hyperparams(**values),
+                                 jnp.ones([], float_dtype()), zeros_in(params, mu_dtype),
+                                 zeros_in(params, nu_dtype, real=True))
 
     def update_fn(updates, state, params=None):
         del params
-        hp = current_hyperparams(dict(b1=b1, b2=b2, eps=eps), state.hyperparams, state.count)
+        hp = current_hyperparams(values, state.hyperparams, state.count)
         _, m, v, _, c2 = adam_moments(updates, state, hp)
         mu_t, mu_next, prod = momentum_schedule(hp, state, momentum_decay)
 
         def direction(g, a, b):
             nesterov = (1 - mu_t) * g / (1 - prod) + mu_next * a / (1 - prod * mu_next)
-            return store(nesterov / (hp["eps"] + jnp.sqrt(b / c2)), g.dtype)
+            return store(nesterov / adam_denominator(b, c2, hp), g.dtype)
 
         out = jax.tree.map(direction, updates, m, v)
         moments = store_like(m, state.mu), store_like(v, state.nu)
@@ -90,15 +98,28 @@ def momentum_schedule(hp, state, momentum_decay):
 
 
 def nadam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
-          eps: ScalarOrSchedule = 1e-8, momentum_decay: float = 0.004, *, fused: bool = False,
-          flat_state: bool = False) -> optax.GradientTransformation:
+          eps: ScalarOrSchedule = 1e-8, momentum_decay: Optional[float] = 0.004, *,
+          eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None, nu_dtype=None, nesterov: bool = True,
+          fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:
     r"""Nadam: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_nadam`).
 
     ``fused=True``: one pass over memory on the CPU, and ``flat_state``, as in :func:`adam`.
+    ``eps_root``, ``mu_dtype``, ``nu_dtype``: as in :func:`scale_by_adam` (with ``eps_root``, or
+    a state dtype other than float32, ``fused=True`` runs the chain).
+
+    .. warning::
+        ``optax.nadam`` is Adam with Nesterov's :math:`\hat m_t` and a constant :math:`\beta_1`
+        (no momentum schedule): ``momentum_decay=None`` gives it
+        (``scale_by_adam(nesterov=True)``). optax's ``nesterov=False`` is plain Adam, and so is
+        it here.
     """
-    chain = optax.chain(scale_by_nadam(b1, b2, eps, momentum_decay), scale_by_learning_rate(learning_rate))
+    if momentum_decay is None or not nesterov:
+        return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, bool(nesterov), nu_dtype=nu_dtype, fused=fused,
+                    flat_state=flat_state)
+    chain = optax.chain(scale_by_nadam(b1, b2, eps, momentum_decay, eps_root=eps_root, mu_dtype=mu_dtype,
+                                       nu_dtype=nu_dtype), scale_by_learning_rate(learning_rate))
     check_flat_state("nadam", fused, flat_state)
-    if not fused:
+    if not fused or eps_root is not None:
         return chain
 
     def scalars(hp, state):  # b1, 1-b1, b2, 1-b2, 1-b2^t, eps, 1-mu_t, 1-prod_t, mu_{t+1}, 1-prod_{t+1}

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
+from optimizers._hyperparams import either
 
 
 class ApplyIfFiniteState(NamedTuple):
@@ -33,8 +34,13 @@ def _all_finite(tree) -> jax.Array:
                             jnp.array(True))
 
 
-def apply_if_finite(inner: optax.GradientTransformation,
-                    max_consecutive_skips: int = 10) -> optax.GradientTransformationExtraArgs:
+def _check_count(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"apply_if_finite: {name} must be an integer >= 1, got {value!r}")
+
+
+def apply_if_finite(inner: optax.GradientTransformation, max_consecutive_skips: Optional[int] = None, *,
+                    max_consecutive_errors: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
     r"""Skips every step whose gradients hold a NaN or an Inf; gives up after too many in a row.
 
     For the gradients :math:`g_t` of step :math:`t`, with :math:`k` the steps skipped in a row
@@ -70,12 +76,15 @@ def apply_if_finite(inner: optax.GradientTransformation,
 
     Args:
         inner: the optimizer to protect.
-        max_consecutive_skips: :math:`N \ge 1`, the non-finite steps in a row that are skipped.
+        max_consecutive_skips: :math:`N \ge 1`, the non-finite steps in a row that are skipped (10).
+        max_consecutive_errors: optax's name for it (give one), with the meaning above: after
+            :math:`N` skips this gives up with NaN updates, where optax applies the update.
     """
-    if isinstance(max_consecutive_skips, bool) or not isinstance(max_consecutive_skips, int) \
-            or max_consecutive_skips < 1:
-        raise ValueError(f"apply_if_finite: max_consecutive_skips must be an integer >= 1, "
-                         f"got {max_consecutive_skips!r}")
+    if max_consecutive_errors is not None:
+        _check_count("max_consecutive_errors", max_consecutive_errors)
+    max_consecutive_skips = either("apply_if_finite", "max_consecutive_skips", max_consecutive_skips,
+                                   "max_consecutive_errors", max_consecutive_errors, default=10)
+    _check_count("max_consecutive_skips", max_consecutive_skips)
 
     def init_fn(params):
         zero = jnp.zeros([], jnp.int32)

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
-from optimizers._dtypes import abs2, real_dtype, store, store_like
+from optimizers._dtypes import abs2, check_state_dtype, moment_dtype, store, store_like, zeros_in
 from optimizers._flat_state import check_flat_state
 from optimizers._fused import _advance, _call, _state_buffers, _state_tree
 from optimizers._fused import fused as fused_transform
-from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
+from optimizers._hyperparams import check_range, current_hyperparams, given, init_hyperparams
+from optimizers._layers import LayerAxes, check_layer_axes, falls_back, leaf_layer_axes, per_layer, within
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -22,11 +23,12 @@ class ScaleByNovogradState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"b1": ..., "b2": ..., "eps": ..., "weight_decay": ...}
     mu: optax.Updates  # m_t, same tree and dtype as params
-    nu: optax.Updates  # v_t, one scalar per leaf (the leaf's dtype)
+    nu: optax.Updates  # v_t, one scalar per leaf (per layer: shape p.shape[:k] with layer_axes), the leaf's dtype
 
 
 def scale_by_novograd(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25, eps: ScalarOrSchedule = 1e-8,
-                      weight_decay: ScalarOrSchedule = 0.0) -> optax.GradientTransformation:
+                      weight_decay: ScalarOrSchedule = 0.0, *, eps_root: Optional[ScalarOrSchedule] = None,
+                      mu_dtype=None, nu_dtype=None, layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""NovoGrad's direction, per leaf (layer) :math:`i`.
 
     .. math::
@@ -49,6 +51,13 @@ def scale_by_novograd(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25, e
         b2: :math:`\beta_2 \in [0, 1)` (the table's 0.25).
         eps: :math:`\epsilon > 0`.
         weight_decay: :math:`\lambda \ge 0`, added inside the momentum.
+        eps_root: optax's :math:`\epsilon_{root} \ge 0` under the root, :math:`\sqrt{v_t + \epsilon_{root}}`
+            (at every step, the first too, as optax), or ``None``.
+        mu_dtype, nu_dtype: the dtypes of :math:`m_t` and of the per-leaf :math:`v_t`
+            (saturating), or ``None`` (the params'); the update is computed in at least float32.
+        layer_axes: the leading axes of each leaf that index stacked layers (a prefix tree
+            of ints or a function of the params, see :mod:`optimizers._layers`): one
+            :math:`v_t` per layer, of shape ``p.shape[:k]``. ``None``: one per leaf.
 
     References:
         Ginsburg et al., "Stochastic Gradient Methods with Layer-wise Adaptive Moments for
@@ -58,21 +67,29 @@ def scale_by_novograd(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25, e
     check_range("scale_by_novograd", "b2", b2, 0.0, 1.0, high_open=True)
     check_range("scale_by_novograd", "eps", eps, 0.0, low_open=True)
     check_range("scale_by_novograd", "weight_decay", weight_decay, 0.0)
-    values = dict(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    if eps_root is not None:
+        check_range("scale_by_novograd", "eps_root", eps_root, 0.0)
+    check_state_dtype("scale_by_novograd", "mu_dtype", mu_dtype)
+    check_state_dtype("scale_by_novograd", "nu_dtype", nu_dtype)
+    check_layer_axes("scale_by_novograd", layer_axes)
+    values = given(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, eps_root=eps_root)
 
     def init_fn(params):
-        nu = jax.tree.map(lambda p: jnp.zeros([], real_dtype(p.dtype)), params)
+        axes = leaf_layer_axes("scale_by_novograd", layer_axes, params)
+        nu = jax.tree.map(lambda p, k: jnp.zeros(p.shape[:k], moment_dtype(p.dtype, nu_dtype, real=True)),
+                          params, axes)
         return ScaleByNovogradState(jnp.zeros([], jnp.int32), init_hyperparams(**values),
-                                    optax.tree.zeros_like(params), nu)
+                                    zeros_in(params, mu_dtype), nu)
 
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError("scale_by_novograd: update needs params, got params=None")
         hp = current_hyperparams(values, state.hyperparams, state.count)
-        nu, dens = _second_moments(updates, state, hp)
+        nu, dens = _second_moments(updates, state, hp, leaf_layer_axes("scale_by_novograd", layer_axes, params))
         b1_, wd = hp["b1"], hp["weight_decay"]
         wide = _widen(hp)
-        mu = jax.tree.map(lambda g, w, m, den: b1_ * m + wide(g) / den + wd * w, updates, params, state.mu, dens)
+        mu = jax.tree.map(lambda g, w, m, den: b1_ * m + wide(g) / per_layer(den, g) + wd * w, updates, params,
+                          state.mu, dens)
         out = jax.tree.map(lambda g, m: store(m, g.dtype), updates, mu)
         return out, ScaleByNovogradState(optax.safe_increment(state.count), hp, store_like(mu, state.mu),
                                          store_like(nu, state.nu))
@@ -85,29 +102,37 @@ def _widen(hp):
     return lambda x: x.astype(jnp.promote_types(x.dtype, hp["b2"].dtype))
 
 
-def _second_moments(updates, state, hp):
-    r"""Per leaf :math:`v_t` and the denominator :math:`\sqrt{v_t} + \epsilon` (no :math:`\epsilon`
-    at the first step; 1 where it is 0: a zero first gradient)."""
+def _second_moments(updates, state, hp, axes=None):
+    r"""Per leaf (per layer: ``axes``, see :func:`~optimizers._layers.leaf_layer_axes`) :math:`v_t` and
+    the denominator :math:`\sqrt{v_t} + \epsilon` (no :math:`\epsilon` at the first step; 1 where it
+    is 0: a zero first gradient)."""
     first = state.count == 0
     b2_, wide = hp["b2"], _widen(hp)
-    norm2 = jax.tree.map(lambda g: jnp.sum(abs2(wide(g))), updates)
+    axes = jax.tree.map(lambda _: 0, updates) if axes is None else axes
+    norm2 = jax.tree.map(lambda g, k: jnp.sum(abs2(wide(g)), axis=within(g, k)), updates, axes)
     nu = jax.tree.map(lambda n, v: jnp.where(first, n, b2_ * v + (1 - b2_) * n), norm2, state.nu)
 
     def denominator(v):
-        den = jnp.sqrt(wide(v)) + jnp.where(first, 0.0, hp["eps"])
+        root = jnp.sqrt(wide(v) + hp["eps_root"]) if "eps_root" in hp else jnp.sqrt(wide(v))
+        den = root + jnp.where(first, 0.0, hp["eps"])
         return jnp.where(den == 0, 1.0, den)
 
     return nu, jax.tree.map(denominator, nu)
 
 
 def novograd(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25,
-             eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.0, *, fused: bool = False,
-             flat_state: bool = False) -> optax.GradientTransformation:
+             eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.0, *,
+             eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None, nu_dtype=None, fused: bool = False,
+             flat_state: bool = False, layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""NovoGrad: :math:`\theta_t = \theta_{t-1} - \gamma_t m_t` (:func:`scale_by_novograd`).
 
     ``fused=True``: on the CPU, XLA's per-leaf sums of squares, then the moment and the params
     in one pass over memory (see :func:`adam`), 24 bytes per float32 parameter in place;
-    ``flat_state``: :math:`m` as one flat float32 array (see :func:`adam`).
+    ``flat_state``: :math:`m` as one flat float32 array (see :func:`adam`). ``eps_root``,
+    ``mu_dtype``, ``nu_dtype``: see :func:`scale_by_novograd` (the kernel has ``eps_root``; with a
+    state dtype other than float32 the chain runs). ``layer_axes``: one :math:`v_t` per stacked
+    layer (see :func:`scale_by_novograd`); with it ``fused=True`` runs the unfused chain (the
+    kernel takes one denominator per leaf).
 
     .. warning::
         ``optax.novograd`` defaults to ``eps=1e-6`` and adds it at the first step too; the
@@ -117,11 +142,14 @@ def novograd(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Sc
         Ginsburg et al., "Stochastic Gradient Methods with Layer-wise Adaptive Moments for
         Training of Deep Networks", arXiv:1905.11286, 2019, Algorithm 1.
     """
-    chain = optax.chain(scale_by_novograd(b1, b2, eps, weight_decay), scale_by_learning_rate(learning_rate))
+    chain = optax.chain(scale_by_novograd(b1, b2, eps, weight_decay, eps_root=eps_root, mu_dtype=mu_dtype,
+                                          nu_dtype=nu_dtype, layer_axes=layer_axes),
+                        scale_by_learning_rate(learning_rate))
     check_flat_state("novograd", fused, flat_state)
-    if not fused:
+    if not fused or falls_back("novograd", layer_axes, flat_state):
         return chain
-    kernel = _novograd_kernel(dict(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay), learning_rate, flat_state)
+    values = given(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, eps_root=eps_root)
+    kernel = _novograd_kernel(values, learning_rate, flat_state)
     return fused_transform("novograd", chain, kernel, lambda state: (state[0].mu, state[0].nu),
                            [(0, "mu")] if flat_state else ())
 

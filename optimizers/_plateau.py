@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,20 +22,17 @@ class ReduceOnPlateauState(NamedTuple):
     accumulated_count: jax.Array  # int32: how many values that sum holds
 
 
-def _improves(value, best, mode, threshold, threshold_mode):
-    """Whether ``value`` beats ``best`` by more than the threshold (relative to ``|best|``)."""
-    if threshold_mode == "rel":
-        margin = threshold * jnp.abs(best)
-        margin = jnp.where(jnp.isinf(best), 0.0, margin)
-    else:
-        margin = threshold
+def _improves(value, best, mode, rtol, atol):
+    """Whether ``value`` beats ``best`` by more than ``rtol * |best| + atol``."""
+    margin = jnp.where(jnp.isinf(best), 0.0, rtol * jnp.abs(best)) + atol
     return value < best - margin if mode == "min" else value > best + margin
 
 
-def reduce_on_plateau(factor: float = 0.1, patience: int = 10, threshold: float = 1e-4,
+def reduce_on_plateau(factor: float = 0.1, patience: int = 10, threshold: Optional[float] = None,
                       threshold_mode: str = "rel", cooldown: int = 0, min_scale: float = 0.0,
                       mode: str = "min", accumulation_size: int = 1,
-                      eps: float = 1e-8) -> optax.GradientTransformationExtraArgs:
+                      eps: float = 1e-8, *, rtol: Optional[float] = None,
+                      atol: Optional[float] = None) -> optax.GradientTransformationExtraArgs:
     r"""Multiplies the updates by a scale that drops by ``factor`` when the value plateaus.
 
     ``update(updates, state, params, value=loss)``. Every ``accumulation_size`` updates the
@@ -56,18 +53,35 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, threshold: float 
         :math:`\tau|b|`, the same for either sign. optax's ``reduce_on_plateau`` reduces
         after ``patience`` bad checks, PyTorch and this one after ``patience + 1``.
 
+    optax's tolerances ``rtol`` and ``atol`` are accepted instead of ``threshold`` (which then
+    must not be given): a value improves if :math:`x < b - (\text{rtol}\,|b| + \text{atol})`
+    (each 0 when not given). optax writes :math:`x < (1-\text{rtol})\,b - \text{atol}`: the
+    same for a positive best; for a negative one it counts a worse value as better (as
+    PyTorch's), here it does not.
+
     Args:
         factor: :math:`\alpha \in (0, 1)`.
         patience: bad checks tolerated, :math:`\ge 0`.
-        threshold: :math:`\tau \ge 0`.
+        threshold: :math:`\tau \ge 0` (1e-4).
         threshold_mode: ``"rel"`` or ``"abs"``.
         cooldown: checks ignored after a reduction, :math:`\ge 0`.
         min_scale: the floor :math:`s_{min} \in [0, 1]`.
         mode: ``"min"`` (a loss) or ``"max"`` (an accuracy, a log-likelihood).
         accumulation_size: values averaged per check, :math:`\ge 1`.
         eps: smallest change of the scale that is applied, :math:`\ge 0`.
+        rtol, atol: optax's relative and absolute tolerances, :math:`\ge 0`.
     """
     owner = "reduce_on_plateau"
+    if rtol is not None or atol is not None:
+        if threshold is not None:
+            raise ValueError(f"{owner}: give threshold or optax's rtol/atol, not both: got threshold={threshold!r}, "
+                             f"rtol={rtol!r}, atol={atol!r}")
+        check_range(owner, "rtol", rtol, 0.0)
+        check_range(owner, "atol", atol, 0.0)
+        rtol, atol = rtol or 0.0, atol or 0.0
+    else:
+        threshold = 1e-4 if threshold is None else threshold
+        rtol, atol = (threshold, 0.0) if threshold_mode == "rel" else (0.0, threshold)
     check_range(owner, "factor", factor, 0.0, 1.0, low_open=True, high_open=True)
     check_range(owner, "patience", patience, 0)
     check_range(owner, "threshold", threshold, 0.0)
@@ -87,7 +101,7 @@ def reduce_on_plateau(factor: float = 0.1, patience: int = 10, threshold: float 
         return ReduceOnPlateauState(zero, jnp.ones([], dtype), worst, zero, zero, jnp.zeros([], dtype), zero)
 
     def check(state, value):
-        better = _improves(value, state.best, mode, threshold, threshold_mode)
+        better = _improves(value, state.best, mode, rtol, atol)
         best = jnp.where(better, value, state.best)
         num_bad = jnp.where(better, 0, optax.safe_increment(state.num_bad))
         in_cooldown = state.cooldown_counter > 0

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from optimizers._checks import transformation
-from optimizers._dtypes import real_zeros_like, store, store_like
-from optimizers._hyperparams import check_range, current_hyperparams, init_hyperparams
+from optimizers._adam import check_state_dtypes
+from optimizers._dtypes import store, store_like, zeros_in
+from optimizers._hyperparams import check_range, current_hyperparams, given, init_hyperparams
 from optimizers._flat_state import check_flat_state
 from optimizers._fused import fused_direction
-from optimizers._moments import adam_moments, bias_correction, check_betas, step_number
+from optimizers._moments import adam_moments, bias_correction, check_betas, check_eps_root, corrected_mu, step_number
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -54,7 +55,9 @@ def _rectification(b2, t, threshold):
 
 
 def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
-                   threshold: float = 4.0, eps_on_raw_sqrt: bool = False) -> optax.GradientTransformation:
+                   threshold: float = 4.0, eps_on_raw_sqrt: bool = False, *,
+                   eps_root: Optional[ScalarOrSchedule] = None, nesterov: bool = False, mu_dtype=None,
+                   nu_dtype=None) -> optax.GradientTransformation:
     r"""RAdam's direction.
 
     .. math::
@@ -74,6 +77,11 @@ def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
         :math:`\sqrt{v_t}`: ``threshold=5, eps_on_raw_sqrt=True`` gives
         ``torch.optim.RAdam``. optax uses :math:`\rho_t \ge 5`.
 
+    optax's ``eps_root`` puts :math:`\epsilon_{root}` under the root of :math:`\hat v_t`
+    (:math:`\sqrt{\hat v_t + \epsilon_{root}}`, in both forms), and ``nesterov=True`` uses
+    :func:`scale_by_adam`'s Nesterov :math:`\hat m_t` (also in the un-adapted steps), as optax.
+    ``mu_dtype``, ``nu_dtype``: as in :func:`scale_by_adam`.
+
     Args:
         b1, b2, eps: as in Adam.
         threshold: rectify when :math:`\rho_t` exceeds it; at least 4 (4 in the paper).
@@ -85,23 +93,28 @@ def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
     """
     check_betas("scale_by_radam", b1, b2, eps)
     check_range("scale_by_radam", "threshold", threshold, 4.0)
+    check_eps_root("scale_by_radam", eps_root)
+    check_state_dtypes("scale_by_radam", mu_dtype, nu_dtype)
+    values = given(b1=b1, b2=b2, eps=eps, eps_root=eps_root)
 
     def init_fn(params):
-        return ScaleByRadamState(jnp.zeros([], jnp.int32), init_hyperparams(b1=b1, b2=b2, eps=eps),
-                                 optax.tree.zeros_like(params), real_zeros_like(params))
+        return ScaleByRadamState(jnp.zeros([], jnp.int32), init_hyperparams(**values),
+                                 zeros_in(params, mu_dtype), zeros_in(params, nu_dtype, real=True))
 
     def update_fn(updates, state, params=None):
         del params
-        hp = current_hyperparams(dict(b1=b1, b2=b2, eps=eps), state.hyperparams, state.count)
+        hp = current_hyperparams(values, state.hyperparams, state.count)
         t, m, v, c1, c2 = adam_moments(updates, state, hp)
         adapt, r = _rectification(hp["b2"], t, threshold)
 
         def direction(g, a, b):
+            if "eps_root" in hp:  # sqrt(v_hat + eps_root) = sqrt((v + eps_root c2) / c2), in both forms
+                b = b + hp["eps_root"] * c2
             if eps_on_raw_sqrt:
                 adaptive = jnp.sqrt(c2) / (hp["eps"] + jnp.sqrt(b))
             else:
                 adaptive = 1 / (hp["eps"] + jnp.sqrt(b / c2))
-            return jnp.where(adapt, r * adaptive, 1.0) * (a / c1)
+            return jnp.where(adapt, r * adaptive, 1.0) * corrected_mu(g, a, hp, t, c1, nesterov)
 
         out = jax.tree.map(lambda g, a, b: store(direction(g, a, b), g.dtype), updates, m, v)
         return out, ScaleByRadamState(optax.safe_increment(state.count), hp, store_like(m, state.mu),
@@ -112,16 +125,20 @@ def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
 
 def radam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
           eps: ScalarOrSchedule = 1e-8, threshold: float = 4.0,
-          eps_on_raw_sqrt: bool = False, *, fused: bool = False, flat_state: bool = False
+          eps_on_raw_sqrt: bool = False, *, eps_root: Optional[ScalarOrSchedule] = None, nesterov: bool = False,
+          mu_dtype=None, nu_dtype=None, fused: bool = False, flat_state: bool = False
           ) -> optax.GradientTransformation:
     r"""RAdam: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_radam`).
 
     ``threshold=5, eps_on_raw_sqrt=True`` gives ``torch.optim.RAdam``. ``fused=True``: one
-    pass over memory on the CPU, and ``flat_state``, as in :func:`adam`.
+    pass over memory on the CPU, and ``flat_state``, as in :func:`adam`. ``eps_root``,
+    ``nesterov``, ``mu_dtype``, ``nu_dtype``: see :func:`scale_by_radam` (with ``eps_root`` or
+    ``nesterov``, or a state dtype other than float32, ``fused=True`` runs the chain).
     """
-    chain = optax.chain(scale_by_radam(b1, b2, eps, threshold, eps_on_raw_sqrt), scale_by_learning_rate(learning_rate))
+    chain = optax.chain(scale_by_radam(b1, b2, eps, threshold, eps_on_raw_sqrt, eps_root=eps_root, nesterov=nesterov,
+                                       mu_dtype=mu_dtype, nu_dtype=nu_dtype), scale_by_learning_rate(learning_rate))
     check_flat_state("radam", fused, flat_state)
-    if not fused:
+    if not fused or eps_root is not None or nesterov:
         return chain
 
     def scalars(hp, state):  # b1, 1-b1, b2, 1-b2, 1-b1^t, 1-b2^t, eps, rectified, r_t, sqrt(1-b2^t)

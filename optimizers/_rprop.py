@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,7 @@ from optimizers._elementwise import after, clip
 from optimizers._dtypes import reject_complex
 from optimizers._flat_state import check_flat_state
 from optimizers._fused import fused_direction
-from optimizers._hyperparams import check_range, init_hyperparams
+from optimizers._hyperparams import _is_number, check_range, either, init_hyperparams
 from optimizers._scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -27,6 +27,24 @@ class ScaleByRpropState(NamedTuple):
     prev_grad: optax.Updates  # g_{t-1} (set to 0 after a sign change in the "torch" form)
 
 
+def _scales(owner, learning_rate, min_scale, max_scale, min_step_size, max_step_size):
+    """``(min_scale, max_scale)`` from ours or optax's absolute bounds (one of each pair), in units of the
+    learning rate."""
+    def scale(name, value, optax_name, absolute, default):
+        if absolute is not None:
+            if not (_is_number(learning_rate) or hasattr(learning_rate, "dtype")):
+                raise ValueError(f"{owner}: {optax_name} (an absolute step size) needs a constant learning_rate "
+                                 f"to convert, got a schedule; give {name} (in units of the learning rate)")
+            check_range(owner, optax_name, absolute, 0.0, low_open=True)
+            if _is_number(learning_rate):
+                check_range(owner, "learning_rate", learning_rate, 0.0, low_open=True)
+            absolute = absolute / learning_rate
+        return either(owner, name, value, optax_name, absolute, default)
+
+    return (scale("min_scale", min_scale, "min_step_size", min_step_size, 1e-4),
+            scale("max_scale", max_scale, "max_step_size", max_step_size, 5e3))
+
+
 def _check(owner, eta_plus, eta_minus, min_scale, max_scale, form):
     check_range(owner, "eta_plus", eta_plus, 1.0, low_open=True)
     check_range(owner, "eta_minus", eta_minus, 0.0, 1.0, low_open=True, high_open=True)
@@ -36,8 +54,10 @@ def _check(owner, eta_plus, eta_minus, min_scale, max_scale, form):
         raise ValueError(f"{owner}: form must be one of {_FORMS}, got {form!r}")
 
 
-def scale_by_rprop(eta_plus: float = 1.2, eta_minus: float = 0.5, min_scale: float = 1e-4,
-                   max_scale: float = 5e3, form: str = "table") -> optax.GradientTransformation:
+def scale_by_rprop(eta_plus: float = 1.2, eta_minus: float = 0.5, min_scale: Optional[float] = None,
+                   max_scale: Optional[float] = None, form: str = "table", *,
+                   learning_rate: Optional[ScalarOrSchedule] = None, min_step_size: Optional[float] = None,
+                   max_step_size: Optional[float] = None) -> optax.GradientTransformation:
     r"""Rprop's step: a per-element step size times the sign of the gradient.
 
     ``form="table"`` (document 003's table; Rprop- of Igel & Hüsken):
@@ -69,12 +89,21 @@ def scale_by_rprop(eta_plus: float = 1.2, eta_minus: float = 0.5, min_scale: flo
         is 0), so it matches neither form. PyTorch's absolute bounds
         ``step_sizes=(a, b)`` are ``min_scale=a/lr, max_scale=b/lr`` here.
 
+    optax's ``learning_rate`` (the initial step size :math:`\gamma`) multiplies the output here
+    (the state is then a pair), so the steps are :math:`\gamma_t \zeta_t \operatorname{sign}(g_t)`
+    as :func:`rprop`'s; its absolute bounds ``min_step_size``, ``max_step_size`` are
+    ``min_scale``, ``max_scale`` times a constant :math:`\gamma` (one of each pair).
+
     Args:
         eta_plus: growth factor :math:`\eta_+ > 1` (1.2).
         eta_minus: shrink factor :math:`\eta_- \in (0, 1)` (0.5).
         min_scale: :math:`\zeta_{min} \in (0, 1]` (1e-4: PyTorch's 1e-6 at its ``lr=0.01``).
         max_scale: :math:`\zeta_{max} \ge 1` (5e3: PyTorch's 50 at ``lr=0.01``).
         form: ``"table"`` or ``"torch"``.
+        learning_rate: optax's initial step size :math:`\gamma`, or ``None`` (1: the output is
+            in units of what multiplies it).
+        min_step_size, max_step_size: optax's absolute bounds, :math:`\gamma\zeta_{min}` and
+            :math:`\gamma\zeta_{max}`.
 
     References:
         Riedmiller & Braun, "A Direct Adaptive Method for Faster Backpropagation Learning:
@@ -82,6 +111,11 @@ def scale_by_rprop(eta_plus: float = 1.2, eta_minus: float = 0.5, min_scale: flo
         :math:`\Delta_{ij}` and the weight-update); Igel & Hüsken, "Improving the Rprop
         Learning Algorithm", NC 2000 (Rprop-, iRprop-).
     """
+    min_scale, max_scale = _scales("scale_by_rprop", 1.0 if learning_rate is None else learning_rate, min_scale,
+                                   max_scale, min_step_size, max_step_size)
+    if learning_rate is not None:
+        return optax.chain(scale_by_rprop(eta_plus, eta_minus, min_scale, max_scale, form),
+                           scale_by_learning_rate(learning_rate, flip_sign=False))
     _check("scale_by_rprop", eta_plus, eta_minus, min_scale, max_scale, form)
     torch_form = form == "torch"
 
@@ -118,7 +152,8 @@ def scale_by_rprop(eta_plus: float = 1.2, eta_minus: float = 0.5, min_scale: flo
 
 
 def rprop(learning_rate: ScalarOrSchedule, eta_plus: float = 1.2, eta_minus: float = 0.5,
-          min_scale: float = 1e-4, max_scale: float = 5e3, form: str = "table", *,
+          min_scale: Optional[float] = None, max_scale: Optional[float] = None, form: str = "table", *,
+          min_step_size: Optional[float] = None, max_step_size: Optional[float] = None,
           fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:
     r"""Rprop: :math:`\theta_t = \theta_{t-1} - \gamma_t \zeta_t \operatorname{sign}(g_t)`.
 
@@ -127,8 +162,17 @@ def rprop(learning_rate: ScalarOrSchedule, eta_plus: float = 1.2, eta_minus: flo
     ``rprop(lr, min_scale=a/lr, max_scale=b/lr, form="torch")`` is
     ``torch.optim.Rprop(lr=lr, step_sizes=(a, b))``; a schedule rescales all step sizes at
     once (and ``0`` freezes the parameters). ``fused=True``: the same update as one pass over
-    memory on the CPU (see :func:`adam`); ``flat_state`` as there.
+    memory on the CPU (see :func:`adam`); ``flat_state`` as there. ``min_scale`` and
+    ``max_scale`` default to 1e-4 and 5e3.
+
+    optax's absolute bounds ``min_step_size``, ``max_step_size`` are accepted for a constant
+    learning rate, as ``min_scale = min_step_size / learning_rate`` (one of each pair).
+
+    .. warning::
+        optax's ``rprop`` positional order is ``(learning_rate, eta_minus, eta_plus, ...)``;
+        this one's ``(learning_rate, eta_plus, eta_minus, ...)``: pass them by keyword.
     """
+    min_scale, max_scale = _scales("rprop", learning_rate, min_scale, max_scale, min_step_size, max_step_size)
     _check("rprop", eta_plus, eta_minus, min_scale, max_scale, form)
     chain = optax.chain(scale_by_rprop(eta_plus, eta_minus, min_scale, max_scale, form),
                         scale_by_learning_rate(learning_rate))

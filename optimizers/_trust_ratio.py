@@ -15,6 +15,7 @@ from optimizers._flat_state import check_flat_state
 from optimizers._fused import _advance, _call, _leaf_decays, _state_buffers, _state_tree
 from optimizers._fused import fused as fused_transform
 from optimizers._hyperparams import _is_number, check_range, current_hyperparams, init_hyperparams
+from optimizers._layers import LayerAxes, check_layer_axes, falls_back, leaf_layer_axes, per_layer, within
 from optimizers._momentum import trace
 from optimizers._scaling import MaskOrFn, add_decayed_weights, leaf_masks, scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -22,10 +23,10 @@ from schedules import ScalarOrSchedule
 _INF = float("inf")
 
 
-def _norm(x, dtype):
-    """The L2 norm of a whole leaf, computed in ``dtype`` (or wider)."""
+def _norm(x, dtype, n=0):
+    """The L2 norm of a whole leaf (of each layer, over all but ``n`` leading axes), in ``dtype`` or wider."""
     x = x.astype(jnp.promote_types(x.dtype, dtype))
-    return jnp.sqrt(jnp.sum(abs2(x)))
+    return jnp.sqrt(jnp.sum(abs2(x), axis=within(x, n)))
 
 
 def _ratio(coefficient, num, den, zero):
@@ -39,8 +40,8 @@ def _values(**values):
 
 
 def _check_eps(owner, eps):
-    if eps is not None:
-        check_range(owner, "eps", eps, 0.0, low_open=True)
+    if eps is not None:  # 0 (optax's default) is fine: a zero norm gives a ratio of 1, no division by it
+        check_range(owner, "eps", eps, 0.0)
 
 
 class ScaleByTrustRatioState(NamedTuple):
@@ -50,7 +51,8 @@ class ScaleByTrustRatioState(NamedTuple):
 
 def scale_by_trust_ratio(trust_coefficient: ScalarOrSchedule = 1.0, eps: Optional[ScalarOrSchedule] = None,
                          min_param_norm: float = 0.0, max_param_norm: float = _INF,
-                         mask: MaskOrFn = None) -> optax.GradientTransformation:
+                         mask: MaskOrFn = None, *, min_norm: Optional[float] = None,
+                         layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""Rescales each leaf's update by the trust ratio :math:`\eta\,\phi(\|\theta\|) / \|u\|`.
 
     For every leaf (layer) :math:`\theta^{(i)}` with incoming update :math:`u^{(i)}`:
@@ -61,7 +63,7 @@ def scale_by_trust_ratio(trust_coefficient: ScalarOrSchedule = 1.0, eps: Optiona
 
     and :math:`d^{(i)} = u^{(i)}` (ratio 1) where :math:`\phi(\|\theta^{(i)}\|) = 0` or
     :math:`\|u^{(i)}\| = 0`, so zero-initialised leaves still move and nothing divides by
-    zero. Norms are Frobenius norms of the whole leaf.
+    zero. Norms are Frobenius norms of the whole leaf (of each layer, with ``layer_axes``).
 
     The defaults (:math:`\eta = 1`, no :math:`\epsilon`, :math:`\phi(z) = z`) are LAMB's
     ratio and ``optax.scale_by_trust_ratio()``. After :func:`trace` this is the table's
@@ -69,16 +71,21 @@ def scale_by_trust_ratio(trust_coefficient: ScalarOrSchedule = 1.0, eps: Optiona
 
     .. warning::
         ``optax.scale_by_trust_ratio(min_norm=c)`` clips both norms from below by
-        :math:`c`; here only the parameter norm is clipped, by the paper's :math:`\phi`
-        (``min_param_norm``, ``max_param_norm``). With the defaults the two are equal.
+        :math:`c`; the paper's :math:`\phi` (``min_param_norm``, ``max_param_norm``) clips only
+        the parameter norm. ``min_norm=c`` here is optax's: both norms at least :math:`c` (so
+        with :math:`c > 0` the ratio is never the rule of one). With the defaults all agree.
 
     Args:
         trust_coefficient: :math:`\eta > 0`.
-        eps: :math:`\epsilon > 0` added to :math:`\|u\|`, or ``None`` for none.
+        eps: :math:`\epsilon \ge 0` added to :math:`\|u\|`, or ``None`` for none (optax's 0).
         min_param_norm: :math:`\gamma_l \ge 0`, lower clip of :math:`\|\theta\|`.
         max_param_norm: :math:`\gamma_u > 0` (at least :math:`\gamma_l`), upper clip.
         mask: leaves to rescale, as in :func:`add_decayed_weights`; ``False`` leaves pass
             through unchanged (biases, norm scales).
+        min_norm: optax's lower clip :math:`c \ge 0` of both norms, or ``None`` for none.
+        layer_axes: the leading axes of each leaf that index stacked layers (a prefix tree
+            of ints or a function of the params, see :mod:`optimizers._layers`): one ratio
+            per layer. ``None``: one per leaf.
 
     References:
         You, Li, Reddi et al., "Large Batch Optimization for Deep Learning: Training BERT in
@@ -86,14 +93,17 @@ def scale_by_trust_ratio(trust_coefficient: ScalarOrSchedule = 1.0, eps: Optiona
     """
     check_range("scale_by_trust_ratio", "trust_coefficient", trust_coefficient, 0.0, low_open=True)
     _check_eps("scale_by_trust_ratio", eps)
+    if min_norm is not None:
+        check_range("scale_by_trust_ratio", "min_norm", min_norm, 0.0)
     check_range("scale_by_trust_ratio", "min_param_norm", min_param_norm, 0.0, _INF, high_open=True)
     check_range("scale_by_trust_ratio", "max_param_norm", max_param_norm, 0.0, low_open=True)
     if _is_number(min_param_norm) and _is_number(max_param_norm):
         check_range("scale_by_trust_ratio", "max_param_norm", max_param_norm, min_param_norm)
+    check_layer_axes("scale_by_trust_ratio", layer_axes)
     values = _values(trust_coefficient=trust_coefficient, eps=eps)
 
     def init_fn(params):
-        del params
+        leaf_layer_axes("scale_by_trust_ratio", layer_axes, params)  # a bad prefix fails here
         return ScaleByTrustRatioState(jnp.zeros([], jnp.int32), init_hyperparams(**values))
 
     def update_fn(updates, state, params=None):
@@ -102,15 +112,18 @@ def scale_by_trust_ratio(trust_coefficient: ScalarOrSchedule = 1.0, eps: Optiona
         hp = current_hyperparams(values, state.hyperparams, state.count)
         coefficient = hp["trust_coefficient"]
 
-        def scale(u, p, on):
+        def scale(u, p, on, n):
             if not on:
                 return u
-            p_norm = jnp.clip(_norm(p, coefficient.dtype), min_param_norm, max_param_norm)
-            u_norm = _norm(u, coefficient.dtype)
+            p_norm = jnp.clip(_norm(p, coefficient.dtype, n), min_param_norm, max_param_norm)
+            u_norm = _norm(u, coefficient.dtype, n)
+            if min_norm is not None:
+                p_norm, u_norm = jnp.maximum(p_norm, min_norm), jnp.maximum(u_norm, min_norm)
             ratio = _ratio(coefficient, p_norm, u_norm + hp.get("eps", 0.0), (p_norm == 0) | (u_norm == 0))
-            return (ratio * u).astype(u.dtype)
+            return (per_layer(ratio, u) * u).astype(u.dtype)
 
-        updates = jax.tree.map(scale, updates, params, leaf_masks(mask, params))
+        axes = leaf_layer_axes("scale_by_trust_ratio", layer_axes, params)
+        updates = jax.tree.map(scale, updates, params, leaf_masks(mask, params), axes)
         return updates, ScaleByTrustRatioState(optax.safe_increment(state.count), hp)
 
     return transformation("scale_by_trust_ratio", init_fn, update_fn)
@@ -123,7 +136,8 @@ class ScaleByLarsState(NamedTuple):
 
 def scale_by_lars(weight_decay: ScalarOrSchedule = 0.0, trust_coefficient: ScalarOrSchedule = 0.001,
                   eps: Optional[ScalarOrSchedule] = None, weight_decay_mask: MaskOrFn = None,
-                  trust_ratio_mask: MaskOrFn = None) -> optax.GradientTransformation:
+                  trust_ratio_mask: MaskOrFn = None, *, layer_axes: LayerAxes = None
+                  ) -> optax.GradientTransformation:
     r"""LARS's direction before the momentum: the decayed gradient times the local learning rate.
 
     For every leaf (layer) :math:`w^{(i)}`, with :math:`\beta` the weight decay:
@@ -146,9 +160,10 @@ def scale_by_lars(weight_decay: ScalarOrSchedule = 0.0, trust_coefficient: Scala
     Args:
         weight_decay: :math:`\beta \ge 0`.
         trust_coefficient: :math:`\eta > 0` (the paper's LARS coefficient, 0.001).
-        eps: :math:`\epsilon > 0` added to the denominator, or ``None`` (the paper) for none.
+        eps: :math:`\epsilon \ge 0` added to the denominator, or ``None`` (the paper) for none.
         weight_decay_mask: leaves to decay, as in :func:`add_decayed_weights`.
         trust_ratio_mask: leaves to rescale; ``False`` leaves keep :math:`\lambda = 1`.
+        layer_axes: one :math:`\lambda` per stacked layer, as in :func:`scale_by_trust_ratio`.
 
     References:
         You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks",
@@ -157,10 +172,11 @@ def scale_by_lars(weight_decay: ScalarOrSchedule = 0.0, trust_coefficient: Scala
     check_range("scale_by_lars", "weight_decay", weight_decay, 0.0)
     check_range("scale_by_lars", "trust_coefficient", trust_coefficient, 0.0, low_open=True)
     _check_eps("scale_by_lars", eps)
+    check_layer_axes("scale_by_lars", layer_axes)
     values = _values(weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps)
 
     def init_fn(params):
-        del params
+        leaf_layer_axes("scale_by_lars", layer_axes, params)  # a bad prefix fails here
         return ScaleByLarsState(jnp.zeros([], jnp.int32), init_hyperparams(**values))
 
     def update_fn(updates, state, params=None):
@@ -169,17 +185,18 @@ def scale_by_lars(weight_decay: ScalarOrSchedule = 0.0, trust_coefficient: Scala
         hp = current_hyperparams(values, state.hyperparams, state.count)
         beta, coefficient = hp["weight_decay"], hp["trust_coefficient"]
 
-        def scale(g, w, decay_on, ratio_on):
+        def scale(g, w, decay_on, ratio_on, n):
             b = beta if decay_on else jnp.zeros_like(beta)
             d = g + b * w
             if ratio_on:
-                w_norm, g_norm = _norm(w, beta.dtype), _norm(g, beta.dtype)
+                w_norm, g_norm = _norm(w, beta.dtype, n), _norm(g, beta.dtype, n)
                 den = g_norm + b * w_norm
-                d = _ratio(coefficient, w_norm, den + hp.get("eps", 0.0), (w_norm == 0) | (den == 0)) * d
+                ratio = _ratio(coefficient, w_norm, den + hp.get("eps", 0.0), (w_norm == 0) | (den == 0))
+                d = per_layer(ratio, d) * d
             return d.astype(g.dtype)
 
         masks = leaf_masks(weight_decay_mask, params), leaf_masks(trust_ratio_mask, params)
-        updates = jax.tree.map(scale, updates, params, *masks)
+        updates = jax.tree.map(scale, updates, params, *masks, leaf_layer_axes("scale_by_lars", layer_axes, params))
         return updates, ScaleByLarsState(optax.safe_increment(state.count), hp)
 
     return transformation("scale_by_lars", init_fn, update_fn)
@@ -188,7 +205,8 @@ def scale_by_lars(weight_decay: ScalarOrSchedule = 0.0, trust_coefficient: Scala
 def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, weight_decay_mask: MaskOrFn = None,
          trust_coefficient: ScalarOrSchedule = 0.001, eps: Optional[ScalarOrSchedule] = None,
          trust_ratio_mask: MaskOrFn = None, momentum: ScalarOrSchedule = 0.9,
-         nesterov: bool = False, *, fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:
+         nesterov: bool = False, *, fused: bool = False, flat_state: bool = False,
+         layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""LARS: momentum SGD on the layer-wise rescaled, decayed gradient (paper, Algorithm 1).
 
     .. math::
@@ -220,6 +238,8 @@ def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, 
         fused: the same update as two passes over memory on the CPU (the norms of each
             leaf, then the momentum and params; see :func:`adam`).
         flat_state: with ``fused``, the momentum as one flat float32 array (see :func:`adam`).
+        layer_axes: one local learning rate per stacked layer (see :func:`scale_by_lars`);
+            with it ``fused=True`` runs the unfused chain (the kernel takes one per leaf).
 
     References:
         You, Gitman & Ginsburg, "Large Batch Training of Convolutional Networks",
@@ -227,12 +247,12 @@ def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, 
     """
     check_range("lars", "momentum", momentum, 0.0, 1.0, high_open=True)
     chain = optax.chain(
-        scale_by_lars(weight_decay, trust_coefficient, eps, weight_decay_mask, trust_ratio_mask),
+        scale_by_lars(weight_decay, trust_coefficient, eps, weight_decay_mask, trust_ratio_mask, layer_axes=layer_axes),
         scale_by_learning_rate(learning_rate),
         trace(momentum, nesterov),
     )
     check_flat_state("lars", fused, flat_state)
-    if not fused:
+    if not fused or falls_back("lars", layer_axes, flat_state):
         return chain
     values = _values(weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps)
     return _fused_lars(chain, values, momentum, nesterov, learning_rate, weight_decay_mask, trust_ratio_mask,
@@ -242,8 +262,9 @@ def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, 
 def lamb(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
          eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = None,
          trust_ratio_mask: MaskOrFn = None, min_param_norm: float = 0.0,
-         max_param_norm: float = _INF, *, fused: bool = False, flat_state: bool = False
-         ) -> optax.GradientTransformation:
+         max_param_norm: float = _INF, *, eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None,
+         nu_dtype=None, fused: bool = False, flat_state: bool = False,
+         layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""LAMB: Adam's direction plus decoupled decay, rescaled per leaf by :math:`\phi(\|\theta\|)/\|r\|`.
 
     .. math::
@@ -267,22 +288,27 @@ def lamb(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
         trust_ratio_mask: leaves to rescale; others take plain AdamW steps.
         min_param_norm, max_param_norm: the bounds of :math:`\phi` (identity by default),
             as in :func:`scale_by_trust_ratio`.
+        eps_root, mu_dtype, nu_dtype: as in :func:`scale_by_adam` (with ``eps_root``, or a
+            state dtype other than float32, ``fused=True`` runs the chain).
         fused: the same update as two passes over memory on the CPU (the moments and both
             norms of each leaf, then the params; see :func:`adam`).
         flat_state: with ``fused``, the moments as one flat float32 array each (see :func:`adam`).
+        layer_axes: one trust ratio per stacked layer (see :func:`scale_by_trust_ratio`);
+            with it ``fused=True`` runs the unfused chain (the kernel takes one per leaf).
 
     References:
         You, Li, Reddi et al., "Large Batch Optimization for Deep Learning: Training BERT in
         76 minutes", ICLR 2020, Algorithm 2.
     """
     chain = optax.chain(
-        scale_by_adam(b1, b2, eps),
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype),
         add_decayed_weights(weight_decay, mask),
-        scale_by_trust_ratio(min_param_norm=min_param_norm, max_param_norm=max_param_norm, mask=trust_ratio_mask),
+        scale_by_trust_ratio(min_param_norm=min_param_norm, max_param_norm=max_param_norm, mask=trust_ratio_mask,
+                             layer_axes=layer_axes),
         scale_by_learning_rate(learning_rate),
     )
     check_flat_state("lamb", fused, flat_state)
-    if not fused:
+    if not fused or falls_back("lamb", layer_axes, flat_state) or eps_root is not None:
         return chain
     return _fused_lamb(chain, dict(b1=b1, b2=b2, eps=eps), adam_scalars, min_param_norm, max_param_norm,
                       learning_rate, weight_decay, mask, trust_ratio_mask, flat_state)

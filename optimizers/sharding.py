@@ -22,7 +22,9 @@ How a state leaf finds its sharding:
    sharding; Adafactor's row statistic of an ``(n, m)`` matrix, shape ``(n,)`` or ``(n, 1)``,
    takes the sharding of axis 0 and its column statistic that of axis 1; an SM3 cover of axis
    ``d``, shape ``(n_d,)``, takes axis ``d``'s; a scalar (a count, a hyperparameter, a
-   per-leaf norm) is replicated. An axis set to 1 is not split.
+   per-leaf norm) is replicated. An axis set to 1 is not split. A leaf of rank 2 or more that
+   fits no other way but starts with the param's leading axes (per-layer statistics of stacked
+   layers, ``layer_axes``: SM3's covers of each layer end to end) takes those axes' sharding.
 3. **Otherwise replicated.** When the shape does not say which axes (the ``(n,)`` row and
    column statistics of a square ``(n, n)`` matrix fit either axis) or fits none (a
    transposed or stacked buffer), the leaf is replicated: always correct, and such leaves
@@ -156,6 +158,15 @@ def _follow(shape, param_shape, entries: _Entries) -> set:
     return found
 
 
+def _leading(shape, param_shape, entries: _Entries) -> set:
+    """The entries of the param's leading axes that a leaf of rank >= 2 starts with (its stacked
+    layers' axes), the rest unsplit; none if it starts with none."""
+    k = next((i for i, (n, m) in enumerate(zip(shape, param_shape)) if n != m), min(len(shape), len(param_shape)))
+    if len(shape) < 2 or k == 0 or k == len(shape):
+        return set()
+    return {tuple(entries[:k]) + ((),) * (len(shape) - k)}
+
+
 def _children(node):
     """The direct children of a pytree node and the node's structure over them."""
     return jax.tree.flatten(node, is_leaf=lambda x: x is not node)
@@ -196,7 +207,7 @@ class _Rules:
 
     def of_param(self, leaf, index) -> NamedSharding:
         shape, entries, memory_kind = self.params[index]
-        found = _follow(leaf.shape, shape, entries)
+        found = _follow(leaf.shape, shape, entries) or _leading(leaf.shape, shape, entries)
         fitted = _fit(found.pop(), leaf.shape, self.mesh) if len(found) == 1 else None
         return self.sharding(fitted, memory_kind)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import warnings
 from pathlib import Path
@@ -94,6 +95,29 @@ def _warn_about_shape(smoothed: np.ndarray, losses: np.ndarray) -> None:
                       "and the model, or widen the range", RuntimeWarning, stacklevel=3)
 
 
+def _by_learning_rate(optimizer: Callable[..., optax.GradientTransformation]):
+    """``optimizer`` as a factory of one parameter named ``learning_rate`` (the name
+    ``optax.inject_hyperparams`` passes it by), whatever the factory calls it.
+
+    Raises:
+        ValueError: a factory that takes the learning rate neither first nor as ``learning_rate``.
+    """
+    try:
+        params = list(inspect.signature(optimizer).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (a builtin): pass it first
+        params = None
+    by_name = params is not None and any(p.name == "learning_rate" for p in params)
+    first = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    if params is not None and not by_name and (not params or params[0].kind not in first):
+        raise ValueError(f"lr_finder: optimizer must take the learning rate as its first positional argument "
+                         f"or as learning_rate=...; got a factory with signature {inspect.signature(optimizer)}")
+
+    def factory(learning_rate):
+        return optimizer(learning_rate=learning_rate) if by_name else optimizer(learning_rate)
+
+    return factory
+
+
 def lr_finder(loss_fn: Callable[[Any, Any], jax.Array], params, batches: Iterable,
               optimizer: Callable[..., optax.GradientTransformation], *, min_lr: float = 1e-7,
               max_lr: float = 10.0, num_steps: int = 100, mode: str = "exponential",
@@ -114,8 +138,10 @@ def lr_finder(loss_fn: Callable[[Any, Any], jax.Array], params, batches: Iterabl
         params: the initial params (left untouched).
         batches: an iterable of at least ``num_steps`` batches (wrap a short list in
             ``itertools.cycle``).
-        optimizer: a factory ``learning_rate -> GradientTransformation``, e.g.
-            ``optimizers.adamw`` or ``lambda learning_rate: optimizers.sgd(learning_rate, 0.9)``.
+        optimizer: a factory ``learning_rate -> GradientTransformation`` that takes the
+            learning rate as its first positional argument or as ``learning_rate=``, e.g.
+            ``optimizers.adamw`` or ``lambda lr: optimizers.sgd(lr, momentum=0.9)``. Only the
+            learning rate becomes a traced input; the factory's other arguments stay as given.
         min_lr, max_lr, num_steps, mode: the ramp (see :func:`lr_range`).
         smoothing: :math:`\beta \in [0, 1)`.
         diverge_factor: stop when the smoothed loss exceeds this multiple of its best, :math:`> 1`.
@@ -131,7 +157,7 @@ def lr_finder(loss_fn: Callable[[Any, Any], jax.Array], params, batches: Iterabl
     check_range("lr_finder", "smoothing", smoothing, 0.0, 1.0, high_open=True)
     check_range("lr_finder", "diverge_factor", diverge_factor, 1.0, low_open=True)
     ramp = lr_range(min_lr, max_lr, num_steps, mode)
-    tx = optax.inject_hyperparams(optimizer)(learning_rate=min_lr)
+    tx = optax.inject_hyperparams(_by_learning_rate(optimizer))(learning_rate=min_lr)
 
     @jax.jit
     def step(params, state, batch, lr):

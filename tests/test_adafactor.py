@@ -228,3 +228,23 @@ def test_a_donated_step_runs():
     for _ in range(2):
         p, s = step(p, s)
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(p))
+
+
+def test_under_inject_hyperparams_in_jit():
+    import functools
+
+    params = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
+    for fused in (False, True):
+        build = functools.partial(adafactor, fused=fused)
+        # min_dim_size_to_factor decides the state's shapes: a traced one is refused, by name.
+        with pytest.raises(jax.errors.ConcretizationTypeError, match="min_dim_size_to_factor.*static_args"):
+            jax.jit(optax.inject_hyperparams(build)(learning_rate=0.1).init)(params)
+        # Static, or with init outside jit, every other hyperparameter is traced in the step.
+        for tx, init in ((optax.inject_hyperparams(build, static_args="min_dim_size_to_factor"), jax.jit),
+                         (optax.inject_hyperparams(build), lambda f: f)):
+            tx = tx(learning_rate=0.1, min_dim_size_to_factor=2)
+            u, _ = jax.jit(tx.update)(params, init(tx.init)(params), params)
+            plain = adafactor(0.1, min_dim_size_to_factor=2)
+            want, _ = plain.update(params, plain.init(params), params)
+            for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(want), strict=True):
+                np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -205,7 +205,7 @@ def _lars(theta, grads, eta=1e-3, eps=1e-8, momentum=0.9):
     for t, g in enumerate(grads):
         w_norm, g_norm = _norm(theta), _norm(g)
         ratio = eta * w_norm / (g_norm + eps) if w_norm > 0 and g_norm > 0 else 1.0
-        m = momentum * m - 50.0 * 0.9997**t * ratio * g
+        m = momentum * m - 50.0 * 0.999**t * ratio * g
         theta = theta + m
         yield theta
 

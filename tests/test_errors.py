@@ -56,6 +56,15 @@ BAD = {
     "variant": ["III"],
     "dtype": ["int32", "complex64", "bogus"],
     "max_consecutive_skips": [0, -1, 1.5, NAN],
+    # optax's keywords
+    "max_consecutive_errors": [0, -1, 1.5, NAN],
+    "decay_offset": [-1, NAN], "step_offset": [-1, NAN],
+    "weight_decay_rate": [-1e-4, NAN],
+    "min_norm": [-0.1, NAN],
+    "rtol": [-1e-4, NAN], "atol": [-1e-4, NAN],
+    "min_step_size": [-0.1, 0.0, NAN], "max_step_size": [-0.1, 0.0, NAN],
+    "epsilon": [-1e-8, 0.0, NAN],
+    "smooth_beta": [0.0, -1.0, NAN],
 }
 # Where one constructor gives a name another range than BAD's.
 OVERRIDES = {
@@ -64,6 +73,12 @@ OVERRIDES = {
     ("ema", "decay"): [-0.1, 1.1, NAN],  # 1 (a frozen average) is allowed
     ("adafactor", "min_scale"): [-1e-3, 0.0, NAN],  # Adafactor's eps2: any positive number
     ("scale_by_param_block_rms", "min_scale"): [-1e-3, 0.0, NAN],
+    ("clip_by_block_rms", "threshold"): [0.5, NAN],  # optax's name for clipping_threshold
+    ("scale_by_sm3", "eps"): [-1e-8, NAN],  # optax's name for eps_root: 0 is fine
+    ("scale_by_sm3", "b2"): [-0.1, 1.1, NAN],  # 1: the sum
+    ("scale_by_trust_ratio", "eps"): [-1e-8, NAN],  # optax's default 0 is fine
+    ("scale_by_lars", "eps"): [-1e-8, NAN],
+    ("lars", "eps"): [-1e-8, NAN],
 }
 CONSTRUCTORS = sorted(n for n in optimizers.__all__
                       if "GradientTransformation" in str(inspect.signature(getattr(optimizers, n)).return_annotation))

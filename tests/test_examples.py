@@ -68,6 +68,15 @@ def test_char_lm_writes_its_table_and_figure(tmp_path):
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_scanned_transformer_with_layer_axes_is_the_unrolled_one(tmp_path):
+    """nn.scan's blocks with LAMB and layer_axes: the unrolled model's run; without, another."""
+    run_example("scanned_transformer.py", "--smoke", "--out", str(tmp_path))  # exits 1 otherwise
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in
+            (tmp_path / "results.md").read_text().splitlines() if line.startswith("| (")}
+    assert float(rows["(b) nn.scan, layer_axes"][-1].strip(" |")) < 1e-4
+    assert float(rows["(c) nn.scan, no layer_axes"][-1].strip(" |")) > 1e-3
+
+
 @pytest.mark.parametrize("example", ["nnx_example.py", "linen_example.py"])
 def test_short_flax_example_prints_an_accuracy_above_chance(example):
     result = run_example(example, "--steps", "60")

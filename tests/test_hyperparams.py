@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
+from flax.training import train_state
 from helpers import random_grads, random_tree
 
 import optimizers
@@ -82,3 +84,47 @@ def test_works_through_inject_hyperparams():
     state = tx.init(PARAMS)
     _, state = tx.update(GRADS[0], state, PARAMS)
     np.testing.assert_allclose(optimizers.get_hyperparams(state)["learning_rate"], 3e-3, rtol=1e-6)
+
+
+def _nnx_model():
+    return nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+
+
+def test_flax_nnx_optimizer_state():
+
+    x = np.random.default_rng(3).normal(size=(8, 3)).astype(np.float32)
+    loss = lambda m: jnp.mean(m(x) ** 2)  # noqa: E731
+
+    @nnx.jit
+    def step(m, opt):
+        opt.update(m, nnx.grad(loss)(m))
+
+    model = _nnx_model()
+    opt = nnx.Optimizer(model, optimizers.adamw(1e-2, weight_decay=0.1), wrt=nnx.Param)
+    hp = optimizers.get_hyperparams(opt.opt_state)
+    assert set(hp) == {"learning_rate", "b1", "b2", "eps", "weight_decay"}
+    assert all(isinstance(v, jax.Array) for v in hp.values()), {k: type(v) for k, v in hp.items()}
+    np.testing.assert_allclose(hp["learning_rate"], 1e-2, rtol=1e-6)
+    step(model, opt)
+    new = optimizers.set_hyperparams(opt.opt_state, learning_rate=1e-3)
+    assert jax.tree.structure(new) == jax.tree.structure(opt.opt_state)  # kept in Flax's wrappers
+    opt.opt_state = new
+    np.testing.assert_allclose(optimizers.get_hyperparams(opt.opt_state)["learning_rate"], 1e-3, rtol=1e-6)
+    step(model, opt)
+    # The same as one step at 1e-2 and one at 1e-3 with a schedule.
+    want_model = _nnx_model()
+    want_opt = nnx.Optimizer(want_model, optimizers.adamw(lambda t: jnp.where(t < 1, 1e-2, 1e-3), weight_decay=0.1),
+                             wrt=nnx.Param)
+    step(want_model, want_opt), step(want_model, want_opt)
+    for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(want_model, nnx.Param)),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_flax_train_state():
+    state = train_state.TrainState.create(apply_fn=None, params=PARAMS, tx=optimizers.sgd(0.1, momentum=0.9))
+    hp = optimizers.get_hyperparams(state.opt_state)
+    assert all(isinstance(v, jax.Array) for v in hp.values())
+    np.testing.assert_allclose(hp["momentum"], 0.9, rtol=1e-6)
+    state = state.replace(opt_state=optimizers.set_hyperparams(state.opt_state, learning_rate=0.05))
+    np.testing.assert_allclose(optimizers.get_hyperparams(state.opt_state)["learning_rate"], 0.05, rtol=1e-6)

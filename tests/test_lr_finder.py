@@ -100,3 +100,34 @@ def test_bad_arguments():
         schedules.lr_finder(lambda p, b: 0.0, {"w": jnp.ones(2)}, [], optimizers.adam, progress=False)
     with pytest.raises(ValueError, match="max_value"):
         schedules.lr_finder(None, {}, itertools.repeat(None), optimizers.adam, min_lr=1.0, max_lr=0.1)
+
+
+def _tiny_run(optimizer):
+    """The LR range test of ``optimizer`` on a quadratic (cheap: 20 steps)."""
+    loss = lambda p, batch: jnp.sum((p["w"] - 1.0) ** 2)  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return schedules.lr_finder(loss, {"w": jnp.zeros(3)}, itertools.repeat(None), optimizer, min_lr=1e-4,
+                                   max_lr=1.0, num_steps=20, progress=False)
+
+
+def test_any_name_for_the_learning_rate():
+    by_name = _tiny_run(lambda learning_rate: optimizers.sgd(learning_rate, momentum=0.9))
+    for factory in (lambda lr: optimizers.sgd(lr, momentum=0.9), lambda *a: optimizers.sgd(*a, momentum=0.9),
+                    lambda *, learning_rate: optimizers.sgd(learning_rate, momentum=0.9)):
+        r = _tiny_run(factory)
+        np.testing.assert_array_equal(r.losses, by_name.losses)
+        np.testing.assert_array_equal(r.learning_rates, by_name.learning_rates)
+    w, m, want = np.zeros(3), np.zeros(3), []  # heavy ball in float64 at the ramp's learning rates
+    for lr in by_name.learning_rates:
+        want.append(np.sum((w - 1) ** 2))
+        m = 2 * (w - 1) + 0.9 * m
+        w = w - lr * m
+    np.testing.assert_allclose(by_name.losses, want, rtol=1e-5)
+
+
+def test_a_factory_without_the_learning_rate_first_is_refused():
+    with pytest.raises(ValueError, match="first positional argument or as learning_rate"):
+        _tiny_run(lambda *, lr: optimizers.sgd(lr))
+    with pytest.raises(ValueError, match="first positional argument or as learning_rate"):
+        _tiny_run(lambda: optimizers.sgd(0.1))
