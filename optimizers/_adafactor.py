@@ -103,7 +103,7 @@ def scale_by_factored_rms(decay_rate: float = 0.8, eps: Optional[float] = None, 
         nu_dtype: the dtype of the moments (rows, columns, or full; saturating), or ``None`` (the
             params' real dtype); the update is computed in at least float32.
         layer_axes: the leading axes of each leaf that index stacked layers (a prefix tree
-            of ints or a function of the params, see :mod:`optimizers._layers`): a layer is
+            of ints or a function of the params, see the scanned-layers guide (``optimizers._layers``)): a layer is
             factored when *it* is a large enough matrix (a stack of vectors is not), its rows
             and columns are per layer (shapes ``p.shape[:-1]``, ``p.shape[:-2] + p.shape[-1:]``,
             layer axes first). ``None``: the whole leaf decides.
@@ -218,7 +218,7 @@ def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSched
     ``None`` here keeps the params' dtype); ``decay_offset`` is
     :func:`scale_by_factored_rms`'s ``step_offset``; ``weight_decay_rate`` :math:`\lambda` (with
     ``weight_decay_mask``) subtracts :math:`\lambda X_{t-1}` after the step, not multiplied by
-    the learning rate, as optax (:func:`~optimizers._adafactor_steps.decay_after_step`).
+    the learning rate, as optax (``decay_after_step`` in ``optimizers._adafactor_steps``).
 
     .. warning::
         optax's ``decay_offset`` :math:`k > 0` gives NaN updates from step 1 of a fresh state
@@ -285,14 +285,14 @@ def _or_zero(value):
 
 
 def _adafactor_kernel(decay_rate, eps, clipping_threshold, min_scale, b1, learning_rate, relative_step):
-    """The fused step of :func:`adafactor`'s chain (``optimizers_adafactor``, see ``_fused_kernels.cc``):
+    """The fused step of :func:`adafactor`'s chain (``optimizers_adafactor``, see ``kernels/adafactor.cc``):
     per leaf the full moment, or the row and column means of a factored leaf, updated in place."""
 
     def tick(link):  # a link without hyperparameters, or optax's identity
         return _advance(link)[1] if hasattr(link, "hyperparams") else link
 
     def scalars(state):
-        """The kernel's scalars (see ``_fused_kernels.cc``) and the links after this update."""
+        """The kernel's scalars (see ``kernels/adafactor.cc``) and the links after this update."""
         rms_link, clip_link, scale_link, ema_link, step_link = state
         hp, step_new = _advance(step_link, learning_rate=learning_rate)
         rho = hp["learning_rate"]

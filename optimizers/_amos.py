@@ -137,7 +137,7 @@ def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0
         nu_dtype: the dtype of :math:`v_t` and :math:`b_t` (saturating), or ``None`` (the params'
             real dtype); the step is computed in at least float32.
         layer_axes: the leading axes of each leaf that index stacked layers (a prefix tree
-            of ints or a function of the params, see :mod:`optimizers._layers`): the slots
+            of ints or a function of the params, see the scanned-layers guide (``optimizers._layers``)): the slots
             ``granularity`` shares are those of each layer (``"leaf"``: one per layer; a
             function is given one layer's shape). Nothing changes for ``"element"``.
 
@@ -237,7 +237,7 @@ def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule =
 
 def _amos_kernel(learning_rate, eta, beta, c_coef, d_coef, momentum, eps, flat=False):
     """The kernel of ``chain(scale_by_amos, scale_by_ema or identity, scale_by_learning_rate)``
-    with one slot per entry (``optimizers_amos``, see ``_fused_kernels.cc``); ``flat``: its
+    with one slot per entry (``optimizers_amos``, see ``kernels/adaptive.cc``); ``flat``: its
     state buffers as one flat array each."""
 
     def kernel(grads, state, params, step):

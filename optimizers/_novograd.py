@@ -56,7 +56,7 @@ def scale_by_novograd(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25, e
         mu_dtype, nu_dtype: the dtypes of :math:`m_t` and of the per-leaf :math:`v_t`
             (saturating), or ``None`` (the params'); the update is computed in at least float32.
         layer_axes: the leading axes of each leaf that index stacked layers (a prefix tree
-            of ints or a function of the params, see :mod:`optimizers._layers`): one
+            of ints or a function of the params, see the scanned-layers guide (``optimizers._layers``)): one
             :math:`v_t` per layer, of shape ``p.shape[:k]``. ``None``: one per leaf.
 
     References:
@@ -156,7 +156,7 @@ def novograd(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Sc
 
 def _novograd_kernel(values: dict, learning_rate, flat: bool):
     """The kernel of ``chain(scale_by_novograd, scale_by_learning_rate)`` (``optimizers_novograd``,
-    see ``_fused_kernels.cc``): the per-leaf second moments as in the chain, then one pass."""
+    see ``kernels/momentum.cc``): the per-leaf second moments as in the chain, then one pass."""
 
     def kernel(grads, state, params, step):
         link, lr_link = state

@@ -163,7 +163,7 @@ def rmsprop(learning_rate: ScalarOrSchedule, decay: ScalarOrSchedule = 0.99, eps
 
 def _rmsprop_kernel(rms_values: dict, mu_value, learning_rate, fields, flat: bool, **attrs):
     """The kernel of ``chain(scale_by_rms, trace or identity, scale_by_learning_rate)``
-    (``optimizers_rmsprop``, see ``_fused_kernels.cc``); ``fields``: its state buffers, in the
+    (``optimizers_rmsprop``, see ``kernels/adaptive.cc``); ``fields``: its state buffers, in the
     kernel's order."""
 
     def kernel(grads, state, params, step):

@@ -112,7 +112,7 @@ def scale_by_sm3(eps_root: Optional[ScalarOrSchedule] = None, variant: str = "I"
         nu_dtype: the accumulators' dtype (saturating), or ``None`` (the params' real dtype).
         mu_dtype: the momentum's dtype (with ``b1``), or ``None`` (the params').
         layer_axes: the leading axes of each leaf that index stacked layers (a prefix tree
-            of ints or a function of the params, see :mod:`optimizers._layers`): the covers
+            of ints or a function of the params, see the scanned-layers guide (``optimizers._layers``)): the covers
             are those of each layer, its accumulators kept per layer (layer axes first).
             ``None``: the covers of the whole leaf.
 
@@ -208,7 +208,7 @@ def sm3(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 
 
 def _sm3_kernel(eps_root, momentum, learning_rate, two: bool):
     """The kernel of ``chain(scale_by_sm3, scale_by_ema or identity, scale_by_learning_rate)``
-    (``optimizers_sm3``, see ``_fused_kernels.cc``)."""
+    (``optimizers_sm3``, see ``kernels/sm3.cc``)."""
 
     def kernel(grads, state, params, step):
         state = list(state)  # the links' buffers stay the old ones until the kernel's results replace them

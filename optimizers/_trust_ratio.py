@@ -84,7 +84,7 @@ def scale_by_trust_ratio(trust_coefficient: ScalarOrSchedule = 1.0, eps: Optiona
             through unchanged (biases, norm scales).
         min_norm: optax's lower clip :math:`c \ge 0` of both norms, or ``None`` for none.
         layer_axes: the leading axes of each leaf that index stacked layers (a prefix tree
-            of ints or a function of the params, see :mod:`optimizers._layers`): one ratio
+            of ints or a function of the params, see the scanned-layers guide (``optimizers._layers``)): one ratio
             per layer. ``None``: one per leaf.
 
     References:
