@@ -94,14 +94,17 @@ def real_full_like(params, value):
 
 def check_state_dtype(owner: str, name: str, dtype) -> None:
     """Raises ``ValueError`` naming ``owner``'s ``name`` unless ``dtype`` is ``None`` or a real floating dtype."""
-    if dtype is None:
-        return
+    if dtype is not None and _real_floating(dtype) is None:
+        raise ValueError(f"{owner}: {name} must be None or a real floating dtype such as 'bfloat16', got {dtype!r}")
+
+
+def _real_floating(dtype):
+    """``dtype`` as a numpy dtype if it names a real floating dtype, else ``None``."""
     try:
         checked = jnp.dtype(dtype)
     except TypeError:
-        checked = None
-    if checked is None or not jnp.issubdtype(checked, jnp.floating):
-        raise ValueError(f"{owner}: {name} must be None or a real floating dtype such as 'bfloat16', got {dtype!r}")
+        return None
+    return checked if jnp.issubdtype(checked, jnp.floating) else None
 
 
 def moment_dtype(leaf_dtype, dtype=None, real: bool = False):
@@ -143,11 +146,8 @@ def _cast(tree, dtype):
 
 
 def _floating_dtype(dtype):
-    try:
-        checked = jnp.dtype(dtype)
-    except TypeError:
-        checked = None
-    if checked is None or not jnp.issubdtype(checked, jnp.floating):
+    checked = _real_floating(dtype)
+    if checked is None:
         raise ValueError(f"with_state_dtype: dtype must be a floating dtype such as float32, got {dtype!r}")
     return checked
 
