@@ -65,6 +65,8 @@ BAD = {
     "min_step_size": [-0.1, 0.0, NAN], "max_step_size": [-0.1, 0.0, NAN],
     "epsilon": [-1e-8, 0.0, NAN],
     "smooth_beta": [0.0, -1.0, NAN],
+    # with_quantized_state
+    "bits": [4, 3, NAN], "block_size": [0, 100, NAN], "min_size": [0, -1],
 }
 # Where one constructor gives a name another range than BAD's.
 OVERRIDES = {
