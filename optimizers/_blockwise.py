@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers._checks import child_nodes
 from optimizers._quantized_codes import Layout, QuantizedBuffer, dequantize, is_quantized, layout_of, quantize
 
 CHUNKS = 16  # iterations of the block-wise loop: each holds 1/16 of the large leaves' float32 state
@@ -52,10 +53,6 @@ def _mirror(node, treedef):
     return None
 
 
-def _children(node):
-    return jax.tree.flatten(node, is_leaf=lambda x: x is not node)
-
-
 def per_param_fields(state, treedef, nonnegative: dict) -> list:
     """``(path, groups, signed)`` of each per-parameter field of ``state``, from the root down.
 
@@ -70,7 +67,7 @@ def per_param_fields(state, treedef, nonnegative: dict) -> list:
         if groups is not None:
             found.append((path, groups, signed))
             return
-        children, structure = _children(node)
+        children, structure = child_nodes(node)
         if structure.num_nodes == 1 or is_quantized(node):
             return
         unsigned = nonnegative.get(type(node), frozenset())
@@ -89,13 +86,13 @@ def replace_at(state, values: dict):
     heads: dict = {}
     for path, v in values.items():
         heads.setdefault(path[0], {})[path[1:]] = v
-    children, structure = _children(state)
+    children, structure = child_nodes(state)
     return structure.unflatten([replace_at(c, heads[i]) if i in heads else c for i, c in enumerate(children)])
 
 
 def _at(state, path):
     for i in path:
-        state = _children(state)[0][i]
+        state = child_nodes(state)[0][i]
     return state
 
 

@@ -28,6 +28,11 @@ def _is_none(x) -> bool:
     return x is None
 
 
+def child_nodes(node):
+    """The direct children of a pytree node and the node's structure over them."""
+    return jax.tree.flatten(node, is_leaf=lambda x: x is not node)
+
+
 def is_float(leaf) -> bool:
     """Whether a leaf is a floating or complex array or number (the leaves an update rule sees)."""
     if leaf is None:

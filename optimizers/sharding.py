@@ -59,6 +59,7 @@ import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from optimizers._checks import child_nodes
 from optimizers._quantized_codes import QuantizedBuffer, layout_of
 
 _Entries = tuple  # one tuple of mesh axis names per array dimension ("()" for not split)
@@ -167,18 +168,13 @@ def _leading(shape, param_shape, entries: _Entries) -> set:
     return {tuple(entries[:k]) + ((),) * (len(shape) - k)}
 
 
-def _children(node):
-    """The direct children of a pytree node and the node's structure over them."""
-    return jax.tree.flatten(node, is_leaf=lambda x: x is not node)
-
-
 def _is_leaf(node) -> bool:
     return jax.tree_util.treedef_is_leaf(jax.tree.structure(node)) and jax.tree.leaves(node) != []
 
 
 def _is_flat(group) -> bool:
     """A leaf or a container of leaves (SM3's covers, a ``MaskedNode``): one param's share of a mirror."""
-    return _is_leaf(group) or all(_is_leaf(c) for c in _children(group)[0])
+    return _is_leaf(group) or all(_is_leaf(c) for c in child_nodes(group)[0])
 
 
 class _Rules:
@@ -244,7 +240,7 @@ class _Rules:
             return node
         if _is_leaf(node):
             return self.of_shape(node)
-        children, structure = _children(node)
+        children, structure = child_nodes(node)
         return structure.unflatten([self.assign(c) for c in children])
 
 
