@@ -85,12 +85,23 @@ class CharTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens):
-        position = self.param("position", nn.initializers.normal(0.02), (self.context, self.width))
-        x = nn.Embed(self.vocab_size, self.width)(tokens) + position[: tokens.shape[1]]
-        mask = nn.make_causal_mask(tokens)
+        x, mask = embedded(self, tokens)
         for _ in range(self.depth):
             x = Block(self.width, self.heads)(x, mask)
-        return nn.Dense(self.vocab_size)(nn.LayerNorm()(x))
+        return logits(self, x)
+
+
+def embedded(model, tokens):
+    """The token plus position embeddings of ``tokens`` and the causal mask, as ``model``'s own
+    submodules (``model``: a module with CharTransformer's fields, called from its compact method)."""
+    position = model.param("position", nn.initializers.normal(0.02), (model.context, model.width))
+    x = nn.Embed(model.vocab_size, model.width)(tokens) + position[: tokens.shape[1]]
+    return x, nn.make_causal_mask(tokens)
+
+
+def logits(model, x):
+    """The final norm and the output layer of ``model`` (as :func:`embedded`)."""
+    return nn.Dense(model.vocab_size)(nn.LayerNorm()(x))
 
 
 def batch_stream(ids, batch_size, context, seed):

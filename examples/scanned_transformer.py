@@ -36,7 +36,7 @@ import optax
 import optimizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from char_lm import Block, CharTransformer, batch_stream, decay_mask, load_corpus, loss_fn  # noqa: E402
+from char_lm import Block, CharTransformer, batch_stream, decay_mask, embedded, load_corpus, logits, loss_fn  # noqa: E402
 
 
 def _named(tree):
@@ -68,13 +68,11 @@ class ScannedTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens):
-        position = self.param("position", nn.initializers.normal(0.02), (self.context, self.width))
-        x = nn.Embed(self.vocab_size, self.width)(tokens) + position[: tokens.shape[1]]
-        mask = nn.make_causal_mask(tokens)
+        x, mask = embedded(self, tokens)
         blocks = nn.scan(ScannedLayer, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=nn.broadcast,
                          length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"})
         x, _ = blocks(self.width, self.heads, name="blocks")(x, mask)
-        return nn.Dense(self.vocab_size)(nn.LayerNorm()(x))
+        return logits(self, x)
 
 
 def unrolled(params, depth):
