@@ -36,7 +36,8 @@ import optax
 import optimizers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from char_lm import Block, CharTransformer, batch_stream, decay_mask, embedded, load_corpus, logits, loss_fn  # noqa: E402
+from char_lm import (Block, CharTransformer, batch_stream, decay_mask, embedded, load_corpus, logits,  # noqa: E402
+                     loss_fn)
 
 
 def _named(tree):
