@@ -96,6 +96,12 @@ def _steps(tx, params, grads, jit=True):
     return params, state
 
 
+def _apply(tx, grads, state, params):
+    """One step by hand: ``(params + update, new state)``."""
+    u, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, u), state
+
+
 def _f32(tree):
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
 
@@ -165,10 +171,10 @@ def test_flax_train_state(name):
     state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=make(name))
     step = jax.jit(lambda s: s.apply_gradients(grads=jax.grad(loss)(s.params)))
     tx, manual, opt_state = make(name), params, make(name).init(params)
+    manual_step = jax.jit(lambda p, s: _apply(tx, jax.grad(loss)(p), s, p))
     for _ in range(3):
         state = step(state)
-        u, opt_state = tx.update(jax.grad(loss)(manual), opt_state, manual)
-        manual = optax.apply_updates(manual, u)
+        manual, opt_state = manual_step(manual, opt_state)
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(manual)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert float(loss(state.params)) != float(loss(params))
@@ -191,11 +197,10 @@ def test_flax_nnx_optimizer(name):
 
     tx = make(name)
     opt_state = tx.init(params)
+    manual_step = jax.jit(lambda p, s: _apply(tx, jax.grad(lambda q: loss(nnx.merge(graphdef, q)))(p), s, p))
     for _ in range(3):
         step(model, optimizer)
-        g = jax.grad(lambda p: loss(nnx.merge(graphdef, p)))(params)
-        u, opt_state = tx.update(g, opt_state, params)
-        params = optax.apply_updates(params, u)
+        params, opt_state = manual_step(params, opt_state)
     got = nnx.state(model, nnx.Param)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
