@@ -232,7 +232,7 @@ def _loop(update, call: _Call, geometry: dict, bits, apply):
         for i, leaf in geometry.items():
             g, params, qs = xs[i]
             pc = jax.lax.dynamic_index_in_dim(carry[i], c, keepdims=False) if apply else params
-            buffers = {f: decode(codes.reshape(leaf.k, leaf.lay.block), scales, bits).reshape(leaf.shape)
+            buffers = {f: decode(codes.reshape(leaf.k, leaf.lay.block), scales, bits, lookup=True).reshape(leaf.shape)
                        for f, (codes, scales) in zip(leaf.fields, qs)}
             given[i] = (g.reshape(leaf.shape), None if pc is None else pc.reshape(leaf.shape), buffers)
         u, new = update(*call.inputs(emptied, given))

@@ -27,6 +27,7 @@ from optimizers._fused import _STEPS
 from optimizers._nadam import ScaleByNadamState
 from optimizers._novograd import ScaleByNovogradState
 from optimizers._blockwise import per_param_fields, replace_at, run_blockwise
+from optimizers._leafwise import run_leafwise
 from optimizers._quantized_codes import QuantizedBuffer, dequantize, dequantized, is_quantized, layout_of, quantize
 from optimizers._radam import ScaleByRadamState
 from optimizers._rmsprop import ScaleByRmsState
@@ -205,8 +206,10 @@ def _wrap(optimizer, bits, block_size, min_size, mask):
 
     def run(updates, state, params, apply, **extra_args):
         update = functools.partial(optax.with_extra_args_support(optimizer).update, **extra_args)
-        done = run_blockwise(update, updates, state, params, bits, _NONNEGATIVE,
-                             functools.partial(_requantize, bits=bits), apply)
+        requantize = functools.partial(_requantize, bits=bits)
+        done = run_blockwise(update, updates, state, params, bits, _NONNEGATIVE, requantize, apply)
+        if done is None:
+            done = run_leafwise(update, updates, state, params, bits, _NONNEGATIVE, requantize, apply)
         if done is not None:
             return done
         inner = jax.tree.map(lambda x: dequantize(x, bits) if is_quantized(x) else x, state, is_leaf=is_quantized)

@@ -228,11 +228,25 @@ def _decoding(bits: int, signed: bool) -> np.ndarray:
     return np.where(nan, np.nan, values).astype(np.float32)
 
 
-def decode(codes, scales, bits: int = 8):
-    """The float32 values of ``codes`` (blocks along the last axis) of block scales ``scales``."""
+def decode(codes, scales, bits: int = 8, lookup: bool = False):
+    """The float32 values of ``codes`` (blocks along the last axis) of block scales ``scales``.
+
+    ``lookup``: a gather from the 256 values (cheaper per element, but XLA keeps its result as
+    an array for all its readers: for chunks of :func:`optimizers._blockwise.run_blockwise`);
+    otherwise selects of constants, which XLA fuses into (and repeats in) each reader, so a
+    whole leaf's decoded values never exist as an array. Both give the same bits.
+    """
     signed = codes.dtype == jnp.int8
-    index = codes.astype(jnp.int32) & (2**bits - 1) if signed else codes.astype(jnp.int32)
-    return jnp.asarray(_decoding(bits, signed))[index] * scales[..., None]
+    if lookup:
+        index = codes.astype(jnp.int32) & (2**bits - 1) if signed else codes.astype(jnp.int32)
+        return jnp.asarray(_decoding(bits, signed))[index] * scales[..., None]
+    c = codes.astype(jnp.int32)
+    if signed:
+        v = jnp.where(c < 0, -1.0, 1.0) * _values(jnp.abs(c), bits, True)
+        v = jnp.where(c == -(2 ** (bits - 1)), jnp.nan, v)
+    else:
+        v = jnp.where(c == 2**bits - 1, jnp.nan, _values(c, bits, False))
+    return v * scales[..., None]
 
 
 def quantize(x, signed: bool, block_size: int, bits: int = 8) -> QuantizedBuffer:
