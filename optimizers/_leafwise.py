@@ -94,7 +94,7 @@ class _Plan:
 
 
 def _after(inputs: list, previous: list) -> list:
-    """``inputs`` made to depend on ``previous`` (the last group's outputs), values unchanged.
+    r"""``inputs`` made to depend on ``previous`` (the last group's outputs), values unchanged.
 
     XLA:CPU drops ``optimization_barrier`` before scheduling, so the order is a data
     dependency: each floating input (grads, params, scales) times :math:`1 + 0 \cdot s`, with
