@@ -7,13 +7,18 @@ quantized leaves (``MIN_BLOCKS`` blocks and more) run through the inner update i
 ``CHUNKS`` steps, each step one chunk (whole blocks) of every large leaf, dequantized,
 updated and quantized again, so the step's float32 temporaries are 1/``CHUNKS`` of the
 model's. One loop for all leaves: the inner update is traced once more, not once per leaf.
+The loop is a ``scan`` whose inputs (old codes, scales, grads) are only read and whose
+outputs (new codes, scales) are only written, so XLA copies no carry in its iterations (a
+``fori_loop`` carry that several fusions read and one overwrites in place is copied whole
+every iteration); the chunk's codes are decoded by a lookup in the 256 values.
 
 That is the same computation only when the update is elementwise. It is taken when it is
 checked to be, on the traced update itself: every operation on non-scalar values is
 elementwise (no reduction, reshape, gather, dot, ...), and the inner update traced with the
 chunk (and with the other leaves empty) is the same sequence of operations as traced with
 the whole tree (a mask or a rule that looks at shapes decides alike). Otherwise (LAMB's
-norms, Adafactor's factored moments, a fused kernel) the whole update runs on the
+norms, Adafactor's factored moments, a fused kernel) the update runs leaf by leaf when no
+leaf's outputs read another leaf's inputs (``optimizers._leafwise``), else whole on the
 dequantized state, and the new state of each leaf is quantized after it.
 """
 
