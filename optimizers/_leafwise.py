@@ -28,7 +28,10 @@ import math
 import jax
 import jax.numpy as jnp
 import optax
-from jax._src.interpreters import partial_eval as pe
+try:  # jax's own dead-code pass over a jaxpr: no public name (jax 0.10); without it, updates run whole
+    from jax._src.interpreters import partial_eval as pe
+except ImportError:  # pragma: no cover
+    pe = None
 
 from optimizers._blockwise import _at, per_param_fields
 from optimizers._quantized_codes import dequantize, is_quantized
@@ -98,10 +101,11 @@ def _after(inputs: list, previous: list) -> list:
 
     XLA:CPU drops ``optimization_barrier`` before scheduling, so the order is a data
     dependency: each floating input (grads, params, scales) times :math:`1 + 0 \cdot s`, with
-    :math:`s` one element of each previous output; exact (:math:`x \cdot 1 = x`), and fused into
-    its readers, so no copy.
+    :math:`s` the count of finite values among one element of each previous output (0 or more,
+    never NaN: a NaN update of one leaf must not spread to the next); exact
+    (:math:`x \cdot 1 = x`), and fused into its readers, so no copy.
     """
-    firsts = [x.reshape(-1)[0].astype(jnp.float32) for x in jax.tree.leaves(previous) if x.size]
+    firsts = [jnp.isfinite(x.reshape(-1)[0]).astype(jnp.float32) for x in jax.tree.leaves(previous) if x.size]
     if not firsts:
         return inputs
     one = 1.0 + 0.0 * sum(firsts)
@@ -121,7 +125,7 @@ def run_leafwise(update, updates, state, params, bits: int, nonnegative: dict, r
     ``requantize(old, new)`` quantizes a new state leaf like its old buffer; ``apply``: the new
     params instead of the updates (``optax.apply_updates``), each leaf's written in its group.
     """
-    if params is None and apply:
+    if (params is None and apply) or pe is None:
         return None
     try:
         plan = _Plan(update, updates, state, params, nonnegative)
