@@ -7,13 +7,18 @@ quantized leaves (``MIN_BLOCKS`` blocks and more) run through the inner update i
 ``CHUNKS`` steps, each step one chunk (whole blocks) of every large leaf, dequantized,
 updated and quantized again, so the step's float32 temporaries are 1/``CHUNKS`` of the
 model's. One loop for all leaves: the inner update is traced once more, not once per leaf.
+The loop is a ``scan`` whose inputs (old codes, scales, grads) are only read and whose
+outputs (new codes, scales) are only written, so XLA copies no carry in its iterations (a
+``fori_loop`` carry that several fusions read and one overwrites in place is copied whole
+every iteration); the chunk's codes are decoded by a lookup in the 256 values.
 
 That is the same computation only when the update is elementwise. It is taken when it is
 checked to be, on the traced update itself: every operation on non-scalar values is
 elementwise (no reduction, reshape, gather, dot, ...), and the inner update traced with the
 chunk (and with the other leaves empty) is the same sequence of operations as traced with
 the whole tree (a mask or a rule that looks at shapes decides alike). Otherwise (LAMB's
-norms, Adafactor's factored moments, a fused kernel) the whole update runs on the
+norms, Adafactor's factored moments, a fused kernel) the update runs leaf by leaf when no
+leaf's outputs read another leaf's inputs (``optimizers._leafwise``), else whole on the
 dequantized state, and the new state of each leaf is quantized after it.
 """
 
@@ -27,7 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers._checks import child_nodes
-from optimizers._quantized_codes import Layout, QuantizedBuffer, dequantize, is_quantized, layout_of, quantize
+from optimizers._quantized_codes import Layout, QuantizedBuffer, decode, dequantize, encode, is_quantized, layout_of
 
 CHUNKS = 16  # iterations of the block-wise loop: each holds 1/16 of the large leaves' float32 state
 MIN_BLOCKS = 64  # leaves of fewer blocks run whole
@@ -210,53 +215,59 @@ def _geometry(call: _Call, i) -> _Leaf:
 
 def _loop(update, call: _Call, geometry: dict, bits, apply):
     """The large leaves' updates (``apply``: new params) and new quantized buffers, in ``CHUNKS`` steps of a
-    ``fori_loop``, each step a chunk of every large leaf (the small leaves emptied). The chunks are
-    written back in place into the loop's carry, which starts as the params (``apply``) and the old
-    codes and scales, so a donated step needs no second copy of them."""
-    grads, carry = {}, {}
+    ``scan``, each step a chunk of every large leaf (the small leaves emptied).
+
+    The old codes, scales, grads (and params of ``tx.update``) are the scan's inputs, read only;
+    the new codes and scales (and updates) its outputs, each written once per step, so XLA copies
+    neither. ``apply``: the params are the carry, each chunk overwritten in place by the one
+    fusion that reads it (a donated step needs no second copy of them).
+    """
+    xs, carry = {}, {}
     for i, leaf in geometry.items():
-        grads[i] = _chunks(call.leaves[i], leaf.lay, leaf.k)
-        first = None if call.params is None else _chunks(call.params[i], leaf.lay, leaf.k)
-        out = first if apply else jnp.zeros(grads[i].shape, call.leaves[i].dtype)
-        carry[i] = (out, first if not apply else None,
-                    [(_chunks(call.fields[f][1][i].codes, leaf.lay, leaf.k),
-                      _scale_chunks(call.fields[f][1][i].scales, leaf.k)) for f in leaf.fields])
+        params = None if call.params is None else _chunks(call.params[i], leaf.lay, leaf.k)
+        carry[i] = params if apply else None
+        xs[i] = (_chunks(call.leaves[i], leaf.lay, leaf.k), None if apply else params,
+                 [(_chunks(call.fields[f][1][i].codes, leaf.lay, leaf.k),
+                   _scale_chunks(call.fields[f][1][i].scales, leaf.k)) for f in leaf.fields])
     emptied = {i for i, g in enumerate(call.leaves) if g.ndim and i not in geometry}
 
-    def body(c, carry):
+    def body(carry, x):
+        c, xs = x
         given = {}
         for i, leaf in geometry.items():
-            out, params, qs = carry[i]
-            pc = out[c] if apply else (None if params is None else params[c])
-            buffers = {f: dequantize(QuantizedBuffer(codes[c].reshape(leaf.k, leaf.lay.block),
-                                                     scales[c].reshape(leaf.k, 1)), bits).reshape(leaf.shape)
+            g, params, qs = xs[i]
+            pc = jax.lax.dynamic_index_in_dim(carry[i], c, keepdims=False) if apply else params
+            buffers = {f: decode(codes.reshape(leaf.k, leaf.lay.block), scales, bits, lookup=True).reshape(leaf.shape)
                        for f, (codes, scales) in zip(leaf.fields, qs)}
-            given[i] = (grads[i][c].reshape(leaf.shape), None if pc is None else pc.reshape(leaf.shape), buffers)
+            given[i] = (g.reshape(leaf.shape), None if pc is None else pc.reshape(leaf.shape), buffers)
         u, new = update(*call.inputs(emptied, given))
         u = call.treedef.flatten_up_to(u)
-        result = {}
+        ys = {}
         for i, leaf in geometry.items():
-            out, params, qs = carry[i]
             pc = given[i][1]
-            step = ((pc + u[i]).astype(pc.dtype) if apply else u[i]).reshape(-1)
             quantized = []
-            for f, (codes, scales) in zip(leaf.fields, qs):
+            for f, (codes, _) in zip(leaf.fields, xs[i][2]):
                 value = call.treedef.flatten_up_to(_at(new, call.fields[f][0]))[i]
-                q = quantize(value.reshape(leaf.k, leaf.lay.block), codes.dtype == jnp.int8, leaf.lay.block, bits)
-                quantized.append((codes.at[c].set(q.codes.reshape(-1)), scales.at[c].set(q.scales.reshape(-1))))
-            result[i] = (out.at[c].set(step.astype(out.dtype)), params, quantized)
-        return result
+                q, scales = encode(value.reshape(leaf.k, leaf.lay.block), codes.dtype == jnp.int8, bits)
+                quantized.append((q.reshape(-1), scales))
+            if apply:
+                step = (pc + u[i]).astype(pc.dtype).reshape(1, -1)
+                carry[i] = jax.lax.dynamic_update_index_in_dim(carry[i], step, c, 0)
+                ys[i] = (None, quantized)
+            else:
+                ys[i] = (u[i].reshape(-1), quantized)
+        return carry, ys
 
-    carry = jax.lax.fori_loop(0, CHUNKS, body, carry)
+    carry, ys = jax.lax.scan(body, carry, (jnp.arange(CHUNKS), xs))
     results = {}
     for i, leaf in geometry.items():
-        g, (out, _, quantized) = call.leaves[i], carry[i]
+        g, (u, quantized) = call.leaves[i], ys[i]
         buffers = []
         for f, (c, sc) in zip(leaf.fields, quantized):
             old = call.fields[f][1][i]
             buffers.append(QuantizedBuffer(_unchunk(c, leaf.lay, g.shape),
                                            sc.reshape(-1)[:old.scales.size].reshape(old.scales.shape)))
-        results[i] = (_unchunk(out, leaf.lay, g.shape), buffers)
+        results[i] = (_unchunk(carry[i] if apply else u, leaf.lay, g.shape), buffers)
     return results
 
 

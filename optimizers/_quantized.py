@@ -27,6 +27,7 @@ from optimizers._fused import _STEPS
 from optimizers._nadam import ScaleByNadamState
 from optimizers._novograd import ScaleByNovogradState
 from optimizers._blockwise import per_param_fields, replace_at, run_blockwise
+from optimizers._leafwise import run_leafwise
 from optimizers._quantized_codes import QuantizedBuffer, dequantize, dequantized, is_quantized, layout_of, quantize
 from optimizers._radam import ScaleByRadamState
 from optimizers._rmsprop import ScaleByRmsState
@@ -142,17 +143,22 @@ def with_quantized_state(optimizer: optax.GradientTransformation, bits: int = 8,
     :math:`B = 256`), SGD with momentum and Lion :math:`1 + 4/B`. **Block by block.** XLA:CPU
     writes the input of a reduction (the absmax) out in full, for every leaf at once; so when
     ``optimizer``'s update is elementwise (checked on its trace: Adam, AdamW, SGD, Lion,
-    RMSProp, ... but not LAMB's or LARS's per-leaf norms, Adafactor, SM3, NovoGrad, a global
-    clipping), the leaves of 64 blocks and more run through it in a loop of 16 steps, each
-    step a chunk of every such leaf, written back in place, and the float32 state exists for
-    one chunk at a time. ``tx.update`` must still return float32 updates of whole leaves;
+    RMSProp, ...), the leaves of 64 blocks and more run through it in a scan of 16 steps,
+    each step a chunk of every such leaf, and the float32 state exists for one chunk at a
+    time. ``tx.update`` must still return float32 updates of whole leaves;
     :func:`update_and_apply` writes the new params chunk by chunk instead. Temporaries of a
-    donated step on a 1024 x 1024 leaf, bytes per parameter: AdamW 2.66 with
-    :func:`update_and_apply`, 6.66 through ``tx.update``, 10.05 when the update runs whole
-    (float32 state: 0). Otherwise the whole update runs on the dequantized state, whose
-    float32 copy is then a temporary (LAMB: 14 bytes per parameter, with 2 of state kept).
-    On the CPU the 8-bit step is 2-12x slower than float32's (the codes cost a few dozen
-    elementwise operations per element; ``benchmarks/quantized.py``).
+    donated step on a 1024 x 1024 leaf, bytes per parameter: AdamW 3.03 with
+    :func:`update_and_apply` (the new codes, 2, and a chunk's float32 values), 10.05 when the
+    update runs whole (float32 state: 0). **Leaf by leaf.** When the update is not
+    elementwise but no leaf's outputs read another leaf's inputs (found by a dataflow pass
+    over its jaxpr: LAMB's and LARS's trust ratios, NovoGrad, Adafactor, SM3, with or
+    without ``layer_axes``), it runs one leaf (or a group of small ones) at a time, each
+    group after the last one's new codes exist, so the peak is the largest leaf's float32
+    temporaries: LAMB on the benchmarks' transformer tree 2.18 bytes per parameter (12.99
+    whole). A rule that reads across leaves (``clip_by_global_norm``, Funnelled SGDM,
+    :func:`apply_if_finite` inside) runs whole on the dequantized state, as does a tree of
+    one large leaf (LAMB on one 1024 x 1024 leaf: 14.05). On the CPU the 8-bit step is
+    1.1-5.5x slower than float32's (``benchmarks/quantized.py``).
 
     ``fused=True`` optimizers: their kernel runs as it would, on the dequantized float32
     state (the whole-update path above); there is no kernel that reads the 8-bit codes.
@@ -205,8 +211,10 @@ def _wrap(optimizer, bits, block_size, min_size, mask):
 
     def run(updates, state, params, apply, **extra_args):
         update = functools.partial(optax.with_extra_args_support(optimizer).update, **extra_args)
-        done = run_blockwise(update, updates, state, params, bits, _NONNEGATIVE,
-                             functools.partial(_requantize, bits=bits), apply)
+        requantize = functools.partial(_requantize, bits=bits)
+        done = run_blockwise(update, updates, state, params, bits, _NONNEGATIVE, requantize, apply)
+        if done is None:
+            done = run_leafwise(update, updates, state, params, bits, _NONNEGATIVE, requantize, apply)
         if done is not None:
             return done
         inner = jax.tree.map(lambda x: dequantize(x, bits) if is_quantized(x) else x, state, is_leaf=is_quantized)

@@ -90,19 +90,29 @@ def _magnitude_code(y, bits: int, signed: bool):
 
     The decade :math:`e` with :math:`y \in (10^{-e-1}, 10^{-e}]` is counted with compares;
     its values with the next decade's top one, :math:`10^{-e-1} + k\, 0.9 \cdot 10^{-e}/n_e`
-    (:math:`k = 0 .. n_e`), are evenly spaced, so the nearest is a rounding, and
-    :math:`a = n_e - 1 + k` (unsigned: :math:`n_e - 2 + k`) numbers them across decades.
+    (:math:`k = 0 .. n_e`), are evenly spaced, so the nearest is a rounding (half to even),
+    and :math:`a = n_e - 1 + k` (unsigned: :math:`n_e - 2 + k`) numbers them across decades.
     The signed code's lowest decade starts from 0 (its one value :math:`10^{-6}` and 0).
+
+    Two ladders of selects of constants (:math:`10^e`, :math:`n_e`), no division, and the
+    rounding as :math:`(v + 2^{23}) - 2^{23}` (exact for :math:`0 \le v < 2^{22}`; cheaper
+    than XLA:CPU's round): the ``maximum`` keeps XLA from folding the two constants away and
+    LLVM from fusing the product before it into a multiply-add (which would round once, not
+    twice, and move ties).
     """
     decades = _decades(bits)
     top = decades - 1 if signed else decades
-    power, _, step = _decade(lambda k: y <= np.float32(10.0**-k), decades, top)
-    n = 1.0 / step  # a power of two: exact
+    power, n, lowest = 1.0, np.float32(2.0**top), None
+    for k in range(1, decades):
+        lowest = y <= np.float32(10.0**-k)
+        power = jnp.where(lowest, np.float32(10.0**k), power)
+        n = jnp.where(lowest, np.float32(2.0 ** (top - k)), n)
     z = y * power
-    k = jnp.round((z - 0.1) * (n * np.float32(1 / 0.9)))
+    v = (z - 0.1) * (n * np.float32(1 / 0.9))
     if signed:  # the lowest decade: 0 and 10^-(decades-1)
-        k = jnp.where(power == np.float32(10.0 ** (decades - 1)), jnp.round(z * n), k)
-    k = jnp.clip(k, 0.0, n)
+        v = jnp.where(lowest, z * n, v)
+    shift = jnp.maximum(n, np.float32(2.0**23))
+    k = jnp.minimum((jnp.maximum(v, 0.0) + shift) - shift, n)
     return (n - (1.0 if signed else 2.0) + k).astype(jnp.int32)
 
 
@@ -188,13 +198,9 @@ class QuantizedBuffer(NamedTuple):
     scales: jax.Array  # float32 absmax of each block, shape lead + (blocks,) (see Layout)
 
 
-def quantize(x, signed: bool, block_size: int, bits: int = 8) -> QuantizedBuffer:
-    """The codes (of ``x``'s shape, ``int8`` signed, ``uint8`` unsigned) and float32 block scales of ``x``.
-
-    Unsigned: negative elements (which a non-negative buffer does not have) are stored as 0.
-    """
-    shape, lay = x.shape, layout(x.shape, block_size)
-    xb = _to_blocks(x.astype(jnp.float32), lay)
+def encode(xb, signed: bool, bits: int = 8):
+    """The codes (``int8`` signed, ``uint8`` unsigned) and absmax of blocks ``xb`` (the last axis)."""
+    xb = xb.astype(jnp.float32)
     finite = jnp.isfinite(xb)
     magnitude = jnp.where(finite, jnp.abs(xb) if signed else jnp.maximum(xb, 0.0), 0.0)
     absmax = jnp.max(magnitude, axis=-1)
@@ -205,6 +211,51 @@ def quantize(x, signed: bool, block_size: int, bits: int = 8) -> QuantizedBuffer
         codes = jnp.where(finite, jnp.where(xb < 0, -a, a), -(2 ** (bits - 1))).astype(jnp.int8)
     else:  # a positive element keeps a positive code
         codes = jnp.where(finite, jnp.where(y > 0, jnp.maximum(a, 1), a), 2**bits - 1).astype(jnp.uint8)
+    return codes, absmax
+
+
+@functools.lru_cache(maxsize=None)
+def _decoding(bits: int, signed: bool) -> np.ndarray:
+    """:func:`table` as XLA:CPU computes :func:`_values` (which contracts its multiply-adds), indexed by
+    the code's byte: the values the codes have always decoded to."""
+    codes = np.arange(2**bits)
+    if signed:
+        codes = np.where(codes >= 2 ** (bits - 1), codes - 2**bits, codes)
+    with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
+        values = np.asarray(jax.jit(_values, static_argnums=(1, 2))(np.abs(codes).astype(np.int32), bits, signed))
+    values = np.sign(codes) * values if signed else values
+    nan = codes == (-(2 ** (bits - 1)) if signed else 2**bits - 1)
+    return np.where(nan, np.nan, values).astype(np.float32)
+
+
+def decode(codes, scales, bits: int = 8, lookup: bool = False):
+    """The float32 values of ``codes`` (blocks along the last axis) of block scales ``scales``.
+
+    ``lookup``: a gather from the 256 values (cheaper per element, but XLA keeps its result as
+    an array for all its readers: for chunks of :func:`optimizers._blockwise.run_blockwise`);
+    otherwise selects of constants, which XLA fuses into (and repeats in) each reader, so a
+    whole leaf's decoded values never exist as an array. Both give the same bits.
+    """
+    signed = codes.dtype == jnp.int8
+    if lookup:
+        index = codes.astype(jnp.int32) & (2**bits - 1) if signed else codes.astype(jnp.int32)
+        return jnp.asarray(_decoding(bits, signed))[index] * scales[..., None]
+    c = codes.astype(jnp.int32)
+    if signed:
+        v = jnp.where(c < 0, -1.0, 1.0) * _values(jnp.abs(c), bits, True)
+        v = jnp.where(c == -(2 ** (bits - 1)), jnp.nan, v)
+    else:
+        v = jnp.where(c == 2**bits - 1, jnp.nan, _values(c, bits, False))
+    return v * scales[..., None]
+
+
+def quantize(x, signed: bool, block_size: int, bits: int = 8) -> QuantizedBuffer:
+    """The codes (of ``x``'s shape, ``int8`` signed, ``uint8`` unsigned) and float32 block scales of ``x``.
+
+    Unsigned: negative elements (which a non-negative buffer does not have) are stored as 0.
+    """
+    shape, lay = x.shape, layout(x.shape, block_size)
+    codes, absmax = encode(_to_blocks(x, lay), signed, bits)
     return QuantizedBuffer(_from_blocks(codes, lay, shape), absmax)
 
 
@@ -212,13 +263,7 @@ def dequantize(buffer: QuantizedBuffer, bits: int = 8):
     """The float32 array :func:`quantize` stored as ``buffer``."""
     codes, scales = buffer
     lay = layout_of(codes.shape, scales.shape)
-    c = _to_blocks(codes, lay).astype(jnp.int32)
-    if codes.dtype == jnp.int8:
-        v = jnp.where(c < 0, -1.0, 1.0) * _values(jnp.abs(c), bits, True)
-        v = jnp.where(c == -(2 ** (bits - 1)), jnp.nan, v)
-    else:
-        v = jnp.where(c == 2**bits - 1, jnp.nan, _values(c, bits, False))
-    return _from_blocks(v * scales[..., None], lay, codes.shape)
+    return _from_blocks(decode(_to_blocks(codes, lay), scales, bits), lay, codes.shape)
 
 
 def is_quantized(node) -> bool:
