@@ -101,11 +101,13 @@ def _after(inputs: list, previous: list) -> list:
 
     XLA:CPU drops ``optimization_barrier`` before scheduling, so the order is a data
     dependency: each floating input (grads, params, scales) times :math:`1 + 0 \cdot s`, with
-    :math:`s` the count of finite values among one element of each previous output (0 or more,
-    never NaN: a NaN update of one leaf must not spread to the next); exact
-    (:math:`x \cdot 1 = x`), and fused into its readers, so no copy.
+    :math:`s` a sum of one element of each previous output, each clipped to [0, 1] and a
+    non-finite one taken as 0 (a NaN update of one leaf must not spread to the next, and the
+    sum cannot overflow); exact (:math:`x \cdot 1 = x`),
+    and fused into its readers, so no copy.
     """
-    firsts = [jnp.isfinite(x.reshape(-1)[0]).astype(jnp.float32) for x in jax.tree.leaves(previous) if x.size]
+    firsts = [x.reshape(-1)[0].astype(jnp.float32) for x in jax.tree.leaves(previous) if x.size]
+    firsts = [jnp.where(jnp.isfinite(x), jnp.minimum(jnp.abs(x), 1.0), 0.0) for x in firsts]
     if not firsts:
         return inputs
     one = 1.0 + 0.0 * sum(firsts)
