@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optimizers._checks import child_nodes
+from optimizers._checks import child_nodes, param_groups
 from optimizers._quantized_codes import Layout, QuantizedBuffer, decode, dequantize, encode, is_quantized, layout_of
 
 CHUNKS = 16  # iterations of the block-wise loop: each holds 1/16 of the large leaves' float32 state
@@ -49,9 +49,8 @@ def _is_buffer(x) -> bool:
 
 def _mirror(node, treedef):
     """The per-param groups of ``node`` when it holds one floating array (or nothing) per param, else ``None``."""
-    try:
-        groups = treedef.flatten_up_to(node)
-    except (ValueError, TypeError):
+    groups = param_groups(node, treedef)
+    if groups is None:
         return None
     if all(_is_buffer(g) or not jax.tree.leaves(g) for g in groups) and any(_is_buffer(g) for g in groups):
         return groups

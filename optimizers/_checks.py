@@ -33,6 +33,15 @@ def child_nodes(node):
     return jax.tree.flatten(node, is_leaf=lambda x: x is not node)
 
 
+def param_groups(node, treedef):
+    """``node`` cut at the params' structure ``treedef`` (one subtree per param, as a state field that
+    mirrors the params holds them), or ``None`` when ``treedef`` is not a prefix of ``node``."""
+    try:
+        return treedef.flatten_up_to(node)
+    except (ValueError, TypeError):
+        return None
+
+
 def is_float(leaf) -> bool:
     """Whether a leaf is a floating or complex array or number (the leaves an update rule sees)."""
     if leaf is None:

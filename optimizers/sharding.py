@@ -59,7 +59,7 @@ import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from optimizers._checks import child_nodes
+from optimizers._checks import child_nodes, param_groups
 from optimizers._quantized_codes import QuantizedBuffer, layout_of
 
 _Entries = tuple  # one tuple of mesh axis names per array dimension ("()" for not split)
@@ -228,10 +228,7 @@ class _Rules:
 
     def assign(self, node):
         """The shardings of the abstract state subtree ``node``, mirrors found from the top."""
-        try:
-            groups = self.treedef.flatten_up_to(node)
-        except (ValueError, TypeError):
-            groups = None
+        groups = param_groups(node, self.treedef)
         if groups is not None and all(_is_flat(g) for g in groups):
             return self.treedef.unflatten(
                 [self.of_quantized(g, i) if isinstance(g, QuantizedBuffer)
