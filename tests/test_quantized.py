@@ -290,16 +290,3 @@ def test_bad_input_names_the_argument():
         optimizers.with_quantized_state(optimizers.sgd(0.1)).init(PARAMS)
     with pytest.raises(ValueError, match="fields"):
         optimizers.register_nonnegative(optimizers.ScaleByAdamState, "sigma")
-
-
-def test_comparison_script_smoke(tmp_path):
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "quantized_state.py"
-    spec = importlib.util.spec_from_file_location("quantized_state", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(["--smoke", "--tasks", "digits", "--optimizers", "AdamW", "--out", str(tmp_path)])
-    text = (tmp_path / "results.md").read_text()
-    assert "| AdamW |" in text and "8-bit" in text
