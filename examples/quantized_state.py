@@ -155,8 +155,8 @@ def perturbed(params, seed):
 
 
 def measure(task_name, task, steps, seeds, bits, min_size, block_size, names):
-    """name -> {"float32", "8-bit", "noise": [(accuracy, loss) per seed]}, and the seconds per run."""
-    results, seconds = {}, {}
+    """Yields, optimizer by optimizer, its name, ``{"float32", "8-bit", "noise": [(accuracy, loss) per seed]}``
+    and the seconds per run (compiling included)."""
     for name, tx in recipes(steps, task_name).items():
         if names and name not in names:
             continue
@@ -170,9 +170,7 @@ def measure(task_name, task, steps, seeds, bits, min_size, block_size, names):
                 runs[kind].append(tuple(float(v) for v in train(p, batches)))
             print(f"  {task_name} {name} seed {seed}: " + ", ".join(
                 f"{k} {100 * r[-1][0]:.2f}% {r[-1][1]:.4f}" for k, r in runs.items()), flush=True)
-        results[name] = runs
-        seconds[name] = (time.perf_counter() - start) / (3 * len(seeds))
-    return results, seconds
+        yield name, runs, (time.perf_counter() - start) / (3 * len(seeds))
 
 
 def paired(runs, kind):
@@ -225,21 +223,22 @@ def main(argv=None):
     seeds = list(range(2 if args.smoke else args.seeds))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    start, tables, raw = time.perf_counter(), [], {}
+    start, tables, raw = time.perf_counter(), {}, {}
     for task_name in args.tasks:
         task = (digits_task if task_name == "digits" else char_lm_task)(args.smoke)
         for bits in args.bits:
-            results, seconds = measure(task_name, task, steps[task_name], seeds, bits, args.min_size,
-                                       args.block_size, args.optimizers)
-            tables.append(table(task_name, results, bits, steps[task_name], seeds))
-            raw[f"{task_name} {bits}-bit"] = dict(steps=steps[task_name], seeds=seeds, runs=results,
-                                                 seconds_per_run=seconds)
-    text = "\n\n".join(tables) + (f"\n\nblock size {args.block_size}, min_size {args.min_size}, noise {NOISE:g}; "
-                                  f"{time.perf_counter() - start:.0f} s in all\n")
-    (out / "results.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(raw, indent=1))
+            key = f"{task_name} {bits}-bit"
+            raw[key] = dict(steps=steps[task_name], seeds=seeds, runs={}, seconds_per_run={})
+            for name, runs, seconds in measure(task_name, task, steps[task_name], seeds, bits, args.min_size,
+                                               args.block_size, args.optimizers):
+                raw[key]["runs"][name], raw[key]["seconds_per_run"][name] = runs, seconds
+                tables[key] = table(task_name, raw[key]["runs"], bits, steps[task_name], seeds)
+                text = "\n\n".join(tables.values()) + (
+                    f"\n\nblock size {args.block_size}, min_size {args.min_size}, noise {NOISE:g}; "
+                    f"{time.perf_counter() - start:.0f} s in all\n")
+                (out / "results.md").write_text(text)  # after each optimizer: a long run keeps what it has
+                (out / "results.json").write_text(json.dumps(raw, indent=1))
     print(text)
-
 
 if __name__ == "__main__":
     main()
