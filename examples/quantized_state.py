@@ -33,8 +33,8 @@ differences as the mean :math:`\pm` the standard error of the per-seed (paired) 
 differences against the noise differences (small :math:`p`: the 8-bit difference is not
 what chance gives). ``results.json`` keeps every run's numbers.
 
-    python examples/quantized_state.py                          # both tasks, 5 seeds
-    python examples/quantized_state.py --seeds 3 --char-steps 800 --optimizers Lion
+    python examples/quantized_state.py                          # both tasks, 5 seeds (~1 hour on 2 cores)
+    python examples/quantized_state.py --seeds 3 --char-steps 800 --optimizers Lion --block-size 64
     python examples/quantized_state.py --bits 8 4 --tasks digits  # also 4-bit codes (not in the package)
     python examples/quantized_state.py --smoke                  # a few steps, tiny models (for the tests)
 """
@@ -209,7 +209,7 @@ def table(task, results, bits, steps, seeds):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--digits-steps", type=int, default=600)
-    parser.add_argument("--char-steps", type=int, default=1200)
+    parser.add_argument("--char-steps", type=int, default=500)
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0 .. n-1 of every task")
     parser.add_argument("--bits", type=int, nargs="+", default=[8])
     parser.add_argument("--block-size", type=int, default=256)
