@@ -1,6 +1,7 @@
 """The examples run and learn (short runs; the full runs are the README's commands)."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -66,6 +67,20 @@ def test_char_lm_writes_its_table_and_figure(tmp_path):
     assert [int(r["batch"]) for r in rows] == [8, 64]
     assert all(float(r["final_val_loss"]) < 5.0 for r in rows)  # below log(vocabulary) ~ 5.1: it learns
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quantized_state_comparison_writes_its_tables(tmp_path):
+    """The language model (the digits task shares all but its data), one optimizer, 2 seeds:
+    float32, 8-bit and the noise control, paired per seed."""
+    run_example("quantized_state.py", "--smoke", "--tasks", "char_lm", "--optimizers", "AdamW", "--out", str(tmp_path))
+    table = (tmp_path / "results.md").read_text()
+    assert table.count("| AdamW |") == 1 and "float32 vs float32 (noise)" in table
+    raw = json.loads((tmp_path / "results.json").read_text())
+    for task in ("char_lm 8-bit",):
+        runs = raw[task]["runs"]["AdamW"]
+        assert [len(runs[k]) for k in ("float32", "8-bit", "noise")] == [2, 2, 2]
+        for (acc, loss), (_, noise_loss) in zip(runs["float32"], runs["noise"]):
+            assert 0.0 <= acc <= 1.0 and abs(noise_loss - loss) < 1e-3 * loss  # 5 steps: the noise stays small
 
 
 def test_scanned_transformer_with_layer_axes_is_the_unrolled_one(tmp_path):

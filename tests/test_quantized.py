@@ -292,19 +292,6 @@ def test_bad_input_names_the_argument():
         optimizers.register_nonnegative(optimizers.ScaleByAdamState, "sigma")
 
 
-def test_comparison_script_smoke(tmp_path):
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "quantized_state.py"
-    spec = importlib.util.spec_from_file_location("quantized_state", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(["--smoke", "--tasks", "digits", "--optimizers", "AdamW", "--out", str(tmp_path)])
-    text = (tmp_path / "results.md").read_text()
-    assert "| AdamW |" in text and "8-bit" in text
-
-
 def _steps(tx, params, grads):
     """``update_and_apply`` over ``grads`` (a list), one compiled step."""
     step = jax.jit(lambda g, s, p: optimizers.update_and_apply(tx, g, s, p))
