@@ -94,18 +94,9 @@ def digits_task(smoke):
     x_train, x_val, y_train, y_val = digits.load_data()
     model = digits.Cnn(8 if smoke else 16)
 
-    def batches(seed, steps):
-        stream = digits.batch_stream(x_train, y_train, 64, seed)
-        xs, ys = zip(*(next(stream) for _ in range(steps)))
-        return np.stack(xs), np.stack(ys)
-
-    def evaluate(params):
-        logits = model.apply({"params": params}, x_val)
-        return (jnp.mean(jnp.argmax(logits, -1) == y_val),
-                optax.softmax_cross_entropy_with_integer_labels(logits, y_val).mean())
-
-    return Task(lambda seed: model.init(jax.random.key(seed), x_train[:1])["params"], batches,
-                lambda p, batch: digits.loss_fn(model, p, batch), evaluate)
+    return Task(lambda seed: model.init(jax.random.key(seed), x_train[:1])["params"],
+                _stacked(lambda seed: digits.batch_stream(x_train, y_train, 64, seed)),
+                lambda p, batch: digits.loss_fn(model, p, batch), _evaluation(model, x_val, y_val))
 
 
 def char_lm_task(smoke):
@@ -117,18 +108,29 @@ def char_lm_task(smoke):
     x_val = windows[:-1].reshape(count, context)
     y_val = windows[1:].reshape(count, context)
 
+    return Task(lambda seed: char_lm.init_params(model, seed),
+                _stacked(lambda seed: char_lm.batch_stream(train_ids, 16, context, seed)),
+                lambda p, batch: char_lm.loss_fn(model, p, *batch), _evaluation(model, x_val, y_val))
+
+
+def _stacked(stream_of_seed):
+    """``(seed, steps) -> (inputs, targets)``, the first ``steps`` batches of the seed's stream, stacked."""
     def batches(seed, steps):
-        stream = char_lm.batch_stream(train_ids, 16, context, seed)
+        stream = stream_of_seed(seed)
         xs, ys = zip(*(next(stream) for _ in range(steps)))
         return np.stack(xs), np.stack(ys)
 
+    return batches
+
+
+def _evaluation(model, x_val, y_val):
+    """``params -> (accuracy, loss)`` of ``model``'s predictions of ``y_val`` from ``x_val``."""
     def evaluate(params):
         logits = model.apply({"params": params}, x_val)
         return (jnp.mean(jnp.argmax(logits, -1) == y_val),
                 optax.softmax_cross_entropy_with_integer_labels(logits, y_val).mean())
 
-    return Task(lambda seed: char_lm.init_params(model, seed), batches,
-                lambda p, batch: char_lm.loss_fn(model, p, *batch), evaluate)
+    return evaluate
 
 
 def trainer(task, tx):
