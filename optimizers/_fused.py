@@ -53,22 +53,32 @@ import subprocess
 import tempfile
 import weakref
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import jaxlib
+import numpy as np
 import optax
 
 from optimizers._checks import floats_only, is_float, transformation, with_passed_through
 from optimizers._flat_state import with_flat_state
 from optimizers._hyperparams import current_hyperparams
+from optimizers._quantized_codes import QuantizedBuffer, is_quantized, layout_of, table
 from optimizers._scaling import leaf_masks
 
 _KERNEL_DIR = Path(__file__).with_name("kernels")  # one source per algorithm family, and common.h
-_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC"]
+# -fno-trapping-math: no code here reads the floating-point exception flags, and without it GCC
+# keeps a select whose sides compute as a branch (quantized.h's encoding loop then does not vectorize)
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-std=c++17",
+          "-shared", "-fPIC"]
 _KERNELS = ("adam", "amsgrad", "adamax", "nadam", "radam", "adax", "lamb", "lars", "lion", "adagrad", "amos", "adadelta",
             "rmsprop", "rprop", "sgd", "funnelled_sgdm", "novograd", "sm3", "adafactor")
+# The kernels that also run on 8-bit state (kernels/quantized.h: optimizers_NAME_q8).
+_CODED = ("adam", "amsgrad", "adamax", "nadam", "radam", "adax", "lion", "rprop", "sgd", "adagrad", "adadelta",
+          "rmsprop")
 _STEPS = weakref.WeakKeyDictionary()  # tx.update -> the in-place step of a fused transform
+_CODED_STEPS = weakref.WeakKeyDictionary()  # tx.update -> its CodedKernel, for with_quantized_state
 
 
 def _cpu_signature() -> str:
@@ -116,7 +126,7 @@ def load_kernels() -> None:
     if not library.exists():
         _build(library)
     lib = ctypes.cdll.LoadLibrary(str(library))
-    for name in _KERNELS:
+    for name in [*_KERNELS, *(f"{name}_q8" for name in _CODED)]:
         jax.ffi.register_ffi_target(f"optimizers_{name}", jax.ffi.pycapsule(getattr(lib, f"optimizers_{name}")),
                                     platform="cpu")
 
@@ -197,26 +207,60 @@ def _call(target: str, hyper, info, params, grads, buffers, step: bool, flat=Fal
     ``info``: the kernel's per-leaf numbers, columns of one number per leaf, whatever they mean to
     it (a weight decay, a trust-ratio flag; Amos: its eta and d sqrt(xi eta)); ``None``: one
     column of zeros. ``buffers``: lists of per-leaf state buffers shaped like the grads, in the
-    kernel's order, or (``flat``) one flat array each, the leaves one after another.
+    kernel's order, or (``flat``) one flat array each, the leaves one after another. A leaf whose
+    buffers are :class:`QuantizedBuffer` (8-bit codes; :func:`with_quantized_state` hands them
+    over) goes to the kernel's ``_q8`` form (``kernels/quantized.h``), the others to ``target``.
     """
     if info is None:
         info = [[jnp.zeros([], jnp.float32)] * len(grads)]
     kept = _with_elements(grads)
     if not kept:
         return _outputs(kept, [], params, grads, step), buffers
-    pick = lambda xs: [xs[i] for i in kept]  # noqa: E731
-    info = [pick(column) for column in info]
-    state = list(buffers) if flat else [[(b,) for b in pick(buffer)] for buffer in buffers]
-    out, state = _ffi(target, hyper, info, pick(params), pick(grads), state, step, flat=flat, **attrs)
     if flat:
+        out, state = _ffi(target, hyper, [[column[i] for i in kept] for column in info], [params[i] for i in kept],
+                          [grads[i] for i in kept], list(buffers), step, flat=True, **attrs)
         return _outputs(kept, out, params, grads, step), list(state)
-    return (_outputs(kept, out, params, grads, step),
-            [_merge(kept, [b for (b,) in column], buffer) for column, buffer in zip(state, buffers)])
+    coded = [i for i in kept if buffers and is_quantized(buffers[0][i])]
+    outputs, buffers = _outputs([], [], params, grads, step), [list(buffer) for buffer in buffers]
+    for group in ([i for i in kept if i not in coded], coded):
+        if group:
+            out, new = (_call_coded if group is coded else _call_plain)(target, hyper, info, params, grads, buffers,
+                                                                        step, group, **attrs)
+            outputs, buffers = _merge(group, out, outputs), [_merge(group, n, b) for n, b in zip(new, buffers)]
+    return outputs, buffers
+
+
+def _call_plain(target, hyper, info, params, grads, buffers, step, group, **attrs):
+    """The float32 kernel over the leaves ``group``: their outputs and new buffers (see :func:`_call`)."""
+    pick = lambda xs: [xs[i] for i in group]  # noqa: E731
+    state = [[(b,) for b in pick(buffer)] for buffer in buffers]
+    out, state = _ffi(target, hyper, [pick(column) for column in info], pick(params), pick(grads), state, step,
+                      **attrs)
+    return out, [[b for (b,) in column] for column in state]
+
+
+@functools.lru_cache(maxsize=None)
+def _tables():
+    """The kernels' two tables of the 8-bit codes' values: the signed code's, then the unsigned one's."""
+    with jax.ensure_compile_time_eval():  # first asked for inside a trace
+        return np.concatenate([table(8, True), table(8, False)])
+
+
+def _call_coded(target, hyper, info, params, grads, buffers, step, group, **attrs):
+    """``target``'s ``_q8`` kernel over the leaves ``group``, whose buffers are 8-bit codes: their outputs
+    and new buffers. The kernel gets the tables after the scalars and the block sizes after ``info``."""
+    pick = lambda xs: [xs[i] for i in group]  # noqa: E731
+    blocks = [jnp.float32(layout_of(b.codes.shape, b.scales.shape).block) for b in pick(buffers[0])]
+    state = [[(b.codes, b.scales) for b in pick(buffer)] for buffer in buffers]
+    out, state = _ffi(f"{target}_q8", jnp.concatenate([hyper, _tables()]), [*(pick(c) for c in info), blocks],
+                      pick(params), pick(grads), state, step, **attrs)
+    return out, [[QuantizedBuffer(*item) for item in column] for column in state]
 
 
 def _state_buffers(buffer, flat: bool):
-    """A state buffer as ``_call`` takes it: its leaves, or (``flat``) the one flat array."""
-    return buffer if flat else jax.tree.leaves(buffer)
+    """A state buffer as ``_call`` takes it: its leaves (arrays or :class:`QuantizedBuffer`), or (``flat``)
+    the one flat array."""
+    return buffer if flat else jax.tree.leaves(buffer, is_leaf=is_quantized)
 
 
 def _state_tree(buffer, treedef, flat: bool):
@@ -247,15 +291,50 @@ def _on_cpu(kernel, unfused, *args):
     return jax.lax.platform_dependent(*args, cpu=kernel, default=unfused)
 
 
+def _codes_fit(grads, trees) -> bool:
+    """Whether each leaf's state buffers in ``trees`` (trees of the grads' structure) are all arrays, or all
+    8-bit codes shaped like the leaf with scales of one layout (what the ``_q8`` kernels take)."""
+    treedef = jax.tree.structure(grads)
+    try:
+        columns = [treedef.flatten_up_to(tree) for tree in trees]
+    except (ValueError, TypeError):
+        return False
+    for g, group in zip(jax.tree.leaves(grads), zip(*columns)):
+        coded = [b for b in group if is_quantized(b)]
+        if coded and (len(coded) < len(group) or any(
+                b.codes.shape != g.shape or b.codes.dtype not in (jnp.int8, jnp.uint8)
+                or b.scales.shape != coded[0].scales.shape for b in coded)):
+            return False
+    return True
+
+
+class CodedKernel(NamedTuple):
+    """What :func:`with_quantized_state` needs to run a fused transform's kernel on 8-bit state.
+
+    ``run(grads, state, params, step) -> (outputs, state)`` is the transform's kernel: given a
+    state whose per-parameter buffers are :class:`QuantizedBuffer` (some or all leaves), it
+    sends those leaves to the ``_q8`` kernel (``kernels/quantized.h``), which decodes, updates
+    and encodes them block by block in place, and the others to the float32 kernel, in one
+    step (the links' counts and hyperparameters advance once). ``applies(grads, state, params)``:
+    where it may run (float32 leaves, float32 hyperparameters, params given, each leaf's
+    buffers all codes or all float32); it runs on the CPU only (:func:`_on_cpu`).
+    """
+
+    run: Callable
+    applies: Callable
+
+
 def fused(owner: str, chain: optax.GradientTransformation, kernel, state_trees,
-          flat_fields=()) -> optax.GradientTransformation:
+          flat_fields=(), coded: bool = False) -> optax.GradientTransformation:
     """``chain`` with its update run by ``kernel(grads, state, params, step) -> (outputs, state)`` where it applies.
 
-    ``state_trees(state)`` are the state's per-parameter buffers (for the dtype check). The
-    transform's ``update`` writes updates; its step (:func:`update_and_apply`) the params.
-    ``flat_fields``: the ``(link, field)`` pairs kept as one flat array each (``flat_state=True``:
-    fewer buffers for JAX to pass, the kernel's layout; the unfused chain, where it runs, gets
-    them unflattened).
+    ``state_trees(state)`` are the state's per-parameter buffers (a list of trees of the params'
+    structure: for the dtype check). The transform's ``update`` writes updates; its step
+    (:func:`update_and_apply`) the params. ``flat_fields``: the ``(link, field)`` pairs kept as
+    one flat array each (``flat_state=True``: fewer buffers for JAX to pass, the kernel's
+    layout; the unfused chain, where it runs, gets them unflattened). ``coded``: ``kernel`` also
+    takes 8-bit state (its target has a ``_q8`` form); it is registered as the transform's
+    :class:`CodedKernel` (not with ``flat_fields``).
     """
     load_kernels()  # here, so that a missing compiler is reported where fused=True is asked for
     if flat_fields:
@@ -286,6 +365,9 @@ def fused(owner: str, chain: optax.GradientTransformation, kernel, state_trees,
         return with_passed_through(params, new_params), state
 
     _STEPS[tx.update] = step
+    if coded and not flat_fields:
+        _CODED_STEPS[tx.update] = CodedKernel(
+            kernel, lambda g, s, p: applies(g, s, p) and _codes_fit(g, state_trees(s)))
     return tx
 
 
@@ -350,4 +432,4 @@ def fused_direction(owner: str, chain, target: str, values: dict, scalars, field
     kernel = direction_kernel(target, values, scalars, fields, learning_rate, weight_decay, mask, flat, link_update,
                               **attrs)
     return fused(owner, chain, kernel, lambda state: [getattr(state[0], f) for f in fields],
-                 [(0, f) for f in fields] if flat else ())
+                 [(0, f) for f in fields] if flat else (), coded=target.removeprefix("optimizers_") in _CODED)

@@ -23,7 +23,7 @@ from optimizers._adam import ScaleByAdamaxState, ScaleByAdamState, ScaleByAmsgra
 from optimizers._adax import ScaleByAdaxState
 from optimizers._amos import ScaleByAmosState
 from optimizers._checks import transformation, with_passed_through
-from optimizers._fused import _STEPS
+from optimizers._fused import _CODED_STEPS, _STEPS, _on_cpu
 from optimizers._nadam import ScaleByNadamState
 from optimizers._novograd import ScaleByNovogradState
 from optimizers._blockwise import per_param_fields, replace_at, run_blockwise
@@ -204,6 +204,13 @@ def _wrap(optimizer, bits, block_size, min_size, mask):
         return run(grads, state, params, True)
 
     def run(updates, state, params, apply, **extra_args):
+        coded = _CODED_STEPS.get(getattr(optimizer, "update", None))
+        if coded is None or extra_args or bits != 8 or not coded.applies(updates, state, params):
+            return generic(updates, state, params, apply, **extra_args)
+        return _on_cpu(lambda g, s, p: coded.run(g, s, p, apply), lambda g, s, p: generic(g, s, p, apply),
+                       updates, state, params)
+
+    def generic(updates, state, params, apply, **extra_args):
         update = functools.partial(optax.with_extra_args_support(optimizer).update, **extra_args)
         done = run_blockwise(update, updates, state, params, bits, _NONNEGATIVE,
                              functools.partial(_requantize, bits=bits), apply)
