@@ -37,6 +37,16 @@ element. Not differentiable (meta-gradients through the update need ``fused=Fals
 under ``jit`` with params sharded over several devices XLA gathers them to call it: use the
 unfused form there.
 
+**8-bit state.** :func:`with_quantized_state` around a fused transform of ``adam``, ``adamw``,
+``amsgrad``, ``adamax``, ``nadam``, ``radam``, ``adax``, ``lion``, ``sgd`` (momentum), ``rprop``,
+``adagrad``, ``adadelta`` or ``rmsprop`` calls its kernel with the :class:`QuantizedBuffer`
+state (the transform's :class:`CodedKernel`, registered by :func:`fused`): :func:`_call` sends the
+leaves whose buffers are codes to the kernel's ``_q8`` form (``kernels/quantized.h``: the same
+per-element update, block by block on the codes, in place), the others to the float32 kernel.
+Where that does not apply (see :func:`with_quantized_state`: not on the CPU, other dtypes, a
+fused transform inside a chain or ``inject_hyperparams``, ``flat_state``, the kernels with
+reductions) the wrapper's generic path runs.
+
 The library is compiled on first use with the machine's C++ compiler (``$CXX``, else ``g++``;
 about 20 s) into ``$OPTIMIZERS_CACHE`` (default ``~/.cache/optimizers``), keyed by the sources
 and headers, the compiler flags, jaxlib's version and the CPU.
@@ -53,18 +63,17 @@ import subprocess
 import tempfile
 import weakref
 from pathlib import Path
-from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import jaxlib
-import numpy as np
 import optax
 
 from optimizers._checks import floats_only, is_float, transformation, with_passed_through
 from optimizers._flat_state import with_flat_state
 from optimizers._hyperparams import current_hyperparams
-from optimizers._quantized_codes import QuantizedBuffer, is_quantized, layout_of, table
+from optimizers._fused_coded import CodedKernel, call_coded, codes_fit
+from optimizers._quantized_codes import is_quantized
 from optimizers._scaling import leaf_masks
 
 _KERNEL_DIR = Path(__file__).with_name("kernels")  # one source per algorithm family, and common.h
@@ -224,8 +233,8 @@ def _call(target: str, hyper, info, params, grads, buffers, step: bool, flat=Fal
     outputs, buffers = _outputs([], [], params, grads, step), [list(buffer) for buffer in buffers]
     for group in ([i for i in kept if i not in coded], coded):
         if group:
-            out, new = (_call_coded if group is coded else _call_plain)(target, hyper, info, params, grads, buffers,
-                                                                        step, group, **attrs)
+            call = functools.partial(call_coded, _ffi) if group is coded else _call_plain
+            out, new = call(target, hyper, info, params, grads, buffers, step, group, **attrs)
             outputs, buffers = _merge(group, out, outputs), [_merge(group, n, b) for n, b in zip(new, buffers)]
     return outputs, buffers
 
@@ -237,24 +246,6 @@ def _call_plain(target, hyper, info, params, grads, buffers, step, group, **attr
     out, state = _ffi(target, hyper, [pick(column) for column in info], pick(params), pick(grads), state, step,
                       **attrs)
     return out, [[b for (b,) in column] for column in state]
-
-
-@functools.lru_cache(maxsize=None)
-def _tables():
-    """The kernels' two tables of the 8-bit codes' values: the signed code's, then the unsigned one's."""
-    with jax.ensure_compile_time_eval():  # first asked for inside a trace
-        return np.concatenate([table(8, True), table(8, False)])
-
-
-def _call_coded(target, hyper, info, params, grads, buffers, step, group, **attrs):
-    """``target``'s ``_q8`` kernel over the leaves ``group``, whose buffers are 8-bit codes: their outputs
-    and new buffers. The kernel gets the tables after the scalars and the block sizes after ``info``."""
-    pick = lambda xs: [xs[i] for i in group]  # noqa: E731
-    blocks = [jnp.float32(layout_of(b.codes.shape, b.scales.shape).block) for b in pick(buffers[0])]
-    state = [[(b.codes, b.scales) for b in pick(buffer)] for buffer in buffers]
-    out, state = _ffi(f"{target}_q8", jnp.concatenate([hyper, _tables()]), [*(pick(c) for c in info), blocks],
-                      pick(params), pick(grads), state, step, **attrs)
-    return out, [[QuantizedBuffer(*item) for item in column] for column in state]
 
 
 def _state_buffers(buffer, flat: bool):
@@ -289,39 +280,6 @@ def _runs_fused(*trees) -> bool:
 
 def _on_cpu(kernel, unfused, *args):
     return jax.lax.platform_dependent(*args, cpu=kernel, default=unfused)
-
-
-def _codes_fit(grads, trees) -> bool:
-    """Whether each leaf's state buffers in ``trees`` (trees of the grads' structure) are all arrays, or all
-    8-bit codes shaped like the leaf with scales of one layout (what the ``_q8`` kernels take)."""
-    treedef = jax.tree.structure(grads)
-    try:
-        columns = [treedef.flatten_up_to(tree) for tree in trees]
-    except (ValueError, TypeError):
-        return False
-    for g, group in zip(jax.tree.leaves(grads), zip(*columns)):
-        coded = [b for b in group if is_quantized(b)]
-        if coded and (len(coded) < len(group) or any(
-                b.codes.shape != g.shape or b.codes.dtype not in (jnp.int8, jnp.uint8)
-                or b.scales.shape != coded[0].scales.shape for b in coded)):
-            return False
-    return True
-
-
-class CodedKernel(NamedTuple):
-    """What :func:`with_quantized_state` needs to run a fused transform's kernel on 8-bit state.
-
-    ``run(grads, state, params, step) -> (outputs, state)`` is the transform's kernel: given a
-    state whose per-parameter buffers are :class:`QuantizedBuffer` (some or all leaves), it
-    sends those leaves to the ``_q8`` kernel (``kernels/quantized.h``), which decodes, updates
-    and encodes them block by block in place, and the others to the float32 kernel, in one
-    step (the links' counts and hyperparameters advance once). ``applies(grads, state, params)``:
-    where it may run (float32 leaves, float32 hyperparameters, params given, each leaf's
-    buffers all codes or all float32); it runs on the CPU only (:func:`_on_cpu`).
-    """
-
-    run: Callable
-    applies: Callable
 
 
 def fused(owner: str, chain: optax.GradientTransformation, kernel, state_trees,
@@ -367,7 +325,7 @@ def fused(owner: str, chain: optax.GradientTransformation, kernel, state_trees,
     _STEPS[tx.update] = step
     if coded and not flat_fields:
         _CODED_STEPS[tx.update] = CodedKernel(
-            kernel, lambda g, s, p: applies(g, s, p) and _codes_fit(g, state_trees(s)))
+            kernel, lambda g, s, p: applies(g, s, p) and codes_fit(g, state_trees(s)))
     return tx
 
 

@@ -151,11 +151,27 @@ def with_quantized_state(optimizer: optax.GradientTransformation, bits: int = 8,
     :func:`update_and_apply`, 6.66 through ``tx.update``, 10.05 when the update runs whole
     (float32 state: 0). Otherwise the whole update runs on the dequantized state, whose
     float32 copy is then a temporary (LAMB: 14 bytes per parameter, with 2 of state kept).
-    On the CPU the 8-bit step is 2-12x slower than float32's (the codes cost a few dozen
-    elementwise operations per element; ``benchmarks/quantized.py``).
+    On the CPU this 8-bit step is 2-12x slower than float32's (the codes cost a few dozen
+    elementwise operations per element; ``benchmarks/quantized.py``); see **Fused** below.
 
-    ``fused=True`` optimizers: their kernel runs as it would, on the dequantized float32
-    state (the whole-update path above); there is no kernel that reads the 8-bit codes.
+    **Fused.** With ``optimizer`` made with ``fused=True`` (:func:`adam`, :func:`adamw`,
+    :func:`amsgrad`, :func:`adamax`, :func:`nadam`, :func:`radam`, :func:`adax`, :func:`lion`,
+    :func:`sgd` with momentum, :func:`rprop`, :func:`adagrad`, :func:`adadelta`, :func:`rmsprop`),
+    on the CPU, ``update`` and :func:`update_and_apply` run its kernel on the codes
+    (``kernels/quantized.h``): one pass that decodes each block of the state into a small
+    float32 array, runs the float32 kernel's own update at each element, and encodes the block
+    again (absmax, then the codes, the float32 operations of :func:`quantize` as XLA:CPU compiles
+    them), in place: codes, scales and (``update_and_apply``) params, no float32 copy of the
+    state, 16 bytes per parameter moved by an AdamW step instead of 28. The leaves that keep
+    float32 state go through the float32 kernel in the same step. The results are the unfused
+    path's (``with_quantized_state(adamw(...))``) to float32 roundings: the same codes but at
+    rounding ties (off by one, about one element in 10^5). Elsewhere the generic path above
+    runs, with ``optimizer``'s own update (its float32 kernel on the dequantized state, where
+    that applies): a GPU, float64 or bfloat16 leaves, ``bits`` other than 8, an optimizer the
+    kernels do not cover (LAMB, LARS, Adafactor, SM3, NovoGrad, Amos, Funnelled SGDM: their
+    reductions), a fused optimizer inside ``optax.chain`` or ``inject_hyperparams`` (the
+    wrapper only sees the outer transform), ``flat_state=True``. Speed: see the guide (on a
+    shared 2-core CPU, the 8-bit fused AdamW step ...).
 
     It composes like any transform: ``optax.chain``, :func:`apply_if_finite` (either side),
     ``optax.inject_hyperparams``, :func:`get_hyperparams` / :func:`set_hyperparams` (the

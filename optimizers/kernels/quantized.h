@@ -264,7 +264,9 @@ ffi::Error coded_pass(const Call& call, const char* name, int n_state, bool step
 // NAME_q8, the kernel NAME (ONE_PASS_DECAYED_KERNEL) on coded state.
 #define CODED_DECAYED_KERNEL(NAME, kScalars, kState)                                                               \
   ffi::Error NAME##_q8(KERNEL_OPERANDS, bool step) {                                                               \
-    auto loop = [step](bool decay) { return pick([](auto... k) -> QLoop { return NAME##_loop<k...>; }, step, decay); }; \
+    auto loop = [step](bool decay) {                                                                               \
+      return pick([](auto... k) -> QLoop { return NAME##_loop<k...>; }, step, decay);                              \
+    };                                                                                                             \
     return coded_pass<kScalars>({pool, hyper, info, args, rets}, "fused 8-bit " #NAME, kState, step, loop(false),  \
                                 loop(true));                                                                        \
   }

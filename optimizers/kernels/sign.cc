@@ -55,4 +55,5 @@ ffi::Error rprop_q8(KERNEL_OPERANDS, bool torch_form, bool step) {
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lion, lion, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_rprop, rprop, OPTIMIZERS_BIND.Attr<bool>("torch_form").Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_lion_q8, lion_q8, OPTIMIZERS_BIND.Attr<bool>("step"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_rprop_q8, rprop_q8, OPTIMIZERS_BIND.Attr<bool>("torch_form").Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_rprop_q8, rprop_q8,
+                              OPTIMIZERS_BIND.Attr<bool>("torch_form").Attr<bool>("step"));
