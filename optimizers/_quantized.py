@@ -170,8 +170,11 @@ def with_quantized_state(optimizer: optax.GradientTransformation, bits: int = 8,
     that applies): a GPU, float64 or bfloat16 leaves, ``bits`` other than 8, an optimizer the
     kernels do not cover (LAMB, LARS, Adafactor, SM3, NovoGrad, Amos, Funnelled SGDM: their
     reductions), a fused optimizer inside ``optax.chain`` or ``inject_hyperparams`` (the
-    wrapper only sees the outer transform), ``flat_state=True``. Speed: see the guide (on a
-    shared 2-core CPU, the 8-bit fused AdamW step ...).
+    wrapper only sees the outer transform), ``flat_state=True``. Speed (``benchmarks/quantized.py``,
+    11.8M parameters, a shared 2-core CPU): the 8-bit fused AdamW step 3.5x faster than the
+    unfused 8-bit one, with no float32 temporaries, but 4.1x the float32 fused step (SGD with
+    momentum 2.6x, Lion 3.2x): the encoding's arithmetic (the dynamic code's decade selects and
+    rounding) makes it compute bound, where the float32 step is memory bound.
 
     It composes like any transform: ``optax.chain``, :func:`apply_if_finite` (either side),
     ``optax.inject_hyperparams``, :func:`get_hyperparams` / :func:`set_hyperparams` (the

@@ -91,8 +91,11 @@ def _assert_states_match(got, want):
             diff = np.abs(codes - want_codes)
             assert a.codes.dtype == b.codes.dtype and diff.max(initial=0) <= 1 and np.mean(diff > 0) < 1e-3
             np.testing.assert_allclose(a.scales, b.scales, rtol=1e-6, atol=0)
-        elif a.dtype == jnp.float32:
-            assert_close(a, b, rtol=1e-6)
+        elif a.dtype == jnp.float32:  # (non-finite at the same elements: a float32 moment of a NaN gradient)
+            a, b = np.asarray(a), np.asarray(b)
+            finite = np.isfinite(b)
+            np.testing.assert_array_equal(np.isfinite(a), finite)
+            assert_close(np.where(finite, a, 0.0), np.where(finite, b, 0.0), rtol=1e-6)
         else:
             np.testing.assert_array_equal(a, b)
 
