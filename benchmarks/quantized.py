@@ -5,7 +5,11 @@ For AdamW, Lion, SGD with momentum and LAMB, the rows ``... 8-bit``: the optimiz
 the same optimizer with float32 state, in the same run. Both steps are
 ``optimizers.update_and_apply`` (the 8-bit one writes the params chunk by chunk), jit-compiled
 with params and state donated; the repetitions alternate between the two and the ratio is the
-median of the per-repetition ratios. Memory: the state's bytes per parameter
+median of the per-repetition ratios. The rows ``... 8-bit fused`` (AdamW, Lion, SGD with momentum): the
+same optimizer made with ``fused=True`` inside ``with_quantized_state`` (on the CPU its 8-bit kernel,
+``optimizers/kernels/quantized.h``: the codes decoded, updated and encoded block by block in one
+pass, params written in place) against the float32 fused step and the float32 unfused step, all
+four steps of an optimizer interleaved in the same repetitions. Memory: the state's bytes per parameter
 (``jax.eval_shape``) and the compiled step's temporaries per parameter
 (``compile().memory_analysis().temp_size_in_bytes``: what the step allocates besides its
 arguments and outputs).
@@ -30,11 +34,12 @@ import optimizers
 
 LR = 1e-3
 NAMES = {
-    "adamw": lambda: optimizers.adamw(LR),
-    "lion": lambda: optimizers.lion(LR / 10),
-    "sgd": lambda: optimizers.sgd(LR, momentum=0.9),
-    "lamb": lambda: optimizers.lamb(LR),
+    "adamw": lambda fused=False: optimizers.adamw(LR, fused=fused),
+    "lion": lambda fused=False: optimizers.lion(LR / 10, fused=fused),
+    "sgd": lambda fused=False: optimizers.sgd(LR, momentum=0.9, fused=fused),
+    "lamb": lambda fused=False: optimizers.lamb(LR, fused=fused),
 }
+FUSED = ("adamw", "lion", "sgd")  # the optimizers with an 8-bit kernel (LAMB's per-leaf norms: none)
 
 
 def _step(tx, params, grads):
@@ -57,13 +62,17 @@ def _per_param(tree, n) -> float:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)) / n
 
 
-def measure(name: str, params, reps: int, warmup: int, block_size: int = 256) -> dict:
-    """Step times (float32, 8-bit), their ratio, state and temporary bytes per parameter."""
+def measure(name: str, params, reps: int, warmup: int, block_size: int = 256, fused: bool = False) -> dict:
+    """Step times (float32, 8-bit; ``fused``: also both with ``fused=True``), their ratios (medians of the
+    per-repetition ratios), state and temporary bytes per parameter."""
     n = sum(x.size for x in jax.tree.leaves(params))
     rng = np.random.default_rng(0)
     grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape) * 1e-2, p.dtype), params)
     base = NAMES[name]()
     txs = {"float32": base, "8-bit": optimizers.with_quantized_state(base, block_size=block_size)}
+    if fused:
+        txs["float32 fused"] = NAMES[name](fused=True)
+        txs["8-bit fused"] = optimizers.with_quantized_state(txs["float32 fused"], block_size=block_size)
     steps = {k: _step(tx, params, grads) for k, tx in txs.items()}
     times = {k: [] for k in txs}
     for rep in range(warmup + reps):
@@ -71,8 +80,11 @@ def measure(name: str, params, reps: int, warmup: int, block_size: int = 256) ->
             t = _time(steps[k][0], steps[k][1], grads)
             if rep >= warmup:
                 times[k].append(t)
-    ratios = [q / f for q, f in zip(times["8-bit"], times["float32"])]
-    row = {"name": name, "params": n, "ratio": statistics.median(ratios)}
+    ratio = lambda a, b: statistics.median([x / y for x, y in zip(times[a], times[b])])  # noqa: E731
+    row = {"name": name, "params": n, "ratio": ratio("8-bit", "float32")}
+    if fused:
+        row["fused ratio"] = ratio("8-bit fused", "float32 fused")
+        row["fused / float32"] = ratio("8-bit fused", "float32")
     for k, tx in txs.items():
         row[f"{k} ms"] = 1e3 * statistics.median(times[k])
         row[f"{k} state B/param"] = _per_param(jax.eval_shape(tx.init, params), n)
@@ -89,6 +101,15 @@ def markdown(rows: list, tree: str) -> str:
         lines.append(f"| {r['name']} 8-bit | {r['float32 ms']:.2f} ms | {r['8-bit ms']:.2f} ms | {r['ratio']:.2f}x "
                      f"| {r['float32 state B/param']:.2f} | {r['8-bit state B/param']:.2f} "
                      f"| {r['float32 temp B/param']:.2f} | {r['8-bit temp B/param']:.2f} |")
+    fused = [r for r in rows if "fused ratio" in r]
+    if fused:
+        lines += ["", "| optimizer | float32 step | float32 fused step | 8-bit fused step "
+                  "| 8-bit fused / float32 fused | 8-bit fused / float32 | temporaries B/param 8-bit fused |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in fused:
+            lines.append(f"| {r['name']} 8-bit fused | {r['float32 ms']:.2f} ms | {r['float32 fused ms']:.2f} ms "
+                         f"| {r['8-bit fused ms']:.2f} ms | {r['fused ratio']:.2f}x | {r['fused / float32']:.2f}x "
+                         f"| {r['8-bit fused temp B/param']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -97,9 +118,12 @@ def section(tree: str, shapes: dict, reps: int, warmup: int, names=tuple(NAMES))
     params = jax.tree.map(lambda s: jnp.zeros(s, jnp.float32) + 0.01, shapes, is_leaf=lambda x: isinstance(x, tuple))
     rows = []
     for name in names:
-        rows.append(measure(name, params, reps, warmup))
+        rows.append(measure(name, params, reps, warmup, fused=name in FUSED))
         print(f"{tree} {name} 8-bit: {rows[-1]['ratio']:.2f}x, temporaries "
               f"{rows[-1]['8-bit temp B/param']:.2f} B/param", flush=True)
+        if "fused ratio" in rows[-1]:
+            print(f"{tree} {name} 8-bit fused: {rows[-1]['fused ratio']:.2f}x the float32 fused step, "
+                  f"{rows[-1]['fused / float32']:.2f}x the float32 step", flush=True)
     return markdown(rows, tree)
 
 

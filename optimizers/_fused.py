@@ -37,6 +37,16 @@ element. Not differentiable (meta-gradients through the update need ``fused=Fals
 under ``jit`` with params sharded over several devices XLA gathers them to call it: use the
 unfused form there.
 
+**8-bit state.** :func:`with_quantized_state` around a fused transform of ``adam``, ``adamw``,
+``amsgrad``, ``adamax``, ``nadam``, ``radam``, ``adax``, ``lion``, ``sgd`` (momentum), ``rprop``,
+``adagrad``, ``adadelta`` or ``rmsprop`` calls its kernel with the :class:`QuantizedBuffer`
+state (the transform's :class:`CodedKernel`, registered by :func:`fused`): :func:`_call` sends the
+leaves whose buffers are codes to the kernel's ``_q8`` form (``kernels/quantized.h``: the same
+per-element update, block by block on the codes, in place), the others to the float32 kernel.
+Where that does not apply (see :func:`with_quantized_state`: not on the CPU, other dtypes, a
+fused transform inside a chain or ``inject_hyperparams``, ``flat_state``, the kernels with
+reductions) the wrapper's generic path runs.
+
 The library is compiled on first use with the machine's C++ compiler (``$CXX``, else ``g++``;
 about 20 s) into ``$OPTIMIZERS_CACHE`` (default ``~/.cache/optimizers``), keyed by the sources
 and headers, the compiler flags, jaxlib's version and the CPU.
@@ -62,13 +72,22 @@ import optax
 from optimizers._checks import floats_only, is_float, transformation, with_passed_through
 from optimizers._flat_state import with_flat_state
 from optimizers._hyperparams import current_hyperparams
+from optimizers._fused_coded import CodedKernel, call_coded, codes_fit
+from optimizers._quantized_codes import is_quantized
 from optimizers._scaling import leaf_masks
 
 _KERNEL_DIR = Path(__file__).with_name("kernels")  # one source per algorithm family, and common.h
-_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC"]
+# -fno-trapping-math: no code here reads the floating-point exception flags, and without it GCC
+# keeps a select whose sides compute as a branch (quantized.h's encoding loop then does not vectorize)
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off", "-std=c++17",
+          "-shared", "-fPIC"]
 _KERNELS = ("adam", "amsgrad", "adamax", "nadam", "radam", "adax", "lamb", "lars", "lion", "adagrad", "amos", "adadelta",
             "rmsprop", "rprop", "sgd", "funnelled_sgdm", "novograd", "sm3", "adafactor")
+# The kernels that also run on 8-bit state (kernels/quantized.h: optimizers_NAME_q8).
+_CODED = ("adam", "amsgrad", "adamax", "nadam", "radam", "adax", "lion", "rprop", "sgd", "adagrad", "adadelta",
+          "rmsprop")
 _STEPS = weakref.WeakKeyDictionary()  # tx.update -> the in-place step of a fused transform
+_CODED_STEPS = weakref.WeakKeyDictionary()  # tx.update -> its CodedKernel, for with_quantized_state
 
 
 def _cpu_signature() -> str:
@@ -116,7 +135,7 @@ def load_kernels() -> None:
     if not library.exists():
         _build(library)
     lib = ctypes.cdll.LoadLibrary(str(library))
-    for name in _KERNELS:
+    for name in [*_KERNELS, *(f"{name}_q8" for name in _CODED)]:
         jax.ffi.register_ffi_target(f"optimizers_{name}", jax.ffi.pycapsule(getattr(lib, f"optimizers_{name}")),
                                     platform="cpu")
 
@@ -197,26 +216,42 @@ def _call(target: str, hyper, info, params, grads, buffers, step: bool, flat=Fal
     ``info``: the kernel's per-leaf numbers, columns of one number per leaf, whatever they mean to
     it (a weight decay, a trust-ratio flag; Amos: its eta and d sqrt(xi eta)); ``None``: one
     column of zeros. ``buffers``: lists of per-leaf state buffers shaped like the grads, in the
-    kernel's order, or (``flat``) one flat array each, the leaves one after another.
+    kernel's order, or (``flat``) one flat array each, the leaves one after another. A leaf whose
+    buffers are :class:`QuantizedBuffer` (8-bit codes; :func:`with_quantized_state` hands them
+    over) goes to the kernel's ``_q8`` form (``kernels/quantized.h``), the others to ``target``.
     """
     if info is None:
         info = [[jnp.zeros([], jnp.float32)] * len(grads)]
     kept = _with_elements(grads)
     if not kept:
         return _outputs(kept, [], params, grads, step), buffers
-    pick = lambda xs: [xs[i] for i in kept]  # noqa: E731
-    info = [pick(column) for column in info]
-    state = list(buffers) if flat else [[(b,) for b in pick(buffer)] for buffer in buffers]
-    out, state = _ffi(target, hyper, info, pick(params), pick(grads), state, step, flat=flat, **attrs)
     if flat:
+        out, state = _ffi(target, hyper, [[column[i] for i in kept] for column in info], [params[i] for i in kept],
+                          [grads[i] for i in kept], list(buffers), step, flat=True, **attrs)
         return _outputs(kept, out, params, grads, step), list(state)
-    return (_outputs(kept, out, params, grads, step),
-            [_merge(kept, [b for (b,) in column], buffer) for column, buffer in zip(state, buffers)])
+    coded = [i for i in kept if buffers and is_quantized(buffers[0][i])]
+    outputs, buffers = _outputs([], [], params, grads, step), [list(buffer) for buffer in buffers]
+    for group in ([i for i in kept if i not in coded], coded):
+        if group:
+            call = functools.partial(call_coded, _ffi) if group is coded else _call_plain
+            out, new = call(target, hyper, info, params, grads, buffers, step, group, **attrs)
+            outputs, buffers = _merge(group, out, outputs), [_merge(group, n, b) for n, b in zip(new, buffers)]
+    return outputs, buffers
+
+
+def _call_plain(target, hyper, info, params, grads, buffers, step, group, **attrs):
+    """The float32 kernel over the leaves ``group``: their outputs and new buffers (see :func:`_call`)."""
+    pick = lambda xs: [xs[i] for i in group]  # noqa: E731
+    state = [[(b,) for b in pick(buffer)] for buffer in buffers]
+    out, state = _ffi(target, hyper, [pick(column) for column in info], pick(params), pick(grads), state, step,
+                      **attrs)
+    return out, [[b for (b,) in column] for column in state]
 
 
 def _state_buffers(buffer, flat: bool):
-    """A state buffer as ``_call`` takes it: its leaves, or (``flat``) the one flat array."""
-    return buffer if flat else jax.tree.leaves(buffer)
+    """A state buffer as ``_call`` takes it: its leaves (arrays or :class:`QuantizedBuffer`), or (``flat``)
+    the one flat array."""
+    return buffer if flat else jax.tree.leaves(buffer, is_leaf=is_quantized)
 
 
 def _state_tree(buffer, treedef, flat: bool):
@@ -248,14 +283,16 @@ def _on_cpu(kernel, unfused, *args):
 
 
 def fused(owner: str, chain: optax.GradientTransformation, kernel, state_trees,
-          flat_fields=()) -> optax.GradientTransformation:
+          flat_fields=(), coded: bool = False) -> optax.GradientTransformation:
     """``chain`` with its update run by ``kernel(grads, state, params, step) -> (outputs, state)`` where it applies.
 
-    ``state_trees(state)`` are the state's per-parameter buffers (for the dtype check). The
-    transform's ``update`` writes updates; its step (:func:`update_and_apply`) the params.
-    ``flat_fields``: the ``(link, field)`` pairs kept as one flat array each (``flat_state=True``:
-    fewer buffers for JAX to pass, the kernel's layout; the unfused chain, where it runs, gets
-    them unflattened).
+    ``state_trees(state)`` are the state's per-parameter buffers (a list of trees of the params'
+    structure: for the dtype check). The transform's ``update`` writes updates; its step
+    (:func:`update_and_apply`) the params. ``flat_fields``: the ``(link, field)`` pairs kept as
+    one flat array each (``flat_state=True``: fewer buffers for JAX to pass, the kernel's
+    layout; the unfused chain, where it runs, gets them unflattened). ``coded``: ``kernel`` also
+    takes 8-bit state (its target has a ``_q8`` form); it is registered as the transform's
+    :class:`CodedKernel` (not with ``flat_fields``).
     """
     load_kernels()  # here, so that a missing compiler is reported where fused=True is asked for
     if flat_fields:
@@ -286,6 +323,9 @@ def fused(owner: str, chain: optax.GradientTransformation, kernel, state_trees,
         return with_passed_through(params, new_params), state
 
     _STEPS[tx.update] = step
+    if coded and not flat_fields:
+        _CODED_STEPS[tx.update] = CodedKernel(
+            kernel, lambda g, s, p: applies(g, s, p) and codes_fit(g, state_trees(s)))
     return tx
 
 
@@ -350,4 +390,4 @@ def fused_direction(owner: str, chain, target: str, values: dict, scalars, field
     kernel = direction_kernel(target, values, scalars, fields, learning_rate, weight_decay, mask, flat, link_update,
                               **attrs)
     return fused(owner, chain, kernel, lambda state: [getattr(state[0], f) for f in fields],
-                 [(0, f) for f in fields] if flat else ())
+                 [(0, f) for f in fields] if flat else (), coded=target.removeprefix("optimizers_") in _CODED)

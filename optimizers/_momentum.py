@@ -113,7 +113,8 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 
         return chain
     kernel = _sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask, flat_state)
     flat_fields = [(1, "trace")] if flat_state and not is_zero(momentum) else ()
-    return fused_transform("sgd", chain, kernel, lambda state: getattr(state[1], "trace", ()), flat_fields)
+    return fused_transform("sgd", chain, kernel, lambda state: [getattr(state[1], "trace", ())], flat_fields,
+                           coded=not is_zero(momentum))
 
 
 def _sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask, flat=False):

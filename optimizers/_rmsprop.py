@@ -158,7 +158,7 @@ def rmsprop(learning_rate: ScalarOrSchedule, decay: ScalarOrSchedule = 0.99, eps
     kernel = _rmsprop_kernel(dict(decay=decay, eps=eps), momentum, learning_rate, fields, flat_state,
                              centered=bool(centered), eps_in_sqrt=bool(eps_in_sqrt), momentum=kind)
     return fused_transform("rmsprop", chain, kernel, lambda state: [getattr(state[i], f) for i, f in fields],
-                           fields if flat_state else ())
+                           fields if flat_state else (), coded=True)
 
 
 def _rmsprop_kernel(rms_values: dict, mu_value, learning_rate, fields, flat: bool, **attrs):

@@ -1,13 +1,13 @@
 // The kernels of per-element step sizes from a running second moment: AdaGrad (../_adagrad.py),
 // Adadelta (../_adadelta.py), RMSProp (../_rmsprop.py) and Amos (../_amos.py). See common.h.
 
-#include "common.h"
+#include "quantized.h"
 
 namespace {
 
 // AdaGrad (scale_by_rss, scale_by_learning_rate):  v = v + g g;  d = -lr g / (sqrt(v) + eps)
-template <bool kStep>
-void adagrad_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+template <bool kStep, typename L>
+void adagrad_loop(const L& leaf, int64_t lo, int64_t hi, const float* h) {
   const float eps = h[0], nlr = h[1];
   for_elements<kStep, 1>(leaf, lo, hi, [=](float gi, float, float* s) {
     const float vi = s[0] + gi * gi;
@@ -17,11 +17,12 @@ void adagrad_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
 }
 
 ONE_PASS_KERNEL(adagrad, 2, 1)
+CODED_KERNEL(adagrad, 2, 1)
 
 // Adadelta (scale_by_adadelta, scale_by_learning_rate):
 //   v = rho v + (1-rho) g g;  d = sqrt((x + eps) / (v + eps)) g;  x = rho x + (1-rho) d d;  -lr d
-template <bool kStep>
-void adadelta_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+template <bool kStep, typename L>
+void adadelta_loop(const L& leaf, int64_t lo, int64_t hi, const float* h) {
   const float rho = h[0], orho = h[1], eps = h[2], nlr = h[3];
   for_elements<kStep, 2>(leaf, lo, hi, [=](float gi, float, float* s) {
     const float vi = rho * s[0] + (orho * gi) * gi;
@@ -34,14 +35,15 @@ void adadelta_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
 }
 
 ONE_PASS_KERNEL(adadelta, 4, 2)
+CODED_KERNEL(adadelta, 4, 2)
 
 // RMSProp (scale_by_rms, [trace], scale_by_learning_rate), on v, [the mean a (centered)], [the momentum b]:
 //   v' = rho v + ((1-rho) g) g;  s = v' or (centered) rho (v - a a) + ((rho (1-rho)) (g - a)) (g - a),
 //   a' = rho a + (1-rho) g;  u = g / (sqrt(s) + eps) or g / sqrt(s + eps), s = max(s, 0) if centered;
 //   b' = u + mu b, u = b' (heavy ball) or u + mu b' (Nesterov);  d = -lr u
 // hyper: rho, 1-rho, rho (1-rho), eps, mu, -lr. momentum: 0 none, 1 heavy ball, 2 Nesterov.
-template <bool kStep, bool kCentered, bool kInSqrt, bool kMomentum, bool kNesterov>
-void rmsprop_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+template <bool kStep, bool kCentered, bool kInSqrt, bool kMomentum, bool kNesterov, typename L>
+void rmsprop_loop(const L& leaf, int64_t lo, int64_t hi, const float* h) {
   const float rho = h[0], orho = h[1], rho_orho = h[2], eps = h[3], mu = h[4], nlr = h[5];
   constexpr int kB = kCentered ? 2 : 1;  // where the momentum is
   for_elements<kStep, 1 + kCentered + kMomentum>(leaf, lo, hi, [=](float gi, float, float* st) {
@@ -71,6 +73,14 @@ ffi::Error rmsprop(KERNEL_OPERANDS, bool centered, bool eps_in_sqrt, int64_t mom
                          momentum != 0, momentum == 2);
   const int n_state = 1 + centered + (momentum != 0);
   return one_pass<6>({pool, hyper, info, args, rets}, "fused rmsprop", n_state, step, loop);
+}
+
+ffi::Error rmsprop_q8(KERNEL_OPERANDS, bool centered, bool eps_in_sqrt, int64_t momentum, bool step) {
+  if (momentum < 0 || momentum > 2) return invalid("fused 8-bit rmsprop: momentum 0, 1 or 2");
+  const QLoop loop = pick([](auto... k) -> QLoop { return rmsprop_loop<k...>; }, step, centered, eps_in_sqrt,
+                          momentum != 0, momentum == 2);
+  const int n_state = 1 + centered + (momentum != 0);
+  return coded_pass<6>({pool, hyper, info, args, rets}, "fused 8-bit rmsprop", n_state, step, loop);
 }
 
 // Amos, element granularity (scale_by_amos, scale_by_ema or identity, scale_by_learning_rate):
@@ -119,6 +129,11 @@ ffi::Error amos(KERNEL_OPERANDS, bool momentum, bool step) {
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adagrad, adagrad, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adadelta, adadelta, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_rmsprop, rmsprop,
+                              OPTIMIZERS_BIND.Attr<bool>("centered").Attr<bool>("eps_in_sqrt").Attr<int64_t>("momentum")
+                                  .Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adagrad_q8, adagrad_q8, OPTIMIZERS_BIND.Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_adadelta_q8, adadelta_q8, OPTIMIZERS_BIND.Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_rmsprop_q8, rmsprop_q8,
                               OPTIMIZERS_BIND.Attr<bool>("centered").Attr<bool>("eps_in_sqrt").Attr<int64_t>("momentum")
                                   .Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_amos, amos, OPTIMIZERS_BIND.Attr<bool>("momentum").Attr<bool>("step"));

@@ -1,14 +1,14 @@
 // The momentum kernels: SGD (../_momentum.py), Funnelled SGDM (../_funnelled_sgdm.py) and
 // NovoGrad (../_novograd.py). See common.h.
 
-#include "common.h"
+#include "quantized.h"
 
 namespace {
 
 // SGD (add_decayed_weights, trace, scale_by_learning_rate):
 //   g = g + lambda p;  m = g + mu m;  u = m (heavy ball) or g + mu m (Nesterov);  d = -lr u
-template <bool kStep, bool kDecay, bool kMomentum, bool kNesterov>
-void sgd_loop(const Leaf& leaf, int64_t lo, int64_t hi, const float* h) {
+template <bool kStep, bool kDecay, bool kMomentum, bool kNesterov, typename L>
+void sgd_loop(const L& leaf, int64_t lo, int64_t hi, const float* h) {
   const float mu = h[0], nlr = h[1], lam = leaf.decay;
   for_elements<kStep, kMomentum>(leaf, lo, hi, [=](float gi, float pi, float* s) {
     if (kDecay) gi = gi + lam * pi;
@@ -27,6 +27,14 @@ ffi::Error sgd(KERNEL_OPERANDS, bool momentum, bool nesterov, bool step) {
     return pick([](auto... k) -> Loop { return sgd_loop<k...>; }, step, decay, momentum, nesterov && momentum);
   };
   return one_pass<2>({pool, hyper, info, args, rets}, "fused sgd", momentum ? 1 : 0, step, loop(false), loop(true));
+}
+
+ffi::Error sgd_q8(KERNEL_OPERANDS, bool momentum, bool nesterov, bool step) {
+  if (!momentum) return invalid("fused 8-bit sgd: needs the momentum buffer");
+  auto loop = [=](bool decay) {
+    return pick([](auto s, auto d, auto n) -> QLoop { return sgd_loop<s, d, true, n>; }, step, decay, nesterov);
+  };
+  return coded_pass<2>({pool, hyper, info, args, rets}, "fused 8-bit sgd", 1, step, loop(false), loop(true));
 }
 
 // Funnelled SGDM (scale_by_funnelled_sgdm, scale_by_learning_rate), s the new global scale
@@ -67,6 +75,8 @@ ONE_PASS_KERNEL(novograd, 3, 1)
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_sgd, sgd,
+                              OPTIMIZERS_BIND.Attr<bool>("momentum").Attr<bool>("nesterov").Attr<bool>("step"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_sgd_q8, sgd_q8,
                               OPTIMIZERS_BIND.Attr<bool>("momentum").Attr<bool>("nesterov").Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_funnelled_sgdm, funnelled_sgdm, OPTIMIZERS_BIND.Attr<bool>("step"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(optimizers_novograd, novograd, OPTIMIZERS_BIND.Attr<bool>("step"));
