@@ -85,14 +85,32 @@ def _values(magnitude_code, bits: int, signed: bool):
     return jnp.where(a > (0 if signed else 1), value, 0.0)
 
 
-def _magnitude_code(y, bits: int, signed: bool):
-    r"""The magnitude code of the value nearest to each ``y`` in [0, 1] (see :func:`_values`).
+def dither(y, position):
+    r"""A number in [0, 1) from each ``y`` and its ``position`` in its block (uint32): an integer hash
+    (multiply, xor-shift, twice) of ``y``'s float32 bits but the last 12 (so that a ``y`` a few
+    roundings off, as another compilation of the same update gives it, mostly draws the same),
+    the same on every machine and in the CPU kernels."""
+    bits = jax.lax.bitcast_convert_type(y.astype(jnp.float32), jnp.uint32) >> 12
+    h = bits ^ (position * jnp.uint32(0x9E3779B9))
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 15)
+    h = h * jnp.uint32(0xC2B2AE35)
+    h = h ^ (h >> 13)
+    return (h >> 8).astype(jnp.float32) * np.float32(2.0**-24)
+
+
+def _magnitude_code(y, bits: int, signed: bool, position=None):
+    r"""The magnitude code of each ``y`` in [0, 1] (see :func:`_values`): the nearest value (unsigned),
+    or (signed) one of the two values around it, the upper with probability the fraction of the way
+    to it (stochastic rounding, drawn by :func:`dither` from ``y`` and its ``position``).
 
     The decade :math:`e` with :math:`y \in (10^{-e-1}, 10^{-e}]` is counted with compares;
     its values with the next decade's top one, :math:`10^{-e-1} + k\, 0.9 \cdot 10^{-e}/n_e`
     (:math:`k = 0 .. n_e`), are evenly spaced, so the nearest is a rounding (half to even),
     and :math:`a = n_e - 1 + k` (unsigned: :math:`n_e - 2 + k`) numbers them across decades.
     The signed code's lowest decade starts from 0 (its one value :math:`10^{-6}` and 0).
+    Stochastic: :math:`k = \lfloor v + u \rfloor` for the position :math:`v` in steps and the
+    dither :math:`u`, so that :math:`E[\hat y] = y`; ``y = 1`` (the absmax) stays exact.
 
     Two ladders of selects of constants (:math:`10^e`, :math:`n_e`), no division, and the
     rounding as :math:`(v + 2^{23}) - 2^{23}` (exact for :math:`0 \le v < 2^{22}`; cheaper
@@ -111,9 +129,12 @@ def _magnitude_code(y, bits: int, signed: bool):
     v = (z - 0.1) * (n * np.float32(1 / 0.9))
     if signed:  # the lowest decade: 0 and 10^-(decades-1)
         v = jnp.where(lowest, z * n, v)
+    if signed:
+        k = jnp.where(y >= 1.0, n, jnp.minimum(jnp.floor(jnp.maximum(v, 0.0) + dither(y, position)), n))
+        return (n - 1.0 + k).astype(jnp.int32)
     shift = jnp.maximum(n, np.float32(2.0**23))
     k = jnp.minimum((jnp.maximum(v, 0.0) + shift) - shift, n)
-    return (n - (1.0 if signed else 2.0) + k).astype(jnp.int32)
+    return (n - 2.0 + k).astype(jnp.int32)
 
 
 @functools.lru_cache(maxsize=None)
@@ -206,7 +227,7 @@ def encode(xb, signed: bool, bits: int = 8):
     absmax = jnp.max(magnitude, axis=-1)
     inverse = jnp.where(absmax > 0, 1 / jnp.where(absmax > 0, absmax, 1.0), 0.0)
     y = jnp.minimum(magnitude * inverse[..., None], 1.0)
-    a = _magnitude_code(y, bits, signed)
+    a = _magnitude_code(y, bits, signed, jax.lax.broadcasted_iota(jnp.uint32, y.shape, y.ndim - 1))
     if signed:
         codes = jnp.where(finite, jnp.where(xb < 0, -a, a), -(2 ** (bits - 1))).astype(jnp.int8)
     else:  # a positive element keeps a positive code

@@ -24,17 +24,38 @@ def reference_values(signed):
     return np.sort(np.asarray(values))
 
 
+def reference_dither(y32, position):
+    """The signed code's dither: an integer hash of y's float32 bits but the last 12 and of its position."""
+    h = (y32.view(np.uint32) >> np.uint32(12)) ^ (position.astype(np.uint32) * np.uint32(0x9E3779B9))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(15))
+    h = h * np.uint32(0xC2B2AE35)
+    h = h ^ (h >> np.uint32(13))
+    return (h >> np.uint32(8)).astype(np.float64) * 2.0**-24
+
+
 def reference_round_trip(x, signed, block):
-    """Nearest value of the code to x / absmax per block of ``block`` (x 1-D, its size a multiple), times absmax;
-    unsigned: a positive element gets at least the smallest positive value."""
+    """x / absmax per block of ``block`` (x 1-D, its size a multiple) coded, times absmax. Unsigned: the
+    nearest value, at least the smallest positive one for a positive element. Signed: of the two values
+    around |y|, the upper one when the fraction of the way to it plus the dither reaches 1 (stochastic
+    rounding; y in float32 as the wrapper computes it, for the dither's bits)."""
     values = reference_values(signed)
     blocks = np.asarray(x, np.float64).reshape(-1, block)
     absmax = np.abs(blocks).max(1, keepdims=True)
     y = blocks / np.where(absmax > 0, absmax, 1)
-    nearest = values[np.argmin(np.abs(y[..., None] - values), -1)]
     if not signed:
+        nearest = values[np.argmin(np.abs(y[..., None] - values), -1)]
         nearest = np.where((y > 0) & (nearest == 0), values[1], nearest)
-    return (nearest * absmax).reshape(np.shape(x))
+        return (nearest * absmax).reshape(np.shape(x))
+    f32 = np.abs(blocks.astype(np.float32))
+    a32 = f32.max(1, keepdims=True)
+    y32 = np.minimum(f32 * np.where(a32 > 0, np.float32(1) / np.where(a32 > 0, a32, 1), 0), np.float32(1))
+    magnitudes = values[values >= 0]
+    upper = np.minimum(np.searchsorted(magnitudes, np.abs(y)), len(magnitudes) - 1)
+    hi, lo = magnitudes[upper], magnitudes[np.maximum(upper - 1, 0)]
+    fraction = np.where(hi > lo, (np.abs(y) - lo) / np.where(hi > lo, hi - lo, 1), 1.0)
+    up = fraction + reference_dither(y32, np.broadcast_to(np.arange(block), blocks.shape)) >= 1
+    return (np.sign(blocks) * np.where(up, hi, lo) * absmax).reshape(np.shape(x))
 
 
 @jax.jit(static_argnums=(1, 2))
@@ -53,9 +74,11 @@ def test_tables_are_the_dynamic_code():
         np.testing.assert_allclose(np.sort(t[np.isfinite(t)]), reference_values(signed), rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("signed,bound", [(True, 0.45 / 64), (False, 0.45 / 128)])
+@pytest.mark.parametrize("signed,bound", [(True, 0.9 / 64), (False, 0.45 / 128)])
 def test_round_trip_error_bounds_over_magnitudes(signed, bound):
-    """Half a step of the top decade, of the block's absmax, at every magnitude; the nearest code."""
+    """A step (signed, stochastic rounding) or half a step (unsigned, nearest) of the top decade, of the
+    block's absmax, at every magnitude; the reference's code (but for a few values, one rounding from
+    where the dither decides, where the float32 fraction of the way and the float64 one disagree)."""
     rng = np.random.default_rng(0)
     magnitudes = 10.0 ** np.arange(-8, 5)
     x = rng.uniform(-1, 1, (len(magnitudes), 4, 256)) * magnitudes[:, None, None]
@@ -67,9 +90,28 @@ def test_round_trip_error_bounds_over_magnitudes(signed, bound):
     absmax = np.repeat(np.abs(x).reshape(-1, 256).max(1), 256)
     assert np.all(np.abs(got - x) <= bound * absmax * (1 + 1e-5))
     assert np.all(got[x == 0] == 0) and np.all((got > 0) == (x > 0) if not signed else True)
-    top = np.abs(x) >= absmax / 10  # the top decade: 7.1% (signed) or 3.6% (unsigned) of |x|
+    top = np.abs(x) >= absmax / 10  # the top decade: 14.1% (signed) or 3.6% (unsigned) of |x|
     assert np.all(np.abs(got - x)[top] <= 10 * bound * np.abs(x)[top] * (1 + 1e-5))
-    np.testing.assert_allclose(got, reference_round_trip(x, signed, 256), rtol=2e-6, atol=0)
+    off = ~np.isclose(got, reference_round_trip(x, signed, 256), rtol=2e-6, atol=0)
+    assert off.mean() < 1e-3, off.mean()
+
+
+def test_signed_rounding_is_unbiased():
+    """An average kept in the signed code (m <- 0.99 m + 0.01 g, 600 steps, heavy-tailed g): its stored
+    magnitude within 0.5% of the float32 average's; rounding to the nearest code shrinks it (-1.5%)."""
+    rng = np.random.default_rng(3)
+    m_float, m_coded = np.zeros((32, 256), np.float32), jnp.zeros((32, 256))
+    code = jax.jit(lambda m, g: round_trip_jnp(0.99 * m + 0.01 * g))
+    for _ in range(600):
+        g = (rng.standard_t(3, size=(32, 256)) + 0.3).astype(np.float32)
+        m_float = np.float32(0.99) * m_float + np.float32(0.01) * g
+        m_coded = code(m_coded, g)
+    bias = (np.abs(np.asarray(m_coded)).sum() - np.abs(m_float).sum()) / np.abs(m_float).sum()
+    assert abs(bias) < 5e-3, bias
+
+
+def round_trip_jnp(x):
+    return optimizers.dequantized(quantize(x, True, 256))
 
 
 @pytest.mark.parametrize("signed", [True, False])
@@ -80,7 +122,7 @@ def test_non_finite_elements_stay_non_finite(signed):
     assert np.all(np.isnan(got[[3, 100, 200]]))
     finite = np.isfinite(x)
     assert np.all(np.isfinite(got[finite]))  # the others keep the finite elements' scale
-    np.testing.assert_allclose(got[finite], x[finite], rtol=0.08)
+    np.testing.assert_allclose(got[finite], x[finite], rtol=0.15 if signed else 0.08)  # a step, half a step
 
 
 def test_state_bytes_per_parameter_of_a_1024x1024_leaf():

@@ -83,13 +83,18 @@ def _compiled(fused, plain, params, state):
 
 def _assert_states_match(got, want):
     """Codes equal but at rounding ties (off by one, rare); scales (the absmax of the same new values)
-    within 1e-6; float32 state and hyperparameters within 1e-6 of each leaf's scale; counts exactly."""
+    within 1e-6; float32 state and hyperparameters within 1e-6 of each leaf's scale; counts exactly.
+
+    The ties: XLA contracts some of the update's multiply-adds (the kernels do not), so a new value,
+    and with it a block's scale, can be a rounding off; the signed code's stochastic rounding then
+    draws another dither for the values whose top 20 bits it moves (measured: up to 0.2% of the
+    codes, each off by one), the unsigned code's nearest rounding only moves exact ties."""
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for a, b in zip(jax.tree.leaves(got, is_leaf=_is_coded), jax.tree.leaves(want, is_leaf=_is_coded)):
         if _is_coded(a):
             codes, want_codes = np.asarray(a.codes, np.int32), np.asarray(b.codes, np.int32)
             diff = np.abs(codes - want_codes)
-            assert a.codes.dtype == b.codes.dtype and diff.max(initial=0) <= 1 and np.mean(diff > 0) < 1e-3
+            assert a.codes.dtype == b.codes.dtype and diff.max(initial=0) <= 1 and np.mean(diff > 0) < 5e-3
             np.testing.assert_allclose(a.scales, b.scales, rtol=1e-6, atol=0)
         elif a.dtype == jnp.float32:  # (non-finite at the same elements: a float32 moment of a NaN gradient)
             a, b = np.asarray(a), np.asarray(b)

@@ -47,19 +47,30 @@ constexpr float kTens[7] = {1.0f, 1e1f, 1e2f, 1e3f, 1e4f, 1e5f, 1e6f};
 
 // The code of x in a block whose 1/absmax is ``inverse``: _quantized_codes.quantize at one
 // element, the same float32 operations in the same order: y = min(|x| inverse, 1); its decade
-// e by compares (power = 10^e, n = n_e = 2^(top-e)); k = round((y power - 0.1) (n / 0.9)), or
-// in the signed code's lowest decade k = round(y power n); a = n - 1 + k (unsigned: n - 2 + k).
+// e by compares (power = 10^e, n = n_e = 2^(top-e)); unsigned: k = round((y power - 0.1) (n / 0.9));
+// signed: v = (y power - 0.1) (n / 0.9), or in the lowest decade v = y power n, and the stochastic
+// k = min(floor(max(v, 0) + dither), n) (n at y = 1); a = n - 1 + k (unsigned: n - 2 + k).
 // As compiled by XLA:CPU, which contracts y power - 0.1 into a fused multiply-add where the
 // product has no other use (the unsigned code: exhaustively checked over [0, 1]; where it has,
 // the signed code, it does not);
 // a non-finite x gets the NaN code (-128, 255), a positive x an unsigned code above 0.
-// quantize's clip of k to [0, n] never binds (y power is within an ulp of [0.1, 1], so
+// The unsigned code: quantize's clip of k to [0, n] never binds (y power is within an ulp of [0.1, 1], so
 // (y power - 0.1) n / 0.9 lies in (-0.5, n + 0.5)) and is left out. Selects only, no branches,
 // so that the loop over a block vectorizes (with -fno-trapping-math: a select may compute both
 // of its sides). kInfinite: ``inverse`` is inf (a subnormal absmax), where 0 inverse is NaN:
 // XLA converts the NaN a to 0, the code of y = 0.
+// _quantized_codes.dither: a number in [0, 1) from y's float32 bits (but the last 12) and its position.
+inline float dither(float y, uint32_t position) {
+  uint32_t h = (__builtin_bit_cast(uint32_t, y) >> 12) ^ (position * 0x9E3779B9u);
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 15;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 13;
+  return static_cast<float>(h >> 8) * 0x1p-24f;
+}
+
 template <bool kSigned, bool kInfinite = false>
-inline uint8_t encode(float x, float inverse) {
+inline uint8_t encode(float x, float inverse, uint32_t position) {
   constexpr int32_t top = kSigned ? 6 : 7;  // decade 0 has n_0 = 2^top values
   const float ax = std::fabs(x);
   const bool finite = ax <= FLT_MAX;
@@ -78,7 +89,9 @@ inline uint8_t encode(float x, float inverse) {
   if (kSigned) {
     const float z = y * power;
     const bool lowest = e == 6;
-    k = std::nearbyint((z - (lowest ? 0.0f : 0.1f)) * (lowest ? n : per));  // z - 0 and z n: the lowest decade's
+    const float v = (z - (lowest ? 0.0f : 0.1f)) * (lowest ? n : per);  // z - 0 and z n: the lowest decade's
+    const float up = std::floor((v > 0.0f ? v : 0.0f) + dither(y, position));  // stochastic rounding
+    k = y >= 1.0f ? n : (up < n ? up : n);
   } else {
     k = std::nearbyint(std::fma(y, power, -0.1f) * per);  // XLA:CPU fuses y power - 0.1 into one FMA here
   }
@@ -108,9 +121,9 @@ inline void encode_block(const float* __restrict x, int64_t n, uint8_t* __restri
   const float absmax = block_absmax<kSigned>(x, n);
   const float inverse = absmax > 0.0f ? 1.0f / absmax : 0.0f;
   if (inverse <= FLT_MAX) {
-    for (int64_t j = 0; j < n; ++j) codes[j] = encode<kSigned>(x[j], inverse);
+    for (int64_t j = 0; j < n; ++j) codes[j] = encode<kSigned>(x[j], inverse, static_cast<uint32_t>(j));
   } else {
-    for (int64_t j = 0; j < n; ++j) codes[j] = encode<kSigned, true>(x[j], inverse);
+    for (int64_t j = 0; j < n; ++j) codes[j] = encode<kSigned, true>(x[j], inverse, static_cast<uint32_t>(j));
   }
   *scale = absmax;
 }
