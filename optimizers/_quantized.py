@@ -134,6 +134,9 @@ def with_quantized_state(optimizer: optax.GradientTransformation, bits: int = 8,
     declared non-negative (:func:`register_nonnegative`: second moments, accumulated
     squares, AMSGrad's max, Adadelta's accumulators, SM3's covers, Rprop's step sizes, for
     this package's and optax's states). The sign is the rule's, never guessed from values.
+    The unsigned code rounds to the nearest value, the signed one stochastically (unbiased, so a
+    slow average such as Lion's momentum is not stored shrunk; a deterministic dither, so runs
+    repeat bit for bit).
     A NaN or Inf comes back as NaN, at its own element. Scalars (counts, hyperparameters),
     leaves under ``min_size``, and leaves that ``mask`` excludes keep the state ``optimizer``
     gives them (float32 for float32 params). Deterministic: the same steps give the same
@@ -171,7 +174,8 @@ def with_quantized_state(optimizer: optax.GradientTransformation, bits: int = 8,
     state, 16 bytes per parameter moved by an AdamW step instead of 28. The leaves that keep
     float32 state go through the float32 kernel in the same step. The results are the unfused
     path's (``with_quantized_state(adamw(...))``) to float32 roundings: the same codes but at
-    rounding ties (off by one, about one element in 10^5). Elsewhere the generic path above
+    rounding ties (off by one, up to 0.2% of the signed codes, whose stochastic rounding draws anew when XLA's
+    contracted multiply-adds move a value's last bits). Elsewhere the generic path above
     runs, with ``optimizer``'s own update (its float32 kernel on the dequantized state, where
     that applies): a GPU, float64 or bfloat16 leaves, ``bits`` other than 8, an optimizer the
     kernels do not cover (LAMB, LARS, Adafactor, SM3, NovoGrad, Amos, Funnelled SGDM: their
