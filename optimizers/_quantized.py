@@ -169,7 +169,7 @@ def with_quantized_state(optimizer: optax.GradientTransformation, bits: int = 8,
     on the CPU, ``update`` and :func:`update_and_apply` run its kernel on the codes
     (``kernels/quantized.h``): one pass that decodes each block of the state into a small
     float32 array, runs the float32 kernel's own update at each element, and encodes the block
-    again (absmax, then the codes, the float32 operations of :func:`quantize` as XLA:CPU compiles
+    again (absmax, then the codes, the float32 operations of ``_quantized_codes.quantize`` as XLA:CPU compiles
     them), in place: codes, scales and (``update_and_apply``) params, no float32 copy of the
     state, 16 bytes per parameter moved by an AdamW step instead of 28. The leaves that keep
     float32 state go through the float32 kernel in the same step. The results are the unfused
