@@ -170,7 +170,8 @@ class _Call:
         shape = self.leaves[i].shape
         groups = [groups[i] for _, groups, _ in self.fields]
         quantized = [g for g in groups if is_quantized(g)]
-        return (bool(quantized) and math.prod(quantized[0].scales.shape) >= MIN_BLOCKS and all(is_quantized(g) or not jax.tree.leaves(g) for g in groups)
+        return (bool(quantized) and math.prod(quantized[0].scales.shape) >= MIN_BLOCKS
+                and all(is_quantized(g) or not jax.tree.leaves(g) for g in groups)
                 and all(g.codes.shape == shape for g in groups if is_quantized(g)))
 
 

@@ -347,7 +347,8 @@ LEAVES = {k: jnp.asarray(np.random.default_rng(i).normal(size=s), jnp.float32)
           for i, (k, s) in enumerate({"a": (40, 128), "b": (3, 50, 40), "c": (30,)}.items())}
 
 
-@pytest.mark.parametrize("make", [lambda: optimizers.lamb(1e-2), lambda: optimizers.adafactor(1e-2)], ids=["lamb", "adafactor"])
+@pytest.mark.parametrize("make", [lambda: optimizers.lamb(1e-2), lambda: optimizers.adafactor(1e-2)],
+                         ids=["lamb", "adafactor"])
 def test_leaf_by_leaf_equals_the_whole_update(make, monkeypatch):
     """Per-leaf rules run leaf by leaf: the same operations as the whole update, so the same numbers up to
     float32 rounding (XLA fuses, and so contracts multiply-adds and orders the norms' sums, differently)."""
