@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optimizers._checks import param_groups
 from optimizers._quantized_codes import QuantizedBuffer, is_quantized, layout_of, table
 
 
@@ -21,9 +22,8 @@ def codes_fit(grads, trees) -> bool:
     """Whether each leaf's state buffers in ``trees`` (trees of the grads' structure) are all arrays, or all
     8-bit codes shaped like the leaf with scales of one layout (what the ``_q8`` kernels take)."""
     treedef = jax.tree.structure(grads)
-    try:
-        columns = [treedef.flatten_up_to(tree) for tree in trees]
-    except (ValueError, TypeError):
+    columns = [param_groups(tree, treedef) for tree in trees]
+    if any(column is None for column in columns):
         return False
     for g, group in zip(jax.tree.leaves(grads), zip(*columns)):
         coded = [b for b in group if is_quantized(b)]
