@@ -5,7 +5,7 @@ afresh by each test); JAX's persistent cache, keyed by the program, compiles it 
 whole run and both pytest-xdist workers (about a fifth of test_conformance's CPU time). It is
 kept under the system's temporary folder (``$OPTIMIZERS_TEST_JAX_CACHE`` to move it; empty: off),
 without a size limit: with one, JAX's cache lists and reads every entry under a lock at each
-write, which made a whole run 2x slower at 9,000 entries.
+write, which slowed the last part of a whole run to a crawl (9,000 entries).
 """
 
 import os
