@@ -7,7 +7,7 @@ the same optimizer with float32 state, in the same run. Both steps are
 with params and state donated; the repetitions alternate between the two and the ratio is the
 median of the per-repetition ratios. The rows ``... 8-bit fused`` (AdamW, Lion, SGD with momentum): the
 same optimizer made with ``fused=True`` inside ``with_quantized_state`` (on the CPU its 8-bit kernel,
-``optimizers/kernels/quantized.h``: the codes decoded, updated and encoded block by block in one
+``optimizers/fused/kernels/quantized.h``: the codes decoded, updated and encoded block by block in one
 pass, params written in place) against the float32 fused step and the float32 unfused step, all
 four steps of an optimizer interleaved in the same repetitions. Memory: the state's bytes per parameter
 (``jax.eval_shape``) and the compiled step's temporaries per parameter
@@ -129,7 +129,7 @@ def section(tree: str, shapes: dict, reps: int, warmup: int, names=tuple(NAMES))
 
 def block_sizes(sizes=(64, 256, 1024, 2048), reps: int = 10, n: int = 1 << 22) -> str:
     """Per block size: round-trip error of heavy-tailed data (Adam-like m and v) and AdamW's step time."""
-    from optimizers._quantized_codes import quantize
+    from optimizers.wrappers.quantized.codes import quantize
 
     rng = np.random.default_rng(0)
     g = rng.standard_t(3, size=n) * np.exp(rng.normal(size=n // 4096).repeat(4096))  # layers of other scales

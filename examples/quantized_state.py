@@ -60,7 +60,7 @@ import main as digits  # noqa: E402
 
 import optimizers  # noqa: E402
 import schedules  # noqa: E402
-from optimizers._quantized import _wrap  # noqa: E402  (any bits, for the 4-bit measurement)
+from optimizers.wrappers.quantized.wrapper import _wrap  # noqa: E402  (any bits, for the 4-bit measurement)
 
 NOISE = 1e-6  # the control's relative perturbation of the initial parameters
 NAMES = ("AdamW", "Lion", "SGD momentum", "LAMB")

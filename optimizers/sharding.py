@@ -59,8 +59,8 @@ import jax
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from optimizers._checks import child_nodes, param_groups
-from optimizers._quantized_codes import QuantizedBuffer, layout_of
+from optimizers.contract.checks import child_nodes, param_groups
+from optimizers.wrappers.quantized.codes import QuantizedBuffer, layout_of
 
 _Entries = tuple  # one tuple of mesh axis names per array dimension ("()" for not split)
 

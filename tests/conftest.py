@@ -9,9 +9,16 @@ write, which slowed the last part of a whole run to a crawl (9,000 entries).
 """
 
 import os
+import sys
 import tempfile
+from pathlib import Path
 
 import jax
+
+# The tests live in folders that mirror the package's; each folder is on the path (as pytest's
+# "prepend" import mode puts a test's own folder), so a test imports helpers and other tests'
+# references by module name wherever they live (test module names are unique).
+sys.path[:0] = sorted(str(d) for d in Path(__file__).parent.rglob("*") if d.is_dir() and d.name != "__pycache__")
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -227,11 +227,12 @@ def _skip_fields(app, what, name, obj, skip, options):
     return None
 
 
-_PRIVATE = re.compile(r"^~?(optimizers|schedules)\._\w+\.(\w+)$")
+_PRIVATE = re.compile(r"^~?(optimizers|schedules)\.(?:_?[a-z]\w*\.)+(\w+)$")
 
 
 def _public_alias(app, env, node, contnode):
-    """Resolves ``optimizers._family.name`` (a private path) to the public ``optimizers.name``."""
+    """Resolves a module path (``optimizers.rules.adaptive.adam.adam``, ``schedules._cosine.cosine``) to
+    the public ``optimizers.name``."""
     m = _PRIVATE.match(node.get("reftarget", ""))
     if node.get("refdomain") != "py" or not m:
         return None

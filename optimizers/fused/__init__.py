@@ -1,0 +1,1 @@
+"""The fused CPU backend (fused=True): the glue and the C++ kernels."""

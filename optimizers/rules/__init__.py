@@ -1,0 +1,1 @@
+"""The update rules, one algorithm family per module, grouped by kind."""

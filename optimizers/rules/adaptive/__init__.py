@@ -1,0 +1,1 @@
+"""Adaptive per-coordinate rules: the Adam family, AdaGrad, RMSProp, Adadelta, AdaX, Amos."""

@@ -1,0 +1,1 @@
+"""Factored second moments: Adafactor and SM3."""

@@ -1,0 +1,1 @@
+"""Layer-wise rules: trust ratios (LARS, LAMB) and NovoGrad."""

@@ -1,0 +1,1 @@
+"""8-bit block-wise optimizer state."""
