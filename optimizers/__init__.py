@@ -53,6 +53,7 @@ from optimizers.estimators.gradient_free import zeroth_order_value_and_grad as z
 from optimizers.contract.hyperparams import get_hyperparams as get_hyperparams
 from optimizers.contract.hyperparams import set_hyperparams as set_hyperparams
 from optimizers.contract.layers import layer_axes_from_flax as layer_axes_from_flax
+from optimizers.contract.registry import register_nonnegative as register_nonnegative
 from optimizers.rules.momentum.lion import ScaleByLionState as ScaleByLionState
 from optimizers.rules.momentum.lion import lion as lion
 from optimizers.rules.momentum.lion import scale_by_lion as scale_by_lion
@@ -75,7 +76,6 @@ from optimizers.wrappers.plateau import ReduceOnPlateauState as ReduceOnPlateauS
 from optimizers.wrappers.plateau import reduce_on_plateau as reduce_on_plateau
 from optimizers.wrappers.quantized.wrapper import QuantizedBuffer as QuantizedBuffer
 from optimizers.wrappers.quantized.wrapper import dequantized as dequantized
-from optimizers.wrappers.quantized.wrapper import register_nonnegative as register_nonnegative
 from optimizers.wrappers.quantized.wrapper import with_quantized_state as with_quantized_state
 from optimizers.rules.adaptive.radam import ScaleByRadamState as ScaleByRadamState
 from optimizers.rules.adaptive.radam import radam as radam

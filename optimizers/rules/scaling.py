@@ -10,16 +10,20 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams
+from optimizers.contract.registry import declare_optimizer, declare_state
 from schedules import ScalarOrSchedule
 
 MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
 
 
+@declare_state(elementwise=True)
 class ScaleByLearningRateState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"learning_rate": value of the latest update}
 
 
+@declare_optimizer(paper='', update='',
+                   test_kwargs=dict(learning_rate=2e-3))
 def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool = True
                            ) -> optax.GradientTransformation:
     r"""Scales the direction by the learning rate: :math:`u_t = -\gamma_t d_t`.
@@ -45,6 +49,7 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool =
     return transformation("scale_by_learning_rate", init_fn, update_fn)
 
 
+@declare_state(elementwise=True)
 class AddDecayedWeightsState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"weight_decay": value of the latest update}

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_conformance import NAMES, make
+from registry import NAMES, make
 
 from optimizers.contract.checks import first_difference
 

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 from helpers import assert_close
-from test_conformance import NAMES, make
+from registry import NAMES, make
 
 import optimizers
 

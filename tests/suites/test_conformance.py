@@ -1,12 +1,9 @@
 """Every optimizer in the package x every shared property.
 
-An optimizer is every name in ``optimizers.__all__`` that takes a ``learning_rate``; it is
-enrolled here automatically and must be given keyword arguments in ``KWARGS`` (chosen so
-that it reaches the minimum of both test problems of ``test_optax_contract.py``, which holds
-every optimizer here to optax's contract). The tests never branch on a name.
+Every declared optimizer (``tests/registry.py``: the rules' ``@declare_optimizer``, the wrappers
+and the fused forms) is enrolled; the tests never branch on a name.
 """
 
-import functools
 import inspect
 
 import flax.linen as nn
@@ -18,73 +15,17 @@ import pytest
 from flax import nnx
 from flax.training import train_state
 from helpers import random_tree
+from registry import ALIASES, KWARGS, NAMES, make, other_value, scheduled_names
 
 import optimizers
 import schedules
 
-KWARGS = {
-    "adadelta": dict(learning_rate=lambda t: 0.9997**t),  # Adadelta needs a decay to settle
-    "adafactor": dict(learning_rate=0.1, b1=0.9),  # without momentum Rosenbrock stalls at (0.958, 0.928)
-    "adagrad": dict(learning_rate=0.3),
-    "adax": dict(learning_rate=0.01),
-    "adam": dict(learning_rate=0.01),
-    "adamax": dict(learning_rate=0.01),
-    "adamw": dict(learning_rate=0.01, weight_decay=1e-4),
-    "amos": dict(learning_rate=0.1, eta=1.0),
-    "amsgrad": dict(learning_rate=0.01),
-    "funnelled_sgdm": dict(learning_rate=2e-3),
-    # A per-leaf trust ratio on the scalar leaves of Rosenbrock is a sign step of size
-    # lr |x|: these need a decaying learning rate to settle (LAMB also phi's lower bound).
-    "lamb": dict(learning_rate=lambda t: 0.01 * 0.9997**t, min_param_norm=0.1),
-    "lars": dict(learning_rate=lambda t: 50.0 * 0.999**t, eps=1e-8),
-    "lion": dict(learning_rate=lambda t: 3e-3 * 0.9997**t, weight_decay=0.0),  # sign steps need a decay to settle
-    "nadam": dict(learning_rate=0.003),
-    "novograd": dict(learning_rate=lambda t: 0.01 * 0.9997**t),
-    "radam": dict(learning_rate=0.01),
-    "rmsprop": dict(learning_rate=1e-3),
-    "rprop": dict(learning_rate=0.01),
-    "scale_by_learning_rate": dict(learning_rate=2e-3),
-    "scale_by_relative_step": dict(learning_rate=2e-3),
-    "sgd": dict(learning_rate=2e-3, momentum=0.9),
-    "sm3": dict(learning_rate=0.3),
-}
-ALIASES = sorted(n for n in optimizers.__all__  # learning_rate first: not scale_by_rprop's optax keyword
-                 if next(iter(inspect.signature(getattr(optimizers, n)).parameters), None) == "learning_rate")
-
-
-# The wrappers, each around an alias that passes every test on its own: name -> (alias, wrap).
-WRAPPED = {
-    "ema(adam)": ("adam", lambda tx: optax.chain(tx, optimizers.ema(0.9))),
-    "lookahead(adam)": ("adam", lambda tx: optimizers.lookahead(tx, sync_period=5, slow_step_size=0.5)),
-    "lookahead(sgd)": ("sgd", lambda tx: optimizers.lookahead(tx, sync_period=3, slow_step_size=0.8)),
-    "swa(adam)": ("adam", lambda tx: optax.chain(tx, optimizers.swa(start_step=10, every=2))),
-}
-# The one-pass CPU kernels of every alias that has them: the same update, so the same properties.
-FUSED = {f"fused({n})": n for n in ALIASES if "fused" in inspect.signature(getattr(optimizers, n)).parameters}
-NAMES = ALIASES + sorted([*WRAPPED, *FUSED])
-
-
-def factory(name):
-    """``(build, kwargs, wrap)``: ``name``'s optimizer is ``wrap(build(**kwargs))``, where
-    ``build`` is the alias (with ``fused=True`` bound for a fused name) and ``kwargs`` its ``KWARGS``."""
-    if name in FUSED:
-        return functools.partial(getattr(optimizers, FUSED[name]), fused=True), KWARGS[FUSED[name]], _unwrapped
-    alias, wrap = WRAPPED.get(name, (name, _unwrapped))
-    return getattr(optimizers, alias), KWARGS[alias], wrap
-
-
-def _unwrapped(tx):
-    return tx
-
-
-def make(name, **overrides):
-    """``name``'s optimizer; ``overrides`` replace its alias' ``KWARGS``."""
-    build, kwargs, wrap = factory(name)
-    return wrap(build(**{**kwargs, **overrides}))
-
-
 def test_every_optimizer_is_enrolled():
-    assert ALIASES == sorted(KWARGS)
+    """Every public function whose first parameter is ``learning_rate`` is declared (so it joins the suites)."""
+    takes_lr = sorted(n for n in optimizers.__all__
+                      if next(iter(inspect.signature(getattr(optimizers, n)).parameters), None) == "learning_rate")
+    assert not set(takes_lr) - set(ALIASES), "declare these with @declare_optimizer"
+    assert all(getattr(optimizers, n, None) is not None for n in ALIASES), "declared but not exported"
 
 
 def _steps(tx, params, grads, jit=True):
@@ -236,19 +177,7 @@ def test_nested_empty_and_none_pytrees(name):
     assert empty == {}
 
 
-def _scheduled_names(name):
-    sig = inspect.signature(getattr(optimizers, name))
-    return [k for k, p in sig.parameters.items() if "ScalarOrSchedule" in str(p.annotation)]
-
-
-def _other_value(v):
-    """A different value in the same range: 0 -> 0.1, (0, 1) -> sqrt, >= 1 -> half."""
-    if callable(v):
-        return lambda t: 0.5 * v(t)
-    return 0.1 if v == 0 else v**0.5 if v < 1 else v / 2
-
-
-CASES = [(n, h) for n in ALIASES for h in _scheduled_names(n)]
+CASES = [(n, h) for n in ALIASES for h in scheduled_names(n)]
 
 
 @pytest.mark.parametrize("name,hyper", CASES)
@@ -256,7 +185,7 @@ def test_every_hyperparameter_can_be_a_schedule(name, hyper):
     default = inspect.signature(getattr(optimizers, name)).parameters[hyper].default
     v = KWARGS[name].get(hyper, default)
     v = 0.0 if v is None else v
-    alt = _other_value(v)
+    alt = other_value(v)
     sched = lambda t: jnp.where(t < 2, schedules.resolve(v, t), schedules.resolve(alt, t))  # noqa: E731
     tx_const, tx_sched = make(name, **{hyper: v}), make(name, **{hyper: sched})
     s_const, s_sched = tx_const.init(PARAMS), tx_sched.init(PARAMS)

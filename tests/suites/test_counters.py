@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 from helpers import check_reference, random_tree
-from test_conformance import NAMES, make
+from registry import NAMES, make
 
 import optimizers
 import schedules

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 import pytest
 from helpers import random_tree
-from test_conformance import NAMES, factory, make
+from registry import NAMES, factory, make
 
 STEPS = 10_000
 TOL = 3e-2

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_conformance import NAMES, make
+from registry import NAMES, make
 
 import optimizers
 

@@ -31,7 +31,7 @@ import optax
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from test_conformance import NAMES, make
+from registry import NAMES, make
 
 import optimizers
 import schedules

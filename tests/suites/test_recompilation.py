@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 from helpers import random_tree
-from test_conformance import KWARGS, NAMES, _other_value, _scheduled_names, make
+from registry import KWARGS, NAMES, other_value, scheduled_names, make
 
 import optimizers
 import schedules
@@ -46,7 +46,7 @@ def _learning_rate(name):
 
 def _switch(value):
     """``value`` for the first half of the steps, another value in its range after (as conformance)."""
-    other = _other_value(value)
+    other = other_value(value)
     return lambda t: jnp.where(t < STEPS // 2, schedules.resolve(value, t), schedules.resolve(other, t))
 
 
@@ -54,7 +54,7 @@ def _scheduled(name):
     """``name`` with its learning rate and every other number-or-schedule hyperparameter scheduled
     (the wrapped optimizers: the learning rate)."""
     overrides = {"learning_rate": _learning_rate(name)}
-    for hyper in _scheduled_names(name) if name in KWARGS else []:
+    for hyper in scheduled_names(name) if name in KWARGS else []:
         if hyper != "learning_rate":
             default = inspect.signature(getattr(optimizers, name)).parameters[hyper].default
             value = KWARGS[name].get(hyper, default)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_conformance import ALIASES, KWARGS
+from registry import ALIASES, KWARGS
 
 import optimizers
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from helpers import random_tree
-from test_conformance import NAMES, make
+from registry import NAMES, make
 
 import optimizers
 import schedules

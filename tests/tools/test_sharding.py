@@ -20,7 +20,7 @@ import pytest
 from helpers import assert_close
 from jax.sharding import AxisType, NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
-from test_conformance import ALIASES, make
+from registry import ALIASES, make
 
 import optimizers
 

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 from helpers import random_tree
-from test_conformance import NAMES, make
+from registry import NAMES, make
 
 import optimizers
 

@@ -10,6 +10,7 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, inner, store, store_like, widen, zeros_in
+from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.fused.flat_state import check_flat_state
 from optimizers.fused.glue import fused_direction
 from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams
@@ -17,6 +18,7 @@ from optimizers.rules.scaling import MaskOrFn, add_decayed_weights, scale_by_lea
 from schedules import ScalarOrSchedule
 
 
+@declare_state(nonnegative=('nu', 'delta_nu'), elementwise=True)
 class ScaleByAdadeltaState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"rho": ..., "eps": ...}
@@ -70,6 +72,9 @@ def scale_by_adadelta(rho: ScalarOrSchedule = 0.9, eps: ScalarOrSchedule = 1e-6,
     return transformation("scale_by_adadelta", init_fn, update_fn)
 
 
+# Conformance: Adadelta needs a decay to settle.
+@declare_optimizer(paper='Zeiler 2012', update='`v=ρv+(1-ρ)g²; d=√(X+ε)/√(v+ε)·g; X=ρX+(1-ρ)d²; θ-=γd`',
+                   test_kwargs=dict(learning_rate=lambda t: 0.9997**t))
 def adadelta(learning_rate: ScalarOrSchedule = 1.0, rho: ScalarOrSchedule = 0.9,
              eps: ScalarOrSchedule = 1e-6, weight_decay: Optional[ScalarOrSchedule] = None,
              weight_decay_mask: MaskOrFn = None, *, nu_dtype=None, fused: bool = False, flat_state: bool = False

@@ -10,6 +10,7 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import abs2, check_state_dtype, full_in, store, store_like, widen
+from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.fused.flat_state import check_flat_state
 from optimizers.fused.glue import fused_direction
 from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams
@@ -17,6 +18,7 @@ from optimizers.rules.scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
 
+@declare_state(nonnegative=('sum_of_squares',), elementwise=True)
 class ScaleByRssState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"eps": ...}
@@ -65,6 +67,8 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: ScalarOrSchedule =
     return transformation("scale_by_rss", init_fn, update_fn)
 
 
+@declare_optimizer(paper='Duchi, Hazan & Singer 2011', update='`v+=g²; θ-=γ g/(√v+ε)`',
+                   test_kwargs=dict(learning_rate=0.3))
 def adagrad(learning_rate: ScalarOrSchedule, initial_accumulator_value: float = 0.0,
             eps: ScalarOrSchedule = 1e-10, *, nu_dtype=None, fused: bool = False, flat_state: bool = False
             ) -> optax.GradientTransformation:

@@ -10,6 +10,7 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, store, store_like, widen, zeros_in
+from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.fused.flat_state import check_flat_state
 from optimizers.fused.glue import fused_direction
 from optimizers.contract.hyperparams import current_hyperparams, given, init_hyperparams
@@ -33,6 +34,7 @@ def check_state_dtypes(owner, mu_dtype, nu_dtype):
 
 
 
+@declare_state(nonnegative=('nu',), elementwise=True)
 class ScaleByAdamState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"b1": ..., "b2": ..., "eps": ...}
@@ -110,6 +112,8 @@ def _fused_adam(owner, chain, fused, flat_state, learning_rate, b1, b2, eps, wei
                            learning_rate, weight_decay, mask, flat=flat_state)
 
 
+@declare_optimizer(paper='Kingma & Ba 2015', update='`θ-=γ m̂/(√v̂+ε)`',
+                   test_kwargs=dict(learning_rate=0.01))
 def adam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
          eps: ScalarOrSchedule = 1e-8, eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None,
          nesterov: bool = False, *, nu_dtype=None, fused: bool = False, flat_state: bool = False
@@ -132,6 +136,8 @@ def adam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
                        unfused_only=eps_root is not None or bool(nesterov))
 
 
+@declare_optimizer(paper='Loshchilov & Hutter 2019', update='`θ-=γ(m̂/(√v̂+ε)+λθ)`',
+                   test_kwargs=dict(learning_rate=0.01, weight_decay=1e-4))
 def adamw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
           eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.01,
           mask: MaskOrFn = None, *, eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None, nu_dtype=None,
@@ -162,6 +168,7 @@ def adamw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scala
                        unfused_only=eps_root is not None or bool(nesterov))
 
 
+@declare_state(nonnegative=('nu', 'nu_max'), elementwise=True)
 class ScaleByAmsgradState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"b1": ..., "b2": ..., "eps": ...}
@@ -230,6 +237,8 @@ def scale_by_amsgrad(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
                           update_fn)
 
 
+@declare_optimizer(paper='Reddi, Kale & Kumar 2018', update='`v̂ᵐᵃˣ=max(v̂ᵐᵃˣ, v̂); θ-=γ m̂/(√v̂ᵐᵃˣ+ε)`',
+                   test_kwargs=dict(learning_rate=0.01))
 def amsgrad(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
             eps: ScalarOrSchedule = 1e-8, max_over: str = "corrected", *, eps_root: Optional[ScalarOrSchedule] = None,
             mu_dtype=None, nu_dtype=None, bias_correction_mu: bool = True, bias_correction_nu: bool = True,
@@ -253,6 +262,7 @@ def amsgrad(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Sca
                            ("mu", "nu", "nu_max"), learning_rate, flat=flat_state, raw=max_over == "raw")
 
 
+@declare_state(nonnegative=('nu',), elementwise=True)
 class ScaleByAdamaxState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"b1": ..., "b2": ..., "eps": ...}
@@ -297,6 +307,8 @@ def scale_by_adamax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
                           update_fn)
 
 
+@declare_optimizer(paper='Kingma & Ba 2015', update='`v=max(β₂v,\|g\|+ε); θ-=γ m̂/v`',
+                   test_kwargs=dict(learning_rate=0.01))
 def adamax(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
            eps: ScalarOrSchedule = 1e-8, *, mu_dtype=None, nu_dtype=None, fused: bool = False,
            flat_state: bool = False) -> optax.GradientTransformation:

@@ -10,6 +10,7 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import abs2, check_state_dtype, store, store_like, widen, zeros_in
+from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.fused.flat_state import check_flat_state
 from optimizers.fused.glue import fused_direction
 from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams
@@ -18,6 +19,7 @@ from optimizers.rules.scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
 
+@declare_state(nonnegative=('nu',), elementwise=True)
 class ScaleByAdaxState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"b1": ..., "b2": ..., "eps": ...}
@@ -99,6 +101,8 @@ def scale_by_adax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4, eps: 
     return transformation("scale_by_adax", init_fn, update_fn)
 
 
+@declare_optimizer(paper='Li et al. 2020', update='`v=(1+β₂)v+β₂g²; θ-=γ m/(√(v/((1+β₂)ᵗ-1))+ε)`',
+                   test_kwargs=dict(learning_rate=0.01))
 def adax(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4,
          eps: ScalarOrSchedule = 1e-8, eps_on_raw_sqrt: bool = False, *, mu_dtype=None, nu_dtype=None,
          fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:

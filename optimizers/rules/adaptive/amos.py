@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers.contract.checks import transformation
+from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.momentum.ema import scale_by_ema
 from optimizers.fused.flat_state import check_flat_state
 from optimizers.fused.glue import _advance, _call, _state_buffers, _state_tree
@@ -30,6 +31,7 @@ Granularity = Union[str, Callable[[jax.Array], Sequence[int]]]
 _GRANULARITIES = ("element", "leaf", "last_axis")
 
 
+@declare_state(nonnegative=('v', 'b'), elementwise=False)
 class ScaleByAmosState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"learning_rate": xi, "beta": ...}
@@ -186,6 +188,8 @@ def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0
     return transformation("scale_by_amos", init_fn, update_fn)
 
 
+@declare_optimizer(paper='Tian & Parikh 2022', update='`γ_t=c_tξ²·mean(g²)/v̂`; `θ-=d_t(ξη̃ g/√v̂+½γ_tθ)`',
+                   test_kwargs=dict(learning_rate=0.1, eta=1.0))
 def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0.999, c_coef: float = 0.25,
          d_coef: float = 0.25, granularity: Granularity = "element", momentum: Optional[ScalarOrSchedule] = None,
          eps: float = 2.0**-125, *, nu_dtype=None, mu_dtype=None, fused: bool = False,

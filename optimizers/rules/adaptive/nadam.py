@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers.contract.checks import transformation
+from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.adaptive.adam import adam, check_state_dtypes
 from optimizers.contract.dtypes import store, store_like, zeros_in
 from optimizers.contract.hyperparams import check_range, current_hyperparams, float_dtype, given, init_hyperparams
@@ -19,6 +20,7 @@ from optimizers.rules.scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
 
+@declare_state(nonnegative=('nu',), elementwise=True)
 class ScaleByNadamState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"b1": ..., "b2": ..., "eps": ...}
@@ -97,6 +99,8 @@ def momentum_schedule(hp, state, momentum_decay):
     return mu_t, mu_next, state.mu_product * mu_t
 
 
+@declare_optimizer(paper='Dozat 2016', update='Adam with Nesterov momentum and the μ schedule `μ_t=β₁(1-½·0.96^{tψ})`',
+                   test_kwargs=dict(learning_rate=0.003))
 def nadam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
           eps: ScalarOrSchedule = 1e-8, momentum_decay: Optional[float] = 0.004, *,
           eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None, nu_dtype=None, nesterov: bool = True,

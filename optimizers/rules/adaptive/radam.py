@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers.contract.checks import transformation
+from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.adaptive.adam import check_state_dtypes
 from optimizers.contract.dtypes import store, store_like, zeros_in
 from optimizers.contract.hyperparams import check_range, current_hyperparams, given, init_hyperparams
@@ -19,6 +20,7 @@ from optimizers.rules.scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
 
+@declare_state(nonnegative=('nu',), elementwise=True)
 class ScaleByRadamState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"b1": ..., "b2": ..., "eps": ...}
@@ -123,6 +125,8 @@ def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
     return transformation("scale_by_radam", init_fn, update_fn)
 
 
+@declare_optimizer(paper='Liu et al. 2020', update='`ρ_t>4: θ-=γ r_t m̂/(√v̂+ε)`, else `θ-=γ m̂`',
+                   test_kwargs=dict(learning_rate=0.01))
 def radam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
           eps: ScalarOrSchedule = 1e-8, threshold: float = 4.0,
           eps_on_raw_sqrt: bool = False, *, eps_root: Optional[ScalarOrSchedule] = None, nesterov: bool = False,

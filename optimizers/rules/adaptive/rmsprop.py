@@ -10,6 +10,7 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, full_in, inner, store, store_like, widen, zeros_in
+from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.fused.flat_state import check_flat_state
 from optimizers.fused.glue import _advance, _call, _state_buffers, _state_tree
 from optimizers.fused.glue import fused as fused_transform
@@ -20,6 +21,7 @@ from optimizers.rules.scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
 
+@declare_state(nonnegative=('nu',), elementwise=True)
 class ScaleByRmsState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"decay": ..., "eps": ...}
@@ -122,6 +124,8 @@ def scale_by_rms(decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
     return transformation("scale_by_rms", init_fn, update_fn)
 
 
+@declare_optimizer(paper='Tieleman & Hinton 2012; Graves 2013', update='`v=ρv+(1-ρ)g²; θ-=γ g/(√v+ε)` (centered, momentum)',
+                   test_kwargs=dict(learning_rate=1e-3))
 def rmsprop(learning_rate: ScalarOrSchedule, decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
             initial_scale: float = 0.0, eps_in_sqrt: bool = False, centered: bool = False,
             momentum: Optional[ScalarOrSchedule] = None, nesterov: bool = False, bias_correction: bool = False, *,

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.factored.adafactor_steps import ClipByBlockRmsState as ClipByBlockRmsState  # noqa: F401  (exported)
 from optimizers.rules.factored.adafactor_steps import ScaleByParamBlockRmsState as ScaleByParamBlockRmsState  # noqa: F401
 from optimizers.rules.factored.adafactor_steps import ScaleByRelativeStepState as ScaleByRelativeStepState  # noqa: F401
@@ -40,6 +41,7 @@ def _zeros_without(p, axis, dtype):
     return jnp.zeros_like(jax.eval_shape(lambda x: jnp.mean(x, axis=axis), p), dtype=dtype)
 
 
+@declare_state(nonnegative=('v_row', 'v_col', 'v'), elementwise=False)
 class ScaleByFactoredRmsState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {}: decay_rate and eps are constants of the algorithm
@@ -179,6 +181,9 @@ def _beta2(count, decay_rate, step_offset=None, decay_rate_fn=None):
     return 1 - t ** (-jnp.asarray(decay_rate, t.dtype))
 
 
+# Conformance: without momentum Rosenbrock stalls at (0.958, 0.928).
+@declare_optimizer(paper='Shazeer & Stern 2018', update='factored `V̂=RC/1ᵀR`; `U=g/√V̂` clipped; `θ-=min(γ,1/√t)·max(ε₂,RMS(θ))·U`',
+                   test_kwargs=dict(learning_rate=0.1, b1=0.9))
 def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSchedule] = None,
               decay_rate: float = 0.8, eps: float = 1e-30, clipping_threshold: Optional[float] = 1.0,
               min_scale: float = 1e-3, min_dim_size_to_factor: int = 128, factored: bool = True,

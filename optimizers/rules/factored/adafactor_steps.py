@@ -14,6 +14,7 @@ from optimizers.contract.dtypes import abs2, store
 from optimizers.contract.hyperparams import check_range, current_hyperparams, either, float_dtype, init_hyperparams
 from optimizers.contract.layers import LayerAxes, check_layer_axes, leaf_layer_axes, per_layer, update_layer_axes, within
 from optimizers.contract.moments import step_number
+from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.scaling import AddDecayedWeightsState, MaskOrFn, leaf_masks
 from schedules import ScalarOrSchedule
 
@@ -25,6 +26,7 @@ def _rms(x, dtype, n=0):
     return per_layer(jnp.sqrt(jnp.mean(abs2(x), axis=within(x, n))), x)
 
 
+@declare_state(elementwise=False)
 class ClipByBlockRmsState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {}: the threshold is a constant
@@ -70,6 +72,7 @@ def clip_by_block_rms(clipping_threshold: Optional[float] = None, *, threshold: 
     return transformation("clip_by_block_rms", init_fn, update_fn)
 
 
+@declare_state(elementwise=False)
 class ScaleByParamBlockRmsState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {}: the floor is a constant
@@ -110,11 +113,14 @@ def scale_by_param_block_rms(min_scale: float = 1e-3, *, layer_axes: LayerAxes =
     return transformation("scale_by_param_block_rms", init_fn, update_fn)
 
 
+@declare_state(elementwise=True)
 class ScaleByRelativeStepState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"learning_rate": gamma of the latest update}
 
 
+@declare_optimizer(paper='', update='',
+                   test_kwargs=dict(learning_rate=2e-3))
 def scale_by_relative_step(learning_rate: ScalarOrSchedule = 1e-2) -> optax.GradientTransformation:
     r"""Scales by the relative step size, decaying as :math:`1/\sqrt t` and capped: :math:`u_t = -\rho_t d_t`.
 

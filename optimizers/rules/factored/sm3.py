@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers.contract.checks import transformation
+from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.momentum.ema import scale_by_ema
 from optimizers.fused.glue import _advance, _call
 from optimizers.fused.glue import fused as fused_transform
@@ -56,6 +57,7 @@ def _split(flat, shape):
     return [a.reshape((n,) if shape else ()) for a, n in zip(pieces, sizes)]
 
 
+@declare_state(nonnegative=('mu',), elementwise=False)
 class ScaleBySm3State(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"eps_root": ...}
@@ -172,6 +174,8 @@ def scale_by_sm3(eps_root: Optional[ScalarOrSchedule] = None, variant: str = "I"
     return transformation("scale_by_sm3", init_fn, update_fn)
 
 
+@declare_optimizer(paper='Anil, Gupta, Koren & Singer 2019', update='`μ(r)+=max_{S_r}g²`, `ν=min_{r∋i}μ(r)`; `θ-=γ g/√ν`',
+                   test_kwargs=dict(learning_rate=0.3))
 def sm3(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = None,
         eps_root: ScalarOrSchedule = 0.0, variant: str = "I", *, nu_dtype=None, mu_dtype=None,
         fused: bool = False, layer_axes: LayerAxes = None) -> optax.GradientTransformation:

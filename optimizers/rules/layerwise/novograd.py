@@ -10,6 +10,7 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import abs2, check_state_dtype, moment_dtype, store, store_like, zeros_in
+from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.fused.flat_state import check_flat_state
 from optimizers.fused.glue import _advance, _call, _state_buffers, _state_tree
 from optimizers.fused.glue import fused as fused_transform
@@ -19,6 +20,7 @@ from optimizers.rules.scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
 
+@declare_state(nonnegative=('nu',), elementwise=False)
 class ScaleByNovogradState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"b1": ..., "b2": ..., "eps": ..., "weight_decay": ...}
@@ -120,6 +122,9 @@ def _second_moments(updates, state, hp, axes=None):
     return nu, jax.tree.map(denominator, nu)
 
 
+# Conformance: a per-leaf normalisation of scalar leaves is a sign step: a decaying rate settles it.
+@declare_optimizer(paper='Ginsburg et al. 2019', update='`v=β₂v+(1-β₂)‖g‖²` per leaf; `m=β₁m+g/(√v+ε)+λθ; θ-=γm`',
+                   test_kwargs=dict(learning_rate=lambda t: 0.01 * 0.9997**t))
 def novograd(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25,
              eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.0, *,
              eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None, nu_dtype=None, fused: bool = False,

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.adaptive.adam import adam_scalars, scale_by_adam
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import abs2
@@ -44,6 +45,7 @@ def _check_eps(owner, eps):
         check_range(owner, "eps", eps, 0.0)
 
 
+@declare_state(elementwise=False)
 class ScaleByTrustRatioState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"trust_coefficient": ...} and "eps" when one is given
@@ -129,6 +131,7 @@ def scale_by_trust_ratio(trust_coefficient: ScalarOrSchedule = 1.0, eps: Optiona
     return transformation("scale_by_trust_ratio", init_fn, update_fn)
 
 
+@declare_state(elementwise=False)
 class ScaleByLarsState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"weight_decay": ..., "trust_coefficient": ...} and "eps" when given
@@ -202,6 +205,9 @@ def scale_by_lars(weight_decay: ScalarOrSchedule = 0.0, trust_coefficient: Scala
     return transformation("scale_by_lars", init_fn, update_fn)
 
 
+# Conformance: a per-leaf trust ratio on scalar leaves is a sign step of size lr |x|: a decaying rate settles it.
+@declare_optimizer(paper='You, Gitman & Ginsburg 2017', update='`λ=η‖θ‖/(‖g‖+β‖θ‖)` per leaf; `m=μm+γλ(g+βθ); θ-=m`',
+                   test_kwargs=dict(learning_rate=lambda t: 50.0 * 0.999**t, eps=1e-8))
 def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, weight_decay_mask: MaskOrFn = None,
          trust_coefficient: ScalarOrSchedule = 0.001, eps: Optional[ScalarOrSchedule] = None,
          trust_ratio_mask: MaskOrFn = None, momentum: ScalarOrSchedule = 0.9,
@@ -259,6 +265,9 @@ def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, 
                       flat_state)
 
 
+# Conformance: a per-leaf trust ratio on scalar leaves is a sign step of size lr |x|: a decaying rate settles it.
+@declare_optimizer(paper='You et al. 2020', update='`r=m̂/(√v̂+ε)+λθ; θ-=γ·φ(‖θ‖)/‖r‖·r` per leaf',
+                   test_kwargs=dict(learning_rate=lambda t: 0.01 * 0.9997**t, min_param_norm=0.1))
 def lamb(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
          eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = None,
          trust_ratio_mask: MaskOrFn = None, min_param_norm: float = 0.0,

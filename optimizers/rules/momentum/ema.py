@@ -12,9 +12,11 @@ from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, store, store_like, zeros_in
 from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers.contract.moments import ema
+from optimizers.contract.registry import declare_state
 from schedules import ScalarOrSchedule
 
 
+@declare_state(elementwise=True)
 class ScaleByEmaState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"decay": beta of the latest update}

@@ -14,6 +14,7 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.elementwise import after
+from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.fused.flat_state import check_flat_state, unflatten_state
 from optimizers.fused.glue import _advance, _call, _state_buffers, _state_tree
 from optimizers.fused.glue import fused as fused_transform
@@ -24,6 +25,7 @@ from optimizers.rules.scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
 
+@declare_state(elementwise=False)
 class ScaleByFunnelledSgdmState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"learning_rate": eta, "momentum": mu, "beta": ..., "gamma_p": ..., "gamma_s": ...}
@@ -129,6 +131,8 @@ def _scale(hp, state, updates):
     return (state.scale * jnp.exp(hp["gamma_s"] * hp["learning_rate"] * corr)).astype(state.scale.dtype)
 
 
+@declare_optimizer(paper='Amid, Anil, Fifty & Warmuth 2022', update='`p*=exp(γₚ m⊙g); s*=exp(γₛ γ u·g); u=μu+p⊙g; θ-=γ s u`',
+                   test_kwargs=dict(learning_rate=2e-3))
 def funnelled_sgdm(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9, beta: ScalarOrSchedule = 0.9,
                    gamma_p: ScalarOrSchedule = 1e-3, gamma_s: ScalarOrSchedule = 1e-3, *, fused: bool = False,
                    flat_state: bool = False) -> optax.GradientTransformation:

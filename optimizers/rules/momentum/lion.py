@@ -10,6 +10,7 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, reject_complex, store, zeros_in
+from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.fused.flat_state import check_flat_state
 from optimizers.fused.glue import fused_direction
 from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams
@@ -17,6 +18,7 @@ from optimizers.rules.scaling import MaskOrFn, add_decayed_weights, scale_by_lea
 from schedules import ScalarOrSchedule
 
 
+@declare_state(elementwise=True)
 class ScaleByLionState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"b1": ..., "b2": ...}
@@ -87,6 +89,9 @@ def scale_by_lion(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.99, mu_dt
     return transformation("scale_by_lion", init_fn, update_fn)
 
 
+# Conformance: sign steps need a decay to settle.
+@declare_optimizer(paper='Chen et al. 2023', update='`u=sign(β₁m+(1-β₁)g); m=β₂m+(1-β₂)g; θ-=γ(u+λθ)`',
+                   test_kwargs=dict(learning_rate=lambda t: 3e-3 * 0.9997**t, weight_decay=0.0))
 def lion(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.99,
          weight_decay: ScalarOrSchedule = 1.0, mask: MaskOrFn = None, *, mu_dtype=None, fused: bool = False,
          flat_state: bool = False) -> optax.GradientTransformation:

@@ -10,6 +10,7 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, store, store_like, widen, zeros_in
+from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.fused.flat_state import check_flat_state
 from optimizers.fused.glue import _advance, _call, _leaf_decays, _state_buffers, _state_tree
 from optimizers.fused.glue import fused as fused_transform
@@ -18,6 +19,7 @@ from optimizers.rules.scaling import MaskOrFn, add_decayed_weights, scale_by_lea
 from schedules import ScalarOrSchedule
 
 
+@declare_state(elementwise=True)
 class TraceState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"momentum": mu of the latest update} (named as in sgd, rmsprop)
@@ -67,6 +69,8 @@ def trace(decay: ScalarOrSchedule = 0.9, nesterov: bool = False, accumulator_dty
     return transformation("trace", init_fn, update_fn)
 
 
+@declare_optimizer(paper='Polyak 1964; Sutskever et al. 2013', update='`m=μm+g+λθ; θ-=γm` (Nesterov: `γ(g+μm)`)',
+                   test_kwargs=dict(learning_rate=2e-3, momentum=0.9))
 def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = None,
         nesterov: bool = False, weight_decay: Optional[ScalarOrSchedule] = None,
         mask: MaskOrFn = None, *, accumulator_dtype=None, fused: bool = False,

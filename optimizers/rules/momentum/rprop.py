@@ -11,6 +11,7 @@ import optax
 from optimizers.contract.checks import transformation
 from optimizers.contract.elementwise import after, clip
 from optimizers.contract.dtypes import reject_complex
+from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.fused.flat_state import check_flat_state
 from optimizers.fused.glue import fused_direction
 from optimizers.contract.hyperparams import _is_number, check_range, either, init_hyperparams
@@ -20,6 +21,7 @@ from schedules import ScalarOrSchedule
 _FORMS = ("table", "torch")
 
 
+@declare_state(nonnegative=('step_size',), elementwise=True)
 class ScaleByRpropState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {}: the factors and bounds are static
@@ -151,6 +153,8 @@ def scale_by_rprop(eta_plus: float = 1.2, eta_minus: float = 0.5, min_scale: Opt
     return transformation("scale_by_rprop", init_fn, update_fn)
 
 
+@declare_optimizer(paper='Riedmiller & Braun 1993', update='`ζ=clip(ζ·η±, ζmin, ζmax)` by the sign of `g·g₋`; `θ-=γζ·sign(g)`',
+                   test_kwargs=dict(learning_rate=0.01))
 def rprop(learning_rate: ScalarOrSchedule, eta_plus: float = 1.2, eta_minus: float = 0.5,
           min_scale: Optional[float] = None, max_scale: Optional[float] = None, form: str = "table", *,
           min_step_size: Optional[float] = None, max_step_size: Optional[float] = None,

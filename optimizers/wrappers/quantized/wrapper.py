@@ -16,55 +16,20 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optimizers.rules.adaptive.adadelta import ScaleByAdadeltaState
-from optimizers.rules.factored.adafactor import ScaleByFactoredRmsState
-from optimizers.rules.adaptive.adagrad import ScaleByRssState
-from optimizers.rules.adaptive.adam import ScaleByAdamaxState, ScaleByAdamState, ScaleByAmsgradState
-from optimizers.rules.adaptive.adax import ScaleByAdaxState
-from optimizers.rules.adaptive.amos import ScaleByAmosState
 from optimizers.contract.checks import transformation, with_passed_through
+from optimizers.contract.registry import nonnegative_fields, register_nonnegative
 from optimizers.fused.glue import _CODED_STEPS, _STEPS, _on_cpu
-from optimizers.rules.adaptive.nadam import ScaleByNadamState
-from optimizers.rules.layerwise.novograd import ScaleByNovogradState
-from optimizers.wrappers.quantized.blockwise import per_param_fields, replace_at, run_blockwise
-from optimizers.wrappers.quantized.leafwise import run_leafwise
-from optimizers.wrappers.quantized.codes import QuantizedBuffer, dequantize, dequantized, is_quantized, layout_of, quantize
-from optimizers.rules.adaptive.radam import ScaleByRadamState
-from optimizers.rules.adaptive.rmsprop import ScaleByRmsState
-from optimizers.rules.momentum.rprop import ScaleByRpropState
 from optimizers.rules.scaling import MaskOrFn, leaf_masks
-from optimizers.rules.factored.sm3 import ScaleBySm3State
+from optimizers.wrappers.quantized.blockwise import per_param_fields, replace_at, run_blockwise
+from optimizers.wrappers.quantized.codes import (QuantizedBuffer, dequantize, dequantized, is_quantized, layout_of,
+                                                 quantize)
+from optimizers.wrappers.quantized.leafwise import run_leafwise
 
 BITS = (8,)
-_NONNEGATIVE: dict[type, frozenset] = {}
+_NONNEGATIVE = nonnegative_fields()  # the rules' declarations (optimizers.contract.registry), and optax's below
 
 
-def register_nonnegative(state_type: type, *fields: str) -> None:
-    """Declares the fields of ``state_type`` (a ``NamedTuple`` state) that hold non-negative buffers.
-
-    :func:`with_quantized_state` keeps them in the unsigned code (twice the resolution of the
-    signed one); every undeclared buffer gets the signed code, which holds either sign. The
-    sign is the update rule's, not the values': second moments, accumulated squares, maxima
-    of them, SM3's covers, Rprop's step sizes. Declarations add up.
-
-    Raises:
-        ValueError: ``state_type`` is not a ``NamedTuple`` type, or ``fields`` names none of its fields.
-    """
-    known = getattr(state_type, "_fields", None)
-    if not isinstance(state_type, type) or known is None:
-        raise ValueError(f"register_nonnegative: state_type must be a NamedTuple type, got {state_type!r}")
-    unknown = [f for f in fields if f not in known]
-    if unknown:
-        raise ValueError(f"register_nonnegative: fields {unknown} are not fields of {state_type.__name__} {known}")
-    _NONNEGATIVE[state_type] = _NONNEGATIVE.get(state_type, frozenset()) | frozenset(fields)
-
-
-for _type, _fields in [
-    (ScaleByAdamState, ("nu",)), (ScaleByAmsgradState, ("nu", "nu_max")), (ScaleByAdamaxState, ("nu",)),
-    (ScaleByAdaxState, ("nu",)), (ScaleByNadamState, ("nu",)), (ScaleByRadamState, ("nu",)),
-    (ScaleByRssState, ("sum_of_squares",)), (ScaleByRmsState, ("nu",)), (ScaleByAdadeltaState, ("nu", "delta_nu")),
-    (ScaleByFactoredRmsState, ("v_row", "v_col", "v")), (ScaleBySm3State, ("mu",)), (ScaleByAmosState, ("v", "b")),
-    (ScaleByNovogradState, ("nu",)), (ScaleByRpropState, ("step_size",)),
+for _type, _fields in [  # optax's own states, which no rule here declares
     (optax.ScaleByAdamState, ("nu",)), (optax.ScaleByAmsgradState, ("nu", "nu_max")),
     (optax.ScaleByRssState, ("sum_of_squares",)), (optax.ScaleByRmsState, ("nu",)),
     (optax.ScaleByRStdDevState, ("nu",)), (optax.ScaleByBeliefState, ("nu",)),
