@@ -58,3 +58,34 @@ def test_a_new_name_gets_a_page(monkeypatch, tmp_path):
     assert pages["optimizers.scale_by_novelty"].name == "optimizers.scale_by_novelty.rst"
     assert "optimizers.NoveltyThing" in (tmp_path / "group.other.rst").read_text()
     assert "optimizers.scale_by_novelty" in (tmp_path / "group.transforms.rst").read_text()
+
+
+def _table_rows(text: str) -> dict:
+    """``name -> cells`` of every Markdown table row whose first cell is a code name."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")] if line.startswith("| `") else []
+        if cells and cells[0].startswith("`") and cells[0].endswith("`"):
+            rows.setdefault(cells[0].strip("`"), cells[1:])
+    return rows
+
+
+def test_readme_table_is_the_declarations():
+    """The README's optimizer table holds each declared optimizer's update and paper, and no other row."""
+    from optimizers.contract.registry import declared_optimizers
+
+    text = (DOCS.parent / "README.md").read_text()
+    table = text[text.index("## Optimizers"):text.index("**Wrappers**")]
+    rows = _table_rows(table)
+    want = {n: [d.update, d.paper] for n, d in declared_optimizers().items() if d.update}
+    assert rows == want
+
+
+def test_docs_tables_list_every_declared_optimizer():
+    """``docs/optimizers.md``'s two tables (defaults and state; against optax and PyTorch) have a row each."""
+    from optimizers.contract.registry import declared_optimizers
+
+    text = (DOCS / "optimizers.md").read_text()
+    split = text.index("## Against optax and PyTorch")
+    for part in (text[:split], text[split:]):
+        assert set(_table_rows(part)) >= {n for n, d in declared_optimizers().items() if d.update}

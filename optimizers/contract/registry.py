@@ -93,6 +93,24 @@ def is_elementwise_state(state_type: type) -> bool | None:
     return _ELEMENTWISE.get(state_type)
 
 
+def reduces_across_elements(state) -> bool:
+    """Whether a node of ``state`` is of a state type declared not elementwise (at any depth)."""
+    found = []
+
+    def visit(node):
+        if _ELEMENTWISE.get(type(node)) is False:
+            found.append(type(node))
+        elif isinstance(node, (tuple, list)):
+            for child in node:
+                visit(child)
+        elif isinstance(node, dict):
+            for child in node.values():
+                visit(child)
+
+    visit(state)
+    return bool(found)
+
+
 def declared_optimizers() -> dict[str, Declaration]:
     """Every declared alias by name, sorted."""
     return dict(sorted(_OPTIMIZERS.items()))

@@ -22,7 +22,7 @@ class ScaleByLearningRateState(NamedTuple):
     hyperparams: dict  # {"learning_rate": value of the latest update}
 
 
-@declare_optimizer(paper='', update='',
+@declare_optimizer(paper="", update="",
                    test_kwargs=dict(learning_rate=2e-3))
 def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool = True
                            ) -> optax.GradientTransformation:

@@ -73,7 +73,7 @@ def scale_by_adadelta(rho: ScalarOrSchedule = 0.9, eps: ScalarOrSchedule = 1e-6,
 
 
 # Conformance: Adadelta needs a decay to settle.
-@declare_optimizer(paper='Zeiler 2012', update='`v=ρv+(1-ρ)g²; d=√(X+ε)/√(v+ε)·g; X=ρX+(1-ρ)d²; θ-=γd`',
+@declare_optimizer(paper="Zeiler 2012", update="`v=ρv+(1-ρ)g²; d=√(X+ε)/√(v+ε)·g; X=ρX+(1-ρ)d²; θ-=γd`",
                    test_kwargs=dict(learning_rate=lambda t: 0.9997**t))
 def adadelta(learning_rate: ScalarOrSchedule = 1.0, rho: ScalarOrSchedule = 0.9,
              eps: ScalarOrSchedule = 1e-6, weight_decay: Optional[ScalarOrSchedule] = None,

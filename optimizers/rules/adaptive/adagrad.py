@@ -67,7 +67,7 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: ScalarOrSchedule =
     return transformation("scale_by_rss", init_fn, update_fn)
 
 
-@declare_optimizer(paper='Duchi, Hazan & Singer 2011', update='`v+=g²; θ-=γ g/(√v+ε)`',
+@declare_optimizer(paper="Duchi, Hazan & Singer 2011", update="`v+=g²; θ-=γ g/(√v+ε)`",
                    test_kwargs=dict(learning_rate=0.3))
 def adagrad(learning_rate: ScalarOrSchedule, initial_accumulator_value: float = 0.0,
             eps: ScalarOrSchedule = 1e-10, *, nu_dtype=None, fused: bool = False, flat_state: bool = False

@@ -112,7 +112,7 @@ def _fused_adam(owner, chain, fused, flat_state, learning_rate, b1, b2, eps, wei
                            learning_rate, weight_decay, mask, flat=flat_state)
 
 
-@declare_optimizer(paper='Kingma & Ba 2015', update='`θ-=γ m̂/(√v̂+ε)`',
+@declare_optimizer(paper="Kingma & Ba 2015", update="`θ-=γ m̂/(√v̂+ε)`",
                    test_kwargs=dict(learning_rate=0.01))
 def adam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
          eps: ScalarOrSchedule = 1e-8, eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None,
@@ -136,7 +136,7 @@ def adam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
                        unfused_only=eps_root is not None or bool(nesterov))
 
 
-@declare_optimizer(paper='Loshchilov & Hutter 2019', update='`θ-=γ(m̂/(√v̂+ε)+λθ)`',
+@declare_optimizer(paper="Loshchilov & Hutter 2019", update="`θ-=γ(m̂/(√v̂+ε)+λθ)`",
                    test_kwargs=dict(learning_rate=0.01, weight_decay=1e-4))
 def adamw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
           eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.01,
@@ -237,7 +237,7 @@ def scale_by_amsgrad(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
                           update_fn)
 
 
-@declare_optimizer(paper='Reddi, Kale & Kumar 2018', update='`v̂ᵐᵃˣ=max(v̂ᵐᵃˣ, v̂); θ-=γ m̂/(√v̂ᵐᵃˣ+ε)`',
+@declare_optimizer(paper="Reddi, Kale & Kumar 2018", update="`v̂ᵐᵃˣ=max(v̂ᵐᵃˣ, v̂); θ-=γ m̂/(√v̂ᵐᵃˣ+ε)`",
                    test_kwargs=dict(learning_rate=0.01))
 def amsgrad(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
             eps: ScalarOrSchedule = 1e-8, max_over: str = "corrected", *, eps_root: Optional[ScalarOrSchedule] = None,
@@ -307,7 +307,7 @@ def scale_by_adamax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
                           update_fn)
 
 
-@declare_optimizer(paper='Kingma & Ba 2015', update='`v=max(β₂v,\|g\|+ε); θ-=γ m̂/v`',
+@declare_optimizer(paper="Kingma & Ba 2015", update=r"`v=max(β₂v,\|g\|+ε); θ-=γ m̂/v`",
                    test_kwargs=dict(learning_rate=0.01))
 def adamax(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
            eps: ScalarOrSchedule = 1e-8, *, mu_dtype=None, nu_dtype=None, fused: bool = False,

@@ -101,7 +101,7 @@ def scale_by_adax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4, eps: 
     return transformation("scale_by_adax", init_fn, update_fn)
 
 
-@declare_optimizer(paper='Li et al. 2020', update='`v=(1+β₂)v+β₂g²; θ-=γ m/(√(v/((1+β₂)ᵗ-1))+ε)`',
+@declare_optimizer(paper="Li et al. 2020", update="`v=(1+β₂)v+β₂g²; θ-=γ m/(√(v/((1+β₂)ᵗ-1))+ε)`",
                    test_kwargs=dict(learning_rate=0.01))
 def adax(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4,
          eps: ScalarOrSchedule = 1e-8, eps_on_raw_sqrt: bool = False, *, mu_dtype=None, nu_dtype=None,

@@ -188,7 +188,7 @@ def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0
     return transformation("scale_by_amos", init_fn, update_fn)
 
 
-@declare_optimizer(paper='Tian & Parikh 2022', update='`γ_t=c_tξ²·mean(g²)/v̂`; `θ-=d_t(ξη̃ g/√v̂+½γ_tθ)`',
+@declare_optimizer(paper="Tian & Parikh 2022", update="`γ_t=c_tξ²·mean(g²)/v̂`; `θ-=d_t(ξη̃ g/√v̂+½γ_tθ)`",
                    test_kwargs=dict(learning_rate=0.1, eta=1.0))
 def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0.999, c_coef: float = 0.25,
          d_coef: float = 0.25, granularity: Granularity = "element", momentum: Optional[ScalarOrSchedule] = None,

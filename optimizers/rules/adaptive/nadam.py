@@ -99,7 +99,7 @@ def momentum_schedule(hp, state, momentum_decay):
     return mu_t, mu_next, state.mu_product * mu_t
 
 
-@declare_optimizer(paper='Dozat 2016', update='Adam with Nesterov momentum and the μ schedule `μ_t=β₁(1-½·0.96^{tψ})`',
+@declare_optimizer(paper="Dozat 2016", update="Adam with Nesterov momentum and the μ schedule `μ_t=β₁(1-½·0.96^{tψ})`",
                    test_kwargs=dict(learning_rate=0.003))
 def nadam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
           eps: ScalarOrSchedule = 1e-8, momentum_decay: Optional[float] = 0.004, *,

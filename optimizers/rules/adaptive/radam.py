@@ -125,7 +125,7 @@ def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
     return transformation("scale_by_radam", init_fn, update_fn)
 
 
-@declare_optimizer(paper='Liu et al. 2020', update='`ρ_t>4: θ-=γ r_t m̂/(√v̂+ε)`, else `θ-=γ m̂`',
+@declare_optimizer(paper="Liu et al. 2020", update="`ρ_t>4: θ-=γ r_t m̂/(√v̂+ε)`, else `θ-=γ m̂`",
                    test_kwargs=dict(learning_rate=0.01))
 def radam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
           eps: ScalarOrSchedule = 1e-8, threshold: float = 4.0,

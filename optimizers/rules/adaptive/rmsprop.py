@@ -124,7 +124,8 @@ def scale_by_rms(decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
     return transformation("scale_by_rms", init_fn, update_fn)
 
 
-@declare_optimizer(paper='Tieleman & Hinton 2012; Graves 2013', update='`v=ρv+(1-ρ)g²; θ-=γ g/(√v+ε)` (centered, momentum)',
+@declare_optimizer(paper="Tieleman & Hinton 2012; Graves 2013",
+                   update="`v=ρv+(1-ρ)g²; θ-=γ g/(√v+ε)` (centered, momentum)",
                    test_kwargs=dict(learning_rate=1e-3))
 def rmsprop(learning_rate: ScalarOrSchedule, decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
             initial_scale: float = 0.0, eps_in_sqrt: bool = False, centered: bool = False,

@@ -182,7 +182,8 @@ def _beta2(count, decay_rate, step_offset=None, decay_rate_fn=None):
 
 
 # Conformance: without momentum Rosenbrock stalls at (0.958, 0.928).
-@declare_optimizer(paper='Shazeer & Stern 2018', update='factored `V̂=RC/1ᵀR`; `U=g/√V̂` clipped; `θ-=min(γ,1/√t)·max(ε₂,RMS(θ))·U`',
+@declare_optimizer(paper="Shazeer & Stern 2018",
+                   update="factored `V̂=RC/1ᵀR`; `U=g/√V̂` clipped; `θ-=min(γ,1/√t)·max(ε₂,RMS(θ))·U`",
                    test_kwargs=dict(learning_rate=0.1, b1=0.9))
 def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSchedule] = None,
               decay_rate: float = 0.8, eps: float = 1e-30, clipping_threshold: Optional[float] = 1.0,

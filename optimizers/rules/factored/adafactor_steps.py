@@ -119,7 +119,7 @@ class ScaleByRelativeStepState(NamedTuple):
     hyperparams: dict  # {"learning_rate": gamma of the latest update}
 
 
-@declare_optimizer(paper='', update='',
+@declare_optimizer(paper="", update="",
                    test_kwargs=dict(learning_rate=2e-3))
 def scale_by_relative_step(learning_rate: ScalarOrSchedule = 1e-2) -> optax.GradientTransformation:
     r"""Scales by the relative step size, decaying as :math:`1/\sqrt t` and capped: :math:`u_t = -\rho_t d_t`.

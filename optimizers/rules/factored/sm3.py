@@ -174,7 +174,8 @@ def scale_by_sm3(eps_root: Optional[ScalarOrSchedule] = None, variant: str = "I"
     return transformation("scale_by_sm3", init_fn, update_fn)
 
 
-@declare_optimizer(paper='Anil, Gupta, Koren & Singer 2019', update='`μ(r)+=max_{S_r}g²`, `ν=min_{r∋i}μ(r)`; `θ-=γ g/√ν`',
+@declare_optimizer(paper="Anil, Gupta, Koren & Singer 2019",
+                   update="`μ(r)+=max_{S_r}g²`, `ν=min_{r∋i}μ(r)`; `θ-=γ g/√ν`",
                    test_kwargs=dict(learning_rate=0.3))
 def sm3(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = None,
         eps_root: ScalarOrSchedule = 0.0, variant: str = "I", *, nu_dtype=None, mu_dtype=None,

@@ -123,7 +123,7 @@ def _second_moments(updates, state, hp, axes=None):
 
 
 # Conformance: a per-leaf normalisation of scalar leaves is a sign step: a decaying rate settles it.
-@declare_optimizer(paper='Ginsburg et al. 2019', update='`v=β₂v+(1-β₂)‖g‖²` per leaf; `m=β₁m+g/(√v+ε)+λθ; θ-=γm`',
+@declare_optimizer(paper="Ginsburg et al. 2019", update="`v=β₂v+(1-β₂)‖g‖²` per leaf; `m=β₁m+g/(√v+ε)+λθ; θ-=γm`",
                    test_kwargs=dict(learning_rate=lambda t: 0.01 * 0.9997**t))
 def novograd(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25,
              eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.0, *,

@@ -206,7 +206,7 @@ def scale_by_lars(weight_decay: ScalarOrSchedule = 0.0, trust_coefficient: Scala
 
 
 # Conformance: a per-leaf trust ratio on scalar leaves is a sign step of size lr |x|: a decaying rate settles it.
-@declare_optimizer(paper='You, Gitman & Ginsburg 2017', update='`λ=η‖θ‖/(‖g‖+β‖θ‖)` per leaf; `m=μm+γλ(g+βθ); θ-=m`',
+@declare_optimizer(paper="You, Gitman & Ginsburg 2017", update="`λ=η‖θ‖/(‖g‖+β‖θ‖)` per leaf; `m=μm+γλ(g+βθ); θ-=m`",
                    test_kwargs=dict(learning_rate=lambda t: 50.0 * 0.999**t, eps=1e-8))
 def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, weight_decay_mask: MaskOrFn = None,
          trust_coefficient: ScalarOrSchedule = 0.001, eps: Optional[ScalarOrSchedule] = None,
@@ -266,7 +266,7 @@ def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, 
 
 
 # Conformance: a per-leaf trust ratio on scalar leaves is a sign step of size lr |x|: a decaying rate settles it.
-@declare_optimizer(paper='You et al. 2020', update='`r=m̂/(√v̂+ε)+λθ; θ-=γ·φ(‖θ‖)/‖r‖·r` per leaf',
+@declare_optimizer(paper="You et al. 2020", update="`r=m̂/(√v̂+ε)+λθ; θ-=γ·φ(‖θ‖)/‖r‖·r` per leaf",
                    test_kwargs=dict(learning_rate=lambda t: 0.01 * 0.9997**t, min_param_norm=0.1))
 def lamb(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
          eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = None,

@@ -131,7 +131,8 @@ def _scale(hp, state, updates):
     return (state.scale * jnp.exp(hp["gamma_s"] * hp["learning_rate"] * corr)).astype(state.scale.dtype)
 
 
-@declare_optimizer(paper='Amid, Anil, Fifty & Warmuth 2022', update='`p*=exp(γₚ m⊙g); s*=exp(γₛ γ u·g); u=μu+p⊙g; θ-=γ s u`',
+@declare_optimizer(paper="Amid, Anil, Fifty & Warmuth 2022",
+                   update="`p*=exp(γₚ m⊙g); s*=exp(γₛ γ u·g); u=μu+p⊙g; θ-=γ s u`",
                    test_kwargs=dict(learning_rate=2e-3))
 def funnelled_sgdm(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9, beta: ScalarOrSchedule = 0.9,
                    gamma_p: ScalarOrSchedule = 1e-3, gamma_s: ScalarOrSchedule = 1e-3, *, fused: bool = False,

@@ -90,7 +90,7 @@ def scale_by_lion(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.99, mu_dt
 
 
 # Conformance: sign steps need a decay to settle.
-@declare_optimizer(paper='Chen et al. 2023', update='`u=sign(β₁m+(1-β₁)g); m=β₂m+(1-β₂)g; θ-=γ(u+λθ)`',
+@declare_optimizer(paper="Chen et al. 2023", update="`u=sign(β₁m+(1-β₁)g); m=β₂m+(1-β₂)g; θ-=γ(u+λθ)`",
                    test_kwargs=dict(learning_rate=lambda t: 3e-3 * 0.9997**t, weight_decay=0.0))
 def lion(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.99,
          weight_decay: ScalarOrSchedule = 1.0, mask: MaskOrFn = None, *, mu_dtype=None, fused: bool = False,

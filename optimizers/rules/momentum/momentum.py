@@ -69,7 +69,7 @@ def trace(decay: ScalarOrSchedule = 0.9, nesterov: bool = False, accumulator_dty
     return transformation("trace", init_fn, update_fn)
 
 
-@declare_optimizer(paper='Polyak 1964; Sutskever et al. 2013', update='`m=μm+g+λθ; θ-=γm` (Nesterov: `γ(g+μm)`)',
+@declare_optimizer(paper="Polyak 1964; Sutskever et al. 2013", update="`m=μm+g+λθ; θ-=γm` (Nesterov: `γ(g+μm)`)",
                    test_kwargs=dict(learning_rate=2e-3, momentum=0.9))
 def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = None,
         nesterov: bool = False, weight_decay: Optional[ScalarOrSchedule] = None,

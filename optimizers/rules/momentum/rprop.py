@@ -153,7 +153,8 @@ def scale_by_rprop(eta_plus: float = 1.2, eta_minus: float = 0.5, min_scale: Opt
     return transformation("scale_by_rprop", init_fn, update_fn)
 
 
-@declare_optimizer(paper='Riedmiller & Braun 1993', update='`ζ=clip(ζ·η±, ζmin, ζmax)` by the sign of `g·g₋`; `θ-=γζ·sign(g)`',
+@declare_optimizer(paper="Riedmiller & Braun 1993",
+                   update="`ζ=clip(ζ·η±, ζmin, ζmax)` by the sign of `g·g₋`; `θ-=γζ·sign(g)`",
                    test_kwargs=dict(learning_rate=0.01))
 def rprop(learning_rate: ScalarOrSchedule, eta_plus: float = 1.2, eta_minus: float = 0.5,
           min_scale: Optional[float] = None, max_scale: Optional[float] = None, form: str = "table", *,

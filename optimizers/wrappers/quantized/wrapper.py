@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers.contract.checks import transformation, with_passed_through
-from optimizers.contract.registry import nonnegative_fields, register_nonnegative
+from optimizers.contract.registry import nonnegative_fields, reduces_across_elements, register_nonnegative
 from optimizers.fused.glue import _CODED_STEPS, _STEPS, _on_cpu
 from optimizers.rules.scaling import MaskOrFn, leaf_masks
 from optimizers.wrappers.quantized.blockwise import per_param_fields, replace_at, run_blockwise
@@ -207,7 +207,9 @@ def _wrap(optimizer, bits, block_size, min_size, mask):
     def generic(updates, state, params, apply, **extra_args):
         update = functools.partial(optax.with_extra_args_support(optimizer).update, **extra_args)
         requantize = functools.partial(_requantize, bits=bits)
-        done = run_blockwise(update, updates, state, params, bits, _NONNEGATIVE, requantize, apply)
+        done = None
+        if not reduces_across_elements(state):  # a declared reduction (LAMB, Adafactor, ...) skips the trace check
+            done = run_blockwise(update, updates, state, params, bits, _NONNEGATIVE, requantize, apply)
         if done is None:
             done = run_leafwise(update, updates, state, params, bits, _NONNEGATIVE, requantize, apply)
         if done is not None:

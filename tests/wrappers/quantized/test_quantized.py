@@ -11,7 +11,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optimizers
-from optimizers import _blockwise, _quantized, checkpoint
+from optimizers import checkpoint
+from optimizers.wrappers.quantized import blockwise as _blockwise
+from optimizers.wrappers.quantized import leafwise as _leafwise
+from optimizers.wrappers.quantized import wrapper as _quantized
 from optimizers.wrappers.quantized.codes import quantize, table
 
 # The dynamic code from its definition (Dettmers et al. 2022, Section 2.2), in float64: decade e
@@ -416,4 +419,26 @@ def _is_q(x):
 def _per_param(state, params):
     """The per-parameter fields of ``state`` (trees shaped like ``params``), in order."""
     return [_blockwise._at(state, path) for path, _, _ in
-            _blockwise.per_param_fields(state, jax.tree.structure(params), optimizers.wrappers.quantized.wrapper._NONNEGATIVE)]
+            _blockwise.per_param_fields(state, jax.tree.structure(params), _quantized._NONNEGATIVE)]
+
+
+def test_leaf_by_leaf_path_has_jax_dead_code_pass():
+    """The leaf-by-leaf path needs jax's private dead-code pass; if a jax release moves it, this fails
+    (instead of every non-elementwise 8-bit update quietly keeping all leaves' float32 state at once)."""
+    assert _leafwise.pe is not None and callable(getattr(_leafwise.pe, "dce_jaxpr", None))
+
+
+@pytest.mark.parametrize("name", sorted(optimizers.contract.registry.declared_optimizers()))
+def test_elementwise_declarations_agree_with_the_trace(name):
+    """A rule's ``declare_state(elementwise=...)`` is what the block-wise path's trace check finds."""
+    from registry import KWARGS
+
+    declared = optimizers.contract.registry.is_elementwise_state
+    params = {"w": jnp.ones((4, 3)), "b": jnp.ones((3,))}
+    tx = getattr(optimizers, name)(**{k: (0.01 if k == "learning_rate" else v) for k, v in KWARGS[name].items()})
+    state = tx.init(params)
+    kinds = {declared(type(node)) for node in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "_fields"))
+             if hasattr(node, "_fields")} - {None}
+    traced = _blockwise._trace(tx.update, params, state, params)
+    assert traced is not None
+    assert kinds and traced[1] == all(kinds), (name, kinds)
