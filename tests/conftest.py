@@ -13,7 +13,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-import jax
+# XLA:CPU's compile time dominates the suite (about 0.1 s for the smallest program, and a test
+# compiles several); its lowest optimisation level compiles about a fifth faster and computes the
+# same IEEE float32 operations (no fast math at any level). Set before jax creates its CPU client.
+_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
+
+import jax  # noqa: E402
 
 # The tests live in folders that mirror the package's; each folder is on the path (as pytest's
 # "prepend" import mode puts a test's own folder), so a test imports helpers and other tests'

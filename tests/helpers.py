@@ -1,5 +1,6 @@
 """Random pytrees and runners for the code under test (the references never use them)."""
 
+import chex
 import jax
 import numpy as np
 import optax
@@ -112,3 +113,9 @@ def check_reference(got, grads, reference, *, params=None, rtol=2e-5):
         assert len(want) == len(got)
         for step, w in enumerate(want):
             assert_close(jax.tree.leaves(got[step])[i], w, rtol)
+
+
+def jit_traced_once(fn, **jit_kwargs):
+    """``jax.jit(fn)`` that fails (``AssertionError``, chex's trace counter) if it is ever traced twice:
+    a state leaf whose dtype, shape or weak type changes between steps would retrace it."""
+    return jax.jit(chex.assert_max_traces(fn, n=1), **jit_kwargs)
