@@ -3,7 +3,7 @@ float32-state option (``with_state_dtype``), and the drift of bfloat16 params fr
 
 Every optimizer of the conformance suite is enrolled; none is special-cased except through
 its keyword arguments (Funnelled SGDM's rates, which have the units of :math:`g^2`).
-``python tests/test_precision.py`` prints the drift table, float16 included.
+``python tests/suites/test_precision.py`` prints the drift table, float16 included.
 """
 
 import functools

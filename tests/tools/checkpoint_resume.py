@@ -1,6 +1,6 @@
 """The resume half of test_checkpoint.py, run in a fresh Python process.
 
-``python tests/checkpoint_resume.py {msgpack,orbax} DIR``: for every case, restores the
+``python tests/tools/checkpoint_resume.py {msgpack,orbax} DIR``: for every case, restores the
 params and optimizer state that the test saved after step 50 as ``DIR/<case index>``, runs
 steps 50 to 99, and writes every case's params and state to ``DIR/out``
 (``checkpoint.to_bytes`` of ``{case: (params, state)}``) for the test to compare with its

@@ -2,7 +2,7 @@
 
 Every optimizer of the package (and the plateau wrapper, and a one-cycle learning rate) runs
 100 steps straight; the same run saved after step 50, restored in a new Python process
-(tests/checkpoint_resume.py) and continued must end bit for bit equal, params and state.
+(tests/tools/checkpoint_resume.py) and continued must end bit for bit equal, params and state.
 """
 
 import os
