@@ -48,17 +48,21 @@ def _has_hyperparams(node) -> bool:
     return hasattr(node, "_fields") and "hyperparams" in node._fields and isinstance(node.hyperparams, dict)
 
 
-def _visit(node, fn):
-    """``node`` rebuilt with ``fn`` applied to every state holding hyperparams, at any depth
-    (wrappers such as lookahead hold the inner optimizer's state inside their own)."""
+def _visit(node, fn, path=()):
+    """``node`` rebuilt with ``fn(holder, path)`` applied to every state holding hyperparams, at any
+    depth (wrappers such as lookahead hold the inner optimizer's state inside their own).
+
+    ``path``: where the holder is, as the positions in chains (ints) and the labels of dicts
+    (``optax.multi_transform``'s groups, ``optax.partition``'s) from the root, NamedTuple fields left out.
+    """
     if _has_hyperparams(node):
-        node = fn(node)
+        node = fn(node, path)
     if hasattr(node, "_fields"):
-        return type(node)(*(_visit(child, fn) for child in node))
+        return type(node)(*(_visit(child, fn, path + ((None, f),)) for f, child in zip(node._fields, node)))
     if isinstance(node, (tuple, list)):
-        return type(node)(_visit(child, fn) for child in node)
+        return type(node)(_visit(child, fn, path + ((i, i),)) for i, child in enumerate(node))
     if isinstance(node, dict):
-        return type(node)((k, _visit(v, fn)) for k, v in node.items())
+        return type(node)((k, _visit(v, fn, path + ((str(k), k),))) for k, v in node.items())
     return node
 
 
@@ -69,18 +73,59 @@ def _array(value):
     return leaves[0] if len(leaves) == 1 else value
 
 
+def _holders(state) -> dict[str, list[tuple]]:
+    """Each hyperparameter name -> the paths of the transforms holding it, in the state's order.
+
+    A holder inside another holder of the same name (the inner optimizer of
+    ``optax.inject_hyperparams``, which records the value the outer one passes it) is the same
+    hyperparameter, and is not listed.
+    """
+    found: dict[str, list[tuple]] = {}
+
+    def collect(node, path):
+        for k in node.hyperparams:
+            if not any(path[:len(outer)] == outer for outer in found.get(k, [])):
+                found.setdefault(k, []).append(path)
+        return node
+
+    _visit(state, collect)
+    return found
+
+
+def _qualified(name: str, paths: list[tuple]) -> list[str]:
+    """The keys of ``name`` held at ``paths``: the name itself when one transform holds it, else
+    ``label/name`` by the labels on the way (groups), or ``i/j/name`` by chain positions and labels."""
+    if len(paths) == 1:
+        return [name]
+    labels = ["/".join(str(k) for k, _ in path if isinstance(k, str)) for path in paths]
+    if len(set(labels)) == len(labels) and all(labels):
+        return [f"{label}/{name}" for label in labels]
+    return ["/".join(str(k) for k, _ in path if k is not None) + f"/{name}" for path in paths]
+
+
+def _keys(state) -> dict[str, tuple[str, tuple]]:
+    """Every key of :func:`get_hyperparams` -> (the name, the holder's path)."""
+    return {key: (name, path) for name, paths in _holders(state).items()
+            for key, path in zip(_qualified(name, paths), paths)}
+
+
 def get_hyperparams(state) -> dict[str, jax.Array]:
     """The hyperparameters of the latest update, read from an optimizer state, as arrays.
 
     Walks the whole state (chains, wrappers, ``optax.inject_hyperparams``, the state of a
-    Flax ``nnx.Optimizer`` or ``TrainState``). Where two transforms share a name (LAMB's
-    ``eps``), the first in the chain is returned.
+    Flax ``nnx.Optimizer`` or ``TrainState``). A name that one transform holds is its key.
+    A name that several transforms hold is qualified by where each one is, so two values are
+    never mixed: by its group's label under ``optax.multi_transform``/``optax.partition``
+    (``"encoder/learning_rate"``), else by its position in the chain (LAMB's ``"0/eps"`` of
+    ``scale_by_adam`` and ``"2/eps"`` of ``scale_by_trust_ratio``).
     """
+    keys = {(name, path): key for key, (name, path) in _keys(state).items()}
     found: dict[str, jax.Array] = {}
 
-    def collect(node):
+    def collect(node, path):
         for k, v in node.hyperparams.items():
-            found.setdefault(k, _array(v))
+            if (k, path) in keys:
+                found[keys[(k, path)]] = _array(v)
         return node
 
     _visit(state, collect)
@@ -88,27 +133,37 @@ def get_hyperparams(state) -> dict[str, jax.Array]:
 
 
 def set_hyperparams(state, **values):
-    """A copy of ``state`` with the named hyperparameters replaced in every transform holding them.
+    """A copy of ``state`` with the named hyperparameters replaced.
 
-    The new values keep the stored dtype and shape, so a jit-compiled train step that takes
-    the state as an argument runs with them without recompiling, and the wrapper a value is
-    kept in (an ``nnx.OptArray`` in a Flax ``nnx.Optimizer``'s ``opt_state``: assign the copy
-    back to ``optimizer.opt_state``). A hyperparameter given as a schedule is re-evaluated
-    at the next update, so setting it has no lasting effect.
+    Names are the keys :func:`get_hyperparams` gives (a qualified one as
+    ``set_hyperparams(state, **{"encoder/learning_rate": 1e-4})``). The new values keep the
+    stored dtype and shape, so a jit-compiled train step that takes the state as an argument runs
+    with them without recompiling, and the wrapper a value is kept in (an ``nnx.OptArray`` in a
+    Flax ``nnx.Optimizer``'s ``opt_state``: assign the copy back to ``optimizer.opt_state``).
+    A hyperparameter given as a schedule is re-evaluated at the next update, so setting it has
+    no lasting effect.
 
     Raises:
-        ValueError: a name no transform in ``state`` holds.
+        ValueError: a name no transform in ``state`` holds, or one that several hold (give the
+            qualified names instead).
     """
-    held = get_hyperparams(state)
-    unknown = set(values) - set(held)
+    keys = _keys(state)
+    unknown = sorted(set(values) - set(keys))
     if unknown:
-        raise ValueError(f"set_hyperparams: no hyperparameter named {sorted(unknown)} in this state; "
-                         f"it holds {sorted(held)}")
+        ambiguous = {u: sorted(k for k, (name, _) in keys.items() if name == u and k != u) for u in unknown}
+        if any(ambiguous.values()):
+            raise ValueError(f"set_hyperparams: {', '.join(u for u in unknown if ambiguous[u])} is held by "
+                             f"several transforms; name each one: {ambiguous}")
+        raise ValueError(f"set_hyperparams: no hyperparameter named {unknown} in this state; "
+                         f"it holds {sorted(keys)}")
+    targets = {keys[k]: v for k, v in values.items()}
 
-    def replace(node):
-        new = {k: jax.tree.map(lambda x, k=k: jnp.asarray(values[k], x.dtype), v) if k in values else v
-               for k, v in node.hyperparams.items()}
-        return node._replace(hyperparams=new)
+    def replace(node, path):
+        def new_value(k, v):
+            hit = next((value for (name, at), value in targets.items() if name == k and path[:len(at)] == at), None)
+            return v if hit is None else jax.tree.map(lambda x: jnp.asarray(hit, x.dtype), v)
+
+        return node._replace(hyperparams={k: new_value(k, v) for k, v in node.hyperparams.items()})
 
     return _visit(state, replace)
 

@@ -66,12 +66,39 @@ def test_set_learning_rate_without_recompiling():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_set_every_holder_and_keep_dtype():
+def test_a_name_two_transforms_hold_is_qualified_and_set_one_by_one():
+    """Two transforms' values are never mixed: each is read and set under its position in the chain."""
     tx = optax.chain(optimizers.trace(0.9), optimizers.rmsprop(1e-3, momentum=0.5))
-    state = optimizers.set_hyperparams(tx.init(PARAMS), momentum=0.2)
+    state = tx.init(PARAMS)
+    held = optimizers.get_hyperparams(state)
+    assert "momentum" not in held and float(held["0/momentum"]) == pytest.approx(0.9)
+    assert float(held["1/1/momentum"]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="momentum is held by several transforms.*0/momentum.*1/1/momentum"):
+        optimizers.set_hyperparams(state, momentum=0.2)
+    state = optimizers.set_hyperparams(state, **{"0/momentum": 0.2, "1/1/momentum": 0.3})
     values = [s.hyperparams["momentum"] for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "hyperparams"))
               if hasattr(s, "hyperparams") and "momentum" in s.hyperparams]
-    assert len(values) == 2 and all(v.dtype == jnp.float32 and float(v) == pytest.approx(0.2) for v in values)
+    assert [float(v) for v in values] == [pytest.approx(0.2), pytest.approx(0.3)]
+    assert all(v.dtype == jnp.float32 for v in values)
+
+
+def test_groups_are_read_and_set_by_label():
+    """``optax.multi_transform`` with two learning rates: each group's, by its label."""
+    params = {"enc": PARAMS, "head": PARAMS}
+    tx = optax.multi_transform({"enc": optimizers.adam(1e-3), "head": optimizers.sgd(1e-2)},
+                               {"enc": "enc", "head": "head"})
+    state = tx.init(params)
+    held = optimizers.get_hyperparams(state)
+    assert float(held["enc/learning_rate"]) == pytest.approx(1e-3)
+    assert float(held["head/learning_rate"]) == pytest.approx(1e-2)
+    state = optimizers.set_hyperparams(state, **{"head/learning_rate": 0.5})
+    grads = {"enc": GRADS[0], "head": GRADS[0]}
+    u, _ = jax.jit(tx.update)(grads, state, params)
+    for a, g in zip(jax.tree.leaves(u["head"]), jax.tree.leaves(GRADS[0])):
+        np.testing.assert_allclose(a, -0.5 * np.asarray(g), rtol=1e-6)
+    want, _ = optimizers.adam(1e-3).update(GRADS[0], optimizers.adam(1e-3).init(PARAMS), PARAMS)
+    for a, b in zip(jax.tree.leaves(u["enc"]), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 def test_set_unknown_name_raises():
