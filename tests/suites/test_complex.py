@@ -10,6 +10,7 @@ built on signs or order refuse complex params at ``init``.
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -340,3 +341,25 @@ def test_sign_based_rules_refuse_complex_params(name):
     with pytest.raises(TypeError, match=rf"{algorithm}: complex params are not supported"):
         make(name).init(_device(PARAMS))
     make(name).init(_device({"r": PARAMS["r"]}))  # real params are fine
+
+
+def test_a_broken_optimizer_fails_the_real_pair_property(monkeypatch):
+    """The suite can fail: Adam's second moment of ``g * g`` (complex) instead of ``|g|^2``."""
+    def broken_direction():
+        def init(params):
+            return optax.ScaleByAdamState(jnp.zeros([], jnp.int32), optax.tree.zeros_like(params),
+                                          optax.tree.zeros_like(params))
+
+        def update(u, s, p=None):
+            count = s.count + 1
+            mu = jax.tree.map(lambda m, g: 0.9 * m + 0.1 * g, s.mu, u)
+            nu = jax.tree.map(lambda v, g: 0.999 * v + 0.001 * g * g, s.nu, u)
+            c1, c2 = 1 - 0.9**count, 1 - 0.999**count
+            out = jax.tree.map(lambda m, v: (m / c1) / (jnp.sqrt(v / c2) + 1e-8), mu, nu)
+            return out, optax.ScaleByAdamState(count, mu, nu)
+
+        return optax.GradientTransformation(init, update)
+
+    monkeypatch.setitem(globals(), "make", lambda name, **kw: optax.chain(broken_direction(), optax.scale(-0.01)))
+    with pytest.raises(AssertionError):
+        test_complex_run_is_the_real_pair_run("adam")

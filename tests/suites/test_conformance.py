@@ -200,3 +200,14 @@ def test_every_hyperparameter_can_be_a_schedule(name, hyper):
     lr = optimizers.get_hyperparams(s_sched)["learning_rate"]
     want = schedules.resolve(alt if hyper == "learning_rate" else KWARGS[name]["learning_rate"], len(GRADS) - 1)
     np.testing.assert_allclose(lr, want, rtol=1e-6)
+
+
+def test_a_broken_optimizer_fails_the_dtype_property(monkeypatch):
+    """The suite can fail: Adam whose updates come back in float32 for bfloat16 params fails
+    :func:`test_keeps_dtype` (a cast added to the end of the chain)."""
+    broken = optax.chain(optimizers.adam(0.01), optax.stateless(lambda u, p: jax.tree.map(
+        lambda x: x.astype(jnp.float32), u)))
+    monkeypatch.setitem(globals(), "make", lambda name, **kw: broken)
+    with pytest.raises(AssertionError):
+        test_keeps_dtype("adam", "bfloat16")
+    test_keeps_dtype("adam", "float32")  # the same optimizer is fine where the cast changes nothing

@@ -2,6 +2,8 @@
 
 import inspect
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -155,3 +157,20 @@ def test_schedules_near_the_maximum_step(name):
     got = np.array([float(at(jnp.int32(t))) for t in steps])
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, [want(t) for t in steps], rtol=1e-6, atol=1e-12)  # float32 evaluation
+
+
+class _WrappingCountState(NamedTuple):
+    count: jax.Array
+
+
+def _wrapping_count():
+    """A step count incremented with a plain ``+ 1``: it wraps to a negative number at the maximum."""
+    return optax.GradientTransformation(lambda params: _WrappingCountState(jnp.zeros([], jnp.int32)),
+                                        lambda u, s, p=None: (u, _WrappingCountState(s.count + 1)))
+
+
+def test_a_broken_optimizer_fails_the_saturation_property(monkeypatch):
+    """The suite can fail: a count that wraps around instead of saturating."""
+    monkeypatch.setitem(globals(), "make", lambda name, **kw: optax.chain(optimizers.adam(0.01), _wrapping_count()))
+    with pytest.raises(AssertionError):
+        test_counts_saturate_and_updates_stay_finite("adam")

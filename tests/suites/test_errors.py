@@ -115,3 +115,12 @@ def test_bad_value_raises(name, param, value):
 @pytest.mark.parametrize("name", CONSTRUCTORS)
 def test_defaults_are_accepted(name):
     getattr(optimizers, name)(**_required(name))
+
+
+def test_a_broken_constructor_fails_the_range_property(monkeypatch):
+    """The suite can fail: optax's own ``sgd`` accepts a negative learning rate."""
+    import optax
+
+    monkeypatch.setattr(optimizers, "sgd", optax.sgd)
+    with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"):
+        test_bad_value_raises("sgd", "learning_rate", -0.1)

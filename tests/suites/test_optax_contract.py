@@ -191,3 +191,13 @@ def test_multi_steps_gives_zero_updates_until_the_kth(name, dtype):
         assert u.dtype == jnp.dtype(dtype)
         np.testing.assert_array_equal(u[:3], np.zeros_like(u[:3]))
     assert any(np.any(np.asarray(u[3], np.float32) != 0) for u in jax.tree.leaves(updates))
+
+
+def test_a_broken_optimizer_fails_the_convergence_property(monkeypatch):
+    """The suite can fail: SGD that climbs (its sign flipped) does not reach the minima."""
+    import optimizers
+
+    monkeypatch.setitem(globals(), "make", lambda name, **kw: optax.chain(optimizers.sgd(2e-3, momentum=0.9),
+                                                                           optax.scale(-1.0)))
+    with pytest.raises(AssertionError):
+        test_converges_without_recompiling_ignoring_unknown_keywords("sgd", jnp.float32)

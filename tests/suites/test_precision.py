@@ -276,3 +276,15 @@ if __name__ == "__main__":  # the table of the closing note, float16 too
     for n in NAMES:
         cells = [f"{x:.2e}" for d in LOW for x in measure(n, d)]
         print(f"| {n} | " + " | ".join(cells) + " |", flush=True)
+
+
+def test_a_broken_optimizer_fails_the_wide_range_property(monkeypatch):
+    """The suite can fail: Adam fed the gradients' cubes in their own dtype (float16 overflows at 1e4)."""
+    broken = optax.chain(optax.stateless(lambda u, p: jax.tree.map(lambda x: x * x * x, u)), optimizers.adam(0.01))
+    monkeypatch.setitem(globals(), "make", lambda name, **kw: broken)
+    _wide_range_run.cache_clear()
+    try:
+        with pytest.raises(AssertionError):
+            test_finite_on_gradients_from_1e_8_to_1e4("broken adam")
+    finally:
+        _wide_range_run.cache_clear()

@@ -385,3 +385,13 @@ def _check_finite_and_jit(name, data):
         u_jit, jit = update(g, jit, params)
         _assert_close(u_jit, u_eager, f"step {step}: updates", params)
         _assert_close(jit, eager, f"step {step}: state", params)
+
+
+def test_a_broken_optimizer_fails_the_finite_property(monkeypatch):
+    """The suite can fail: Adam followed by a step that divides each update by itself minus itself
+    (0/0: NaN) is caught on its first drawn example."""
+    real = build
+    broken = optax.stateless(lambda u, p: jax.tree.map(lambda x: x / (x - x), u))
+    monkeypatch.setitem(globals(), "build", lambda name, hyper: optax.chain(real(name, hyper), broken))
+    with pytest.raises(AssertionError):
+        test_finite_and_jit_matches_eager("adam")

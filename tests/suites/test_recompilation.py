@@ -8,6 +8,8 @@ float64 constant): the test counts traces, so such a leaf fails it.
 
 import inspect
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,3 +91,19 @@ def test_compiles_once_with_schedules(name):
     # The schedule advanced inside the one compiled step: the last update used step 99's value.
     lr = optimizers.get_hyperparams(state)["learning_rate"]
     np.testing.assert_allclose(lr, overrides["learning_rate"](STEPS - 1), rtol=1e-6)
+
+
+class _DriftingState(NamedTuple):
+    total: jax.Array
+
+
+def _drifting_weak_type():
+    """A transform whose state leaf is weakly typed at init and strongly typed after an update."""
+    return optax.GradientTransformation(lambda params: _DriftingState(jnp.asarray(0.0)),
+                                        lambda u, s, p=None: (u, _DriftingState(s.total + jnp.float32(1))))
+
+
+def test_a_broken_optimizer_fails_the_compile_once_property():
+    """The suite can fail: a state leaf whose weak type changes retraces the step."""
+    with pytest.raises(AssertionError):
+        _train(optax.chain(make("adam"), _drifting_weak_type()))

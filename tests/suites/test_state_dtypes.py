@@ -147,3 +147,11 @@ def test_sgd_and_rmsprop_under_inject_hyperparams():
         assert not any(isinstance(x, optimizers.AddDecayedWeightsState) for x in injected)
     assert not any(isinstance(x, optimizers.TraceState)
                    for x in optimizers.rmsprop(5e-3).init(params))
+
+
+def test_a_broken_optimizer_fails_the_state_dtype_property(monkeypatch):
+    """The suite can fail: an Adam that takes ``mu_dtype`` and ignores it."""
+    real = optimizers.adam
+    monkeypatch.setattr(optimizers, "adam", lambda *a, mu_dtype=None, **kw: real(*a, **kw))
+    with pytest.raises(AssertionError):
+        test_state_dtypes_are_set_exactly("adam", jnp.float32, jnp.bfloat16)
