@@ -53,7 +53,7 @@ nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(optax|jax|jnp|np|numpy|flax|nnx|torch|orbax|typing|collections|chex|pathlib)(\..*)?"),
     # Names in signatures: type variables and private aliases (EtaOrFn, T, ...).
-    (r"py:class", r"[A-Z]\w*|(optimizers|schedules)\._\w+\.\w+"),
+    (r"py:class", r"[A-Z]\w*|(optimizers|schedules)\.(\w+\.)+[A-Z]\w*"),
     (r"py:.*", r"(Array|ArrayTree|PyTree|Params|Updates|OptState|NamedSharding|Mesh|Sharding"
                r"|PartitionSpec|Path|T|Iterator|Iterable|Callable|Sequence|Any|Optional|Union"
                r"|Mapping|NamedTuple|MaskOrFn|float|int|bool|str|bytes|dict|list|tuple|None)"),
