@@ -1,9 +1,9 @@
-"""Document 004's comparison on scikit-learn's digits: six optimizers, one CNN, 3 seeds each.
+"""“Adaptive and cyclical learning rates”'s comparison on scikit-learn's digits: six optimizers, one CNN, 3 seeds each.
 
 Adagrad, Adadelta, RMSProp, Adam and Adamax, each at PyTorch's default learning rate (document
 004 does not list its learning rates; it compares the optimizers off the shelf), against SGD +
 momentum 0.9 with the triangular cyclical learning rate, its maximum from an LR range test (the
-minimum of the smoothed loss divided by 10) and its base = max / 6, as document 004 does. The
+minimum of the smoothed loss divided by 10) and its base = max / 6, as “Adaptive and cyclical learning rates” does. The
 same CNN and data split as examples/main.py, the same batches for a given seed, the same number
 of steps for every run. Writes the training and validation accuracy curves (one figure, two
 panels), the range test's plot and a table (Markdown and CSV) of final accuracies, mean ± std
@@ -40,7 +40,7 @@ DEFAULT_LR = {"Adagrad": 1e-2, "Adadelta": 1.0, "RMSProp": 1e-2, "Adam": 1e-3, "
 
 
 def recipes(steps: int, clr_max: float, cycles: int):
-    """name -> (optimizer, learning-rate description) for the six optimizers of document 004."""
+    """name -> (optimizer, learning-rate description) for the six optimizers of “Adaptive and cyclical learning rates”."""
     step_size = max(steps // (2 * cycles), 1)  # whole cycles: every run ends at the base value
     return {
         "Adagrad": (optimizers.adagrad(DEFAULT_LR["Adagrad"]), f"{DEFAULT_LR['Adagrad']:g}"),
@@ -135,7 +135,7 @@ def plot_curves(curves, out: Path):
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy (mean and range over seeds)")
     axes[1].legend(fontsize=8, loc="lower right")
-    fig.suptitle("digits CNN: document 004's six optimizers")
+    fig.suptitle("digits CNN: “Adaptive and cyclical learning rates”'s six optimizers")
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=110)
     plt.close(fig)
@@ -163,7 +163,7 @@ def main(argv=None):
     data, model = load_data(), Cnn(width)
     x_train, _, y_train, _ = data
     params = model.init(jax.random.key(0), x_train[:1])["params"]
-    # Document 004, step 1: an exponential ramp from 1e-7; the bound is 10x left of the minimum.
+    # “Adaptive and cyclical learning rates”, step 1: an exponential ramp from 1e-7; the bound is 10x left of the minimum.
     result = schedules.lr_finder(lambda p, b: loss_fn(model, p, b), params, batch_stream(x_train, y_train, 64, 123),
                                  lambda learning_rate: optimizers.sgd(learning_rate, momentum=0.9),
                                  min_lr=1e-7, max_lr=10.0, num_steps=range_steps, progress=False)

@@ -1,9 +1,9 @@
-"""The workflow of document 000 on scikit-learn's digits, end to end.
+"""The workflow of “What changed in deep-learning optimizers since Adam” (Phúc Lê) on scikit-learn's digits, end to end.
 
 1. Run the LR range test for AdamW and for SGD with momentum, and save its curves.
 2. Train the same small CNN on the same split, the same number of steps, 3 seeds each, with
    (a) AdamW + the one-cycle policy (learning rate and b1 cycled, Smith's super-convergence),
-   (b) SGD + momentum + triangular cyclical learning rate, base = max / 6 (document 004),
+   (b) SGD + momentum + triangular cyclical learning rate, base = max / 6 (“Adaptive and cyclical learning rates”),
    (c) SGD + momentum + SGDR warm restarts,
    (d) the baseline Adam at a constant 3e-4.
 3. Print and save a table (Markdown and CSV): final validation accuracy (mean and spread),
@@ -73,7 +73,7 @@ def loss_fn(model, params, batch):
 
 
 def range_test(model, params, data, factory, steps, out: Path, name: str):
-    """Document 000's step 1: the LR range test; returns its suggestion (minimum / 10)."""
+    """“What changed in deep-learning optimizers since Adam” (Phúc Lê)'s step 1: the LR range test; returns its suggestion (minimum / 10)."""
     x_train, _, y_train, _ = data
     result = schedules.lr_finder(lambda p, b: loss_fn(model, p, b), params, batch_stream(x_train, y_train, 64, 123),
                                  factory, min_lr=1e-7, max_lr=10.0, num_steps=steps, progress=False)

@@ -62,11 +62,11 @@ def interpolate(a, b, done, total, how: str = "cos") -> jax.Array:
     r"""From :math:`a` at ``done = 0`` to :math:`b` at ``done = total``, by cosine or linearly.
 
     .. math::
-        	ext{cos: } a\,	frac12(1 + \cos \pi f) + b\,	frac12(1 - \cos \pi f), \qquad
-        	ext{linear: } a (1 - f) + b f, \qquad f = 	ext{done}/	ext{total}
+        \text{cos: } a\,\tfrac12(1 + \cos \pi f) + b\,\tfrac12(1 - \cos \pi f), \qquad
+        \text{linear: } a (1 - f) + b f, \qquad f = \text{done}/\text{total}
 
     Evaluated as :math:`a \sin^2(\pi r/2) + b \sin^2(\pi f/2)` with
-    :math:`r = (	ext{total} - 	ext{done})/	ext{total}`: a sum of two non-negative weights, so
+    :math:`r = (\text{total} - \text{done})/\text{total}`: a sum of two non-negative weights, so
     a value near a small end point keeps float32's relative precision (the textbook form
     :math:`b + (a - b)(1 + \cos\pi f)/2` loses up to 1% of it there).
     """

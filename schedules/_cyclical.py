@@ -22,7 +22,7 @@ def cyclical(base_value: float, max_value: float, step_size: int, mode: str = "t
     (``triangular2``), :math:`f = \gamma^t` (``exp_range``). This is
     ``torch.optim.lr_scheduler.CyclicLR``; its ``cycle_momentum`` is this same schedule with
     ``base_value=max_momentum, max_value=base_momentum`` (an inverse cycle: ``base_value``
-    may exceed ``max_value``). Document 004 takes ``base_value = max_value / 6``.
+    may exceed ``max_value``). “Adaptive and cyclical learning rates” takes ``base_value = max_value / 6``.
 
     Args:
         base_value: :math:`b`, the value at the start of each cycle.

@@ -83,7 +83,7 @@ def _suggestions(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float]:
 
 
 def _warn_about_shape(smoothed: np.ndarray, losses: np.ndarray) -> None:
-    """Document 000's three regions: flat, falling, exploding. A missing fall points to a bug."""
+    """“What changed in deep-learning optimizers since Adam” (Phúc Lê)'s three regions: flat, falling, exploding. A missing fall points to a bug."""
     if not np.isfinite(losses[0]):
         warnings.warn("lr_finder: the loss is not finite from the first step: the model or the data "
                       "has a bug (a NaN-producing layer, bad inputs)", RuntimeWarning, stacklevel=3)
@@ -131,7 +131,7 @@ def lr_finder(loss_fn: Callable[[Any, Any], jax.Array], params, batches: Iterabl
     is not finite. The step is jit-compiled once, with the learning rate a traced input
     (through ``optax.inject_hyperparams``). The caller's params and optimizer are not
     changed. It warns when the curve has no descending region or is NaN from the start,
-    since that points to a bug in the model or the data (document 000).
+    since that points to a bug in the model or the data (“What changed in deep-learning optimizers since Adam” (Phúc Lê)).
 
     Args:
         loss_fn: ``loss_fn(params, batch) -> scalar``.
@@ -152,7 +152,7 @@ def lr_finder(loss_fn: Callable[[Any, Any], jax.Array], params, batches: Iterabl
 
     References:
         Smith, "Cyclical Learning Rates for Training Neural Networks", WACV 2017, Section 3.3;
-        documents 000 and 004.
+        “What changed in deep-learning optimizers since Adam” (Phúc Lê) and “Adaptive and cyclical learning rates”.
     """
     check_range("lr_finder", "smoothing", smoothing, 0.0, 1.0, high_open=True)
     check_range("lr_finder", "diverge_factor", diverge_factor, 1.0, low_open=True)

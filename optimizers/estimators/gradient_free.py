@@ -60,7 +60,7 @@ def zeroth_order_value_and_grad(fun: Callable[..., jax.Array], num_directions: i
                                 smoothing: float = 1e-3):
     r"""Makes ``(key, params, *args) -> (fun(params, *args), g)`` from loss values only.
 
-    Document 003's two-point (difference) estimator with Gaussian directions:
+    “Optimization algorithms in deep learning”'s two-point (difference) estimator with Gaussian directions:
 
     .. math::
         g = \frac1K \sum_{k=1}^{K} \frac{f(\theta + \epsilon u_k) - f(\theta)}{\epsilon} u_k,
@@ -113,7 +113,7 @@ def gradientless_descent(fun: Callable[[Any], jax.Array], max_radius: float, min
     Each step draws, for each radius :math:`r_k = 2^{-k} R`, :math:`k = 0, \dots, K`,
     :math:`K = \lceil\log_2(R/r)\rceil`, a point :math:`y_k = x + r_k v_k` with :math:`v_k`
     uniform on the unit sphere, and moves to the best of :math:`x, y_0, \dots, y_K`. So the
-    step size adapts to the function's scale without a learning rate (document 003).
+    step size adapts to the function's scale without a learning rate (“Optimization algorithms in deep learning”).
 
     Args:
         fun: the objective, a scalar function of a pytree.

@@ -72,7 +72,7 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = N
 
     Placed before the learning rate, the decay is multiplied by it, as in AdamW (Loshchilov
     & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019, Algorithm 2) and in the
-    table of document 003; placed before a momentum it is PyTorch's coupled L2 penalty.
+    table of “Optimization algorithms in deep learning”; placed before a momentum it is PyTorch's coupled L2 penalty.
 
     Args:
         weight_decay: :math:`\lambda_t \ge 0`, a number or a schedule.

@@ -118,7 +118,7 @@ def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0
       this package (jestimator reads it at the 1-based one).
 
     .. warning::
-        Document 003's table gives only the asymptotic rates
+        the update table of “Optimization algorithms in deep learning” gives only the asymptotic rates
         :math:`\alpha_t \propto 1/(1+2\alpha_0 p_0 t)`; this is the algorithm. PyTorch has no
         Amos; pytorch-optimizer's keeps one :math:`v` per leaf (``granularity="leaf"``), adds
         :math:`10^{-18}` to :math:`v` instead of the max, and fixes :math:`\tilde\eta` by the

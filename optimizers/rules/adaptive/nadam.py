@@ -47,7 +47,7 @@ def scale_by_nadam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
     This is Dozat's paper and ``torch.optim.NAdam(momentum_decay=psi)``.
 
     .. warning::
-        Document 003's table divides the momentum term by :math:`1 - \prod_{i\le t}\mu_i`;
+        the update table of “Optimization algorithms in deep learning” divides the momentum term by :math:`1 - \prod_{i\le t}\mu_i`;
         the paper (followed here) by :math:`1 - \prod_{i\le t+1}\mu_i`. ``optax.nadam``
         has no momentum schedule (constant :math:`\beta_1`): that is
         ``scale_by_adam(nesterov=True)``, and ``nadam(..., momentum_decay=None)`` here.

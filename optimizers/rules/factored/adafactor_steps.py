@@ -40,7 +40,7 @@ def clip_by_block_rms(clipping_threshold: Optional[float] = None, *, threshold: 
         \hat U_t = \frac{U_t}{\max(1, \mathrm{RMS}(U_t) / d)}, \qquad
         \mathrm{RMS}(U) = \sqrt{\operatorname{mean}(U^2)}
 
-    The same as ``optax.clip_by_block_rms``. Document 003's table writes :math:`\|u_t\|`;
+    The same as ``optax.clip_by_block_rms``. the update table of “Optimization algorithms in deep learning” writes :math:`\|u_t\|`;
     the paper, optax and PyTorch use the root mean square.
 
     Args:
@@ -85,7 +85,7 @@ def scale_by_param_block_rms(min_scale: float = 1e-3, *, layer_axes: LayerAxes =
         d_t = \max\bigl(\epsilon_2, \mathrm{RMS}(X_{t-1})\bigr)\, \hat U_t
 
     so that the learning rate is a *relative* step; the floor lets zero-initialised leaves
-    move. The same as ``optax.scale_by_param_block_rms``; document 003's table writes
+    move. The same as ``optax.scale_by_param_block_rms``; the update table of “Optimization algorithms in deep learning” writes
     :math:`\|\theta_{t-1}\|` for the root mean square.
 
     Args:

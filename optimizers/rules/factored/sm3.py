@@ -74,7 +74,7 @@ def scale_by_sm3(eps_root: Optional[ScalarOrSchedule] = None, variant: str = "I"
     The covers of a rank-:math:`k` leaf are, for each dim, the slices sharing one index of
     it (rows and columns of a matrix); a vector's covers are its single entries and a
     scalar is one cover, so vectors and scalars get exact AdaGrad. ``variant="I"``
-    (SM3-I, document 003's table):
+    (SM3-I, the update table of “Optimization algorithms in deep learning”):
 
     .. math::
         \mu_t(r) = \mu_{t-1}(r) + \max_{j \in S_r} g_t(j)^2, \qquad

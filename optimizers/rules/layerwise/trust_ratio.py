@@ -224,7 +224,7 @@ def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, 
     (``None`` masks and ``eps`` for its ``True`` and ``0.0``).
 
     .. warning::
-        * Document 003's table applies :math:`\|\theta\|/\|m_t\|` to the momentum instead,
+        * the update table of “Optimization algorithms in deep learning” applies :math:`\|\theta\|/\|m_t\|` to the momentum instead,
           after it: that is ``optax.chain(trace(momentum), scale_by_trust_ratio(),
           scale_by_learning_rate(lr))``. The paper's form, here, rescales before it.
         * The learning rate sits inside the momentum, as in the paper and ``optax.lars``;

@@ -62,7 +62,7 @@ def scale_by_rprop(eta_plus: float = 1.2, eta_minus: float = 0.5, min_scale: Opt
                    max_step_size: Optional[float] = None) -> optax.GradientTransformation:
     r"""Rprop's step: a per-element step size times the sign of the gradient.
 
-    ``form="table"`` (document 003's table; Rprop- of Igel & Hüsken):
+    ``form="table"`` (the update table of “Optimization algorithms in deep learning”; Rprop- of Igel & Hüsken):
 
     .. math::
         \zeta_t = \begin{cases}

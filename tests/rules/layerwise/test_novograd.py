@@ -10,7 +10,7 @@ from optimizers.rules.layerwise.novograd import novograd, scale_by_novograd
 
 
 def _novograd_reference(w, grads, b1, b2, eps, wd):
-    """NovoGrad, Algorithm 1 (and document 003's table): no eps at the first step."""
+    """NovoGrad, Algorithm 1 (and the update table of “Optimization algorithms in deep learning”): no eps at the first step."""
     m = np.zeros_like(w)
     for t, g in enumerate(grads, start=1):
         norm2 = np.sum(g**2)

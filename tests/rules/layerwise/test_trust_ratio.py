@@ -80,7 +80,7 @@ def _lars_reference(theta, grads, lr, mu, nesterov, beta, eta, eps, decay_on, ra
 
 
 def _table_lars_reference(theta, grads, lr, mu):
-    """Document 003's LARS row: m = mu m + g, theta -= lr ||theta|| / ||m|| m."""
+    """“Optimization algorithms in deep learning”'s LARS row: m = mu m + g, theta -= lr ||theta|| / ||m|| m."""
     m = np.zeros_like(theta)
     for g in grads:
         m = mu * m + g

@@ -9,7 +9,7 @@ from optimizers.rules.momentum.funnelled_sgdm import funnelled_sgdm, scale_by_fu
 
 
 def _funnelled_reference(grads, eta, mu, beta, gamma_p, gamma_s):
-    """Document 003's table; ``grads[t]`` is the list of leaves at step t. Yields s_t u_t per leaf."""
+    """the update table of “Optimization algorithms in deep learning”; ``grads[t]`` is the list of leaves at step t. Yields s_t u_t per leaf."""
     p = [np.ones_like(g, np.float64) for g in grads[0]]
     m = [np.zeros_like(g, np.float64) for g in grads[0]]
     u = [np.zeros_like(g, np.float64) for g in grads[0]]
