@@ -10,7 +10,8 @@ epochs, the premise of the linear scaling rule):
      ``optax.chain(optax.clip_by_global_norm(1.0), optimizers.adamw(schedules.warmup(
      schedules.cosine(...), ...)))``;
 (ii) LAMB at batch 8B for 1/8 of the steps, the peak learning rate scaled by the linear
-     scaling rule (8x the batch, 8x the learning rate; Goyal et al., cited by “Optimization algorithms in deep learning”),
+     scaling rule (8x the batch, 8x the learning rate; Goyal et al., cited by “Optimization algorithms in deep
+     learning”),
      the same warm-up fraction and cosine decay, the same clipping.
 
 It reports the training and validation loss curves (against steps, characters seen and train

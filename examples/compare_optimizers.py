@@ -163,7 +163,8 @@ def main(argv=None):
     data, model = load_data(), Cnn(width)
     x_train, _, y_train, _ = data
     params = model.init(jax.random.key(0), x_train[:1])["params"]
-    # “Adaptive and cyclical learning rates”, step 1: an exponential ramp from 1e-7; the bound is 10x left of the minimum.
+    # “Adaptive and cyclical learning rates”, step 1: an exponential ramp from 1e-7; the bound is 10x left of the
+    # minimum.
     result = schedules.lr_finder(lambda p, b: loss_fn(model, p, b), params, batch_stream(x_train, y_train, 64, 123),
                                  lambda learning_rate: optimizers.sgd(learning_rate, momentum=0.9),
                                  min_lr=1e-7, max_lr=10.0, num_steps=range_steps, progress=False)

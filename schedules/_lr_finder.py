@@ -131,7 +131,8 @@ def lr_finder(loss_fn: Callable[[Any, Any], jax.Array], params, batches: Iterabl
     is not finite. The step is jit-compiled once, with the learning rate a traced input
     (through ``optax.inject_hyperparams``). The caller's params and optimizer are not
     changed. It warns when the curve has no descending region or is NaN from the start,
-    since that points to a bug in the model or the data (“What changed in deep-learning optimizers since Adam” (Phúc Lê)).
+    since that points to a bug in the model or the data (“What changed in deep-learning optimizers since Adam” (Phúc
+    Lê)).
 
     Args:
         loss_fn: ``loss_fn(params, batch) -> scalar``.

@@ -15,7 +15,8 @@ def lr_range(min_value: float = 1e-7, max_value: float = 10.0, num_steps: int = 
         \eta_t = \eta_{min} (\eta_{max}/\eta_{min})^{t/(N-1)} \ \text{(exponential)}, \qquad
         \eta_t = \eta_{min} + (\eta_{max} - \eta_{min})\, t/(N-1) \ \text{(linear)}
 
-    held at :math:`\eta_{max}` afterwards (“What changed in deep-learning optimizers since Adam” (Phúc Lê) and “Adaptive and cyclical learning rates”: an exponential ramp from
+    held at :math:`\eta_{max}` afterwards (“What changed in deep-learning optimizers since Adam” (Phúc Lê) and
+    “Adaptive and cyclical learning rates”: an exponential ramp from
     1e-7; Smith 2017, Section 3.3, a linear one).
 
     Args:

@@ -35,7 +35,8 @@ def scale_by_adadelta(rho: ScalarOrSchedule = 0.9, eps: ScalarOrSchedule = 1e-6,
         d_t = \frac{\sqrt{X_{t-1} + \epsilon}}{\sqrt{v_t + \epsilon}} g_t, \quad
         X_t = \rho X_{t-1} + (1-\rho) d_t^2
 
-    the update table of “Optimization algorithms in deep learning” (:math:`\rho = 0.9`, :math:`\epsilon = 10^{-6}`) with the step
+    the update table of “Optimization algorithms in deep learning” (:math:`\rho = 0.9`, :math:`\epsilon = 10^{-6}`)
+    with the step
     :math:`\Delta\theta_t = -d_t`; the same as ``torch.optim.Adadelta`` and
     ``optax.scale_by_adadelta``, which also accumulate :math:`d_t` before the learning rate.
 

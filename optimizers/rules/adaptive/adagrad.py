@@ -32,7 +32,8 @@ def scale_by_rss(initial_accumulator_value: float = 0.0, eps: ScalarOrSchedule =
     .. math::
         v_t = v_{t-1} + g_t^2, \qquad u_t = \frac{g_t}{\sqrt{v_t} + \epsilon}
 
-    As in the update table of “Optimization algorithms in deep learning” and ``torch.optim.Adagrad`` (``eps`` outside the root,
+    As in the update table of “Optimization algorithms in deep learning” and ``torch.optim.Adagrad`` (``eps`` outside
+    the root,
     :math:`v_0 = 0`, :math:`\epsilon = 10^{-10}`).
 
     .. warning::

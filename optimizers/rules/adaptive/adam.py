@@ -144,7 +144,8 @@ def adamw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scala
           nesterov: bool = False, fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:
     r"""AdamW: :math:`\theta_t = \theta_{t-1} - \gamma_t (u_t + \lambda \theta_{t-1})`.
 
-    Decoupled weight decay multiplied by the learning rate, as in the update table of “Optimization algorithms in deep learning”
+    Decoupled weight decay multiplied by the learning rate, as in the update table of “Optimization algorithms in deep
+    learning”
     (:math:`\lambda = 0.01`), ``torch.optim.AdamW`` and ``optax.adamw``.
 
     .. warning::
@@ -279,7 +280,8 @@ def scale_by_adamax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
         v_t = \max(\beta_2 v_{t-1}, |g_t| + \epsilon), \quad
         u_t = \frac{m_t}{(1-\beta_1^t)\, v_t}
 
-    the update table of “Optimization algorithms in deep learning”, which is also ``torch.optim.Adamax`` and ``optax.scale_by_adamax``
+    the update table of “Optimization algorithms in deep learning”, which is also ``torch.optim.Adamax`` and
+    ``optax.scale_by_adamax``
     (the paper has :math:`\epsilon = 0`; the table's :math:`\epsilon` keeps
     :math:`v_t > 0`). ``mu_dtype``, ``nu_dtype``: the dtypes of :math:`m_t` and :math:`v_t`, as in
     :func:`scale_by_adam`.

@@ -48,7 +48,8 @@ def scale_by_adax(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 1e-4, eps: 
         \hat v_t = \frac{v_t}{(1+\beta_2)^t - 1}, \quad
         u_t = \frac{m_t}{\sqrt{\hat v_t} + \epsilon}
 
-    as in the paper and the update table of “Optimization algorithms in deep learning” (:math:`m_t` is not bias-corrected). The state
+    as in the paper and the update table of “Optimization algorithms in deep learning” (:math:`m_t` is not
+    bias-corrected). The state
     keeps :math:`\hat v_t`, updated as
     :math:`\hat v_t = \hat v_{t-1} + w_t (g_t^2 - \hat v_{t-1})` with
     :math:`w_t = \beta_2 / ((1+\beta_2)^t - 1)`, which is the same recurrence divided by

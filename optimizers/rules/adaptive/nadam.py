@@ -15,7 +15,8 @@ from optimizers.contract.dtypes import store, store_like, zeros_in
 from optimizers.contract.hyperparams import check_range, current_hyperparams, float_dtype, given, init_hyperparams
 from optimizers.fused.flat_state import check_flat_state
 from optimizers.fused.glue import fused_direction
-from optimizers.contract.moments import adam_denominator, adam_moments, bias_correction, check_betas, check_eps_root, step_number
+from optimizers.contract.moments import (adam_denominator, adam_moments, bias_correction, check_betas, check_eps_root,
+                                         step_number)
 from optimizers.rules.scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -47,7 +48,8 @@ def scale_by_nadam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
     This is Dozat's paper and ``torch.optim.NAdam(momentum_decay=psi)``.
 
     .. warning::
-        the update table of “Optimization algorithms in deep learning” divides the momentum term by :math:`1 - \prod_{i\le t}\mu_i`;
+        the update table of “Optimization algorithms in deep learning” divides the momentum term by :math:`1 -
+        \prod_{i\le t}\mu_i`;
         the paper (followed here) by :math:`1 - \prod_{i\le t+1}\mu_i`. ``optax.nadam``
         has no momentum schedule (constant :math:`\beta_1`): that is
         ``scale_by_adam(nesterov=True)``, and ``nadam(..., momentum_decay=None)`` here.

@@ -15,7 +15,8 @@ from optimizers.contract.dtypes import store, store_like, zeros_in
 from optimizers.contract.hyperparams import check_range, current_hyperparams, given, init_hyperparams
 from optimizers.fused.flat_state import check_flat_state
 from optimizers.fused.glue import fused_direction
-from optimizers.contract.moments import adam_moments, bias_correction, check_betas, check_eps_root, corrected_mu, step_number
+from optimizers.contract.moments import (adam_moments, bias_correction, check_betas, check_eps_root, corrected_mu,
+                                         step_number)
 from optimizers.rules.scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 

@@ -39,7 +39,8 @@ def scale_by_rms(decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
         v_t = \rho v_{t-1} + (1 - \rho) g_t^2, \qquad
         u_t = \frac{g_t}{\sqrt{v_t} + \epsilon}
 
-    the update table of “Optimization algorithms in deep learning” (:math:`\rho = 0.99`, :math:`\epsilon = 10^{-8}`, outside the
+    the update table of “Optimization algorithms in deep learning” (:math:`\rho = 0.99`, :math:`\epsilon = 10^{-8}`,
+    outside the
     root), which is ``torch.optim.RMSprop``. ``eps_in_sqrt=True`` gives
     :math:`g_t / \sqrt{v_t + \epsilon}`, optax's default. ``centered=True`` also tracks
     :math:`\bar g_t = \rho \bar g_{t-1} + (1-\rho) g_t` and divides by

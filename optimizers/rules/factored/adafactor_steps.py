@@ -12,7 +12,8 @@ import optax
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import abs2, store
 from optimizers.contract.hyperparams import check_range, current_hyperparams, either, float_dtype, init_hyperparams
-from optimizers.contract.layers import LayerAxes, check_layer_axes, leaf_layer_axes, per_layer, update_layer_axes, within
+from optimizers.contract.layers import (LayerAxes, check_layer_axes, leaf_layer_axes, per_layer, update_layer_axes,
+                                        within)
 from optimizers.contract.moments import step_number
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.scaling import AddDecayedWeightsState, MaskOrFn, leaf_masks
@@ -40,13 +41,15 @@ def clip_by_block_rms(clipping_threshold: Optional[float] = None, *, threshold: 
         \hat U_t = \frac{U_t}{\max(1, \mathrm{RMS}(U_t) / d)}, \qquad
         \mathrm{RMS}(U) = \sqrt{\operatorname{mean}(U^2)}
 
-    The same as ``optax.clip_by_block_rms``. the update table of “Optimization algorithms in deep learning” writes :math:`\|u_t\|`;
+    The same as ``optax.clip_by_block_rms``. the update table of “Optimization algorithms in deep learning” writes
+    :math:`\|u_t\|`;
     the paper, optax and PyTorch use the root mean square.
 
     Args:
         clipping_threshold: :math:`d \ge 1` (1).
         threshold: optax's name for ``clipping_threshold`` (give one).
-        layer_axes: clip each stacked layer by its own RMS (see the scanned-layers guide (``optimizers.contract.layers``); a
+        layer_axes: clip each stacked layer by its own RMS (see the scanned-layers guide
+        (``optimizers.contract.layers``); a
             function of the params is given the updates when ``update`` gets no params).
 
     References:
@@ -85,7 +88,8 @@ def scale_by_param_block_rms(min_scale: float = 1e-3, *, layer_axes: LayerAxes =
         d_t = \max\bigl(\epsilon_2, \mathrm{RMS}(X_{t-1})\bigr)\, \hat U_t
 
     so that the learning rate is a *relative* step; the floor lets zero-initialised leaves
-    move. The same as ``optax.scale_by_param_block_rms``; the update table of “Optimization algorithms in deep learning” writes
+    move. The same as ``optax.scale_by_param_block_rms``; the update table of “Optimization algorithms in deep
+    learning” writes
     :math:`\|\theta_{t-1}\|` for the root mean square.
 
     Args:

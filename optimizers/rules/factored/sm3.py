@@ -17,7 +17,8 @@ from optimizers.fused.glue import _advance, _call
 from optimizers.fused.glue import fused as fused_transform
 from optimizers.contract.dtypes import abs2, check_state_dtype, moment_dtype, store
 from optimizers.contract.hyperparams import check_range, current_hyperparams, either, given, init_hyperparams, is_zero
-from optimizers.contract.layers import LayerAxes, check_layer_axes, falls_back, leaf_layer_axes, over_layers, update_layer_axes
+from optimizers.contract.layers import (LayerAxes, check_layer_axes, falls_back, leaf_layer_axes, over_layers,
+                                        update_layer_axes)
 from optimizers.rules.scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -114,7 +115,8 @@ def scale_by_sm3(eps_root: Optional[ScalarOrSchedule] = None, variant: str = "I"
         nu_dtype: the accumulators' dtype (saturating), or ``None`` (the params' real dtype).
         mu_dtype: the momentum's dtype (with ``b1``), or ``None`` (the params').
         layer_axes: the leading axes of each leaf that index stacked layers (a prefix tree
-            of ints or a function of the params, see the scanned-layers guide (``optimizers.contract.layers``)): the covers
+            of ints or a function of the params, see the scanned-layers guide (``optimizers.contract.layers``)): the
+            covers
             are those of each layer, its accumulators kept per layer (layer axes first).
             ``None``: the covers of the whole leaf.
 

@@ -42,7 +42,8 @@ def scale_by_novograd(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25, e
     :math:`v_t` is one scalar per leaf. A zero first gradient gives :math:`g_1/\sqrt{v_1} = 0`.
 
     .. warning::
-        The first step has no :math:`\epsilon`, as in the paper and the update table of “Optimization algorithms in deep learning”;
+        The first step has no :math:`\epsilon`, as in the paper and the update table of “Optimization algorithms in
+        deep learning”;
         ``optax.scale_by_novograd`` divides by :math:`\sqrt{v_1} + \epsilon` there too (a
         relative difference of :math:`\epsilon/\|g_1\|` at step 1 that the momentum
         carries on). The first moment is not averaged (no :math:`1-\beta_1`), as in the

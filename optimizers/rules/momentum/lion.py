@@ -98,7 +98,8 @@ def lion(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
     r"""Lion: :math:`\theta_t = \theta_{t-1} - \gamma_t (u_t + \lambda \theta_{t-1})`.
 
     :math:`u_t` from :func:`scale_by_lion`; the decay is decoupled and multiplied by the
-    learning rate, as in the paper's Program 1, the update table of “Optimization algorithms in deep learning” and ``optax.lion``.
+    learning rate, as in the paper's Program 1, the update table of “Optimization algorithms in deep learning” and
+    ``optax.lion``.
 
     .. warning::
         The default ``weight_decay=1.0`` is the table's; ``optax.lion`` defaults to ``1e-3``

@@ -83,7 +83,8 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 
         \theta_t = \theta_{t-1} - \gamma m_t \ \text{(or } \gamma (g_t + \mu m_t)
         \text{ with Nesterov)}
 
-    “Optimization algorithms in deep learning”'s SGD, momentum (:math:`\mu = 0.9` in its table) and NAG rows. The decay is
+    “Optimization algorithms in deep learning”'s SGD, momentum (:math:`\mu = 0.9` in its table) and NAG rows. The decay
+    is
     added to the gradient before the momentum (coupled L2), exactly as
     ``torch.optim.SGD(lr, momentum, dampening=0, nesterov, weight_decay)``; for SGDW put
     :func:`add_decayed_weights` after :func:`trace` in a chain.

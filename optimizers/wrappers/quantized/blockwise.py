@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import optax
 
 from optimizers.contract.checks import child_nodes, param_groups
-from optimizers.wrappers.quantized.codes import Layout, QuantizedBuffer, decode, dequantize, encode, is_quantized, layout_of
+from optimizers.wrappers.quantized.codes import (Layout, QuantizedBuffer, decode, dequantize, encode, is_quantized,
+                                                 layout_of)
 
 CHUNKS = 16  # iterations of the block-wise loop: each holds 1/16 of the large leaves' float32 state
 MIN_BLOCKS = 64  # leaves of fewer blocks run whole

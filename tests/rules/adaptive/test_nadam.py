@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 import torch
-from helpers import assert_trees_close, check_reference, random_grads, random_tree, run_params, run_params_f64, run_torch
+from helpers import (assert_trees_close, check_reference, random_grads, random_tree, run_params, run_params_f64,
+                     run_torch)
 
 import optimizers
 
@@ -15,7 +16,8 @@ def _nadam_reference(grads, b1, b2, eps, psi, momentum_denominator="paper"):
         prod *= mu_t
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g**2
-        # Dozat's paper: prod over i <= t+1; the update table of “Optimization algorithms in deep learning”: prod over i <= t.
+        # Dozat's paper: prod over i <= t+1; the update table of “Optimization algorithms in deep learning”: prod over
+        # i <= t.
         momentum_prod = prod * mu_next if momentum_denominator == "paper" else prod
         m_hat = mu_next * m / (1 - momentum_prod) + (1 - mu_t) * g / (1 - prod)
         yield m_hat / (np.sqrt(v / (1 - b2**t)) + eps)
