@@ -1,6 +1,5 @@
 """Random pytrees and runners for the code under test (the references never use them)."""
 
-import chex
 import jax
 import numpy as np
 import optax
@@ -116,6 +115,15 @@ def check_reference(got, grads, reference, *, params=None, rtol=2e-5):
 
 
 def jit_traced_once(fn, **jit_kwargs):
-    """``jax.jit(fn)`` that fails (``AssertionError``, chex's trace counter) if it is ever traced twice:
-    a state leaf whose dtype, shape or weak type changes between steps would retrace it."""
-    return jax.jit(chex.assert_max_traces(fn, n=1), **jit_kwargs)
+    """``jax.jit(fn)`` that raises ``AssertionError`` if it is ever traced a second time: a state leaf
+    whose dtype, shape or weak type changes between steps would retrace it. (A counter of this one
+    function object: chex's ``assert_max_traces`` counts by code, so a step defined inside a test
+    is counted across tests.)"""
+    traces = []
+
+    def counted(*args, **kwargs):
+        traces.append(1)
+        assert len(traces) == 1, f"{getattr(fn, '__name__', fn)} traced {len(traces)} times: it recompiles"
+        return fn(*args, **kwargs)
+
+    return jax.jit(counted, **jit_kwargs)
