@@ -35,7 +35,7 @@ from test_trust_ratio import _lamb_reference, _lars_reference
 
 import optimizers
 import schedules
-from optimizers import _fused
+from optimizers.fused import ffi as _fused
 
 # Leaves across the kernel's 65,536-element chunks, a scalar, an empty one and a single element;
 # for Adafactor a matrix factored by default in two chunks of rows, and a batch of matrices.

@@ -13,9 +13,8 @@ from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.adaptive.adam import adam, check_state_dtypes
 from optimizers.contract.dtypes import store, store_like, zeros_in
 from optimizers.contract.hyperparams import check_range, current_hyperparams, float_dtype, given, init_hyperparams
-from optimizers.fused.flat_state import check_flat_state
-from optimizers.fused.glue import fused_direction
-from optimizers.contract.moments import adam_denominator, adam_moments, bias_correction, check_betas, check_eps_root, step_number
+from optimizers.contract.backend import accelerated
+from optimizers.contract.moments import adam_denominator, adam_moments, check_betas, check_eps_root, step_number
 from optimizers.rules.scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -122,16 +121,7 @@ def nadam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scala
                     flat_state=flat_state)
     chain = optax.chain(scale_by_nadam(b1, b2, eps, momentum_decay, eps_root=eps_root, mu_dtype=mu_dtype,
                                        nu_dtype=nu_dtype), scale_by_learning_rate(learning_rate))
-    check_flat_state("nadam", fused, flat_state)
-    if not fused or eps_root is not None:
-        return chain
-
-    def scalars(hp, state):  # b1, 1-b1, b2, 1-b2, 1-b2^t, eps, 1-mu_t, 1-prod_t, mu_{t+1}, 1-prod_{t+1}
-        mu_t, mu_next, prod = momentum_schedule(hp, state, momentum_decay)
-        t = step_number(state.count, hp["b1"].dtype)
-        return [hp["b1"], 1 - hp["b1"], hp["b2"], 1 - hp["b2"], bias_correction(hp["b2"], t), hp["eps"],
-                1 - mu_t, 1 - prod, mu_next, 1 - prod * mu_next]
-
-    return fused_direction("nadam", chain, "optimizers_nadam", dict(b1=b1, b2=b2, eps=eps), scalars, ("mu", "nu"),
-                           learning_rate, flat=flat_state,
-                           link_update=lambda hp, state: {"mu_product": momentum_schedule(hp, state, momentum_decay)[2]})
+    return accelerated("nadam", chain, fused=fused, flat_state=flat_state,
+                       unsupported=None if eps_root is None else "its kernel has no eps_root",
+                       learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
+                       schedule=lambda hp, state: momentum_schedule(hp, state, momentum_decay))
