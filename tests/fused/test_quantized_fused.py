@@ -15,7 +15,8 @@ import pytest
 from helpers import assert_close
 
 import optimizers
-from optimizers import _blockwise, checkpoint
+from optimizers import checkpoint
+from optimizers.wrappers.quantized import blockwise as _blockwise
 
 # Leaves above min_size in blocks of 256, each with a partial last block: 960 elements, and 66,000
 # (across the kernels' 65,536-element chunks); leaves that keep float32 state: under min_size,

@@ -11,7 +11,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import optimizers
-from optimizers import _blockwise, _quantized, checkpoint
+from optimizers import checkpoint
+from optimizers.wrappers.quantized import blockwise as _blockwise
+from optimizers.wrappers.quantized import wrapper as _quantized
 from optimizers.wrappers.quantized.codes import quantize, table
 
 # The dynamic code from its definition (Dettmers et al. 2022, Section 2.2), in float64: decade e
