@@ -99,9 +99,14 @@ def step_not_used(owner: str) -> None:
     :func:`update_and_apply` of a transform that wraps it, warns (once per outer transform) that
     its in-place step is not used."""
     outer = _OUTER.get()
-    if outer is None or outer in _WARNED:
+    if outer is None:
         return
-    _WARNED.add(outer)
+    try:
+        if outer in _WARNED:
+            return
+        _WARNED.add(outer)
+    except TypeError:  # an update that takes no weak reference: warned each time
+        pass
     warnings.warn(f"update_and_apply: the transform wraps a fused {owner} whose in-place step it cannot reach "
                   f"(optax.chain, inject_hyperparams and the wrappers keep its update, not its step); it runs "
                   f"update, then optax.apply_updates. Pass the fused transform itself to update_and_apply for "

@@ -116,7 +116,8 @@ def adam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
 
     ``eps_root``, ``mu_dtype``, ``nu_dtype``, ``nesterov``: see :func:`scale_by_adam`. The kernel
     has no ``eps_root`` or ``nesterov``: with either, ``fused=True`` runs the chain; with a state
-    dtype other than float32 it runs the chain too (the kernel takes float32 state only).
+    dtype other than float32 it runs the chain too (the kernel takes float32 state only). Each
+    such fallback warns, naming the reason (see the fused kernels guide).
     """
     chain = optax.chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov, nu_dtype=nu_dtype),
                         scale_by_learning_rate(learning_rate))
