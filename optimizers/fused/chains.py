@@ -25,9 +25,10 @@ from optimizers.fused.flat_state import unflatten_state
 from optimizers.fused.links import advance, find, hyper, leaf_decays, leaf_flags, learning_rate_link, tick
 
 
-def _buffers_run(target, reads, scalars, flat, **attrs):
+def _buffers_run(target, reads, names, scalars, flat, **attrs):
     """``run`` for a kernel over the per-parameter fields ``reads`` (in its order, wherever they are in
-    the chain), with ``scalars(state) -> (values by name, info columns or None, the new links by index)``."""
+    the chain), whose scalars are ``names`` (its C++ order): ``scalars(state, params) -> (their values
+    by name, the per-leaf info columns or None, the links after this update by index)``."""
 
     def run(grads, state, params, step):
         values, info, new = scalars(state, params)
@@ -37,7 +38,7 @@ def _buffers_run(target, reads, scalars, flat, **attrs):
         buffers = [_state_buffers(getattr(state[i], f), flat) for i, f in fields]
         for i, link in new.items():
             state[i] = link
-        out, buffers = _call(f"optimizers_{target}", hyper(scalars.names, values), info, jax.tree.leaves(params), g,
+        out, buffers = _call(f"optimizers_{target}", hyper(names, values), info, jax.tree.leaves(params), g,
                              buffers, step, flat=flat, **attrs)
         for (i, f), b in zip(fields, buffers):
             state[i] = state[i]._replace(**{f: _state_tree(b, treedef, flat)})
@@ -46,21 +47,12 @@ def _buffers_run(target, reads, scalars, flat, **attrs):
     return run
 
 
-def _named(names):
-    """Marks ``scalars(state, params)`` with the kernel's scalar names (its C++ order)."""
-
-    def mark(fn):
-        fn.names = names
-        return fn
-
-    return mark
-
-
 @kernel("sgd")
 def _sgd(flat, learning_rate, momentum, nesterov: bool, weight_decay, mask):
     """``chain(add_decayed_weights or identity, trace or identity, scale_by_learning_rate)`` (momentum.cc)."""
 
-    @_named(("mu", "nlr"))
+    names = ("mu", "nlr")
+
     def scalars(state, params):
         j, m, k = find(state, hyper=("weight_decay",)), find(state, "trace"), learning_rate_link(state)
         lr, new = advance(state[k], learning_rate=learning_rate)
@@ -74,12 +66,9 @@ def _sgd(flat, learning_rate, momentum, nesterov: bool, weight_decay, mask):
         decays = leaf_decays(None if j is None else state[j], lam, mask, params)
         return dict(mu=mu, nlr=-lr["learning_rate"]), [decays], new
 
-    def run(grads, state, params, step):
-        has_momentum = find(state, "trace") is not None
-        return _buffers_run("sgd", ("trace",), scalars, flat, momentum=has_momentum, nesterov=nesterov)(
-            grads, state, params, step)
-
-    return Kernel(run, ("trace",), coded=not is_zero(momentum))  # without momentum: no state to code
+    has_momentum = not is_zero(momentum)  # else no trace link, and no state to code
+    return Kernel(_buffers_run("sgd", ("trace",), names, scalars, flat, momentum=has_momentum, nesterov=nesterov),
+                  ("trace",), coded=has_momentum)
 
 
 @kernel("rmsprop")
@@ -88,7 +77,8 @@ def _rmsprop(flat, learning_rate, decay, eps, momentum, centered: bool, eps_in_s
     momentum, 1 heavy ball, 2 Nesterov."""
     reads = ("nu",) + ("mu",) * centered + ("trace",) * bool(kind)
 
-    @_named(("rho", "orho", "rho_orho", "eps", "mu", "nlr"))
+    names = ("rho", "orho", "rho_orho", "eps", "mu", "nlr")
+
     def scalars(state, params):
         i, k = find(state, "nu"), learning_rate_link(state)
         new = {}
@@ -103,7 +93,7 @@ def _rmsprop(flat, learning_rate, decay, eps, momentum, centered: bool, eps_in_s
         return dict(rho=rho, orho=1 - rho, rho_orho=rho * (1 - rho), eps=hp["eps"], mu=mu,
                     nlr=-lr["learning_rate"]), None, new
 
-    return Kernel(_buffers_run("rmsprop", reads, scalars, flat, centered=centered, eps_in_sqrt=eps_in_sqrt,
+    return Kernel(_buffers_run("rmsprop", reads, names, scalars, flat, centered=centered, eps_in_sqrt=eps_in_sqrt,
                                momentum=kind), reads, coded=True)
 
 
@@ -113,7 +103,8 @@ def _amos(flat, learning_rate, beta, c_coef, d_coef, momentum, eps, etas, has_mo
     (adaptive.cc); ``etas(params)``: the rule's per-leaf :math:`\\eta` tree."""
     reads = ("v", "b") + ("ema",) * has_momentum
 
-    @_named(("beta", "obeta", "corr", "eps", "sc", "xi", "mu", "omu", "nlr"))
+    names = ("beta", "obeta", "corr", "eps", "sc", "xi", "mu", "omu", "nlr")
+
     def scalars(state, params):
         i, k = find(state, "v", "b"), learning_rate_link(state)
         link, new = state[i], {}
@@ -131,7 +122,7 @@ def _amos(flat, learning_rate, beta, c_coef, d_coef, momentum, eps, etas, has_mo
         return dict(beta=b1, obeta=1 - b1, corr=correction, eps=eps, sc=c_coef * jnp.sqrt(x), xi=x, mu=mu, omu=1 - mu,
                     nlr=-lr["learning_rate"]), info, new
 
-    return Kernel(_buffers_run("amos", reads, scalars, flat, momentum=has_momentum), reads)
+    return Kernel(_buffers_run("amos", reads, names, scalars, flat, momentum=has_momentum), reads)
 
 
 @kernel("novograd")
@@ -188,7 +179,8 @@ def _lamb(flat, learning_rate, b1, b2, eps, weight_decay, mask, trust_ratio_mask
     """``chain(scale_by_adam, add_decayed_weights, scale_by_trust_ratio, scale_by_learning_rate)``, two
     passes (trust_ratio.cc: the moments and both norms of each leaf, then the params)."""
 
-    @_named((*ADAM[:-1], "coef", "min_norm", "max_norm", "nlr"))
+    names = (*ADAM[:-1], "coef", "min_norm", "max_norm", "nlr")
+
     def scalars(state, params):
         i, j = find(state, "mu", "nu"), find(state, hyper=("weight_decay",))
         t, k = find(state, hyper=("trust_coefficient",)), learning_rate_link(state)
@@ -202,7 +194,7 @@ def _lamb(flat, learning_rate, b1, b2, eps, weight_decay, mask, trust_ratio_mask
         info = [leaf_decays(state[j], wd["weight_decay"], mask, params), leaf_flags(trust_ratio_mask, params)]
         return values, info, new
 
-    return Kernel(_buffers_run("lamb", ("mu", "nu"), scalars, flat), ("mu", "nu"))
+    return Kernel(_buffers_run("lamb", ("mu", "nu"), names, scalars, flat), ("mu", "nu"))
 
 
 @kernel("lars")
@@ -211,7 +203,8 @@ def _lars(flat, learning_rate, values: dict, momentum, nesterov: bool, weight_de
     each leaf's gradient and params, then the momentum and the params); ``values``: LARS's
     hyperparameters as its link holds them."""
 
-    @_named(("coef", "eps", "mu", "nlr"))
+    names = ("coef", "eps", "mu", "nlr")
+
     def scalars(state, params):
         i, k, m = find(state, hyper=tuple(values)), learning_rate_link(state), find(state, "trace")
         new = {}
@@ -222,7 +215,7 @@ def _lars(flat, learning_rate, values: dict, momentum, nesterov: bool, weight_de
         return (dict(coef=hp["trust_coefficient"], eps=hp.get("eps", jnp.float32(0)), mu=mu["momentum"],
                      nlr=-lr["learning_rate"]), [betas, leaf_flags(trust_ratio_mask, params)], new)
 
-    return Kernel(_buffers_run("lars", ("trace",), scalars, flat, nesterov=nesterov), ("trace",))
+    return Kernel(_buffers_run("lars", ("trace",), names, scalars, flat, nesterov=nesterov), ("trace",))
 
 
 @kernel("sm3")
@@ -231,7 +224,8 @@ def _sm3(flat, learning_rate, eps_root, momentum, two: bool, has_momentum: bool)
     in one pass, SM3-I in two; no flat layout (the covers are not shaped like the params)."""
     reads = ("mu",) + ("ema",) * has_momentum
 
-    @_named(("eps", "b", "ob", "nlr"))
+    names = ("eps", "b", "ob", "nlr")
+
     def scalars(state, params):
         i, k = find(state, "mu"), learning_rate_link(state)
         new = {}
@@ -244,7 +238,7 @@ def _sm3(flat, learning_rate, eps_root, momentum, two: bool, has_momentum: bool)
         lr, new[k] = advance(state[k], learning_rate=learning_rate)
         return dict(eps=hp["eps_root"], b=b, ob=1 - b, nlr=-lr["learning_rate"]), None, new
 
-    return Kernel(_buffers_run("sm3", reads, scalars, False, two=two, momentum=has_momentum), reads, flat=None)
+    return Kernel(_buffers_run("sm3", reads, names, scalars, False, two=two, momentum=has_momentum), reads, flat=None)
 
 
 @kernel("adafactor")
