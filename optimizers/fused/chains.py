@@ -19,32 +19,10 @@ from optimizers.contract.dtypes import store_like
 from optimizers.contract.hyperparams import is_zero
 from optimizers.contract.moments import step_number
 from optimizers.fused.backend import Kernel, kernel
-from optimizers.fused.directions import ADAM, adam_scalars
+from optimizers.fused.directions import ADAM, adam_scalars, buffers_kernel
 from optimizers.fused.ffi import _call, _ffi, _merge, _outputs, _state_buffers, _state_tree, _with_elements
 from optimizers.fused.flat_state import unflatten_state
 from optimizers.fused.links import advance, find, hyper, leaf_decays, leaf_flags, learning_rate_link, tick
-
-
-def _buffers_run(target, reads, names, scalars, flat, **attrs):
-    """``run`` for a kernel over the per-parameter fields ``reads`` (in its order, wherever they are in
-    the chain), whose scalars are ``names`` (its C++ order): ``scalars(state, params) -> (their values
-    by name, the per-leaf info columns or None, the links after this update by index)``."""
-
-    def run(grads, state, params, step):
-        values, info, new = scalars(state, params)
-        state = list(state)  # the buffers stay the old ones until the kernel's results replace them
-        fields = [(i, f) for f in reads for i in [find(state, f)] if i is not None]
-        g, treedef = jax.tree.flatten(grads)
-        buffers = [_state_buffers(getattr(state[i], f), flat) for i, f in fields]
-        for i, link in new.items():
-            state[i] = link
-        out, buffers = _call(f"optimizers_{target}", hyper(names, values), info, jax.tree.leaves(params), g,
-                             buffers, step, flat=flat, **attrs)
-        for (i, f), b in zip(fields, buffers):
-            state[i] = state[i]._replace(**{f: _state_tree(b, treedef, flat)})
-        return treedef.unflatten(out), tuple(state)
-
-    return run
 
 
 @kernel("sgd")
@@ -67,7 +45,7 @@ def _sgd(flat, learning_rate, momentum, nesterov: bool, weight_decay, mask):
         return dict(mu=mu, nlr=-lr["learning_rate"]), [decays], new
 
     has_momentum = not is_zero(momentum)  # else no trace link, and no state to code
-    return Kernel(_buffers_run("sgd", ("trace",), names, scalars, flat, momentum=has_momentum, nesterov=nesterov),
+    return Kernel(buffers_kernel("sgd", ("trace",), names, scalars, flat, momentum=has_momentum, nesterov=nesterov),
                   ("trace",), coded=has_momentum)
 
 
@@ -93,7 +71,7 @@ def _rmsprop(flat, learning_rate, decay, eps, momentum, centered: bool, eps_in_s
         return dict(rho=rho, orho=1 - rho, rho_orho=rho * (1 - rho), eps=hp["eps"], mu=mu,
                     nlr=-lr["learning_rate"]), None, new
 
-    return Kernel(_buffers_run("rmsprop", reads, names, scalars, flat, centered=centered, eps_in_sqrt=eps_in_sqrt,
+    return Kernel(buffers_kernel("rmsprop", reads, names, scalars, flat, centered=centered, eps_in_sqrt=eps_in_sqrt,
                                momentum=kind), reads, coded=True)
 
 
@@ -122,7 +100,7 @@ def _amos(flat, learning_rate, beta, c_coef, d_coef, momentum, eps, etas, has_mo
         return dict(beta=b1, obeta=1 - b1, corr=correction, eps=eps, sc=c_coef * jnp.sqrt(x), xi=x, mu=mu, omu=1 - mu,
                     nlr=-lr["learning_rate"]), info, new
 
-    return Kernel(_buffers_run("amos", reads, names, scalars, flat, momentum=has_momentum), reads)
+    return Kernel(buffers_kernel("amos", reads, names, scalars, flat, momentum=has_momentum), reads)
 
 
 @kernel("novograd")
@@ -194,7 +172,7 @@ def _lamb(flat, learning_rate, b1, b2, eps, weight_decay, mask, trust_ratio_mask
         info = [leaf_decays(state[j], wd["weight_decay"], mask, params), leaf_flags(trust_ratio_mask, params)]
         return values, info, new
 
-    return Kernel(_buffers_run("lamb", ("mu", "nu"), names, scalars, flat), ("mu", "nu"))
+    return Kernel(buffers_kernel("lamb", ("mu", "nu"), names, scalars, flat), ("mu", "nu"))
 
 
 @kernel("lars")
@@ -215,7 +193,7 @@ def _lars(flat, learning_rate, values: dict, momentum, nesterov: bool, weight_de
         return (dict(coef=hp["trust_coefficient"], eps=hp.get("eps", jnp.float32(0)), mu=mu["momentum"],
                      nlr=-lr["learning_rate"]), [betas, leaf_flags(trust_ratio_mask, params)], new)
 
-    return Kernel(_buffers_run("lars", ("trace",), names, scalars, flat, nesterov=nesterov), ("trace",))
+    return Kernel(buffers_kernel("lars", ("trace",), names, scalars, flat, nesterov=nesterov), ("trace",))
 
 
 @kernel("sm3")
@@ -238,7 +216,7 @@ def _sm3(flat, learning_rate, eps_root, momentum, two: bool, has_momentum: bool)
         lr, new[k] = advance(state[k], learning_rate=learning_rate)
         return dict(eps=hp["eps_root"], b=b, ob=1 - b, nlr=-lr["learning_rate"]), None, new
 
-    return Kernel(_buffers_run("sm3", reads, names, scalars, False, two=two, momentum=has_momentum), reads, flat=None)
+    return Kernel(buffers_kernel("sm3", reads, names, scalars, False, two=two, momentum=has_momentum), reads, flat=None)
 
 
 @kernel("adafactor")

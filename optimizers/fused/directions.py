@@ -19,6 +19,28 @@ from optimizers.fused.ffi import _call, _state_buffers, _state_tree
 from optimizers.fused.links import advance, find, hyper, leaf_decays, learning_rate_link
 
 
+def buffers_kernel(target, reads, names, scalars, flat, **attrs):
+    """``run`` for a kernel over the per-parameter fields ``reads`` (in its order, wherever they are in
+    the chain), whose scalars are ``names`` (its C++ order): ``scalars(state, params) -> (their values
+    by name, the per-leaf info columns or None, the links after this update by index)``."""
+
+    def run(grads, state, params, step):
+        values, info, new = scalars(state, params)
+        state = list(state)  # the buffers stay the old ones until the kernel's results replace them
+        fields = [(i, f) for f in reads for i in [find(state, f)] if i is not None]
+        g, treedef = jax.tree.flatten(grads)
+        buffers = [_state_buffers(getattr(state[i], f), flat) for i, f in fields]
+        for i, link in new.items():
+            state[i] = link
+        out, buffers = _call(f"optimizers_{target}", hyper(names, values), info, jax.tree.leaves(params), g,
+                             buffers, step, flat=flat, **attrs)
+        for (i, f), b in zip(fields, buffers):
+            state[i] = state[i]._replace(**{f: _state_tree(b, treedef, flat)})
+        return treedef.unflatten(out), tuple(state)
+
+    return run
+
+
 def direction(target: str, reads: tuple, values: dict, scalars: tuple, compute, learning_rate, weight_decay=None,
               mask=None, flat=False, link_update=None, coded=True, **attrs) -> Kernel:
     """The kernel ``optimizers_<target>`` of ``chain(direction, [add_decayed_weights], scale_by_learning_rate)``.
@@ -32,26 +54,20 @@ def direction(target: str, reads: tuple, values: dict, scalars: tuple, compute, 
     number (0 where ``mask`` is off).
     """
 
-    def run(grads, state, params, step):
-        state = list(state)  # the links' buffers stay the old ones until the kernel's results replace them
+    def values_at(state, params):
         i, j, k = find(state, *reads), find(state, hyper=("weight_decay",)), learning_rate_link(state)
-        link, decay_link = state[i], None if j is None else state[j]
+        link, decay_link, new = state[i], None if j is None else state[j], {}
         hp, new_link = advance(link, **values)
-        lr, state[k] = advance(state[k], learning_rate=learning_rate)
+        new[i] = new_link._replace(**link_update(hp, link)) if link_update else new_link
+        lr, new[k] = advance(state[k], learning_rate=learning_rate)
         lam = jnp.zeros([], jnp.float32)
         if decay_link is not None:
-            wd, state[j] = advance(decay_link, weight_decay=weight_decay)
+            wd, new[j] = advance(decay_link, weight_decay=weight_decay)
             lam = wd["weight_decay"]
-        h = hyper(scalars, {**compute(hp, link), "nlr": -lr["learning_rate"]})
-        g, treedef = jax.tree.flatten(grads)
-        buffers = [_state_buffers(getattr(link, f), flat) for f in reads]
-        out, buffers = _call(f"optimizers_{target}", h, [leaf_decays(decay_link, lam, mask, params)],
-                             jax.tree.leaves(params), g, buffers, step, flat=flat, **attrs)
-        state[i] = new_link._replace(**{f: _state_tree(b, treedef, flat) for f, b in zip(reads, buffers)},
-                                     **(link_update(hp, link) if link_update else {}))
-        return treedef.unflatten(out), tuple(state)
+        return ({**compute(hp, link), "nlr": -lr["learning_rate"]}, [leaf_decays(decay_link, lam, mask, params)],
+                new)
 
-    return Kernel(run, tuple(reads), coded=coded)
+    return Kernel(buffers_kernel(target, reads, scalars, values_at, flat, **attrs), tuple(reads), coded=coded)
 
 
 ADAM = ("b1", "ob1", "b2", "ob2", "c1", "c2", "eps", "nlr")  # adam.cc: Adam, AMSGrad; trust_ratio.cc: LAMB's first 7
