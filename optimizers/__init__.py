@@ -41,7 +41,7 @@ from optimizers.wrappers.data_echoing import data_echoing as data_echoing
 from optimizers.contract.dtypes import with_state_dtype as with_state_dtype
 from optimizers.rules.momentum.ema import ScaleByEmaState as ScaleByEmaState
 from optimizers.rules.momentum.ema import scale_by_ema as scale_by_ema
-from optimizers.fused.glue import update_and_apply as update_and_apply
+from optimizers.contract.backend import update_and_apply as update_and_apply
 from optimizers.rules.momentum.funnelled_sgdm import ScaleByFunnelledSgdmState as ScaleByFunnelledSgdmState
 from optimizers.rules.momentum.funnelled_sgdm import funnelled_sgdm as funnelled_sgdm
 from optimizers.rules.momentum.funnelled_sgdm import scale_by_funnelled_sgdm as scale_by_funnelled_sgdm

@@ -127,15 +127,16 @@ def over_layers(fn: Callable, n: int) -> Callable:
     return fn
 
 
-def falls_back(owner: str, layer_axes: LayerAxes, flat_state: bool = False) -> bool:
-    """Whether ``fused=True`` runs the chain instead: with ``layer_axes`` (the kernels take one
-    statistic per leaf); ``flat_state``, the kernels' layout, then has no meaning: ``ValueError``."""
+def falls_back(owner: str, layer_axes: LayerAxes, flat_state: bool = False) -> Optional[str]:
+    """Why ``fused=True`` runs the chain instead (for :func:`~optimizers.contract.backend.accelerated`), or
+    ``None``: with ``layer_axes`` (the kernels take one statistic per leaf); ``flat_state``, the kernels'
+    layout, then has no meaning: ``ValueError``."""
     if layer_axes is None:
-        return False
+        return None
     if flat_state:
         raise ValueError(f"{owner}: flat_state=True is the fused kernels' layout, and with layer_axes the "
                          f"unfused chain runs: use flat_state=False")
-    return True
+    return "its kernel takes one statistic per leaf, not per stacked layer (layer_axes)"
 
 
 def _flax_boxes():

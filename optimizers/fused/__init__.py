@@ -1,1 +1,1 @@
-"""The fused CPU backend (fused=True): the glue and the C++ kernels."""
+"""The fused CPU backend (fused=True): its kernels' descriptions (directions.py, chains.py), the fused transform (backend.py) and the C++ library (ffi.py, kernels/), imported by optimizers.contract.backend.accelerated only when a rule asks for it."""

@@ -1,14 +1,13 @@
 """The fused kernels on 8-bit state: what :func:`with_quantized_state` needs to call them.
 
 A fused transform whose kernel also takes :class:`QuantizedBuffer` state (``kernels/quantized.h``,
-targets ``optimizers_NAME_q8``) is registered with its :class:`CodedKernel` (``_fused.fused``);
-``_fused._call`` sends the leaves whose buffers are codes to :func:`call_coded`.
+targets ``optimizers_NAME_q8``) carries it as its ``coded`` attribute (``backend.fuse``), which runs
+where :func:`codes_fit`; ``ffi._call`` sends the leaves whose buffers are codes to :func:`call_coded`.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,22 +33,6 @@ def codes_fit(grads, trees) -> bool:
     return True
 
 
-class CodedKernel(NamedTuple):
-    """What :func:`with_quantized_state` needs to run a fused transform's kernel on 8-bit state.
-
-    ``run(grads, state, params, step) -> (outputs, state)`` is the transform's kernel: given a
-    state whose per-parameter buffers are :class:`QuantizedBuffer` (some or all leaves), it
-    sends those leaves to the ``_q8`` kernel (``kernels/quantized.h``), which decodes, updates
-    and encodes them block by block in place, and the others to the float32 kernel, in one
-    step (the links' counts and hyperparameters advance once). ``applies(grads, state, params)``:
-    where it may run (float32 leaves, float32 hyperparameters, params given, each leaf's
-    buffers all codes or all float32); it runs on the CPU only (``_fused._on_cpu``).
-    """
-
-    run: Callable
-    applies: Callable
-
-
 @functools.lru_cache(maxsize=None)
 def _tables():
     """The kernels' two tables of the 8-bit codes' values: the signed code's, then the unsigned one's."""
@@ -59,7 +42,7 @@ def _tables():
 
 def call_coded(ffi, target, hyper, info, params, grads, buffers, step, group, **attrs):
     """``target``'s ``_q8`` kernel over the leaves ``group``, whose buffers are 8-bit codes, called with
-    ``ffi`` (``_fused._ffi``): their outputs and new buffers. The kernel gets the tables after the
+    ``ffi`` (``ffi._ffi``): their outputs and new buffers. The kernel gets the tables after the
     scalars and the block sizes after ``info``."""
     pick = lambda xs: [xs[i] for i in group]  # noqa: E731
     blocks = [jnp.float32(layout_of(b.codes.shape, b.scales.shape).block) for b in pick(buffers[0])]

@@ -12,11 +12,6 @@ import jax.numpy as jnp
 import optax
 
 
-def check_flat_state(owner: str, fused: bool, flat_state: bool) -> None:
-    if flat_state and not fused:
-        raise ValueError(f"{owner}: flat_state=True needs fused=True (it is the fused kernel's layout)")
-
-
 def _check_flat(owner: str, params) -> None:
     for path, x in jax.tree_util.tree_leaves_with_path(params):
         if jnp.result_type(x) != jnp.float32:
@@ -24,24 +19,29 @@ def _check_flat(owner: str, params) -> None:
                              f"{jax.tree_util.keystr(path) or 'params'} of dtype {jnp.result_type(x)}")
 
 
-def flatten_state(state, fields):
-    """``state`` (a chain's tuple) with each ``(link, field)`` of ``fields`` one flat float32 array."""
+def _fields(state, names):
+    """The ``(link, field)`` pairs of a chain's ``state`` whose field is one of ``names``."""
+    return [(i, f) for i, link in enumerate(state) for f in getattr(link, "_fields", ()) if f in names]
+
+
+def flatten_state(state, names):
+    """``state`` (a chain's tuple) with each field called one of ``names`` one flat float32 array."""
     state = list(state)
-    for i, f in fields:
+    for i, f in _fields(state, names):
         leaves = [x.ravel() for x in jax.tree.leaves(getattr(state[i], f))]
         flat = jnp.concatenate(leaves) if leaves else jnp.zeros((0,), jnp.float32)
         state[i] = state[i]._replace(**{f: flat})
     return tuple(state)
 
 
-def unflatten_state(state, fields, params):
+def unflatten_state(state, names, params):
     """The inverse of :func:`flatten_state`: each field back in the params' tree and shapes."""
     leaves, treedef = jax.tree.flatten(params)
     starts = [0]
     for x in leaves:
         starts.append(starts[-1] + x.size)
     state = list(state)
-    for i, f in fields:
+    for i, f in _fields(state, names):
         flat = getattr(state[i], f)
         if flat.shape != (starts[-1],):
             raise ValueError(f"flat_state: the state's {f!r} has shape {flat.shape}, the params need "
@@ -52,7 +52,7 @@ def unflatten_state(state, fields, params):
 
 
 def with_flat_state(owner, chain, fields) -> optax.GradientTransformation:
-    """``chain`` keeping the per-parameter ``fields`` as flat arrays (unflattened around its update)."""
+    """``chain`` keeping the per-parameter ``fields`` (names) as flat arrays (unflattened around its update)."""
 
     def init_fn(params):
         _check_flat(owner, params)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Union
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -10,10 +10,11 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams
+from optimizers.contract.masks import MaskOrFn as MaskOrFn  # noqa: F401  (the rules' name for it)
+from optimizers.contract.masks import _mask_tree, leaf_masks  # noqa: F401  (leaf_masks: the rules' name)
 from optimizers.contract.registry import declare_optimizer, declare_state
 from schedules import ScalarOrSchedule
 
-MaskOrFn = Optional[Union[Any, Callable[[optax.Params], Any]]]
 
 
 @declare_state(elementwise=True)
@@ -53,17 +54,6 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool =
 class AddDecayedWeightsState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"weight_decay": value of the latest update}
-
-
-def _mask_tree(mask: MaskOrFn, params):
-    if mask is None:
-        return jax.tree.map(lambda _: True, params)
-    return mask(params) if callable(mask) else mask
-
-
-def leaf_masks(mask: MaskOrFn, params):
-    """One boolean per leaf of ``params`` from a mask, a mask prefix or a function of params."""
-    return jax.tree.map(lambda on, p: jax.tree.map(lambda _: on, p), _mask_tree(mask, params), params)
 
 
 def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = None

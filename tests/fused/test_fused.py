@@ -35,7 +35,7 @@ from test_trust_ratio import _lamb_reference, _lars_reference
 
 import optimizers
 import schedules
-from optimizers.fused import glue as _fused
+from optimizers.fused import ffi as _fused
 
 # Leaves across the kernel's 65,536-element chunks, a scalar, an empty one and a single element;
 # for Adafactor a matrix factored by default in two chunks of rows, and a batch of matrices.
@@ -411,6 +411,7 @@ def test_schedules_and_set_hyperparams():
 SMALL = {"mat": (30, 7), "s": (), "empty": (0,), "one": (1,), "blocks": [(2, 3), (5,)], "square": (128, 128)}
 
 
+@pytest.mark.filterwarnings("ignore:.*fused=True runs the unfused chain:UserWarning")  # on purpose (test_backend.py)
 @pytest.mark.parametrize("dtype", ["bfloat16", "complex64"])
 @pytest.mark.parametrize("name", FUSED)
 def test_other_dtypes_run_the_unfused_chain(name, dtype):
@@ -426,6 +427,7 @@ def test_other_dtypes_run_the_unfused_chain(name, dtype):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.filterwarnings("ignore:.*fused=True runs the unfused chain:UserWarning")  # on purpose (test_backend.py)
 def test_float64_runs_the_unfused_chain():
     with jax.enable_x64(True):
         params = jax.tree.map(lambda x: x.astype(np.float64), _tree(0))
@@ -574,6 +576,7 @@ def test_flat_state_is_updated_in_place_with_fewer_buffers():
     assert (state[0].mu.unsafe_buffer_pointer(), state[0].nu.unsafe_buffer_pointer()) == before
 
 
+@pytest.mark.filterwarnings("ignore:.*fused=True runs the unfused chain:UserWarning")  # on purpose (test_backend.py)
 def test_flat_state_runs_the_unfused_chain_where_the_kernel_does_not_apply():
     with jax.enable_x64(True):  # float64 hyperparameters: the chain, on the unflattened state
         params, grads = _tree(0), _grads(3)

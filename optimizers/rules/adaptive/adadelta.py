@@ -11,8 +11,7 @@ import optax
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, inner, store, store_like, widen, zeros_in
 from optimizers.contract.registry import declare_optimizer, declare_state
-from optimizers.fused.flat_state import check_flat_state
-from optimizers.fused.glue import fused_direction
+from optimizers.contract.backend import accelerated
 from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers.rules.scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -96,14 +95,6 @@ def adadelta(learning_rate: ScalarOrSchedule = 1.0, rho: ScalarOrSchedule = 0.9,
     chain = optax.chain(
         *([] if weight_decay is None else [add_decayed_weights(weight_decay, weight_decay_mask)]),
         scale_by_adadelta(rho, eps, nu_dtype=nu_dtype), scale_by_learning_rate(learning_rate))
-    check_flat_state("adadelta", fused, flat_state)
-    if not fused or weight_decay is not None:
-        return chain
-    return fused_direction("adadelta", chain, "optimizers_adadelta", dict(rho=rho, eps=eps), _adadelta_scalars,
-                           ("nu", "delta_nu"), learning_rate, flat=flat_state)
-
-
-def _adadelta_scalars(hp, state):
-    """The fused kernel's scalars: :math:`\\rho, 1-\\rho, \\epsilon`."""
-    del state
-    return [hp["rho"], 1 - hp["rho"], hp["eps"]]
+    return accelerated("adadelta", chain, fused=fused, flat_state=flat_state,
+                       unsupported=None if weight_decay is None else "its kernel has no weight_decay",
+                       learning_rate=learning_rate, rho=rho, eps=eps)

@@ -11,8 +11,7 @@ import optax
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import abs2, check_state_dtype, full_in, store, store_like, widen
 from optimizers.contract.registry import declare_optimizer, declare_state
-from optimizers.fused.flat_state import check_flat_state
-from optimizers.fused.glue import fused_direction
+from optimizers.contract.backend import accelerated
 from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers.rules.scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -83,8 +82,4 @@ def adagrad(learning_rate: ScalarOrSchedule, initial_accumulator_value: float = 
     """
     chain = optax.chain(scale_by_rss(initial_accumulator_value, eps, nu_dtype=nu_dtype),
                         scale_by_learning_rate(learning_rate))
-    check_flat_state("adagrad", fused, flat_state)
-    if not fused:
-        return chain
-    return fused_direction("adagrad", chain, "optimizers_adagrad", dict(eps=eps), lambda hp, state: [hp["eps"]],
-                           ("sum_of_squares",), learning_rate, flat=flat_state)
+    return accelerated("adagrad", chain, fused=fused, flat_state=flat_state, learning_rate=learning_rate, eps=eps)

@@ -11,8 +11,7 @@ import optax
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, store, store_like, widen, zeros_in
 from optimizers.contract.registry import declare_optimizer, declare_state
-from optimizers.fused.flat_state import check_flat_state
-from optimizers.fused.glue import fused_direction
+from optimizers.contract.backend import accelerated
 from optimizers.contract.hyperparams import current_hyperparams, given, init_hyperparams
 from optimizers.contract.moments import (adam_denominator, adam_moments, bias_correction, check_betas, check_eps_root,
                                  corrected_mu, ema, step_number)
@@ -94,22 +93,11 @@ def scale_by_adam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
                           update_fn)
 
 
-def adam_scalars(hp, state):
-    """The fused kernel's scalars: :math:`\\beta_1, 1-\\beta_1, \\beta_2, 1-\\beta_2, 1-\\beta_1^t, 1-\\beta_2^t, \\epsilon`."""
-    t = step_number(state.count, hp["b1"].dtype)
-    return [hp["b1"], 1 - hp["b1"], hp["b2"], 1 - hp["b2"], bias_correction(hp["b1"], t),
-            bias_correction(hp["b2"], t), hp["eps"]]
-
-
-def _fused_adam(owner, chain, fused, flat_state, learning_rate, b1, b2, eps, weight_decay=None, mask=None,
-                unfused_only=False):
-    """``chain``, or with ``fused`` its kernel; ``unfused_only``: an option the kernel does not have
-    (``eps_root``, ``nesterov``), so the chain runs."""
-    check_flat_state(owner, fused, flat_state)
-    if not fused or unfused_only:
-        return chain
-    return fused_direction(owner, chain, "optimizers_adam", dict(b1=b1, b2=b2, eps=eps), adam_scalars, ("mu", "nu"),
-                           learning_rate, weight_decay, mask, flat=flat_state)
+def _unsupported(eps_root, nesterov):
+    """What the Adam kernel does not have, or ``None``."""
+    if eps_root is not None:
+        return "its kernel has no eps_root"
+    return "its kernel has no nesterov" if nesterov else None
 
 
 @declare_optimizer(paper="Kingma & Ba 2015", update="`θ-=γ m̂/(√v̂+ε)`",
@@ -120,7 +108,7 @@ def adam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
          ) -> optax.GradientTransformation:
     r"""Adam: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` with :func:`scale_by_adam`'s :math:`u_t`.
 
-    ``fused=True``: the same update as one pass over memory on the CPU (``_fused.py``; with
+    ``fused=True``: the same update as one pass over memory on the CPU (the fused backend; with
     :func:`update_and_apply`, the whole step in place, as ``torch.optim.Adam(fused=True)``).
     ``flat_state=True`` (with ``fused``): :math:`m` and :math:`v` each one flat float32 array
     (the leaves one after another) instead of a tree: the same numbers, two buffers for JAX to
@@ -128,12 +116,13 @@ def adam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
 
     ``eps_root``, ``mu_dtype``, ``nu_dtype``, ``nesterov``: see :func:`scale_by_adam`. The kernel
     has no ``eps_root`` or ``nesterov``: with either, ``fused=True`` runs the chain; with a state
-    dtype other than float32 it runs the chain too (the kernel takes float32 state only).
+    dtype other than float32 it runs the chain too (the kernel takes float32 state only). Each
+    such fallback warns, naming the reason (see the fused kernels guide).
     """
     chain = optax.chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov, nu_dtype=nu_dtype),
                         scale_by_learning_rate(learning_rate))
-    return _fused_adam("adam", chain, fused, flat_state, learning_rate, b1, b2, eps,
-                       unfused_only=eps_root is not None or bool(nesterov))
+    return accelerated("adam", chain, fused=fused, flat_state=flat_state, unsupported=_unsupported(eps_root, nesterov),
+                       learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
 
 
 @declare_optimizer(paper="Loshchilov & Hutter 2019", update="`θ-=γ(m̂/(√v̂+ε)+λθ)`",
@@ -165,8 +154,8 @@ def adamw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scala
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
-    return _fused_adam("adamw", chain, fused, flat_state, learning_rate, b1, b2, eps, weight_decay, mask,
-                       unfused_only=eps_root is not None or bool(nesterov))
+    return accelerated("adamw", chain, fused=fused, flat_state=flat_state, unsupported=_unsupported(eps_root, nesterov),
+                       learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
 
 
 @declare_state(nonnegative=('nu', 'nu_max'), elementwise=True)
@@ -256,11 +245,10 @@ def amsgrad(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Sca
                                          nu_dtype=nu_dtype, bias_correction_mu=bias_correction_mu,
                                          bias_correction_nu=bias_correction_nu),
                         scale_by_learning_rate(learning_rate))
-    check_flat_state("amsgrad", fused, flat_state)
-    if not fused or eps_root is not None or not (bias_correction_mu and bias_correction_nu):
-        return chain
-    return fused_direction("amsgrad", chain, "optimizers_amsgrad", dict(b1=b1, b2=b2, eps=eps), adam_scalars,
-                           ("mu", "nu", "nu_max"), learning_rate, flat=flat_state, raw=max_over == "raw")
+    unsupported = _unsupported(eps_root, False) or (None if bias_correction_mu and bias_correction_nu else
+                                                     "its kernel has no bias_correction_mu/nu=False")
+    return accelerated("amsgrad", chain, fused=fused, flat_state=flat_state, unsupported=unsupported,
+                       learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, raw=max_over == "raw")
 
 
 @declare_state(nonnegative=('nu',), elementwise=True)
@@ -321,14 +309,5 @@ def adamax(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scal
     """
     chain = optax.chain(scale_by_adamax(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
                         scale_by_learning_rate(learning_rate))
-    check_flat_state("adamax", fused, flat_state)
-    if not fused:
-        return chain
-    return fused_direction("adamax", chain, "optimizers_adamax", dict(b1=b1, b2=b2, eps=eps), _adamax_scalars,
-                           ("mu", "nu"), learning_rate, flat=flat_state)
-
-
-def _adamax_scalars(hp, state):
-    r"""The fused kernel's scalars: :math:`\beta_1, 1-\beta_1, \beta_2, \epsilon, 1-\beta_1^t`."""
-    t = step_number(state.count, hp["b1"].dtype)
-    return [hp["b1"], 1 - hp["b1"], hp["b2"], hp["eps"], bias_correction(hp["b1"], t)]
+    return accelerated("adamax", chain, fused=fused, flat_state=flat_state, learning_rate=learning_rate, b1=b1, b2=b2,
+                       eps=eps)

@@ -11,8 +11,7 @@ import optax
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import abs2, check_state_dtype, store, store_like, widen, zeros_in
 from optimizers.contract.registry import declare_optimizer, declare_state
-from optimizers.fused.flat_state import check_flat_state
-from optimizers.fused.glue import fused_direction
+from optimizers.contract.backend import accelerated
 from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers.contract.moments import ema, step_number
 from optimizers.rules.scaling import scale_by_learning_rate
@@ -115,12 +114,5 @@ def adax(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
     """
     chain = optax.chain(scale_by_adax(b1, b2, eps, eps_on_raw_sqrt, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
                         scale_by_learning_rate(learning_rate))
-    check_flat_state("adax", fused, flat_state)
-    if not fused:
-        return chain
-
-    def scalars(hp, state):  # b1, 1-b1, w_t, the eps added to sqrt(v_hat)
-        return [hp["b1"], 1 - hp["b1"], *_weight_and_eps(hp, state, eps_on_raw_sqrt)]
-
-    return fused_direction("adax", chain, "optimizers_adax", dict(b1=b1, b2=b2, eps=eps), scalars, ("mu", "nu"),
-                           learning_rate, flat=flat_state)
+    return accelerated("adax", chain, fused=fused, flat_state=flat_state, learning_rate=learning_rate, b1=b1, b2=b2,
+                       eps=eps, weight_and_eps=lambda hp, state: _weight_and_eps(hp, state, eps_on_raw_sqrt))

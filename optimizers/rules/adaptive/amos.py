@@ -11,9 +11,7 @@ import optax
 from optimizers.contract.checks import transformation
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.momentum.ema import scale_by_ema
-from optimizers.fused.flat_state import check_flat_state
-from optimizers.fused.glue import _advance, _call, _state_buffers, _state_tree
-from optimizers.fused.glue import fused as fused_transform
+from optimizers.contract.backend import accelerated
 from optimizers.contract.dtypes import abs2, check_state_dtype, moment_dtype, store
 from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers.contract.layers import LayerAxes, check_layer_axes, leaf_layer_axes
@@ -229,44 +227,8 @@ def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule =
         optax.identity() if is_zero(momentum) else scale_by_ema(momentum, mu_dtype),
         scale_by_learning_rate(learning_rate),
     )
-    check_flat_state("amos", fused, flat_state)
-    if not fused:
-        return chain
-    if granularity != "element":
+    if fused and granularity != "element":
         raise ValueError(f"amos: fused=True needs granularity='element' (a slot per entry), got {granularity!r}")
-    fields = [(0, "v"), (0, "b")] + ([] if is_zero(momentum) else [(1, "ema")])
-    return fused_transform("amos", chain,
-                           _amos_kernel(learning_rate, eta, beta, c_coef, d_coef, momentum, eps, flat_state),
-                           lambda state: [getattr(state[i], f) for i, f in fields], fields if flat_state else ())
-
-
-def _amos_kernel(learning_rate, eta, beta, c_coef, d_coef, momentum, eps, flat=False):
-    """The kernel of ``chain(scale_by_amos, scale_by_ema or identity, scale_by_learning_rate)``
-    with one slot per entry (``optimizers_amos``, see ``kernels/adaptive.cc``); ``flat``: its
-    state buffers as one flat array each."""
-
-    def kernel(grads, state, params, step):
-        state, link = list(state), state[0]  # the buffers stay the old ones until the kernel's replace them
-        hp, state[0] = _advance(link, learning_rate=learning_rate, beta=beta)
-        x, b1 = hp["learning_rate"], hp["beta"]
-        has_momentum, mu = hasattr(state[1], "ema"), jnp.zeros([], jnp.float32)
-        if has_momentum:
-            ema_hp, state[1] = _advance(state[1], decay=momentum)
-            mu = ema_hp["decay"]
-        lr, state[2] = _advance(state[2], learning_rate=learning_rate)
-        correction = 1 - b1 ** step_number(link.count, b1.dtype)
-        hyper = jnp.stack([b1, 1 - b1, correction, eps, c_coef * jnp.sqrt(x), x, mu, 1 - mu,
-                           -lr["learning_rate"]]).astype(jnp.float32)
-        g, treedef = jax.tree.flatten(grads)
-        etas = treedef.flatten_up_to(_eta_tree(eta, params))
-        info = [jnp.asarray(e, jnp.float32) for e in etas], [d_coef * jnp.sqrt(x * e) for e in etas]
-        buffers = [_state_buffers(buf, flat) for buf in [link.v, link.b] + ([state[1].ema] if has_momentum else [])]
-        out, buffers = _call("optimizers_amos", hyper, info, jax.tree.leaves(params), g, buffers, step, flat=flat,
-                             momentum=has_momentum)
-        buffers = [_state_tree(buf, treedef, flat) for buf in buffers]
-        state[0] = state[0]._replace(v=buffers[0], b=buffers[1])
-        if has_momentum:
-            state[1] = state[1]._replace(ema=buffers[2])
-        return treedef.unflatten(out), tuple(state)
-
-    return kernel
+    return accelerated("amos", chain, fused=fused, flat_state=flat_state, learning_rate=learning_rate, beta=beta,
+                       c_coef=c_coef, d_coef=d_coef, momentum=momentum, eps=eps,
+                       etas=lambda params: _eta_tree(eta, params), has_momentum=not is_zero(momentum))

@@ -13,10 +13,8 @@ from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.adaptive.adam import adam, check_state_dtypes
 from optimizers.contract.dtypes import store, store_like, zeros_in
 from optimizers.contract.hyperparams import check_range, current_hyperparams, float_dtype, given, init_hyperparams
-from optimizers.fused.flat_state import check_flat_state
-from optimizers.fused.glue import fused_direction
-from optimizers.contract.moments import (adam_denominator, adam_moments, bias_correction, check_betas, check_eps_root,
-                                         step_number)
+from optimizers.contract.backend import accelerated
+from optimizers.contract.moments import adam_denominator, adam_moments, check_betas, check_eps_root, step_number
 from optimizers.rules.scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -48,8 +46,7 @@ def scale_by_nadam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
     This is Dozat's paper and ``torch.optim.NAdam(momentum_decay=psi)``.
 
     .. warning::
-        the update table of “Optimization algorithms in deep learning” divides the momentum term by :math:`1 -
-        \prod_{i\le t}\mu_i`;
+        Document 003's table divides the momentum term by :math:`1 - \prod_{i\le t}\mu_i`;
         the paper (followed here) by :math:`1 - \prod_{i\le t+1}\mu_i`. ``optax.nadam``
         has no momentum schedule (constant :math:`\beta_1`): that is
         ``scale_by_adam(nesterov=True)``, and ``nadam(..., momentum_decay=None)`` here.
@@ -101,7 +98,7 @@ def momentum_schedule(hp, state, momentum_decay):
     return mu_t, mu_next, state.mu_product * mu_t
 
 
-@declare_optimizer(paper="Dozat 2016", update="Adam with Nesterov momentum and the μ schedule `μ_t=β₁(1-½·0.96^{tψ})`",
+@declare_optimizer(paper='Dozat 2016', update='Adam with Nesterov momentum and the μ schedule `μ_t=β₁(1-½·0.96^{tψ})`',
                    test_kwargs=dict(learning_rate=0.003))
 def nadam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
           eps: ScalarOrSchedule = 1e-8, momentum_decay: Optional[float] = 0.004, *,
@@ -124,16 +121,7 @@ def nadam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scala
                     flat_state=flat_state)
     chain = optax.chain(scale_by_nadam(b1, b2, eps, momentum_decay, eps_root=eps_root, mu_dtype=mu_dtype,
                                        nu_dtype=nu_dtype), scale_by_learning_rate(learning_rate))
-    check_flat_state("nadam", fused, flat_state)
-    if not fused or eps_root is not None:
-        return chain
-
-    def scalars(hp, state):  # b1, 1-b1, b2, 1-b2, 1-b2^t, eps, 1-mu_t, 1-prod_t, mu_{t+1}, 1-prod_{t+1}
-        mu_t, mu_next, prod = momentum_schedule(hp, state, momentum_decay)
-        t = step_number(state.count, hp["b1"].dtype)
-        return [hp["b1"], 1 - hp["b1"], hp["b2"], 1 - hp["b2"], bias_correction(hp["b2"], t), hp["eps"],
-                1 - mu_t, 1 - prod, mu_next, 1 - prod * mu_next]
-
-    return fused_direction("nadam", chain, "optimizers_nadam", dict(b1=b1, b2=b2, eps=eps), scalars, ("mu", "nu"),
-                           learning_rate, flat=flat_state,
-                           link_update=lambda hp, state: {"mu_product": momentum_schedule(hp, state, momentum_decay)[2]})
+    return accelerated("nadam", chain, fused=fused, flat_state=flat_state,
+                       unsupported=None if eps_root is None else "its kernel has no eps_root",
+                       learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
+                       schedule=lambda hp, state: momentum_schedule(hp, state, momentum_decay))

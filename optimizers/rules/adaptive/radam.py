@@ -13,10 +13,8 @@ from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.adaptive.adam import check_state_dtypes
 from optimizers.contract.dtypes import store, store_like, zeros_in
 from optimizers.contract.hyperparams import check_range, current_hyperparams, given, init_hyperparams
-from optimizers.fused.flat_state import check_flat_state
-from optimizers.fused.glue import fused_direction
-from optimizers.contract.moments import (adam_moments, bias_correction, check_betas, check_eps_root, corrected_mu,
-                                         step_number)
+from optimizers.contract.backend import accelerated
+from optimizers.contract.moments import adam_moments, check_betas, check_eps_root, corrected_mu
 from optimizers.rules.scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -126,7 +124,7 @@ def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
     return transformation("scale_by_radam", init_fn, update_fn)
 
 
-@declare_optimizer(paper="Liu et al. 2020", update="`ρ_t>4: θ-=γ r_t m̂/(√v̂+ε)`, else `θ-=γ m̂`",
+@declare_optimizer(paper='Liu et al. 2020', update='`ρ_t>4: θ-=γ r_t m̂/(√v̂+ε)`, else `θ-=γ m̂`',
                    test_kwargs=dict(learning_rate=0.01))
 def radam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
           eps: ScalarOrSchedule = 1e-8, threshold: float = 4.0,
@@ -142,16 +140,8 @@ def radam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scala
     """
     chain = optax.chain(scale_by_radam(b1, b2, eps, threshold, eps_on_raw_sqrt, eps_root=eps_root, nesterov=nesterov,
                                        mu_dtype=mu_dtype, nu_dtype=nu_dtype), scale_by_learning_rate(learning_rate))
-    check_flat_state("radam", fused, flat_state)
-    if not fused or eps_root is not None or nesterov:
-        return chain
-
-    def scalars(hp, state):  # b1, 1-b1, b2, 1-b2, 1-b1^t, 1-b2^t, eps, rectified, r_t, sqrt(1-b2^t)
-        t = step_number(state.count, hp["b1"].dtype)
-        c2 = bias_correction(hp["b2"], t)
-        adapt, r = _rectification(hp["b2"], t, threshold)
-        return [hp["b1"], 1 - hp["b1"], hp["b2"], 1 - hp["b2"], bias_correction(hp["b1"], t), c2, hp["eps"],
-                adapt, r, jnp.sqrt(c2)]
-
-    return fused_direction("radam", chain, "optimizers_radam", dict(b1=b1, b2=b2, eps=eps), scalars, ("mu", "nu"),
-                           learning_rate, flat=flat_state, eps_on_raw_sqrt=bool(eps_on_raw_sqrt))
+    unsupported = ("its kernel has no eps_root" if eps_root is not None else
+                   "its kernel has no nesterov" if nesterov else None)
+    return accelerated("radam", chain, fused=fused, flat_state=flat_state, unsupported=unsupported,
+                       learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_on_raw_sqrt=bool(eps_on_raw_sqrt),
+                       rectification=lambda b2_, t: _rectification(b2_, t, threshold))

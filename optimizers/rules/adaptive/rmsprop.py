@@ -11,9 +11,7 @@ import optax
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, full_in, inner, store, store_like, widen, zeros_in
 from optimizers.contract.registry import declare_optimizer, declare_state
-from optimizers.fused.flat_state import check_flat_state
-from optimizers.fused.glue import _advance, _call, _state_buffers, _state_tree
-from optimizers.fused.glue import fused as fused_transform
+from optimizers.contract.backend import accelerated
 from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers.contract.moments import bias_correction as correction, step_number
 from optimizers.rules.momentum.momentum import trace
@@ -156,38 +154,7 @@ def rmsprop(learning_rate: ScalarOrSchedule, decay: ScalarOrSchedule = 0.99, eps
         optax.identity() if is_zero(momentum) else trace(momentum, nesterov, mu_dtype),
         scale_by_learning_rate(learning_rate),
     )
-    check_flat_state("rmsprop", fused, flat_state)
-    if not fused or bias_correction:
-        return chain
-    kind = 0 if is_zero(momentum) else 1 + bool(nesterov)
-    fields = [(0, "nu")] + [(0, "mu")] * centered + [(1, "trace")] * bool(kind)
-    kernel = _rmsprop_kernel(dict(decay=decay, eps=eps), momentum, learning_rate, fields, flat_state,
-                             centered=bool(centered), eps_in_sqrt=bool(eps_in_sqrt), momentum=kind)
-    return fused_transform("rmsprop", chain, kernel, lambda state: [getattr(state[i], f) for i, f in fields],
-                           fields if flat_state else (), coded=True)
-
-
-def _rmsprop_kernel(rms_values: dict, mu_value, learning_rate, fields, flat: bool, **attrs):
-    """The kernel of ``chain(scale_by_rms, trace or identity, scale_by_learning_rate)``
-    (``optimizers_rmsprop``, see ``kernels/adaptive.cc``); ``fields``: its state buffers, in the
-    kernel's order."""
-
-    def kernel(grads, state, params, step):
-        state = list(state)  # the links' buffers stay the old ones until the kernel's results replace them
-        hp, state[0] = _advance(state[0], **rms_values)
-        mu = jnp.zeros([], jnp.float32)
-        if attrs["momentum"]:
-            trace_hp, state[1] = _advance(state[1], momentum=mu_value)
-            mu = trace_hp["momentum"]
-        lr, state[2] = _advance(state[2], learning_rate=learning_rate)
-        rho = hp["decay"]
-        hyper = jnp.stack([rho, 1 - rho, rho * (1 - rho), hp["eps"], mu, -lr["learning_rate"]]).astype(jnp.float32)
-        g, treedef = jax.tree.flatten(grads)
-        leaves = jax.tree.leaves(params)
-        buffers = [_state_buffers(getattr(state[i], f), flat) for i, f in fields]
-        out, buffers = _call("optimizers_rmsprop", hyper, None, leaves, g, buffers, step, flat=flat, **attrs)
-        for (i, f), b in zip(fields, buffers):
-            state[i] = state[i]._replace(**{f: _state_tree(b, treedef, flat)})
-        return treedef.unflatten(out), tuple(state)
-
-    return kernel
+    return accelerated("rmsprop", chain, fused=fused, flat_state=flat_state,
+                       unsupported="its kernel has no bias_correction" if bias_correction else None,
+                       learning_rate=learning_rate, decay=decay, eps=eps, momentum=momentum, centered=bool(centered),
+                       eps_in_sqrt=bool(eps_in_sqrt), kind=0 if is_zero(momentum) else 1 + bool(nesterov))

@@ -27,8 +27,7 @@ from optimizers.rules.factored.adafactor_steps import (clip_by_block_rms, decay_
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import abs2, check_state_dtype, moment_dtype, store
 from optimizers.rules.momentum.ema import scale_by_ema
-from optimizers.fused.glue import _advance, _ffi, _merge, _outputs, _with_elements
-from optimizers.fused.glue import fused as fused_transform
+from optimizers.contract.backend import accelerated
 from optimizers.contract.hyperparams import check_range, either, float_dtype, init_hyperparams, is_zero
 from optimizers.contract.layers import LayerAxes, check_layer_axes, falls_back, leaf_layer_axes
 from optimizers.contract.moments import step_number
@@ -278,62 +277,10 @@ def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSched
         scale_by_relative_step(learning_rate) if relative_step else scale_by_learning_rate(learning_rate),
         *([] if weight_decay_rate is None else [decay_after_step(weight_decay_rate, weight_decay_mask)]),
     )
-    if not fused or falls_back("adafactor", layer_axes) or decay_offset is not None or weight_decay_rate is not None:
-        return chain
-    kernel = _adafactor_kernel(decay_rate, eps, clipping_threshold, min_scale if multiply_by_parameter_scale else None,
-                               b1, learning_rate, relative_step)
-    return fused_transform("adafactor", chain, kernel, lambda state: (state[0].v_row, state[0].v_col, state[0].v, state[3]))
-
-
-def _or_zero(value):
-    """``value``, or 0 for ``None`` (no clipping, no parameter scale); an array as given (a traced
-    one under ``optax.inject_hyperparams``)."""
-    return 0.0 if value is None else value
-
-
-def _adafactor_kernel(decay_rate, eps, clipping_threshold, min_scale, b1, learning_rate, relative_step):
-    """The fused step of :func:`adafactor`'s chain (``optimizers_adafactor``, see ``kernels/adafactor.cc``):
-    per leaf the full moment, or the row and column means of a factored leaf, updated in place."""
-
-    def tick(link):  # a link without hyperparameters, or optax's identity
-        return _advance(link)[1] if hasattr(link, "hyperparams") else link
-
-    def scalars(state):
-        """The kernel's scalars (see ``kernels/adafactor.cc``) and the links after this update."""
-        rms_link, clip_link, scale_link, ema_link, step_link = state
-        hp, step_new = _advance(step_link, learning_rate=learning_rate)
-        rho = hp["learning_rate"]
-        if relative_step:
-            rho = jnp.minimum(rho, jax.lax.rsqrt(step_number(step_link.count, rho.dtype)))
-        b, ema_new = _advance(ema_link, decay=b1) if hasattr(ema_link, "ema") else ({"decay": 0.0}, ema_link)
-        beta = _beta2(rms_link.count, decay_rate)
-        hyper = jnp.stack([beta, 1 - beta, eps, _or_zero(clipping_threshold), _or_zero(min_scale), b["decay"],
-                           1 - b["decay"], -rho]).astype(jnp.float32)
-        return hyper, (tick(rms_link), tick(clip_link), tick(scale_link), ema_new, step_new)
-
-    def kernel(grads, state, params, step):
-        hyper, (rms_new, clip_new, scale_new, ema_new, step_new) = scalars(state)
-        momentum = hasattr(ema_new, "ema")
-        g, treedef = jax.tree.flatten(grads)
-        p = jax.tree.leaves(params)
-        rows, cols, full = (treedef.flatten_up_to(x) for x in (rms_new.v_row, rms_new.v_col, rms_new.v))
-        mu = treedef.flatten_up_to(ema_new.ema) if momentum else []
-        kept = _with_elements(g)
-        factored = {i: full[i].shape != g[i].shape for i in kept}
-        state = [[(rows[i], cols[i]) if factored[i] else (full[i],) for i in kept]]
-        if momentum:
-            state.append([(mu[i],) for i in kept])
-        out, new = _ffi("optimizers_adafactor", hyper, [[jnp.float32(factored[i]) for i in kept]],
-                        [p[i] for i in kept], [g[i] for i in kept], state, step, momentum=momentum)
-        for i, leaf in zip(kept, new[0]):  # the operands back in place
-            if factored[i]:
-                rows[i], cols[i] = leaf
-            else:
-                (full[i],) = leaf
-        rms_new = rms_new._replace(v_row=treedef.unflatten(rows), v_col=treedef.unflatten(cols),
-                                   v=treedef.unflatten(full))
-        if momentum:
-            ema_new = ema_new._replace(ema=treedef.unflatten(_merge(kept, [m for (m,) in new[1]], mu)))
-        return treedef.unflatten(_outputs(kept, out, p, g, step)), (rms_new, clip_new, scale_new, ema_new, step_new)
-
-    return kernel
+    unsupported = fused and (falls_back("adafactor", layer_axes)
+                             or ("its kernel has no decay_offset" if decay_offset is not None else None)
+                             or ("its kernel has no weight_decay_rate" if weight_decay_rate is not None else None))
+    return accelerated("adafactor", chain, fused=fused, unsupported=unsupported, learning_rate=learning_rate,
+                       eps=eps, clipping_threshold=clipping_threshold,
+                       min_scale=min_scale if multiply_by_parameter_scale else None, b1=b1,
+                       relative_step=relative_step, beta2=lambda count: _beta2(count, decay_rate))

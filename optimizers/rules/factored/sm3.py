@@ -13,8 +13,7 @@ import optax
 from optimizers.contract.checks import transformation
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.momentum.ema import scale_by_ema
-from optimizers.fused.glue import _advance, _call
-from optimizers.fused.glue import fused as fused_transform
+from optimizers.contract.backend import accelerated
 from optimizers.contract.dtypes import abs2, check_state_dtype, moment_dtype, store
 from optimizers.contract.hyperparams import check_range, current_hyperparams, either, given, init_hyperparams, is_zero
 from optimizers.contract.layers import (LayerAxes, check_layer_axes, falls_back, leaf_layer_axes, over_layers,
@@ -207,32 +206,6 @@ def sm3(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 
         optax.identity() if is_zero(momentum) else scale_by_ema(momentum, mu_dtype),
         scale_by_learning_rate(learning_rate),
     )
-    if not fused or falls_back("sm3", layer_axes):
-        return chain
-    return fused_transform("sm3", chain, _sm3_kernel(eps_root, momentum, learning_rate, variant == "II"),
-                           lambda state: (state[0].mu, getattr(state[1], "ema", ())))
-
-
-def _sm3_kernel(eps_root, momentum, learning_rate, two: bool):
-    """The kernel of ``chain(scale_by_sm3, scale_by_ema or identity, scale_by_learning_rate)``
-    (``optimizers_sm3``, see ``kernels/sm3.cc``)."""
-
-    def kernel(grads, state, params, step):
-        state = list(state)  # the links' buffers stay the old ones until the kernel's results replace them
-        hp, state[0] = _advance(state[0], eps_root=eps_root)
-        has_momentum, b = hasattr(state[1], "ema"), jnp.zeros([], jnp.float32)
-        if has_momentum:
-            ema_hp, state[1] = _advance(state[1], decay=momentum)
-            b = ema_hp["decay"]
-        lr, state[2] = _advance(state[2], learning_rate=learning_rate)
-        hyper = jnp.stack([hp["eps_root"], b, 1 - b, -lr["learning_rate"]]).astype(jnp.float32)
-        g, treedef = jax.tree.flatten(grads)
-        leaves = jax.tree.leaves(params)
-        buffers = [jax.tree.leaves(state[0].mu)] + ([jax.tree.leaves(state[1].ema)] if has_momentum else [])
-        out, buffers = _call("optimizers_sm3", hyper, None, leaves, g, buffers, step, two=two, momentum=has_momentum)
-        state[0] = state[0]._replace(mu=treedef.unflatten(buffers[0]))
-        if has_momentum:
-            state[1] = state[1]._replace(ema=treedef.unflatten(buffers[1]))
-        return treedef.unflatten(out), tuple(state)
-
-    return kernel
+    return accelerated("sm3", chain, fused=fused, unsupported=fused and falls_back("sm3", layer_axes),
+                       learning_rate=learning_rate, eps_root=eps_root, momentum=momentum, two=variant == "II",
+                       has_momentum=not is_zero(momentum))

@@ -11,9 +11,7 @@ import optax
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import abs2, check_state_dtype, moment_dtype, store, store_like, zeros_in
 from optimizers.contract.registry import declare_optimizer, declare_state
-from optimizers.fused.flat_state import check_flat_state
-from optimizers.fused.glue import _advance, _call, _state_buffers, _state_tree
-from optimizers.fused.glue import fused as fused_transform
+from optimizers.contract.backend import accelerated
 from optimizers.contract.hyperparams import check_range, current_hyperparams, given, init_hyperparams
 from optimizers.contract.layers import LayerAxes, check_layer_axes, falls_back, leaf_layer_axes, per_layer, within
 from optimizers.rules.scaling import scale_by_learning_rate
@@ -151,29 +149,7 @@ def novograd(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Sc
     chain = optax.chain(scale_by_novograd(b1, b2, eps, weight_decay, eps_root=eps_root, mu_dtype=mu_dtype,
                                           nu_dtype=nu_dtype, layer_axes=layer_axes),
                         scale_by_learning_rate(learning_rate))
-    check_flat_state("novograd", fused, flat_state)
-    if not fused or falls_back("novograd", layer_axes, flat_state):
-        return chain
-    values = given(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, eps_root=eps_root)
-    kernel = _novograd_kernel(values, learning_rate, flat_state)
-    return fused_transform("novograd", chain, kernel, lambda state: (state[0].mu, state[0].nu),
-                           [(0, "mu")] if flat_state else ())
-
-
-def _novograd_kernel(values: dict, learning_rate, flat: bool):
-    """The kernel of ``chain(scale_by_novograd, scale_by_learning_rate)`` (``optimizers_novograd``,
-    see ``kernels/momentum.cc``): the per-leaf second moments as in the chain, then one pass."""
-
-    def kernel(grads, state, params, step):
-        link, lr_link = state
-        hp, new_link = _advance(link, **values)
-        lr, lr_new = _advance(lr_link, learning_rate=learning_rate)
-        nu, dens = _second_moments(grads, link, hp)
-        hyper = jnp.stack([hp["b1"], hp["weight_decay"], -lr["learning_rate"]]).astype(jnp.float32)
-        g, treedef = jax.tree.flatten(grads)
-        out, (mu,) = _call("optimizers_novograd", hyper, [jax.tree.leaves(dens)], jax.tree.leaves(params), g,
-                           [_state_buffers(link.mu, flat)], step, flat=flat)
-        new_link = new_link._replace(mu=_state_tree(mu, treedef, flat), nu=store_like(nu, link.nu))
-        return treedef.unflatten(out), (new_link, lr_new)
-
-    return kernel
+    return accelerated("novograd", chain, fused=fused, flat_state=flat_state,
+                       unsupported=fused and falls_back("novograd", layer_axes, flat_state),
+                       learning_rate=learning_rate, second_moments=_second_moments,
+                       values=given(b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, eps_root=eps_root))

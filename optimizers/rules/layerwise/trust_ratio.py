@@ -9,12 +9,10 @@ import jax.numpy as jnp
 import optax
 
 from optimizers.contract.registry import declare_optimizer, declare_state
-from optimizers.rules.adaptive.adam import adam_scalars, scale_by_adam
+from optimizers.rules.adaptive.adam import scale_by_adam
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import abs2
-from optimizers.fused.flat_state import check_flat_state
-from optimizers.fused.glue import _advance, _call, _leaf_decays, _state_buffers, _state_tree
-from optimizers.fused.glue import fused as fused_transform
+from optimizers.contract.backend import accelerated
 from optimizers.contract.hyperparams import _is_number, check_range, current_hyperparams, init_hyperparams
 from optimizers.contract.layers import LayerAxes, check_layer_axes, falls_back, leaf_layer_axes, per_layer, within
 from optimizers.rules.momentum.momentum import trace
@@ -259,12 +257,11 @@ def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, 
         scale_by_learning_rate(learning_rate),
         trace(momentum, nesterov),
     )
-    check_flat_state("lars", fused, flat_state)
-    if not fused or falls_back("lars", layer_axes, flat_state):
-        return chain
-    values = _values(weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps)
-    return _fused_lars(chain, values, momentum, nesterov, learning_rate, weight_decay_mask, trust_ratio_mask,
-                      flat_state)
+    return accelerated("lars", chain, fused=fused, flat_state=flat_state,
+                       unsupported=fused and falls_back("lars", layer_axes, flat_state), learning_rate=learning_rate,
+                       values=_values(weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps),
+                       momentum=momentum, nesterov=bool(nesterov), weight_decay_mask=weight_decay_mask,
+                       trust_ratio_mask=trust_ratio_mask)
 
 
 # Conformance: a per-leaf trust ratio on scalar leaves is a sign step of size lr |x|: a decaying rate settles it.
@@ -318,56 +315,8 @@ def lamb(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
                              layer_axes=layer_axes),
         scale_by_learning_rate(learning_rate),
     )
-    check_flat_state("lamb", fused, flat_state)
-    if not fused or falls_back("lamb", layer_axes, flat_state) or eps_root is not None:
-        return chain
-    return _fused_lamb(chain, dict(b1=b1, b2=b2, eps=eps), adam_scalars, min_param_norm, max_param_norm,
-                      learning_rate, weight_decay, mask, trust_ratio_mask, flat_state)
-
-
-def _fused_lamb(chain, adam_values: dict, adam_scalars, min_param_norm, max_param_norm, learning_rate,
-               weight_decay, mask, trust_ratio_mask, flat=False) -> optax.GradientTransformation:
-    """LAMB's ``chain(scale_by_adam, add_decayed_weights, scale_by_trust_ratio, scale_by_learning_rate)``
-    run by its two-pass kernel (the moments and both norms per leaf, then the params)."""
-
-    def kernel(grads, state, params, step):
-        adam_link, decay_link, trust_link, lr_link = state
-        hp, adam_new = _advance(adam_link, **adam_values)
-        wd, decay_new = _advance(decay_link, weight_decay=weight_decay)
-        tr, trust_new = _advance(trust_link, trust_coefficient=1.0)
-        lr, lr_new = _advance(lr_link, learning_rate=learning_rate)
-        hyper = jnp.stack([*adam_scalars(hp, adam_link), tr["trust_coefficient"], jnp.float32(min_param_norm),
-                           jnp.float32(max_param_norm), -lr["learning_rate"]]).astype(jnp.float32)
-        flags = [jnp.float32(on) for on in jax.tree.leaves(leaf_masks(trust_ratio_mask, params))]
-        g, treedef = jax.tree.flatten(grads)
-        moments = [_state_buffers(adam_link.mu, flat), _state_buffers(adam_link.nu, flat)]
-        out, (mu, nu) = _call("optimizers_lamb", hyper, [_leaf_decays(decay_link, wd["weight_decay"], mask, params), flags],
-                              jax.tree.leaves(params), g, moments, step, flat=flat)
-        adam_new = adam_new._replace(mu=_state_tree(mu, treedef, flat), nu=_state_tree(nu, treedef, flat))
-        return treedef.unflatten(out), (adam_new, decay_new, trust_new, lr_new)
-
-    return fused_transform("lamb", chain, kernel, lambda state: (state[0].mu, state[0].nu),
-                 [(0, "mu"), (0, "nu")] if flat else ())
-
-
-def _fused_lars(chain, lars_values: dict, momentum, nesterov: bool, learning_rate, weight_decay_mask,
-               trust_ratio_mask, flat=False) -> optax.GradientTransformation:
-    """LARS's ``chain(scale_by_lars, scale_by_learning_rate, trace)`` run by its two-pass kernel
-    (the norms of each leaf's gradient and params, then the momentum and the params)."""
-
-    def kernel(grads, state, params, step):
-        lars_link, lr_link, trace_link = state
-        hp, lars_new = _advance(lars_link, **lars_values)
-        lr, lr_new = _advance(lr_link, learning_rate=learning_rate)
-        mu, trace_new = _advance(trace_link, momentum=momentum)
-        hyper = jnp.stack([hp["trust_coefficient"], hp.get("eps", jnp.float32(0)), mu["momentum"],
-                           -lr["learning_rate"]]).astype(jnp.float32)
-        betas = _leaf_decays(lars_link, hp["weight_decay"], weight_decay_mask, params)
-        flags = [jnp.float32(on) for on in jax.tree.leaves(leaf_masks(trust_ratio_mask, params))]
-        g, treedef = jax.tree.flatten(grads)
-        out, (trace,) = _call("optimizers_lars", hyper, [betas, flags], jax.tree.leaves(params), g,
-                              [_state_buffers(trace_link.trace, flat)], step, flat=flat, nesterov=bool(nesterov))
-        trace = _state_tree(trace, treedef, flat)
-        return treedef.unflatten(out), (lars_new, lr_new, trace_new._replace(trace=trace))
-
-    return fused_transform("lars", chain, kernel, lambda state: state[2].trace, [(2, "trace")] if flat else ())
+    unsupported = fused and (falls_back("lamb", layer_axes, flat_state)
+                             or (None if eps_root is None else "its kernel has no eps_root"))
+    return accelerated("lamb", chain, fused=fused, flat_state=flat_state, unsupported=unsupported,
+                       learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask,
+                       trust_ratio_mask=trust_ratio_mask, min_param_norm=min_param_norm, max_param_norm=max_param_norm)

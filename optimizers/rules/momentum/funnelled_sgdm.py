@@ -15,9 +15,7 @@ import optax
 from optimizers.contract.checks import transformation
 from optimizers.contract.elementwise import after
 from optimizers.contract.registry import declare_optimizer, declare_state
-from optimizers.fused.flat_state import check_flat_state, unflatten_state
-from optimizers.fused.glue import _advance, _call, _state_buffers, _state_tree
-from optimizers.fused.glue import fused as fused_transform
+from optimizers.contract.backend import accelerated
 from optimizers.contract.dtypes import reject_complex, store, store_like, widen
 from optimizers.contract.hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams
 from optimizers.contract.moments import ema
@@ -148,27 +146,6 @@ def funnelled_sgdm(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule =
     check_range("funnelled_sgdm", "learning_rate", learning_rate, 0.0)
     chain = optax.chain(scale_by_funnelled_sgdm(learning_rate, momentum, beta, gamma_p, gamma_s),
                         scale_by_learning_rate(learning_rate))
-    check_flat_state("funnelled_sgdm", fused, flat_state)
-    if not fused:
-        return chain
-    fields = ("gain", "grad_avg", "trace")
     values = dict(learning_rate=learning_rate, momentum=momentum, beta=beta, gamma_p=gamma_p, gamma_s=gamma_s)
-
-    def kernel(grads, state, params, step):
-        link, lr_link = state
-        hp, new_link = _advance(link, **values)
-        lr, lr_new = _advance(lr_link, learning_rate=learning_rate)
-        tree_link = unflatten_state((link,), [(0, "trace")], grads)[0] if flat_state else link
-        scale = _scale(hp, tree_link, grads)  # the chain's dot product, leaf by leaf
-        hyper = jnp.stack([hp["gamma_p"], hp["beta"], 1 - hp["beta"], hp["momentum"], scale,
-                           -lr["learning_rate"]]).astype(jnp.float32)
-        g, treedef = jax.tree.flatten(grads)
-        buffers = [_state_buffers(getattr(link, f), flat_state) for f in fields]
-        out, buffers = _call("optimizers_funnelled_sgdm", hyper, None, jax.tree.leaves(params), g, buffers, step,
-                             flat=flat_state)
-        new_link = new_link._replace(scale=scale, **{f: _state_tree(b, treedef, flat_state)
-                                                     for f, b in zip(fields, buffers)})
-        return treedef.unflatten(out), (new_link, lr_new)
-
-    return fused_transform("funnelled_sgdm", chain, kernel, lambda state: [getattr(state[0], f) for f in fields],
-                           [(0, f) for f in fields] if flat_state else ())
+    return accelerated("funnelled_sgdm", chain, fused=fused, flat_state=flat_state, learning_rate=learning_rate,
+                       values=values, scale=_scale)

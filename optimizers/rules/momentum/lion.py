@@ -11,8 +11,7 @@ import optax
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, reject_complex, store, zeros_in
 from optimizers.contract.registry import declare_optimizer, declare_state
-from optimizers.fused.flat_state import check_flat_state
-from optimizers.fused.glue import fused_direction
+from optimizers.contract.backend import accelerated
 from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers.rules.scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -127,14 +126,5 @@ def lion(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
-    check_flat_state("lion", fused, flat_state)
-    if not fused:
-        return chain
-    return fused_direction("lion", chain, "optimizers_lion", dict(b1=b1, b2=b2), _lion_scalars, ("mu",),
-                           learning_rate, weight_decay, mask, flat=flat_state)
-
-
-def _lion_scalars(hp, state):
-    """The fused kernel's scalars: :math:`\\beta_1, 1-\\beta_1, \\beta_2, 1-\\beta_2`."""
-    del state
-    return [hp["b1"], 1 - hp["b1"], hp["b2"], 1 - hp["b2"]]
+    return accelerated("lion", chain, fused=fused, flat_state=flat_state, learning_rate=learning_rate, b1=b1, b2=b2,
+                       weight_decay=weight_decay, mask=mask)

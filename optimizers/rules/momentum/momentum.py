@@ -11,9 +11,7 @@ import optax
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, store, store_like, widen, zeros_in
 from optimizers.contract.registry import declare_optimizer, declare_state
-from optimizers.fused.flat_state import check_flat_state
-from optimizers.fused.glue import _advance, _call, _leaf_decays, _state_buffers, _state_tree
-from optimizers.fused.glue import fused as fused_transform
+from optimizers.contract.backend import accelerated
 from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
 from optimizers.rules.scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -113,37 +111,5 @@ def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 
         optax.identity() if is_zero(momentum) else trace(momentum, nesterov, accumulator_dtype),
         scale_by_learning_rate(learning_rate),
     )
-    check_flat_state("sgd", fused, flat_state)
-    if not fused:
-        return chain
-    kernel = _sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask, flat_state)
-    flat_fields = [(1, "trace")] if flat_state and not is_zero(momentum) else ()
-    return fused_transform("sgd", chain, kernel, lambda state: [getattr(state[1], "trace", ())], flat_fields,
-                           coded=not is_zero(momentum))
-
-
-def _sgd_kernel(momentum, nesterov, learning_rate, weight_decay, mask, flat=False):
-    """The kernel of ``chain(add_decayed_weights or identity, trace or identity, scale_by_learning_rate)``."""
-
-    def kernel(grads, state, params, step):
-        decay_link, trace_link, lr_link = state
-        has_decay, has_momentum = hasattr(decay_link, "hyperparams"), hasattr(trace_link, "trace")
-        lr, lr_new = _advance(lr_link, learning_rate=learning_rate)
-        lam, mu = jnp.zeros([], jnp.float32), jnp.zeros([], jnp.float32)
-        if has_decay:
-            wd, decay_link = _advance(decay_link, weight_decay=weight_decay)
-            lam = wd["weight_decay"]
-        buffers = []
-        if has_momentum:
-            hp, trace_new = _advance(trace_link, momentum=momentum)
-            mu, buffers = hp["momentum"], [_state_buffers(trace_link.trace, flat)]
-        g, treedef = jax.tree.flatten(grads)
-        hyper = jnp.stack([mu, -lr["learning_rate"]]).astype(jnp.float32)
-        decays = _leaf_decays(decay_link if has_decay else None, lam, mask, params)
-        out, new_buffers = _call("optimizers_sgd", hyper, [decays], jax.tree.leaves(params), g,
-                                 buffers, step, flat=flat, momentum=has_momentum, nesterov=bool(nesterov))
-        if has_momentum:
-            trace_link = trace_new._replace(trace=_state_tree(new_buffers[0], treedef, flat))
-        return treedef.unflatten(out), (decay_link, trace_link, lr_new)
-
-    return kernel
+    return accelerated("sgd", chain, fused=fused, flat_state=flat_state, learning_rate=learning_rate,
+                       momentum=momentum, nesterov=bool(nesterov), weight_decay=weight_decay, mask=mask)

@@ -12,8 +12,7 @@ from optimizers.contract.checks import transformation
 from optimizers.contract.elementwise import after, clip
 from optimizers.contract.dtypes import reject_complex
 from optimizers.contract.registry import declare_optimizer, declare_state
-from optimizers.fused.flat_state import check_flat_state
-from optimizers.fused.glue import fused_direction
+from optimizers.contract.backend import accelerated
 from optimizers.contract.hyperparams import _is_number, check_range, either, init_hyperparams
 from optimizers.rules.scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -181,9 +180,6 @@ def rprop(learning_rate: ScalarOrSchedule, eta_plus: float = 1.2, eta_minus: flo
     _check("rprop", eta_plus, eta_minus, min_scale, max_scale, form)
     chain = optax.chain(scale_by_rprop(eta_plus, eta_minus, min_scale, max_scale, form),
                         scale_by_learning_rate(learning_rate))
-    check_flat_state("rprop", fused, flat_state)
-    if not fused:
-        return chain
-    scalars = lambda hp, state: [eta_plus, eta_minus, min_scale, max_scale]  # noqa: E731  (static)
-    return fused_direction("rprop", chain, "optimizers_rprop", {}, scalars, ("step_size", "prev_grad"),
-                           learning_rate, flat=flat_state, torch_form=form == "torch")
+    return accelerated("rprop", chain, fused=fused, flat_state=flat_state, learning_rate=learning_rate,
+                       eta_plus=eta_plus, eta_minus=eta_minus, min_scale=min_scale, max_scale=max_scale,
+                       torch_form=form == "torch")

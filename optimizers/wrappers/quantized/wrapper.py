@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from optimizers.contract.backend import with_step
 from optimizers.contract.checks import transformation, with_passed_through
+from optimizers.contract.masks import MaskOrFn, leaf_masks
 from optimizers.contract.registry import nonnegative_fields, reduces_across_elements, register_nonnegative
-from optimizers.fused.glue import _CODED_STEPS, _STEPS, _on_cpu
-from optimizers.rules.scaling import MaskOrFn, leaf_masks
 from optimizers.wrappers.quantized.blockwise import per_param_fields, replace_at, run_blockwise
 from optimizers.wrappers.quantized.codes import (QuantizedBuffer, dequantize, dequantized, is_quantized, layout_of,
                                                  quantize)
@@ -198,11 +198,10 @@ def _wrap(optimizer, bits, block_size, min_size, mask):
         return run(grads, state, params, True)
 
     def run(updates, state, params, apply, **extra_args):
-        coded = _CODED_STEPS.get(getattr(optimizer, "update", None))
-        if coded is None or extra_args or bits != 8 or not coded.applies(updates, state, params):
+        coded = getattr(optimizer, "coded", None)  # a fused transform's kernel on 8-bit codes
+        if coded is None or extra_args or bits != 8:
             return generic(updates, state, params, apply, **extra_args)
-        return _on_cpu(lambda g, s, p: coded.run(g, s, p, apply), lambda g, s, p: generic(g, s, p, apply),
-                       updates, state, params)
+        return coded(updates, state, params, apply, lambda g, s, p: generic(g, s, p, apply))
 
     def generic(updates, state, params, apply, **extra_args):
         update = functools.partial(optax.with_extra_args_support(optimizer).update, **extra_args)
@@ -225,6 +224,5 @@ def _wrap(optimizer, bits, block_size, min_size, mask):
         new_params, state = stepper.update(grads, state, params)
         return with_passed_through(params, new_params), state
 
-    _STEPS[tx.update] = step
-    return tx
+    return with_step(tx, step)
 
