@@ -284,3 +284,11 @@ def test_muon_on_a_stack_split_on_its_layer_axis_needs_no_collective():
         sharded, state = step(sharded, state, g)
         single, single_state = one(single, single_state, g)
     _assert_trees_close(jax.device_get(sharded), jax.device_get(single), rtol=1e-6)
+    # The check can fail: one matrix split on its rows needs its Gram matrix summed over devices.
+    matrix = {"w": params["s"].reshape(N * 16, 12)}
+    m_sh = {"w": NamedSharding(mesh, P("layers", None))}
+    tx = optimizers.muon(0.02)
+    s_sh = optimizers.state_shardings(tx, matrix, m_sh)
+    step = jax.jit(functools.partial(_step, tx), in_shardings=(m_sh, s_sh, m_sh))
+    hlo = step.lower(matrix, tx.init(matrix), matrix).compile().as_text()
+    assert "all-reduce" in {m[0] for m in _COLLECTIVE.findall(hlo)}

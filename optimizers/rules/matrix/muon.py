@@ -67,6 +67,8 @@ NS_PRESETS: dict[str, tuple[tuple, float]] = {
 }
 """Named Newton–Schulz coefficient presets for ``ns_coeffs``: ``(coefficients, norm factor)``."""
 
+NsCoeffs = Union[str, Sequence[float], Sequence[Sequence[float]]]
+"""A preset name of ``NS_PRESETS``, one ``(a, b, c)`` triple, or one triple per iteration."""
 WeightDimNumOrFn = Union[MuonDimensionNumbers, Any, Callable[[optax.Params], Any], None]
 
 
@@ -183,7 +185,7 @@ def _ns_dtype(dtype, x_dtype):
     return dtype
 
 
-def orthogonalize(x: jax.Array, ns_coeffs: Union[str, Sequence] = _JORDAN, ns_steps: int = 5,
+def orthogonalize(x: jax.Array, ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5,
                   eps: float = 1e-7, *, ns_dtype=jnp.float32, preconditioning: str = "frobenius") -> jax.Array:
     r"""The Newton–Schulz approximation of the orthogonal polar factor :math:`UV^\top` of each matrix.
 
@@ -199,6 +201,13 @@ def orthogonalize(x: jax.Array, ns_coeffs: Union[str, Sequence] = _JORDAN, ns_st
     columns, so that :math:`A` is the smaller Gram matrix. Jordan's coefficients
     :math:`(3.4445, -4.7750, 2.0315)` for every :math:`i` give singular values in roughly
     :math:`[0.7, 1.2]`, not 1: the iteration maximizes the slope at zero instead.
+
+    .. warning::
+        ``torch.optim.Muon`` divides by :math:`\max(\lVert G\rVert_F, \epsilon)` and iterates in
+        bfloat16; optax's ``orthogonalize_via_newton_schulz`` adds :math:`\epsilon` (1e-8 by default)
+        and iterates in the input's dtype at the default matmul precision. Here float32 matmuls
+        run at ``Precision.HIGHEST`` (no bfloat16 passes on TPUs or TF32 on GPUs unless
+        ``ns_dtype`` asks for them).
 
     Args:
         x: an array of rank 2 or more.
@@ -421,7 +430,7 @@ def _default_eps(eps, form):
     return (1e-7 if form == "reference" else 1e-8) if eps is None else eps
 
 
-def scale_by_muon(ns_coeffs: Union[str, Sequence] = _JORDAN, ns_steps: int = 5, beta: ScalarOrSchedule = 0.95,
+def scale_by_muon(ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5, beta: ScalarOrSchedule = 0.95,
                   eps: Optional[ScalarOrSchedule] = None, mu_dtype=None, *, nesterov: bool = True,
                   adaptive: bool = False, preconditioning: str = "frobenius",
                   weight_dimension_numbers: WeightDimNumOrFn = None, layer_axes: LayerAxes = None,
@@ -447,6 +456,10 @@ def scale_by_muon(ns_coeffs: Union[str, Sequence] = _JORDAN, ns_steps: int = 5, 
     ``mu``); :func:`muon` sends them to AdamW. Layer axes named as matrix axes by the dimension
     numbers, or an axis out of range, raise ``ValueError`` naming the leaf. Complex matrices
     raise ``TypeError`` at ``init`` (as ``torch.optim.Muon``; optax iterates with :math:`XX^H`).
+
+    .. warning::
+        ``optax.contrib.scale_by_muon`` raises for a leaf that is not a matrix; here it passes
+        through unchanged. Its momentum is the optax form's.
 
     Args:
         ns_coeffs, ns_steps, preconditioning: as in :func:`orthogonalize` (a preset name too).
@@ -556,10 +569,10 @@ _ADJUST = {"original": None, "match_rms_adamw": 0.2}
 
 
 @declare_optimizer(paper='Jordan et al. 2024; Liu et al. 2025',
-                   update='matrices (per layer with `layer_axes`): `B=μB+(1-μ)g; θ=θ(1-γλ)-γs·NS₅((1-μ)g+μB)`; '
-                          'AdamW for the other leaves',
+                   update=('matrices (per layer with `layer_axes`): '
+                           '`B=μB+(1-μ)g; θ=θ(1-γλ)-γs·NS₅((1-μ)g+μB)`; AdamW for the other leaves'),
                    test_kwargs=dict(learning_rate=0.02, adam_learning_rate=0.01))
-def muon(learning_rate: ScalarOrSchedule, ns_coeffs: Union[str, Sequence] = _JORDAN, ns_steps: int = 5,
+def muon(learning_rate: ScalarOrSchedule, ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5,
          beta: ScalarOrSchedule = 0.95, eps: Optional[ScalarOrSchedule] = None, weight_decay: ScalarOrSchedule = 0.0,
          weight_decay_mask: MaskOrFn = None, mu_dtype=None, *, nesterov: bool = True, adaptive: bool = False,
          preconditioning: str = "frobenius", adam_b1: ScalarOrSchedule = 0.9, adam_b2: ScalarOrSchedule = 0.999,
@@ -600,6 +613,16 @@ def muon(learning_rate: ScalarOrSchedule, ns_coeffs: Union[str, Sequence] = _JOR
     weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn)`` is
     ``muon(lr, ns_coefficients, ns_steps, momentum, eps, weight_decay, nesterov=nesterov,
     adjust_lr=adjust_lr_fn)`` on the transposed (``(in, out)``) weights.
+
+    .. warning::
+        ``optax.contrib.muon`` bias-corrects the momentum (so its early steps differ from the
+        reference's), defaults to ``eps=1e-8`` and gives its AdamW branch Muon's ``eps`` and
+        ``nesterov``: ``form="optax"`` is all of that. ``torch.optim.Muon`` iterates in bfloat16
+        (here float32 unless ``ns_dtype``), divides by :math:`\max(\lVert G\rVert_F, \epsilon)`
+        where the reference code adds :math:`\epsilon`, defaults to ``weight_decay=0.1`` (here
+        optax's 0), reads its scale from an ``(out, in)`` weight (here an ``(in, out)`` kernel: the
+        same scale for the same layer) and has no AdamW branch. Without ``layer_axes`` or
+        dimension numbers a 3-D leaf goes to AdamW, as in optax (torch raises).
 
     ``fused=True`` is not offered: the step is bound by the Newton–Schulz matmuls, not by
     memory, so a one-pass CPU kernel would gain nothing (``ns_dtype=jnp.bfloat16`` is the
