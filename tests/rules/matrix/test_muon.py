@@ -282,10 +282,10 @@ def test_bad_arguments_raise(kwargs, match):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(muon_weight_dimension_numbers={"w": DN(0, 5), "b": None}), r"\['w'\].*output_axis 5, out of range"),
-    (dict(muon_weight_dimension_numbers={"w": DN(-3, 1), "b": None}), r"\['w'\].*reduction_axis -3, out of range"),
-    (dict(muon_weight_dimension_numbers={"w": DN(0, 0), "b": None}), r"\['w'\].*repeat"),
-    (dict(muon_weight_dimension_numbers={"w": DN(0, 1), "b": None}, layer_axes={"w": 1, "b": 0}),
+    (dict(muon_weight_dimension_numbers={"w": DN(0, 5), "b": None, "s": None}), r"\['w'\].*output_axis 5, out of"),
+    (dict(muon_weight_dimension_numbers={"w": DN(-3, 1), "b": None, "s": None}), r"\['w'\].*reduction_axis -3, out"),
+    (dict(muon_weight_dimension_numbers={"w": DN(0, 0), "b": None, "s": None}), r"\['w'\].*repeat"),
+    (dict(muon_weight_dimension_numbers={"w": DN(0, 1), "b": None, "s": None}, layer_axes={"w": 1, "b": 0, "s": 0}),
      r"\['w'\].*layer axes"),
     (dict(muon_mask={"w": True, "b": True, "s": True}), r"\['s'\].*Muon mask"),
     (dict(muon_mask={"w": True, "b": False, "s": True}, layer_axes={"w": 0, "b": 0, "s": 1}), None),
