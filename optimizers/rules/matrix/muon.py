@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from optax.contrib import MuonDimensionNumbers
 
-from optimizers.contract.checks import transformation
+from optimizers.contract.checks import is_float, transformation
 from optimizers.contract.dtypes import check_state_dtype, reject_complex, store, widen, zeros_in
 from optimizers.contract.hyperparams import _visit, check_range, current_hyperparams, given, init_hyperparams
 from optimizers.contract.layers import LayerAxes, check_layer_axes, leaf_layer_axes
@@ -689,7 +689,8 @@ def muon(learning_rate: ScalarOrSchedule, ns_coeffs: NsCoeffs = _JORDAN, ns_step
 
     def labels(tree):
         specs = _specs(owner, tree, layer_axes, dims, muon_mask)
-        return jax.tree.unflatten(jax.tree.structure(tree), ["muon" if s is not None else "adam" for s in specs])
+        kinds = ["muon" if s is not None and is_float(x) else "adam" for s, x in zip(specs, jax.tree.leaves(tree))]
+        return jax.tree.unflatten(jax.tree.structure(tree), kinds)  # non-float leaves: AdamW passes them through
 
     # Inside the partition the Muon branch sees the params with optax.MaskedNode at the AdamW leaves;
     # its dimension numbers are the ones the labels were made from.
