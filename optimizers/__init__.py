@@ -63,6 +63,10 @@ from optimizers.wrappers.lookahead import slow_params as slow_params
 from optimizers.rules.momentum.momentum import TraceState as TraceState
 from optimizers.rules.momentum.momentum import sgd as sgd
 from optimizers.rules.momentum.momentum import trace as trace
+from optimizers.rules.matrix.muon import ScaleByMuonState as ScaleByMuonState
+from optimizers.rules.matrix.muon import muon as muon
+from optimizers.rules.matrix.muon import orthogonalize as orthogonalize
+from optimizers.rules.matrix.muon import scale_by_muon as scale_by_muon
 from optimizers.rules.adaptive.nadam import ScaleByNadamState as ScaleByNadamState
 from optimizers.rules.adaptive.nadam import nadam as nadam
 from optimizers.rules.adaptive.nadam import scale_by_nadam as scale_by_nadam
@@ -131,6 +135,7 @@ __all__ = [
     "ScaleByLarsState",
     "ScaleByLearningRateState",
     "ScaleByLionState",
+    "ScaleByMuonState",
     "ScaleByNadamState",
     "ScaleByNovogradState",
     "ScaleByParamBlockRmsState",
@@ -174,10 +179,12 @@ __all__ = [
     "layer_axes_from_flax",
     "lion",
     "lookahead",
+    "muon",
     "nadam",
     "novograd",
     "radam",
     "recompute_batch_stats",
+    "orthogonalize",
     "reduce_on_plateau",
     "register_nonnegative",
     "restore",
@@ -196,6 +203,7 @@ __all__ = [
     "scale_by_lars",
     "scale_by_learning_rate",
     "scale_by_lion",
+    "scale_by_muon",
     "scale_by_nadam",
     "scale_by_novograd",
     "scale_by_param_block_rms",

@@ -276,7 +276,9 @@ PAIR.update({f"fused({n})": PAIR[n] for n in ("adadelta", "adafactor", "adagrad"
 SPLIT = {n: {} for n in ["lookahead(sgd)", "scale_by_learning_rate", "scale_by_relative_step", "sgd"]}
 SPLIT["sgd (nesterov)"] = dict(nesterov=True)
 SPLIT["fused(sgd)"] = {}
-REFUSED = ["funnelled_sgdm", "lion", "rprop", "fused(funnelled_sgdm)", "fused(lion)", "fused(rprop)"]  # per-coordinate signs, sign agreements, real gains
+# Per-coordinate signs, sign agreements, real gains; Muon: its matrices real, as torch's (complex
+# vectors and scalars go to its AdamW).
+REFUSED = ["funnelled_sgdm", "lion", "muon", "rprop", "fused(funnelled_sgdm)", "fused(lion)", "fused(rprop)"]
 
 
 def test_every_optimizer_is_decided():

@@ -65,6 +65,11 @@ BAD = {
     "min_step_size": [-0.1, 0.0, NAN], "max_step_size": [-0.1, 0.0, NAN],
     "epsilon": [-1e-8, 0.0, NAN],
     "smooth_beta": [0.0, -1.0, NAN],
+    # muon
+    "ns_coeffs": ["bogus"], "ns_steps": [0, 1.5, NAN], "preconditioning": ["bogus"],
+    "consistent_rms": [0.0, -0.1, NAN], "adjust_lr": ["bogus"],
+    "adam_b1": UNIT, "adam_b2": UNIT, "adam_eps": [-1e-8, 0.0, NAN], "adam_eps_root": [-1e-8, NAN],
+    "adam_weight_decay": [-1e-4, NAN], "adam_learning_rate": [-0.1, NAN],
     # with_quantized_state
     "bits": [4, 3, NAN], "block_size": [0, 100, NAN], "min_size": [0, -1],
 }
@@ -81,6 +86,8 @@ OVERRIDES = {
     ("scale_by_trust_ratio", "eps"): [-1e-8, NAN],  # optax's default 0 is fine
     ("scale_by_lars", "eps"): [-1e-8, NAN],
     ("lars", "eps"): [-1e-8, NAN],
+    ("muon", "eps"): [-1e-8, NAN],  # 0 is torch.optim.Muon's clamp at 0 (a zero matrix stays zero)
+    ("scale_by_muon", "eps"): [-1e-8, NAN],
 }
 CONSTRUCTORS = sorted(n for n in optimizers.__all__
                       if "GradientTransformation" in str(inspect.signature(getattr(optimizers, n)).return_annotation))

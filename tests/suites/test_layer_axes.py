@@ -120,6 +120,8 @@ TABLE = {
     "sm3": lambda la: optimizers.sm3(0.1, variant="II", layer_axes=la),
     "scale_by_amos": _direction(optimizers.scale_by_amos, xi=0.1, eta=0.5, granularity="leaf"),
     "amos": lambda la: optimizers.amos(0.1, 0.5, granularity="last_axis", layer_axes=la),
+    "scale_by_muon": _direction(optimizers.scale_by_muon),
+    "muon": lambda la: optimizers.muon(0.1, weight_decay=0.1, layer_axes=la),
 }
 
 
@@ -250,7 +252,7 @@ def _sharded_setup():
     return params, grads
 
 
-SHARDED = ["lamb", "novograd", "adafactor", "sm3", "scale_by_amos"]  # one per family
+SHARDED = ["lamb", "novograd", "adafactor", "sm3", "scale_by_amos", "muon"]  # one per family
 
 
 def _collectives(tx, params, grads, p_sh, g_sh):

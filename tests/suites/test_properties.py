@@ -110,6 +110,19 @@ def _rmsprop(draw):
                         nesterov=st.just(nesterov)))
 
 
+@st.composite
+def _muon(draw):
+    form = draw(st.sampled_from(["reference", "optax"]))
+    steps = draw(st.integers(1, 6))
+    # optax's form takes at most ns_steps triples of a sequence; the reference form any number
+    coeffs = st.sampled_from(["standard", "dion", "polar_express"] if form == "reference" else
+                             ["standard"] + (["dion"] if steps >= 5 else []))
+    return draw(_kwargs(learning_rate=LR, beta=UNIT, weight_decay=DECAY, nesterov=st.booleans(),
+                        ns_steps=st.just(steps), ns_coeffs=coeffs, form=st.just(form),
+                        consistent_rms=st.one_of(st.none(), _floats(0.1, 1.0)), adam_b1=UNIT, adam_b2=UNIT,
+                        preconditioning=st.sampled_from(["frobenius", "spectral", "aol", "schatten"])))
+
+
 AMOS = dict(learning_rate=LR, eta=_log_uniform(1e-2, 2.0), beta=UNIT, c_coef=_floats(0.0, 1.0),
             d_coef=_floats(0.0, 1.0), momentum=st.one_of(st.just(0.0), UNIT), eps=_log_uniform(2.0**-125, 1e-8))
 HYPERPARAMETERS = {
@@ -135,6 +148,7 @@ HYPERPARAMETERS = {
     "lars": _kwargs(learning_rate=LR, weight_decay=DECAY, trust_coefficient=_log_uniform(1e-4, 1.0),
                     eps=st.one_of(st.none(), EPS), momentum=UNIT, nesterov=st.booleans()),
     "lion": _kwargs(learning_rate=LR, b1=UNIT, b2=UNIT, weight_decay=_floats(0.0, 1.0)),
+    "muon": _muon(),
     "nadam": _kwargs(**ADAM, momentum_decay=_floats(0.0, 0.1)),
     "novograd": _kwargs(**ADAM, weight_decay=DECAY),
     "radam": _kwargs(**ADAM, threshold=_floats(4.0, 10.0), eps_on_raw_sqrt=st.booleans()),

@@ -10,6 +10,7 @@ faster to compile on a 2-core machine; the values agree to float32 rounding eith
 
 import functools
 import math
+import re
 from typing import Any, NamedTuple
 
 import jax
@@ -257,3 +258,37 @@ def test_state_shardings_rejects_bad_shardings():
         optimizers.state_shardings(tx, params, {"v": NamedSharding(mesh, P())})
     with pytest.raises(ValueError, match="axis must be one of the mesh's axes \\('model',\\), got 'data'"):
         optimizers.fsdp_shardings(params, mesh, "data")
+
+
+_COLLECTIVE = re.compile(r"\b(all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)(-start)?\(")
+
+
+def test_muon_on_a_stack_split_on_its_layer_axis_needs_no_collective():
+    """Each layer's Newton-Schulz iteration on the device that holds the layer: the compiled step has
+    no collective, and gives the one-device result."""
+    mesh = _mesh(names=("layers",))
+    rng = np.random.default_rng(1)
+    params = {"s": rng.normal(size=(N, 16, 12)).astype(np.float32), "b": rng.normal(size=(N, 12)).astype(np.float32)}
+    grads = [jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params) for _ in range(3)]
+    tx = optimizers.muon(0.02, weight_decay=0.1, layer_axes=1)  # "b": a stack of vectors, AdamW
+    p_sh = jax.tree.map(lambda _: NamedSharding(mesh, P("layers")), params)
+    s_sh = optimizers.state_shardings(tx, params, p_sh)
+    assert s_sh.inner_states["muon"].inner_state[0].mu["s"].spec == P("layers", None, None)
+    step = jax.jit(functools.partial(_step, tx), in_shardings=(p_sh, s_sh, p_sh), out_shardings=(p_sh, s_sh))
+    sharded, state = jax.device_put(params, p_sh), jax.jit(tx.init, out_shardings=s_sh)(params)
+    hlo = step.lower(sharded, state, grads[0]).compile().as_text()
+    assert not _COLLECTIVE.findall(hlo), sorted(set(m[0] for m in _COLLECTIVE.findall(hlo)))
+    one = jax.jit(functools.partial(_step, tx))
+    single, single_state = params, tx.init(params)
+    for g in grads:
+        sharded, state = step(sharded, state, g)
+        single, single_state = one(single, single_state, g)
+    _assert_trees_close(jax.device_get(sharded), jax.device_get(single), rtol=1e-6)
+    # The check can fail: one matrix split on its rows needs its Gram matrix summed over devices.
+    matrix = {"w": params["s"].reshape(N * 16, 12)}
+    m_sh = {"w": NamedSharding(mesh, P("layers", None))}
+    tx = optimizers.muon(0.02)
+    s_sh = optimizers.state_shardings(tx, matrix, m_sh)
+    step = jax.jit(functools.partial(_step, tx), in_shardings=(m_sh, s_sh, m_sh))
+    hlo = step.lower(matrix, tx.init(matrix), matrix).compile().as_text()
+    assert "all-reduce" in {m[0] for m in _COLLECTIVE.findall(hlo)}

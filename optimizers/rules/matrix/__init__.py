@@ -1,0 +1,1 @@
+"""Matrix-shaped rules: Muon (and later Shampoo, SOAP)."""

@@ -1,0 +1,733 @@
+r"""Muon: momentum orthogonalized by Newton–Schulz, for the matrix-shaped leaves; AdamW for the others.
+
+For each weight matrix :math:`W \in \mathbb{R}^{m \times n}` (after its layer axes, see
+``layer_axes``) with gradient :math:`G_t`, the reference form (Keller Jordan's ``muon.py`` and
+``torch.optim.Muon``) is
+
+.. math::
+    B_t = \mu B_{t-1} + (1-\mu) G_t, \qquad
+    \tilde B_t = (1-\mu) G_t + \mu B_t \ \text{(Nesterov)} \ \text{or} \ B_t, \\
+    O_t = \mathrm{NS}_k(\tilde B_t), \qquad
+    W_t = W_{t-1}(1 - \gamma\lambda) - \gamma\, s(m, n)\, O_t
+
+with :math:`s = \sqrt{\max(1, n/m)}` for a kernel of shape :math:`(m, n) = (d_{in}, d_{out})`
+(Jordan's ``max(1, A/B)`` of a PyTorch ``(out, in)`` weight) or Moonlight's
+:math:`s = 0.2\sqrt{\max(m, n)}` (``adjust_lr="match_rms_adamw"``, ``consistent_rms=0.2``).
+:math:`\mathrm{NS}_k` is :func:`orthogonalize`.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from optax.contrib import MuonDimensionNumbers
+
+from optimizers.contract.checks import is_float, transformation
+from optimizers.contract.dtypes import check_state_dtype, reject_complex, store, widen, zeros_in
+from optimizers.contract.hyperparams import _visit, check_range, current_hyperparams, given, init_hyperparams
+from optimizers.contract.layers import LayerAxes, check_layer_axes, leaf_layer_axes
+from optimizers.contract.moments import ema
+from optimizers.contract.registry import declare_optimizer, declare_state
+from optimizers.rules.adaptive.adam import scale_by_adam
+from optimizers.rules.scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
+from schedules import ScalarOrSchedule
+
+_FORMS = ("reference", "optax")
+_PRECONDITIONINGS = ("frobenius", "spectral", "aol", "schatten")
+_JORDAN = (3.4445, -4.7750, 2.0315)
+
+# Polar Express, degree 5 (Amsel, Persson, Musco & Gower 2025, arXiv:2505.16932, Algorithm 1): the
+# published per-iteration coefficients; all but the last divided by (1.01, 1.01³, 1.01⁵) (the
+# paper's safety factor), the last repeated beyond the eighth iteration, and X₀ = G/(1.01‖G‖_F + ε).
+_POLAR_EXPRESS_RAW = (
+    (8.28721201814563, -23.595886519098837, 17.300387312530933),
+    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    (1.875, -1.25, 0.375),
+)
+_POLAR_EXPRESS = tuple((a / 1.01, b / 1.01**3, c / 1.01**5) for a, b, c in _POLAR_EXPRESS_RAW[:-1]) + (
+    _POLAR_EXPRESS_RAW[-1],)
+
+NS_PRESETS: dict[str, tuple[tuple, float]] = {
+    # name: (coefficients (one triple or one per iteration), the factor on ‖X‖_F in the normalization)
+    "standard": (_JORDAN, 1.0),  # Jordan 2024; torch.optim.Muon's and optax's default
+    "dion": (((4.0848, -6.8946, 2.9270), (3.9505, -6.3029, 2.6377), (3.7418, -5.5913, 2.3037),
+              (2.8769, -3.1427, 1.2046), (2.8366, -3.0525, 1.2012)), 1.0),  # optax's "dion" preset
+    "polar_express": (_POLAR_EXPRESS, 1.01),
+}
+"""Named Newton–Schulz coefficient presets for ``ns_coeffs``: ``(coefficients, norm factor)``."""
+
+NsCoeffs = Union[str, Sequence[float], Sequence[Sequence[float]]]
+"""A preset name of ``NS_PRESETS``, one ``(a, b, c)`` triple, or one triple per iteration."""
+WeightDimNumOrFn = Union[MuonDimensionNumbers, Any, Callable[[optax.Params], Any], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Coefficients and the iteration
+
+
+def _coefficients(owner: str, ns_coeffs) -> tuple[tuple[tuple[float, float, float], ...], bool, float]:
+    """``(triples, per_iteration, norm_factor)`` from a triple, a sequence of triples or a preset name."""
+    factor = 1.0
+    if isinstance(ns_coeffs, str):
+        if ns_coeffs not in NS_PRESETS:
+            raise ValueError(f"{owner}: ns_coeffs must be one of the presets {sorted(NS_PRESETS)} or coefficients, "
+                             f"got {ns_coeffs!r}")
+        ns_coeffs, factor = NS_PRESETS[ns_coeffs]
+    try:
+        arr = np.asarray(ns_coeffs, dtype=np.float64)
+    except (ValueError, TypeError):
+        arr = None
+    if arr is None or arr.ndim not in (1, 2) or arr.shape[-1] != 3 or arr.size == 0:
+        raise ValueError(f"{owner}: ns_coeffs must be one (a, b, c) triple or a sequence of (a, b, c) triples, "
+                         f"got {ns_coeffs!r}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{owner}: ns_coeffs must be finite, got {ns_coeffs!r}")
+    triples = tuple(tuple(float(c) for c in row) for row in arr.reshape(-1, 3))
+    return triples, arr.ndim == 2, factor
+
+
+def _static_int(value):
+    """``value`` as a Python int, or ``None`` when it is traced (``optax.inject_hyperparams`` under ``jit``)."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        pass
+    try:
+        return int(value)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError, TypeError, ValueError,
+            OverflowError):
+        return None
+
+
+def _check_steps(owner: str, ns_steps) -> None:
+    steps = _static_int(ns_steps)
+    if isinstance(ns_steps, bool) or (steps is None and not isinstance(ns_steps, jax.Array)):
+        raise ValueError(f"{owner}: ns_steps must be an int >= 1, got {ns_steps!r}")
+    if steps is not None and (steps < 1 or steps != ns_steps):
+        raise ValueError(f"{owner}: ns_steps must be an int >= 1, got {ns_steps!r}")
+
+
+def _iteration_coefficients(owner: str, triples, per_iteration: bool, ns_steps, form: str):
+    """The coefficients of each iteration (a tuple), or ``(table, steps)`` for a traced ``ns_steps``.
+
+    A single triple serves every iteration. A sequence is taken as Polar Express's Algorithm 1
+    takes it (the first ``ns_steps``, the last repeated beyond its length); in the optax form as
+    ``optax.contrib.scale_by_muon`` takes it (at most ``ns_steps`` triples, each used once).
+    """
+    if per_iteration and form == "optax":
+        steps = _static_int(ns_steps)
+        if steps is not None and len(triples) > steps:
+            raise ValueError(f"{owner}: form='optax' takes at most ns_steps={steps} ns_coeffs triples, "
+                             f"got {len(triples)}")
+        return triples
+    steps = _static_int(ns_steps)
+    if steps is None:
+        return _Traced(triples, ns_steps)
+    if per_iteration:
+        return tuple(triples[min(i, len(triples) - 1)] for i in range(steps))
+    return triples * steps
+
+
+class _Traced:
+    """The coefficients for a number of iterations known only when the step runs (a traced ``ns_steps``)."""
+
+    def __init__(self, triples, steps):
+        self.triples, self.steps = triples, steps
+
+
+def _mT(x):
+    return jnp.swapaxes(x, -1, -2)
+
+
+def _gram(x):
+    return jnp.matmul(x, _mT(x).conj(), precision=jax.lax.Precision.HIGHEST)
+
+
+def _mm(a, b):
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
+def _ns_step(x, a_mat, coeffs):
+    """:math:`X \\leftarrow aX + (bA + cA^2)X` with :math:`A = XX^H` given."""
+    a, b, c = coeffs
+    return a * x + _mm(b * a_mat + c * _mm(a_mat, a_mat), x)
+
+
+def _first_step(x, coeffs, preconditioning: str):
+    """The first iteration: optax's AOL and Schatten-4 rescalings of :math:`X` (and :math:`A`) first."""
+    a_mat = _gram(x)
+    if preconditioning == "aol":  # Boissin et al. 2025: rows rescaled by the inverse root of |A|'s row sums
+        s = jax.lax.rsqrt(jnp.clip(jnp.sum(jnp.abs(a_mat), axis=-1), min=1e-8))[..., None]
+        x, a_mat = x * s, a_mat * s * _mT(s)
+    elif preconditioning == "schatten":  # Grishina et al. 2025: by the Schatten-4 norm, ‖XXᵀ‖_F^{1/2}
+        a_mat = jnp.matmul(x, _mT(x), precision=jax.lax.Precision.HIGHEST)
+        s = jax.lax.rsqrt(jnp.clip(jnp.sqrt(jnp.sum(jnp.abs(a_mat) ** 2, axis=(-2, -1), keepdims=True)), min=1e-8))
+        x, a_mat = x * s, a_mat * s**2
+    return _ns_step(x, a_mat, coeffs)
+
+
+def _ns_dtype(dtype, x_dtype):
+    """The iteration's dtype for a leaf: ``dtype``, or its complex form for a complex leaf."""
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(x_dtype, jnp.complexfloating):
+        return jnp.promote_types(jnp.complex64, dtype)
+    return dtype
+
+
+def orthogonalize(x: jax.Array, ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5,
+                  eps: float = 1e-7, *, ns_dtype=jnp.float32, preconditioning: str = "frobenius") -> jax.Array:
+    r"""The Newton–Schulz approximation of the orthogonal polar factor :math:`UV^\top` of each matrix.
+
+    For each matrix :math:`G` (the last two axes of ``x``; leading axes are a batch, each
+    matrix on its own), as in Jordan's ``zeropower_via_newtonschulz5`` and
+    ``torch.optim.Muon``:
+
+    .. math::
+        X_0 = \frac{G}{\|G\|_F + \epsilon}, \qquad
+        A_i = X_i X_i^\top, \quad X_{i+1} = a_i X_i + (b_i A_i + c_i A_i^2) X_i, \quad i < k,
+
+    computed on :math:`G^\top` (and transposed back) when :math:`G` has more rows than
+    columns, so that :math:`A` is the smaller Gram matrix. Jordan's coefficients
+    :math:`(3.4445, -4.7750, 2.0315)` for every :math:`i` give singular values in roughly
+    :math:`[0.7, 1.2]`, not 1: the iteration maximizes the slope at zero instead.
+
+    .. warning::
+        ``torch.optim.Muon`` divides by :math:`\max(\lVert G\rVert_F, \epsilon)` and iterates in
+        bfloat16; optax's ``orthogonalize_via_newton_schulz`` adds :math:`\epsilon` (1e-8 by default)
+        and iterates in the input's dtype at the default matmul precision. Here float32 matmuls
+        run at ``Precision.HIGHEST`` (no bfloat16 passes on TPUs or TF32 on GPUs unless
+        ``ns_dtype`` asks for them).
+
+    Args:
+        x: an array of rank 2 or more.
+        ns_coeffs: one triple :math:`(a, b, c)` for every iteration, a sequence of triples (one
+            per iteration: the first ``ns_steps`` are used, the last repeated beyond its
+            length, as in Polar Express's Algorithm 1), or a preset name of ``NS_PRESETS``:
+            ``"standard"`` (Jordan's), ``"dion"`` (optax's preset), ``"polar_express"`` (Amsel
+            et al. 2025, Algorithm 1, with its safety factor: :math:`X_0 = G/(1.01\|G\|_F + \epsilon)`).
+        ns_steps: the number :math:`k \ge 1` of iterations.
+        eps: :math:`\epsilon` of the normalization (``torch.optim.Muon`` clamps the norm at
+            :math:`\epsilon` instead of adding it: the same to float32 rounding unless
+            :math:`\|G\|_F \lesssim \epsilon`).
+        ns_dtype: the dtype of the iteration: float32 (the default; matmuls at
+            ``Precision.HIGHEST``), ``jnp.bfloat16`` as in Jordan's code, float64 under x64.
+        preconditioning: optax's choices: ``"frobenius"`` (the above), ``"spectral"``
+            (:math:`X_0 = G/(\|G\|_2 + \epsilon)`), ``"aol"`` and ``"schatten"`` (no
+            normalization; the first iteration rescales :math:`X` as optax does).
+
+    Returns:
+        The orthogonalized matrices, in ``x``'s shape and dtype.
+
+    References:
+        Jordan et al., "Muon: An optimizer for hidden layers in neural networks", 2024
+        (https://kellerjordan.github.io/posts/muon/); Amsel, Persson, Musco & Gower, "The Polar
+        Express: Optimal Matrix Sign Methods and Their Application to the Muon Algorithm",
+        arXiv:2505.16932, 2025, Algorithm 1.
+    """
+    owner = "orthogonalize"
+    triples, per_iteration, factor = _coefficients(owner, ns_coeffs)
+    _check_steps(owner, ns_steps)
+    _check_preconditioning(owner, preconditioning)
+    return _orthogonalize(x, _iteration_coefficients(owner, triples, per_iteration, ns_steps, "reference"),
+                          factor, eps, ns_dtype, preconditioning)
+
+
+def _check_preconditioning(owner, preconditioning):
+    if preconditioning not in _PRECONDITIONINGS:
+        raise ValueError(f"{owner}: preconditioning must be one of {_PRECONDITIONINGS}, got {preconditioning!r}")
+
+
+def _orthogonalize(x, schedule, factor, eps, ns_dtype, preconditioning):
+    """:func:`orthogonalize` with checked arguments; ``schedule`` from :func:`_iteration_coefficients`."""
+    if x.ndim < 2:
+        raise ValueError(f"orthogonalize: x must have rank 2 or more, got shape {x.shape}")
+    transposed = x.shape[-2] > x.shape[-1]
+    X = x.astype(_ns_dtype(ns_dtype, x.dtype))
+    if transposed:
+        X = _mT(X)
+    if preconditioning in ("frobenius", "spectral"):
+        if preconditioning == "frobenius":
+            norm = jnp.sqrt(jnp.sum(jnp.abs(widen(X)) ** 2, axis=(-2, -1), keepdims=True))
+        else:
+            norm = jnp.linalg.norm(widen(X), ord=2, axis=(-2, -1), keepdims=True)
+        denom = norm * factor + eps
+        X = X / jnp.where(denom > 0, denom, 1).astype(X.dtype)  # eps = 0: a zero matrix stays zero
+    first = preconditioning in ("aol", "schatten")
+    if not isinstance(schedule, _Traced):
+        for i, coeffs in enumerate(schedule):
+            X = _first_step(X, coeffs, preconditioning) if i == 0 and first else _ns_step(X, _gram(X), coeffs)
+    else:  # a traced number of iterations: one loop, the coefficients indexed
+        triples, steps = schedule.triples, schedule.steps
+        table = jnp.asarray(triples, widen(jnp.zeros((), X.dtype)).real.dtype)
+
+        def body(i, X):
+            coeffs = tuple(table[jnp.minimum(i, len(triples) - 1), j].astype(X.real.dtype) for j in range(3))
+            if first:
+                return jax.lax.cond(i == 0, lambda X: _first_step(X, coeffs, preconditioning),
+                                    lambda X: _ns_step(X, _gram(X), coeffs), X)
+            return _ns_step(X, _gram(X), coeffs)
+
+        X = jax.lax.fori_loop(0, jnp.asarray(steps, jnp.int32), body, X)
+    if transposed:
+        X = _mT(X)
+    return X.astype(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which axes of which leaves
+
+
+class _Spec(NamedTuple):
+    """One Muon leaf: its batch (layer) axes, the reduction (fan-in) axes and the output (fan-out) axes."""
+    batch: tuple
+    reduction: tuple
+    output: tuple
+
+
+def _where(path) -> str:
+    return jax.tree_util.keystr(tuple(path)) or "the root"
+
+
+def _is_dim_nums(x) -> bool:
+    return isinstance(x, MuonDimensionNumbers)
+
+
+def _prefix_leaves(owner: str, what: str, prefix, tree, is_leaf):
+    """For every leaf of ``tree`` (in order), the entry of the prefix tree ``prefix`` above it."""
+    entries, treedef = jax.tree_util.tree_flatten(prefix, is_leaf=is_leaf)
+    try:
+        subtrees = treedef.flatten_up_to(tree)
+    except (ValueError, TypeError):
+        raise ValueError(f"{owner}: {what} is not a prefix of the params: {treedef} vs "
+                         f"{jax.tree.structure(tree)}") from None
+    out = []
+    for entry, sub in zip(entries, subtrees):
+        out.extend([entry] * len(jax.tree.leaves(sub)))
+    return out
+
+
+def _axes(owner: str, path, name: str, axes, ndim: int) -> tuple:
+    axes = (axes,) if isinstance(axes, (int, np.integer)) else tuple(axes)
+    out = []
+    for ax in axes:
+        if isinstance(ax, bool) or not isinstance(ax, (int, np.integer)) or not -ndim <= ax < ndim:
+            raise ValueError(f"{owner}: the dimension numbers of {_where(path)} (rank {ndim}) have {name} "
+                             f"{ax!r}, out of range")
+        out.append(int(ax) % ndim)
+    if not out:
+        raise ValueError(f"{owner}: the dimension numbers of {_where(path)} have no {name}")
+    return tuple(out)
+
+
+def _leaf_spec(owner: str, path, leaf, k: int, dims, mask, dims_given: bool) -> Optional[_Spec]:
+    """The Muon spec of one leaf, or ``None`` for the fallback; ``ValueError`` naming ``path`` when
+    ``layer_axes``, the dimension numbers and the mask describe the leaf inconsistently."""
+    shape = tuple(np.shape(leaf)) if not hasattr(leaf, "shape") else tuple(leaf.shape)
+    ndim = len(shape)
+    if mask is not None and not mask:
+        return None
+    if dims_given and dims is None:
+        if mask:
+            raise ValueError(f"{owner}: {_where(path)} is in the Muon mask but its dimension numbers are None")
+        return None
+    if dims is not None:
+        if not _is_dim_nums(dims):
+            raise ValueError(f"{owner}: the dimension numbers of {_where(path)} must be a MuonDimensionNumbers "
+                             f"or None, got {dims!r}")
+        red = _axes(owner, path, "reduction_axis", dims.reduction_axis, ndim)
+        out = _axes(owner, path, "output_axis", dims.output_axis, ndim)
+        if set(red) & set(out) or len(set(red)) < len(red) or len(set(out)) < len(out):
+            raise ValueError(f"{owner}: the dimension numbers of {_where(path)} repeat an axis: reduction "
+                             f"{red}, output {out}")
+        layer = set(range(k)) & (set(red) | set(out))
+        if layer:
+            raise ValueError(f"{owner}: {_where(path)} (shape {shape}): layer_axes gives it {k} layer axes, but "
+                             f"its dimension numbers use axes {sorted(layer)} as matrix axes")
+        batch = tuple(a for a in range(ndim) if a not in red and a not in out)
+        return _Spec(batch, red, out)
+    if ndim - k == 2:
+        return _Spec(tuple(range(k)), (k,), (k + 1,))
+    if mask and ndim - k > 2:  # a stack the mask calls Muon's, without its layer axes: not silently AdamW
+        raise ValueError(f"{owner}: {_where(path)} (shape {shape}) is in the Muon mask but has {ndim - k} axes "
+                         f"besides its {k} layer axes, not 2: give it layer_axes or dimension numbers")
+    return None  # a vector or a scalar (of each layer): nothing to orthogonalize
+
+
+def _specs(owner: str, tree, layer_axes: LayerAxes, dims: WeightDimNumOrFn, mask: MaskOrFn = None) -> list:
+    """The :class:`_Spec` (or ``None``) of every leaf of ``tree``, in order."""
+    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    leaves = jax.tree.leaves(tree)
+    ks = jax.tree.leaves(leaf_layer_axes(owner, layer_axes, tree))
+    dims_given = dims is not None
+    if dims_given:
+        resolved = dims(tree) if callable(dims) and not _is_dim_nums(dims) else dims
+        per_leaf = _prefix_leaves(owner, "the weight dimension numbers", resolved, tree,
+                                  lambda x: x is None or _is_dim_nums(x))
+    else:
+        per_leaf = [None] * len(leaves)
+    if mask is not None:
+        resolved = mask(tree) if callable(mask) else mask
+        masks = [bool(m) for m in _prefix_leaves(owner, "muon_mask", resolved, tree, lambda x: x is None)]
+    else:
+        masks = [None] * len(leaves)
+    return [_leaf_spec(owner, p, x, k, d, m, dims_given) for p, x, k, d, m in zip(paths, leaves, ks, per_leaf, masks)]
+
+
+def _spec_tree(owner, tree, layer_axes, dims, mask=None):
+    return jax.tree.unflatten(jax.tree.structure(tree), _specs(owner, tree, layer_axes, dims, mask))
+
+
+def _to_matrices(x, spec: _Spec):
+    """``x`` as batch shape + (fan_in, fan_out), and the function back."""
+    perm = spec.batch + spec.reduction + spec.output
+    batch_shape = tuple(x.shape[a] for a in spec.batch)
+    fan_in = math.prod(x.shape[a] for a in spec.reduction)
+    fan_out = math.prod(x.shape[a] for a in spec.output)
+    moved = x if perm == tuple(range(x.ndim)) else jnp.transpose(x, perm)
+    inner_shape = moved.shape
+    mats = moved.reshape(batch_shape + (fan_in, fan_out)) if moved.ndim != len(batch_shape) + 2 else moved
+    inverse = tuple(np.argsort(perm))
+
+    def back(m):
+        m = m.reshape(inner_shape)
+        return m if perm == tuple(range(x.ndim)) else jnp.transpose(m, inverse)
+
+    return mats, back
+
+
+def _fans(shape, spec: _Spec):
+    return math.prod(shape[a] for a in spec.reduction), math.prod(shape[a] for a in spec.output)
+
+
+# ---------------------------------------------------------------------------------------------
+# The transforms
+
+
+@declare_state(elementwise=False)
+class ScaleByMuonState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {"beta": ..., "eps": ...}
+    mu: optax.Updates  # B_t, the momentum of the Muon leaves (optax.MaskedNode at the others)
+
+
+def _check_form(owner, form):
+    if form not in _FORMS:
+        raise ValueError(f"{owner}: form must be one of {_FORMS}, got {form!r}")
+
+
+def _default_eps(eps, form):
+    return (1e-7 if form == "reference" else 1e-8) if eps is None else eps
+
+
+def scale_by_muon(ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5, beta: ScalarOrSchedule = 0.95,
+                  eps: Optional[ScalarOrSchedule] = None, mu_dtype=None, *, nesterov: bool = True,
+                  adaptive: bool = False, preconditioning: str = "frobenius",
+                  weight_dimension_numbers: WeightDimNumOrFn = None, layer_axes: LayerAxes = None,
+                  ns_dtype=jnp.float32, form: str = "reference") -> optax.GradientTransformation:
+    r"""Muon's direction: the momentum of each matrix, orthogonalized (no shape scale, no learning rate).
+
+    ``form="reference"`` (Jordan's ``muon.py``, ``torch.optim.Muon``): no bias correction,
+
+    .. math::
+        B_t = \mu B_{t-1} + (1-\mu) G_t, \qquad
+        u_t = \mathrm{NS}_k\big((1-\mu) G_t + \mu B_t\big) \ \text{(Nesterov)}, \quad
+        u_t = \mathrm{NS}_k(B_t) \ \text{(heavy ball)}.
+
+    ``form="optax"`` (``optax.contrib.scale_by_muon``, step for step): the same :math:`B_t`,
+    bias-corrected: :math:`\hat B_t = B_t/(1-\mu^t)`, Nesterov
+    :math:`\mu B_t/(1-\mu^{t+1}) + (1-\mu) G_t/(1-\mu^t)`; a sequence of ``ns_coeffs`` triples
+    is used once each (at most ``ns_steps`` of them), and ``adaptive`` sums over the whole leaf.
+
+    Which leaves: every leaf whose axes besides its ``layer_axes`` are exactly two (each layer
+    its own matrix :math:`(d_{in}, d_{out})`), or that ``weight_dimension_numbers`` describes
+    (optax's ``MuonDimensionNumbers``: its other axes are batch axes, each slice its own
+    matrix). Other leaves pass through unchanged and keep no momentum (``optax.MaskedNode`` in
+    ``mu``); :func:`muon` sends them to AdamW. Layer axes named as matrix axes by the dimension
+    numbers, or an axis out of range, raise ``ValueError`` naming the leaf. Complex matrices
+    raise ``TypeError`` at ``init`` (as ``torch.optim.Muon``; optax iterates with :math:`XX^H`).
+
+    .. warning::
+        ``optax.contrib.scale_by_muon`` raises for a leaf that is not a matrix; here it passes
+        through unchanged. Its momentum is the optax form's.
+
+    Args:
+        ns_coeffs, ns_steps, preconditioning: as in :func:`orthogonalize` (a preset name too).
+        beta: the momentum :math:`\mu \in [0, 1)`, or a schedule.
+        eps: :math:`\epsilon` of the normalization; ``None``: the form's (1e-7 reference, 1e-8 optax).
+        mu_dtype: the dtype of :math:`B` (``None``: the params'); computed in at least float32.
+        nesterov: the Nesterov form of the orthogonalized matrix.
+        adaptive: scale :math:`O_t` by :math:`\langle \tilde B_t, O_t \rangle` (Bernstein & Newhouse
+            2024; the dual norm), per matrix (reference form) or per leaf (optax form).
+        weight_dimension_numbers: optax's: a ``MuonDimensionNumbers``, a prefix tree of them
+            (``None`` entries: not Muon leaves) or a function ``params -> such a tree``.
+        layer_axes: the leading axes of each leaf that index stacked layers (see
+            :func:`~optimizers.layer_axes_from_flax`); each layer's matrix is orthogonalized on
+            its own, and a stack sharded on its layer axes needs no communication.
+        ns_dtype: the dtype of the Newton–Schulz iteration (float32; ``jnp.bfloat16`` as Jordan's code).
+        form: ``"reference"`` or ``"optax"``.
+
+    References:
+        Jordan et al., "Muon: An optimizer for hidden layers in neural networks", 2024;
+        Bernstein & Newhouse, "Old Optimizer, New Norm: An Anthology", arXiv:2409.20325 (``adaptive``).
+    """
+    owner = "scale_by_muon"
+    _check_form(owner, form)
+    triples, per_iteration, factor = _coefficients(owner, ns_coeffs)
+    _check_steps(owner, ns_steps)
+    _check_preconditioning(owner, preconditioning)
+    check_range(owner, "beta", beta, 0.0, 1.0, high_open=True)
+    eps = _default_eps(eps, form)
+    check_range(owner, "eps", eps, 0.0)
+    check_state_dtype(owner, "mu_dtype", mu_dtype)
+    check_state_dtype(owner, "ns_dtype", ns_dtype)
+    check_layer_axes(owner, layer_axes)
+    schedule = _iteration_coefficients(owner, triples, per_iteration, ns_steps, form)
+    values = given(beta=beta, eps=eps)
+
+    def init_fn(params):
+        specs = _specs(owner, params, layer_axes, weight_dimension_numbers)
+        leaves, treedef = jax.tree.flatten(params)
+        reject_complex(owner, [p for p, spec in zip(leaves, specs) if spec is not None],
+                       "Muon's matrices are real, as in torch.optim.Muon (complex vectors and scalars go to AdamW)")
+        mu = [zeros_in(p, mu_dtype) if s is not None else optax.MaskedNode() for p, s in zip(leaves, specs)]
+        return ScaleByMuonState(jnp.zeros([], jnp.int32), init_hyperparams(**values), treedef.unflatten(mu))
+
+    def update_fn(updates, state, params=None):
+        del params
+        hp = current_hyperparams(values, state.hyperparams, state.count)
+        b = hp["beta"]
+        leaves, treedef = jax.tree.flatten(updates)
+        specs = _specs(owner, updates, layer_axes, weight_dimension_numbers)
+        mus = jax.tree.leaves(state.mu)
+        it = iter(mus)
+        out, new_mu = [], []
+        t = optax.safe_increment(state.count).astype(b.dtype)
+        for g, spec in zip(leaves, specs):
+            if spec is None:
+                out.append(g)
+                new_mu.append(optax.MaskedNode())
+                continue
+            old = next(it)
+            m = ema(g, old, b)
+            gw = widen(g)
+            if form == "optax":
+                if nesterov:
+                    d = b * m / (1 - b ** (t + 1)) + (1 - b) * gw / (1 - b**t)
+                else:
+                    d = m / (1 - b**t)
+            else:
+                d = (1 - b) * gw + b * m if nesterov else m
+            mats, back = _to_matrices(d, spec)
+            o = _orthogonalize(mats, schedule, factor, hp["eps"], ns_dtype, preconditioning)
+            if adaptive:
+                if form == "optax":
+                    o = jnp.sum(mats.conj() * o) * o
+                else:
+                    o = jnp.sum(mats.conj() * o, axis=(-2, -1), keepdims=True) * o
+            out.append(store(back(o), g.dtype))
+            new_mu.append(store(m, old.dtype))
+        return treedef.unflatten(out), ScaleByMuonState(optax.safe_increment(state.count), hp,
+                                                       treedef.unflatten(new_mu))
+
+    return transformation(owner, init_fn, update_fn)
+
+
+def _scale_by_shape(owner, layer_axes, dims, consistent_rms) -> optax.GradientTransformation:
+    r"""Each Muon leaf times :math:`\sqrt{\max(1, d_{out}/d_{in})}`, or :math:`c\sqrt{\max(d_{in}, d_{out})}`."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        leaves, treedef = jax.tree.flatten(updates)
+        out = []
+        for g, spec in zip(leaves, _specs(owner, updates, layer_axes, dims)):
+            if spec is None:
+                out.append(g)
+                continue
+            fan_in, fan_out = _fans(g.shape, spec)
+            if consistent_rms is None:
+                scale = math.sqrt(max(1.0, fan_out / fan_in)) if fan_in else 1.0  # an empty matrix: any
+            else:
+                scale = math.sqrt(max(fan_in, fan_out)) * consistent_rms
+            out.append((scale * g).astype(g.dtype))
+        return treedef.unflatten(out), state
+
+    return transformation("muon", lambda params: optax.EmptyState(), update_fn)
+
+
+_ADJUST = {"original": None, "match_rms_adamw": 0.2}
+
+
+@declare_optimizer(paper='Jordan et al. 2024; Liu et al. 2025',
+                   update=('matrices (per layer with `layer_axes`): '
+                           '`B=μB+(1-μ)g; θ=θ(1-γλ)-γs·NS₅((1-μ)g+μB)`; AdamW for the other leaves'),
+                   test_kwargs=dict(learning_rate=0.02, adam_learning_rate=0.01))
+def muon(learning_rate: ScalarOrSchedule, ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5,
+         beta: ScalarOrSchedule = 0.95, eps: Optional[ScalarOrSchedule] = None, weight_decay: ScalarOrSchedule = 0.0,
+         weight_decay_mask: MaskOrFn = None, mu_dtype=None, *, nesterov: bool = True, adaptive: bool = False,
+         preconditioning: str = "frobenius", adam_b1: ScalarOrSchedule = 0.9, adam_b2: ScalarOrSchedule = 0.999,
+         adam_eps_root: ScalarOrSchedule = 0.0, adam_weight_decay: ScalarOrSchedule = 0.0,
+         adam_learning_rate: Optional[ScalarOrSchedule] = None,
+         muon_weight_dimension_numbers: WeightDimNumOrFn = None, consistent_rms: Optional[float] = None,
+         layer_axes: LayerAxes = None, ns_dtype=jnp.float32, form: str = "reference",
+         adjust_lr: Optional[str] = None, muon_mask: MaskOrFn = None, adam_eps: ScalarOrSchedule = 1e-8,
+         adam_nesterov: Optional[bool] = None, nu_dtype=None) -> optax.GradientTransformation:
+    r"""Muon for the matrices, AdamW for every other leaf.
+
+    Each Muon leaf (see below): :math:`\theta_t = \theta_{t-1} - \gamma_t (s\,u_t + \lambda\theta_{t-1})`
+    with :func:`scale_by_muon`'s :math:`u_t`, so :math:`\theta_t = \theta_{t-1}(1-\gamma\lambda) - \gamma s u_t`
+    (decoupled decay, as ``torch.optim.Muon``), and :math:`s = \sqrt{\max(1, d_{out}/d_{in})}`
+    (Jordan; ``adjust_lr="original"``) or :math:`s = c\sqrt{\max(d_{in}, d_{out})}` with
+    ``consistent_rms=c`` (Liu et al.'s 0.2: ``adjust_lr="match_rms_adamw"``). Every other leaf:
+    :func:`~optimizers.adamw` with ``adam_learning_rate`` (default ``learning_rate``),
+    ``adam_b1``, ``adam_b2``, ``adam_eps``, ``adam_eps_root`` and ``adam_weight_decay``.
+
+    **Which leaves.** A leaf whose axes besides its ``layer_axes`` are exactly two: hidden
+    kernels :math:`(d_{in}, d_{out})`, and with ``layer_axes`` stacked (scanned) kernels
+    :math:`(L, d_{in}, d_{out})`, each layer on its own. Without ``layer_axes`` a 3-D leaf goes
+    to AdamW (as in optax; give ``layer_axes`` or dimension numbers). Embeddings and the output
+    head are 2-D but, in Jordan's and Moonlight's recipes, belong on AdamW: leave them out with
+    ``muon_mask`` (booleans, a prefix tree or a function of the params: ``False`` is AdamW;
+    ``True`` is Muon for a matrix, AdamW for a vector or scalar, and ``ValueError`` for a leaf
+    with more than two axes besides its layer axes) or with optax's ``muon_weight_dimension_numbers`` (``None``
+    entries are AdamW, and the tree then decides every leaf). A leaf that ``layer_axes``,
+    the dimension numbers and the mask describe inconsistently raises ``ValueError`` naming
+    its path.
+
+    **Forms.** ``form="reference"`` (default): Jordan's ``muon.py`` and ``torch.optim.Muon``:
+    no bias correction, ``eps=1e-7``, AdamW without Nesterov, with ``adam_eps``.
+    ``form="optax"``: ``optax.contrib.muon`` step for step: bias-corrected momentum,
+    ``eps=1e-8``, AdamW with optax's ``nesterov`` (Nadam's :math:`\hat m`) and, where ``eps``
+    is given, ``eps`` as its :math:`\epsilon` (optax's coupling; else ``adam_eps``, whose
+    default is optax's ``eps``). ``adam_nesterov`` overrides either form's. ``torch.optim.Muon(lr,
+    weight_decay, momentum, nesterov, ns_coefficients, eps, ns_steps, adjust_lr_fn)`` is
+    ``muon(lr, ns_coefficients, ns_steps, momentum, eps, weight_decay, nesterov=nesterov,
+    adjust_lr=adjust_lr_fn)`` on the transposed (``(in, out)``) weights.
+
+    .. warning::
+        ``optax.contrib.muon`` bias-corrects the momentum (so its early steps differ from the
+        reference's), defaults to ``eps=1e-8`` and gives its AdamW branch Muon's ``eps`` and
+        ``nesterov``: ``form="optax"`` is all of that. ``torch.optim.Muon`` iterates in bfloat16
+        (here float32 unless ``ns_dtype``), divides by :math:`\max(\lVert G\rVert_F, \epsilon)`
+        where the reference code adds :math:`\epsilon`, defaults to ``weight_decay=0.1`` (here
+        optax's 0), reads its scale from an ``(out, in)`` weight (here an ``(in, out)`` kernel: the
+        same scale for the same layer) and has no AdamW branch. Without ``layer_axes`` or
+        dimension numbers a 3-D leaf goes to AdamW, as in optax (torch raises).
+
+    ``fused=True`` is not offered: the step is bound by the Newton–Schulz matmuls, not by
+    memory, so a one-pass CPU kernel would gain nothing (``ns_dtype=jnp.bfloat16`` is the
+    speed option on accelerators). State: one momentum per Muon parameter (``mu_dtype``,
+    :func:`~optimizers.with_quantized_state` for 1 byte), Adam's two for the others.
+
+    Args:
+        learning_rate: :math:`\gamma_t`, a number or a schedule.
+        ns_coeffs, ns_steps, beta, eps, mu_dtype, nesterov, adaptive, preconditioning: see
+            :func:`scale_by_muon` (``mu_dtype`` also Adam's first moment, as in optax).
+        weight_decay: :math:`\lambda` of the Muon leaves (multiplied by the learning rate).
+        weight_decay_mask: which Muon leaves to decay (optax's meaning).
+        adam_b1, adam_b2, adam_eps_root, adam_weight_decay, adam_learning_rate: AdamW's, for the
+            other leaves (optax's names).
+        muon_weight_dimension_numbers: optax's dimension numbers (see :func:`scale_by_muon`).
+        consistent_rms: ``None`` (Jordan's :math:`s`) or :math:`c` in :math:`s = c\sqrt{\max(d_{in}, d_{out})}`.
+        layer_axes: the stacked-layer axes of each leaf (see :func:`scale_by_muon`).
+        ns_dtype: the dtype of the Newton–Schulz iteration.
+        form: ``"reference"`` or ``"optax"``.
+        adjust_lr: ``torch.optim.Muon``'s ``adjust_lr_fn``: ``"original"`` or ``"match_rms_adamw"``
+            (``consistent_rms=0.2``); not together with ``consistent_rms``.
+        muon_mask: which leaves get Muon (``None``: the shape rule).
+        adam_eps: AdamW's :math:`\epsilon` (in the optax form ``eps`` where that is given).
+        adam_nesterov: AdamW's Nesterov form; ``None``: off (reference) or ``nesterov`` (optax).
+        nu_dtype: the dtype of AdamW's second moment (``None``: the params').
+
+    The state's hyperparameters: Muon's ``beta``, ``eps``, ``weight_decay`` and
+    ``learning_rate``; AdamW's under the keywords' names (``adam_learning_rate``, ``adam_b1``,
+    ``adam_b2``, ``adam_eps``, ``adam_eps_root``, ``adam_weight_decay``), for
+    :func:`~optimizers.get_hyperparams` and :func:`~optimizers.set_hyperparams`.
+
+    References:
+        Jordan et al., "Muon: An optimizer for hidden layers in neural networks", 2024
+        (https://kellerjordan.github.io/posts/muon/, github.com/KellerJordan/Muon);
+        Liu et al., "Muon is Scalable for LLM Training", arXiv:2502.16982, 2025 (consistent RMS);
+        Amsel et al. 2025 (``ns_coeffs="polar_express"``, see :func:`orthogonalize`).
+    """
+    owner = "muon"
+    _check_form(owner, form)
+    if adjust_lr is not None:
+        if adjust_lr not in _ADJUST:
+            raise ValueError(f"muon: adjust_lr must be one of {sorted(_ADJUST)} or None, got {adjust_lr!r}")
+        if consistent_rms is not None:
+            raise ValueError(f"muon: give adjust_lr or consistent_rms, not both: got adjust_lr={adjust_lr!r} and "
+                             f"consistent_rms={consistent_rms!r}")
+        consistent_rms = _ADJUST[adjust_lr]
+    if consistent_rms is not None:
+        check_range(owner, "consistent_rms", consistent_rms, 0.0, low_open=True)
+    check_layer_axes(owner, layer_axes)
+    check_range(owner, "adam_b1", adam_b1, 0.0, 1.0, high_open=True)
+    check_range(owner, "adam_b2", adam_b2, 0.0, 1.0, high_open=True)
+    check_range(owner, "adam_eps_root", adam_eps_root, 0.0)
+    check_range(owner, "adam_weight_decay", adam_weight_decay, 0.0)
+    if adam_learning_rate is not None:
+        check_range(owner, "adam_learning_rate", adam_learning_rate, 0.0)
+    check_range(owner, "adam_eps", adam_eps, 0.0, low_open=True)
+    if form == "optax" and eps is not None:
+        adam_eps = eps  # optax's AdamW takes Muon's eps
+    eps = _default_eps(eps, form)
+    if adam_nesterov is None:
+        adam_nesterov = False if form == "reference" else nesterov
+    adam_lr = learning_rate if adam_learning_rate is None else adam_learning_rate
+    dims = muon_weight_dimension_numbers
+
+    def labels(tree):
+        specs = _specs(owner, tree, layer_axes, dims, muon_mask)
+        kinds = ["muon" if s is not None and is_float(x) else "adam" for s, x in zip(specs, jax.tree.leaves(tree))]
+        return jax.tree.unflatten(jax.tree.structure(tree), kinds)  # non-float leaves: AdamW passes them through
+
+    # Inside the partition the Muon branch sees the params with optax.MaskedNode at the AdamW leaves;
+    # its dimension numbers are the ones the labels were made from.
+    def branch_dims(tree):
+        return jax.tree.map(lambda s: None if s is None else MuonDimensionNumbers(s.reduction, s.output),
+                            _spec_tree(owner, tree, layer_axes, dims), is_leaf=lambda s: s is None or
+                            isinstance(s, _Spec))
+
+    muon_branch = optax.chain(
+        scale_by_muon(ns_coeffs, ns_steps, beta, eps, mu_dtype, nesterov=nesterov, adaptive=adaptive,
+                      preconditioning=preconditioning, weight_dimension_numbers=branch_dims, layer_axes=None,
+                      ns_dtype=ns_dtype, form=form),
+        _scale_by_shape(owner, None, branch_dims, consistent_rms),
+        add_decayed_weights(weight_decay, weight_decay_mask),
+        scale_by_learning_rate(learning_rate),
+    )
+    adam_branch = _prefixed(optax.chain(  # AdamW (optimizers.adamw's chain)
+        scale_by_adam(adam_b1, adam_b2, adam_eps, adam_eps_root, mu_dtype, adam_nesterov, nu_dtype=nu_dtype),
+        add_decayed_weights(adam_weight_decay),
+        scale_by_learning_rate(adam_lr),
+    ), "adam_")
+    return optax.partition({"muon": muon_branch, "adam": adam_branch}, labels)
+
+
+def _prefixed(tx: optax.GradientTransformation, prefix: str) -> optax.GradientTransformation:
+    """``tx`` with its hyperparameters named ``prefix + name`` in its state (AdamW's as ``muon``'s
+    keywords: ``adam_learning_rate``, ``adam_b1``, ...), so that ``get_hyperparams`` and
+    ``set_hyperparams`` tell them from Muon's ``learning_rate``, ``weight_decay`` and ``eps``."""
+
+    def rename(state, fn):
+        return _visit(state, lambda node: node._replace(hyperparams={fn(k): v for k, v in node.hyperparams.items()}))
+
+    def init_fn(params):
+        return rename(tx.init(params), lambda k: prefix + k)
+
+    def update_fn(updates, state, params=None):
+        updates, state = tx.update(updates, rename(state, lambda k: k[len(prefix):]), params)
+        return updates, rename(state, lambda k: prefix + k)
+
+    return optax.GradientTransformation(init_fn, update_fn)
