@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import schedules
 from schedules._base import check_range as check_range  # noqa: F401  (re-exported for the transforms)
@@ -103,10 +104,37 @@ def _qualified(name: str, paths: list[tuple]) -> list[str]:
     return ["/".join(str(k) for k, _ in path if k is not None) + f"/{name}" for path in paths]
 
 
-def _keys(state) -> dict[str, tuple[str, tuple]]:
-    """Every key of :func:`get_hyperparams` -> (the name, the holder's path)."""
-    return {key: (name, path) for name, paths in _holders(state).items()
-            for key, path in zip(_qualified(name, paths), paths)}
+def _values_at(state) -> dict[tuple, jax.Array]:
+    """(name, holder's path) -> its value, for every hyperparameter of ``state``."""
+    values: dict[tuple, jax.Array] = {}
+
+    def collect(node, path):
+        for k, v in node.hyperparams.items():
+            values[(k, path)] = _array(v)
+        return node
+
+    _visit(state, collect)
+    return values
+
+
+def _same(values) -> bool:
+    """Whether concrete values are all equal (traced ones never are, for this purpose)."""
+    try:
+        first = np.asarray(values[0])
+        return all(np.array_equal(np.asarray(v), first) for v in values[1:])
+    except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return False
+
+
+def _keys(state) -> dict[str, list[tuple[str, tuple]]]:
+    """Every key of :func:`get_hyperparams` -> the (name, holder's path) pairs it stands for."""
+    values, keys = _values_at(state), {}
+    for name, paths in _holders(state).items():
+        for key, path in zip(_qualified(name, paths), paths):
+            keys[key] = [(name, path)]
+        if len(paths) > 1 and _same([values[(name, p)] for p in paths]):
+            keys[name] = [(name, p) for p in paths]  # one value in several links (Amos's learning rate)
+    return keys
 
 
 def get_hyperparams(state) -> dict[str, jax.Array]:
@@ -114,53 +142,46 @@ def get_hyperparams(state) -> dict[str, jax.Array]:
 
     Walks the whole state (chains, wrappers, ``optax.inject_hyperparams``, the state of a
     Flax ``nnx.Optimizer`` or ``TrainState``). A name that one transform holds is its key.
-    A name that several transforms hold is qualified by where each one is, so two values are
-    never mixed: by its group's label under ``optax.multi_transform``/``optax.partition``
-    (``"encoder/learning_rate"``), else by its position in the chain (LAMB's ``"0/eps"`` of
-    ``scale_by_adam`` and ``"2/eps"`` of ``scale_by_trust_ratio``).
+    A name that several transforms hold is also qualified by where each one is, so two values
+    are never mixed: by its group's label under ``optax.multi_transform``/``optax.partition``
+    (``"encoder/learning_rate"``), else by its position in the chain (``"0/momentum"``); its
+    plain name is kept only while all of them hold the same value (one hyperparameter used by
+    several links of an alias, such as Amos's learning rate).
     """
-    keys = {(name, path): key for key, (name, path) in _keys(state).items()}
-    found: dict[str, jax.Array] = {}
-
-    def collect(node, path):
-        for k, v in node.hyperparams.items():
-            if (k, path) in keys:
-                found[keys[(k, path)]] = _array(v)
-        return node
-
-    _visit(state, collect)
-    return found
+    values = _values_at(state)
+    return {key: values[pairs[0]] for key, pairs in _keys(state).items()}
 
 
 def set_hyperparams(state, **values):
     """A copy of ``state`` with the named hyperparameters replaced.
 
     Names are the keys :func:`get_hyperparams` gives (a qualified one as
-    ``set_hyperparams(state, **{"encoder/learning_rate": 1e-4})``). The new values keep the
-    stored dtype and shape, so a jit-compiled train step that takes the state as an argument runs
-    with them without recompiling, and the wrapper a value is kept in (an ``nnx.OptArray`` in a
-    Flax ``nnx.Optimizer``'s ``opt_state``: assign the copy back to ``optimizer.opt_state``).
-    A hyperparameter given as a schedule is re-evaluated at the next update, so setting it has
-    no lasting effect.
+    ``set_hyperparams(state, **{"encoder/learning_rate": 1e-4})``; a plain name that several
+    transforms hold with the same value sets all of them). The new values keep the stored dtype
+    and shape, so a jit-compiled train step that takes the state as an argument runs with them
+    without recompiling, and the wrapper a value is kept in (an ``nnx.OptArray`` in a Flax
+    ``nnx.Optimizer``'s ``opt_state``: assign the copy back to ``optimizer.opt_state``). A
+    hyperparameter given as a schedule is re-evaluated at the next update, so setting it has no
+    lasting effect.
 
     Raises:
-        ValueError: a name no transform in ``state`` holds, or one that several hold (give the
-            qualified names instead).
+        ValueError: a name no transform in ``state`` holds, or one that several hold with
+            different values (give the qualified names instead).
     """
     keys = _keys(state)
     unknown = sorted(set(values) - set(keys))
     if unknown:
-        ambiguous = {u: sorted(k for k, (name, _) in keys.items() if name == u and k != u) for u in unknown}
+        ambiguous = {u: sorted(k for k, pairs in keys.items() if k != u and pairs[0][0] == u) for u in unknown}
         if any(ambiguous.values()):
             raise ValueError(f"set_hyperparams: {', '.join(u for u in unknown if ambiguous[u])} is held by "
-                             f"several transforms; name each one: {ambiguous}")
+                             f"several transforms with different values; name each one: {ambiguous}")
         raise ValueError(f"set_hyperparams: no hyperparameter named {unknown} in this state; "
                          f"it holds {sorted(keys)}")
-    targets = {keys[k]: v for k, v in values.items()}
+    targets = [(pair, v) for k, v in values.items() for pair in keys[k]]
 
     def replace(node, path):
         def new_value(k, v):
-            hit = next((value for (name, at), value in targets.items() if name == k and path[:len(at)] == at), None)
+            hit = next((value for (name, at), value in targets if name == k and path[:len(at)] == at), None)
             return v if hit is None else jax.tree.map(lambda x: jnp.asarray(hit, x.dtype), v)
 
         return node._replace(hyperparams={k: new_value(k, v) for k, v in node.hyperparams.items()})

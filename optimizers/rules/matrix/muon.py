@@ -721,7 +721,7 @@ def _prefixed(tx: optax.GradientTransformation, prefix: str) -> optax.GradientTr
     ``set_hyperparams`` tell them from Muon's ``learning_rate``, ``weight_decay`` and ``eps``."""
 
     def rename(state, fn):
-        return _visit(state, lambda node: node._replace(hyperparams={fn(k): v for k, v in node.hyperparams.items()}))
+        return _visit(state, lambda node, _: node._replace(hyperparams={fn(k): v for k, v in node.hyperparams.items()}))
 
     def init_fn(params):
         return rename(tx.init(params), lambda k: prefix + k)
