@@ -28,6 +28,7 @@ import pytest
 from helpers import jit_traced_once, random_tree
 from registry import NAMES, factory, make
 
+
 STEPS = 10_000
 TOL = 3e-2
 # A small tree (fewer ops to compile or to run eagerly): a matrix and a vector.
@@ -154,6 +155,25 @@ def test_inject_hyperparams_keeps_updates_and_state(name, which):
         assert jax.tree.structure(inner) == jax.tree.structure(s_plain), f"step {k}"
         for a, b in zip(jax.tree.leaves(inner), jax.tree.leaves(s_plain), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7, err_msg=f"state of step {k}")
+    if which == "kwargs":
+        _check_set_learning_rate_is_used(build, kwargs, wrap, params, grads)
+
+
+def _check_set_learning_rate_is_used(build, kwargs, wrap, params, grads):
+    """A learning rate of 1e-3 set to 2e-3 in the injected state is used at the next step, as if scheduled."""
+    injected = wrap(optax.inject_hyperparams(build)(**{**kwargs, "learning_rate": 1e-3}))
+    switched = wrap(build(**{**kwargs, "learning_rate": lambda t: jnp.where(t < len(grads), 1e-3, 2e-3)}))
+    s_injected, s_switched = injected.init(params), switched.init(params)
+    for g in grads:
+        _, s_injected = injected.update(g, s_injected, params)
+        _, s_switched = switched.update(g, s_switched, params)
+    inject = [s for s in jax.tree.leaves(s_injected, is_leaf=lambda x: isinstance(
+        x, optax.InjectStatefulHyperparamsState)) if isinstance(s, optax.InjectStatefulHyperparamsState)][0]
+    inject.hyperparams["learning_rate"] = jnp.full_like(inject.hyperparams["learning_rate"], 2e-3)
+    u, _ = injected.update(grads[0], s_injected, params)
+    u_switched, _ = switched.update(grads[0], s_switched, params)
+    for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_switched), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-7, err_msg="the learning rate set in the state")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
