@@ -37,6 +37,9 @@ from optimizers.wrappers.averaging import averaged_params as averaged_params
 from optimizers.wrappers.averaging import ema as ema
 from optimizers.wrappers.averaging import recompute_batch_stats as recompute_batch_stats
 from optimizers.wrappers.averaging import swa as swa
+from optimizers.rules.adaptive.belief import ScaleByBeliefState as ScaleByBeliefState
+from optimizers.rules.adaptive.belief import adabelief as adabelief
+from optimizers.rules.adaptive.belief import scale_by_belief as scale_by_belief
 from optimizers.wrappers.data_echoing import data_echoing as data_echoing
 from optimizers.contract.dtypes import with_state_dtype as with_state_dtype
 from optimizers.rules.momentum.ema import ScaleByEmaState as ScaleByEmaState
@@ -125,6 +128,7 @@ __all__ = [
     "ScaleByAdaxState",
     "ScaleByAmosState",
     "ScaleByAmsgradState",
+    "ScaleByBeliefState",
     "ScaleByEmaState",
     "ScaleByFactoredRmsState",
     "ScaleByFunnelledSgdmState",
@@ -143,6 +147,7 @@ __all__ = [
     "ScaleByTrustRatioState",
     "SwaState",
     "TraceState",
+    "adabelief",
     "adadelta",
     "adafactor",
     "adagrad",
@@ -190,6 +195,7 @@ __all__ = [
     "scale_by_adax",
     "scale_by_amos",
     "scale_by_amsgrad",
+    "scale_by_belief",
     "scale_by_ema",
     "scale_by_factored_rms",
     "scale_by_funnelled_sgdm",

@@ -1,5 +1,7 @@
 """Random pytrees and runners for the code under test (the references never use them)."""
 
+import itertools
+
 import chex
 import jax
 import numpy as np
@@ -115,7 +117,18 @@ def check_reference(got, grads, reference, *, params=None, rtol=2e-5):
             assert_close(jax.tree.leaves(got[step])[i], w, rtol)
 
 
+_TRACED = itertools.count()  # a fresh name for each function jit_traced_once wraps
+
+
 def jit_traced_once(fn, **jit_kwargs):
     """``jax.jit(fn)`` that fails (``AssertionError``, chex's trace counter) if it is ever traced twice:
-    a state leaf whose dtype, shape or weak type changes between steps would retrace it."""
-    return jax.jit(chex.assert_max_traces(fn, n=1), **jit_kwargs)
+    a state leaf whose dtype, shape or weak type changes between steps would retrace it.
+
+    chex counts traces per (call stack, source, name): every parametrization of a test has the
+    same, so each wrapped function gets a name of its own, or the second case of a test in one
+    process would count the first one's trace."""
+    def traced(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    traced.__name__ = f"{getattr(fn, '__name__', 'fn')}_{next(_TRACED)}"
+    return jax.jit(chex.assert_max_traces(traced, n=1), **jit_kwargs)

@@ -81,6 +81,15 @@ def _adamax(theta, grads, lr=0.01, b1=0.9, b2=0.999, eps=1e-8):
         yield theta
 
 
+def _adabelief(theta, grads, lr=0.01, b1=0.9, b2=0.999, eps=1e-16):
+    m, s = np.zeros_like(theta), np.zeros_like(theta[..., :1])
+    for t, g in enumerate(grads, 1):
+        m = b1 * m + (1 - b1) * g
+        s = b2 * s + (1 - b2) * _abs2(g - m) + eps
+        theta = theta - lr * m / (1 - b1**t) / (np.sqrt(s / (1 - b2**t)) + eps)
+        yield theta
+
+
 def _nadam(theta, grads, lr=0.003, b1=0.9, b2=0.999, eps=1e-8, psi=0.004):
     m, v, prod = np.zeros_like(theta), np.zeros_like(theta[..., :1]), 1.0
     for t, g in enumerate(grads, 1):
@@ -248,6 +257,7 @@ def _lookahead_adam(theta, grads, period=5, alpha=0.5):
 
 # name: (reference, checked on the final averaged weights instead of the params, complex buffers per complex leaf)
 PAIR = {
+    "adabelief": (_adabelief, False, 1),
     "adadelta": (_adadelta, False, 0),
     "adafactor": (_adafactor, False, 1),
     "adagrad": (_adagrad, False, 0),

@@ -113,6 +113,7 @@ def _rmsprop(draw):
 AMOS = dict(learning_rate=LR, eta=_log_uniform(1e-2, 2.0), beta=UNIT, c_coef=_floats(0.0, 1.0),
             d_coef=_floats(0.0, 1.0), momentum=st.one_of(st.just(0.0), UNIT), eps=_log_uniform(2.0**-125, 1e-8))
 HYPERPARAMETERS = {
+    "adabelief": _kwargs(**ADAM, eps_root=st.one_of(st.none(), EPS), nesterov=st.booleans()),
     "adadelta": _kwargs(learning_rate=LR, rho=UNIT, eps=EPS),
     "adafactor": _kwargs(
         learning_rate=LR, b1=st.one_of(st.none(), UNIT), decay_rate=_floats(0.0, 1.0),
