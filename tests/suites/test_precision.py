@@ -211,6 +211,7 @@ def measure(name, dtype):
 # lost), which float32 moments cannot help. LARS and Amos at these learning rates amplify any
 # rounding (their noise is about their drift).
 PINNED = {
+    "adabelief": (1.03e-02, 1.04e-02),
     "adadelta": (1.29e-01, 1.29e-01),
     "adafactor": (7.01e-03, 4.75e-03),
     "adagrad": (3.74e-02, 3.74e-02),
