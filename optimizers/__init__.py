@@ -111,6 +111,9 @@ from optimizers.sharding import bytes_per_device as bytes_per_device
 from optimizers.sharding import fit_sharding as fit_sharding
 from optimizers.sharding import fsdp_shardings as fsdp_shardings
 from optimizers.sharding import state_shardings as state_shardings
+from optimizers.rules.adaptive.yogi import ScaleByYogiState as ScaleByYogiState
+from optimizers.rules.adaptive.yogi import scale_by_yogi as scale_by_yogi
+from optimizers.rules.adaptive.yogi import yogi as yogi
 
 __all__ = [
     "AddDecayedWeightsState",
@@ -145,6 +148,7 @@ __all__ = [
     "ScaleByRssState",
     "ScaleBySm3State",
     "ScaleByTrustRatioState",
+    "ScaleByYogiState",
     "SwaState",
     "TraceState",
     "adabelief",
@@ -212,6 +216,7 @@ __all__ = [
     "scale_by_rss",
     "scale_by_sm3",
     "scale_by_trust_ratio",
+    "scale_by_yogi",
     "set_hyperparams",
     "sgd",
     "slow_params",
@@ -223,5 +228,6 @@ __all__ = [
     "update_and_apply",
     "with_quantized_state",
     "with_state_dtype",
+    "yogi",
     "zeroth_order_value_and_grad",
 ]

@@ -90,6 +90,15 @@ def _adabelief(theta, grads, lr=0.01, b1=0.9, b2=0.999, eps=1e-16):
         yield theta
 
 
+def _yogi(theta, grads, lr=0.01, b1=0.9, b2=0.999, eps=1e-3, v0=1e-6):
+    m, v = np.zeros_like(theta), np.full_like(theta[..., :1], v0)
+    for g in grads:
+        m = b1 * m + (1 - b1) * g
+        v = v - (1 - b2) * np.sign(v - _abs2(g)) * _abs2(g)
+        theta = theta - lr * m / (np.sqrt(v) + eps)
+        yield theta
+
+
 def _nadam(theta, grads, lr=0.003, b1=0.9, b2=0.999, eps=1e-8, psi=0.004):
     m, v, prod = np.zeros_like(theta), np.zeros_like(theta[..., :1]), 1.0
     for t, g in enumerate(grads, 1):
@@ -274,6 +283,7 @@ PAIR = {
     "radam": (_radam, False, 1),
     "rmsprop": (_rmsprop, False, 0),
     "sm3": (_sm3, False, 0),
+    "yogi": (_yogi, False, 1),
     "ema(adam)": (_ema_of_adam, True, 2),
     "lookahead(adam)": (_lookahead_adam, False, 2),
     "swa(adam)": (_swa_of_adam, True, 2),

@@ -147,6 +147,8 @@ HYPERPARAMETERS = {
     "scale_by_learning_rate": _kwargs(learning_rate=LR, flip_sign=st.booleans()),
     "scale_by_relative_step": _kwargs(learning_rate=LR),
     "sgd": _sgd(),
+    "yogi": _kwargs(**ADAM, eps_root=st.one_of(st.none(), EPS), initial_accumulator_value=_floats(0.0, 1.0),
+                    form=st.sampled_from(["paper", "optax"])),
     "sm3": _kwargs(learning_rate=LR, momentum=st.one_of(st.none(), UNIT), eps_root=st.one_of(st.just(0.0), EPS),
                    variant=st.sampled_from(["I", "II"])),
 }
