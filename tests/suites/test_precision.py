@@ -234,6 +234,7 @@ PINNED = {
     "scale_by_relative_step": (2.25e-01, 2.25e-01),
     "sgd": (2.66e-02, 2.66e-02),
     "sm3": (3.76e-02, 3.78e-02),
+    "yogi": (1.70e-02, 1.73e-02),
     "ema(adam)": (2.00e-02, 1.96e-02),
     "lookahead(adam)": (3.78e-02, 2.96e-02),
     "lookahead(sgd)": (2.01e-02, 1.58e-02),
