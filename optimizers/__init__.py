@@ -20,6 +20,7 @@ from optimizers.rules.adaptive.adam import ScaleByAdamaxState as ScaleByAdamaxSt
 from optimizers.rules.adaptive.adam import ScaleByAmsgradState as ScaleByAmsgradState
 from optimizers.rules.adaptive.adam import adam as adam
 from optimizers.rules.adaptive.adam import adamax as adamax
+from optimizers.rules.adaptive.adam import adamaxw as adamaxw
 from optimizers.rules.adaptive.adam import adamw as adamw
 from optimizers.rules.adaptive.adam import amsgrad as amsgrad
 from optimizers.rules.adaptive.adam import scale_by_adam as scale_by_adam
@@ -68,6 +69,7 @@ from optimizers.rules.momentum.momentum import sgd as sgd
 from optimizers.rules.momentum.momentum import trace as trace
 from optimizers.rules.adaptive.nadam import ScaleByNadamState as ScaleByNadamState
 from optimizers.rules.adaptive.nadam import nadam as nadam
+from optimizers.rules.adaptive.nadam import nadamw as nadamw
 from optimizers.rules.adaptive.nadam import scale_by_nadam as scale_by_nadam
 from optimizers.wrappers.nonfinite import ApplyIfFiniteState as ApplyIfFiniteState
 from optimizers.wrappers.nonfinite import apply_if_finite as apply_if_finite
@@ -157,6 +159,7 @@ __all__ = [
     "adagrad",
     "adam",
     "adamax",
+    "adamaxw",
     "adamw",
     "adax",
     "add_decayed_weights",
@@ -184,6 +187,7 @@ __all__ = [
     "lion",
     "lookahead",
     "nadam",
+    "nadamw",
     "novograd",
     "radam",
     "recompute_batch_stats",

@@ -73,11 +73,11 @@ def _amsgrad(theta, grads, lr=0.01, b1=0.9, b2=0.999, eps=1e-8):
         yield theta
 
 
-def _adamax(theta, grads, lr=0.01, b1=0.9, b2=0.999, eps=1e-8):
+def _adamax(theta, grads, lr=0.01, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0):
     m, v = np.zeros_like(theta), np.zeros_like(theta[..., :1])
     for t, g in enumerate(grads, 1):
         m, v = b1 * m + (1 - b1) * g, np.maximum(b2 * v, np.sqrt(_abs2(g)) + eps)
-        theta = theta - lr * m / ((1 - b1**t) * v)
+        theta = theta - lr * (m / ((1 - b1**t) * v) + weight_decay * theta)
         yield theta
 
 
@@ -99,14 +99,14 @@ def _yogi(theta, grads, lr=0.01, b1=0.9, b2=0.999, eps=1e-3, v0=1e-6):
         yield theta
 
 
-def _nadam(theta, grads, lr=0.003, b1=0.9, b2=0.999, eps=1e-8, psi=0.004):
+def _nadam(theta, grads, lr=0.003, b1=0.9, b2=0.999, eps=1e-8, psi=0.004, weight_decay=0.0):
     m, v, prod = np.zeros_like(theta), np.zeros_like(theta[..., :1]), 1.0
     for t, g in enumerate(grads, 1):
         m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * _abs2(g)
         mu, mu_next = b1 * (1 - 0.5 * 0.96 ** (t * psi)), b1 * (1 - 0.5 * 0.96 ** ((t + 1) * psi))
         prod *= mu
         direction = (1 - mu) * g / (1 - prod) + mu_next * m / (1 - prod * mu_next)
-        theta = theta - lr * direction / (np.sqrt(v / (1 - b2**t)) + eps)
+        theta = theta - lr * (direction / (np.sqrt(v / (1 - b2**t)) + eps) + weight_decay * theta)
         yield theta
 
 
@@ -272,6 +272,7 @@ PAIR = {
     "adagrad": (_adagrad, False, 0),
     "adam": (_adam, False, 1),
     "adamax": (_adamax, False, 1),
+    "adamaxw": (lambda th, gs: _adamax(th, gs, weight_decay=1e-4), False, 1),
     "adamw": (lambda th, gs: _adam(th, gs, weight_decay=1e-4), False, 1),
     "adax": (_adax, False, 1),
     "amos": (_amos, False, 0),
@@ -279,6 +280,7 @@ PAIR = {
     "lamb": (_lamb, False, 1),
     "lars": (_lars, False, 1),
     "nadam": (_nadam, False, 1),
+    "nadamw": (lambda th, gs: _nadam(th, gs, weight_decay=1e-4), False, 1),
     "novograd": (_novograd, False, 1),
     "radam": (_radam, False, 1),
     "rmsprop": (_rmsprop, False, 0),
