@@ -116,6 +116,11 @@ from optimizers.sharding import state_shardings as state_shardings
 from optimizers.rules.adaptive.yogi import ScaleByYogiState as ScaleByYogiState
 from optimizers.rules.adaptive.yogi import scale_by_yogi as scale_by_yogi
 from optimizers.rules.adaptive.yogi import yogi as yogi
+from optimizers.rules.momentum.sign import ScaleBySignumState as ScaleBySignumState
+from optimizers.rules.momentum.sign import scale_by_sign as scale_by_sign
+from optimizers.rules.momentum.sign import scale_by_signum as scale_by_signum
+from optimizers.rules.momentum.sign import sign_sgd as sign_sgd
+from optimizers.rules.momentum.sign import signum as signum
 
 __all__ = [
     "AddDecayedWeightsState",
@@ -148,6 +153,7 @@ __all__ = [
     "ScaleByRmsState",
     "ScaleByRpropState",
     "ScaleByRssState",
+    "ScaleBySignumState",
     "ScaleBySm3State",
     "ScaleByTrustRatioState",
     "ScaleByYogiState",
@@ -218,11 +224,15 @@ __all__ = [
     "scale_by_rms",
     "scale_by_rprop",
     "scale_by_rss",
+    "scale_by_sign",
+    "scale_by_signum",
     "scale_by_sm3",
     "scale_by_trust_ratio",
     "scale_by_yogi",
     "set_hyperparams",
     "sgd",
+    "sign_sgd",
+    "signum",
     "slow_params",
     "sm3",
     "state_shardings",

@@ -298,7 +298,7 @@ PAIR.update({f"fused({n})": PAIR[n] for n in ("adadelta", "adafactor", "adagrad"
 SPLIT = {n: {} for n in ["lookahead(sgd)", "scale_by_learning_rate", "scale_by_relative_step", "sgd"]}
 SPLIT["sgd (nesterov)"] = dict(nesterov=True)
 SPLIT["fused(sgd)"] = {}
-REFUSED = ["funnelled_sgdm", "lion", "rprop", "fused(funnelled_sgdm)", "fused(lion)", "fused(rprop)"]  # per-coordinate signs, sign agreements, real gains
+REFUSED = ["funnelled_sgdm", "lion", "rprop", "sign_sgd", "signum", "fused(funnelled_sgdm)", "fused(lion)", "fused(rprop)"]  # per-coordinate signs, sign agreements, real gains
 
 
 def test_every_optimizer_is_decided():

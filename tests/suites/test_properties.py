@@ -151,6 +151,8 @@ HYPERPARAMETERS = {
     "sgd": _sgd(),
     "yogi": _kwargs(**ADAM, eps_root=st.one_of(st.none(), EPS), initial_accumulator_value=_floats(0.0, 1.0),
                     form=st.sampled_from(["paper", "optax"])),
+    "sign_sgd": _kwargs(learning_rate=LR),
+    "signum": _kwargs(learning_rate=LR, beta=UNIT),
     "sm3": _kwargs(learning_rate=LR, momentum=st.one_of(st.none(), UNIT), eps_root=st.one_of(st.just(0.0), EPS),
                    variant=st.sampled_from(["I", "II"])),
 }
