@@ -235,6 +235,8 @@ PINNED = {
     "scale_by_learning_rate": (2.25e-01, 2.25e-01),
     "scale_by_relative_step": (2.25e-01, 2.25e-01),
     "sgd": (2.66e-02, 2.66e-02),
+    "sign_sgd": (2.62e-02, 2.62e-02),
+    "signum": (2.04e-01, 2.04e-01),
     "sm3": (3.76e-02, 3.78e-02),
     "yogi": (1.70e-02, 1.73e-02),
     "ema(adam)": (2.00e-02, 1.96e-02),
