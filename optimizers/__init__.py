@@ -121,6 +121,9 @@ from optimizers.rules.momentum.sign import scale_by_sign as scale_by_sign
 from optimizers.rules.momentum.sign import scale_by_signum as scale_by_signum
 from optimizers.rules.momentum.sign import sign_sgd as sign_sgd
 from optimizers.rules.momentum.sign import signum as signum
+from optimizers.rules.adaptive.adan import ScaleByAdanState as ScaleByAdanState
+from optimizers.rules.adaptive.adan import adan as adan
+from optimizers.rules.adaptive.adan import scale_by_adan as scale_by_adan
 
 __all__ = [
     "AddDecayedWeightsState",
@@ -135,6 +138,7 @@ __all__ = [
     "ScaleByAdadeltaState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
+    "ScaleByAdanState",
     "ScaleByAdaxState",
     "ScaleByAmosState",
     "ScaleByAmsgradState",
@@ -167,6 +171,7 @@ __all__ = [
     "adamax",
     "adamaxw",
     "adamw",
+    "adan",
     "adax",
     "add_decayed_weights",
     "amos",
@@ -206,6 +211,7 @@ __all__ = [
     "scale_by_adadelta",
     "scale_by_adam",
     "scale_by_adamax",
+    "scale_by_adan",
     "scale_by_adax",
     "scale_by_amos",
     "scale_by_amsgrad",

@@ -99,6 +99,17 @@ def _yogi(theta, grads, lr=0.01, b1=0.9, b2=0.999, eps=1e-3, v0=1e-6):
         yield theta
 
 
+def _adan(theta, grads, lr=0.01, b1=0.98, b2=0.92, b3=0.99, eps=1e-8):
+    m, v, n, prev = np.zeros_like(theta), np.zeros_like(theta), np.zeros_like(theta[..., :1]), grads[0]
+    for k, g in enumerate(grads, 1):
+        diff = g - prev
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * diff
+        n = b3 * n + (1 - b3) * _abs2(g + b2 * diff)
+        prev = g
+        theta = theta - lr * (m / (1 - b1**k) + b2 * v / (1 - b2**k)) / (np.sqrt(n / (1 - b3**k)) + eps)
+        yield theta
+
+
 def _nadam(theta, grads, lr=0.003, b1=0.9, b2=0.999, eps=1e-8, psi=0.004, weight_decay=0.0):
     m, v, prod = np.zeros_like(theta), np.zeros_like(theta[..., :1]), 1.0
     for t, g in enumerate(grads, 1):
@@ -274,6 +285,7 @@ PAIR = {
     "adamax": (_adamax, False, 1),
     "adamaxw": (lambda th, gs: _adamax(th, gs, weight_decay=1e-4), False, 1),
     "adamw": (lambda th, gs: _adam(th, gs, weight_decay=1e-4), False, 1),
+    "adan": (_adan, False, 3),
     "adax": (_adax, False, 1),
     "amos": (_amos, False, 0),
     "amsgrad": (_amsgrad, False, 1),

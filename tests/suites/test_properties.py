@@ -125,6 +125,8 @@ HYPERPARAMETERS = {
     "adamax": _kwargs(**ADAM),
     "adamaxw": _kwargs(**ADAM, weight_decay=DECAY),
     "adamw": _kwargs(**ADAM, weight_decay=DECAY),
+    "adan": _kwargs(learning_rate=LR, b1=UNIT, b2=UNIT, b3=UNIT, eps=EPS, eps_root=st.one_of(st.none(), EPS),
+                    weight_decay=DECAY, form=st.sampled_from(["paper", "optax"]), no_prox=st.booleans()),
     "adax": _kwargs(learning_rate=LR, b1=UNIT, b2=_log_uniform(1e-6, 0.999), eps=EPS,
                     eps_on_raw_sqrt=st.booleans()),
     "amos": _kwargs(**AMOS, granularity=st.sampled_from(["element", "leaf", "last_axis"])),
