@@ -20,6 +20,7 @@ from optimizers.rules.adaptive.adam import ScaleByAdamaxState as ScaleByAdamaxSt
 from optimizers.rules.adaptive.adam import ScaleByAmsgradState as ScaleByAmsgradState
 from optimizers.rules.adaptive.adam import adam as adam
 from optimizers.rules.adaptive.adam import adamax as adamax
+from optimizers.rules.adaptive.adam import adamaxw as adamaxw
 from optimizers.rules.adaptive.adam import adamw as adamw
 from optimizers.rules.adaptive.adam import amsgrad as amsgrad
 from optimizers.rules.adaptive.adam import scale_by_adam as scale_by_adam
@@ -37,6 +38,9 @@ from optimizers.wrappers.averaging import averaged_params as averaged_params
 from optimizers.wrappers.averaging import ema as ema
 from optimizers.wrappers.averaging import recompute_batch_stats as recompute_batch_stats
 from optimizers.wrappers.averaging import swa as swa
+from optimizers.rules.adaptive.belief import ScaleByBeliefState as ScaleByBeliefState
+from optimizers.rules.adaptive.belief import adabelief as adabelief
+from optimizers.rules.adaptive.belief import scale_by_belief as scale_by_belief
 from optimizers.wrappers.data_echoing import data_echoing as data_echoing
 from optimizers.contract.dtypes import with_state_dtype as with_state_dtype
 from optimizers.rules.momentum.ema import ScaleByEmaState as ScaleByEmaState
@@ -69,6 +73,7 @@ from optimizers.rules.matrix.muon import orthogonalize as orthogonalize
 from optimizers.rules.matrix.muon import scale_by_muon as scale_by_muon
 from optimizers.rules.adaptive.nadam import ScaleByNadamState as ScaleByNadamState
 from optimizers.rules.adaptive.nadam import nadam as nadam
+from optimizers.rules.adaptive.nadam import nadamw as nadamw
 from optimizers.rules.adaptive.nadam import scale_by_nadam as scale_by_nadam
 from optimizers.wrappers.nonfinite import ApplyIfFiniteState as ApplyIfFiniteState
 from optimizers.wrappers.nonfinite import apply_if_finite as apply_if_finite
@@ -112,6 +117,17 @@ from optimizers.sharding import bytes_per_device as bytes_per_device
 from optimizers.sharding import fit_sharding as fit_sharding
 from optimizers.sharding import fsdp_shardings as fsdp_shardings
 from optimizers.sharding import state_shardings as state_shardings
+from optimizers.rules.adaptive.yogi import ScaleByYogiState as ScaleByYogiState
+from optimizers.rules.adaptive.yogi import scale_by_yogi as scale_by_yogi
+from optimizers.rules.adaptive.yogi import yogi as yogi
+from optimizers.rules.momentum.sign import ScaleBySignumState as ScaleBySignumState
+from optimizers.rules.momentum.sign import scale_by_sign as scale_by_sign
+from optimizers.rules.momentum.sign import scale_by_signum as scale_by_signum
+from optimizers.rules.momentum.sign import sign_sgd as sign_sgd
+from optimizers.rules.momentum.sign import signum as signum
+from optimizers.rules.adaptive.adan import ScaleByAdanState as ScaleByAdanState
+from optimizers.rules.adaptive.adan import adan as adan
+from optimizers.rules.adaptive.adan import scale_by_adan as scale_by_adan
 
 __all__ = [
     "AddDecayedWeightsState",
@@ -126,9 +142,11 @@ __all__ = [
     "ScaleByAdadeltaState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
+    "ScaleByAdanState",
     "ScaleByAdaxState",
     "ScaleByAmosState",
     "ScaleByAmsgradState",
+    "ScaleByBeliefState",
     "ScaleByEmaState",
     "ScaleByFactoredRmsState",
     "ScaleByFunnelledSgdmState",
@@ -144,16 +162,21 @@ __all__ = [
     "ScaleByRmsState",
     "ScaleByRpropState",
     "ScaleByRssState",
+    "ScaleBySignumState",
     "ScaleBySm3State",
     "ScaleByTrustRatioState",
+    "ScaleByYogiState",
     "SwaState",
     "TraceState",
+    "adabelief",
     "adadelta",
     "adafactor",
     "adagrad",
     "adam",
     "adamax",
+    "adamaxw",
     "adamw",
+    "adan",
     "adax",
     "add_decayed_weights",
     "amos",
@@ -181,6 +204,7 @@ __all__ = [
     "lookahead",
     "muon",
     "nadam",
+    "nadamw",
     "novograd",
     "radam",
     "recompute_batch_stats",
@@ -194,9 +218,11 @@ __all__ = [
     "scale_by_adadelta",
     "scale_by_adam",
     "scale_by_adamax",
+    "scale_by_adan",
     "scale_by_adax",
     "scale_by_amos",
     "scale_by_amsgrad",
+    "scale_by_belief",
     "scale_by_ema",
     "scale_by_factored_rms",
     "scale_by_funnelled_sgdm",
@@ -212,10 +238,15 @@ __all__ = [
     "scale_by_rms",
     "scale_by_rprop",
     "scale_by_rss",
+    "scale_by_sign",
+    "scale_by_signum",
     "scale_by_sm3",
     "scale_by_trust_ratio",
+    "scale_by_yogi",
     "set_hyperparams",
     "sgd",
+    "sign_sgd",
+    "signum",
     "slow_params",
     "sm3",
     "state_shardings",
@@ -225,5 +256,6 @@ __all__ = [
     "update_and_apply",
     "with_quantized_state",
     "with_state_dtype",
+    "yogi",
     "zeroth_order_value_and_grad",
 ]

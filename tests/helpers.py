@@ -114,6 +114,8 @@ def check_reference(got, grads, reference, *, params=None, rtol=2e-5):
             assert_close(jax.tree.leaves(got[step])[i], w, rtol)
 
 
+
+
 def jit_traced_once(fn, **jit_kwargs):
     """``jax.jit(fn)`` that raises ``AssertionError`` if it is ever traced a second time: a state leaf
     whose dtype, shape or weak type changes between steps would retrace it. (A counter of this one

@@ -73,22 +73,51 @@ def _amsgrad(theta, grads, lr=0.01, b1=0.9, b2=0.999, eps=1e-8):
         yield theta
 
 
-def _adamax(theta, grads, lr=0.01, b1=0.9, b2=0.999, eps=1e-8):
+def _adamax(theta, grads, lr=0.01, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0):
     m, v = np.zeros_like(theta), np.zeros_like(theta[..., :1])
     for t, g in enumerate(grads, 1):
         m, v = b1 * m + (1 - b1) * g, np.maximum(b2 * v, np.sqrt(_abs2(g)) + eps)
-        theta = theta - lr * m / ((1 - b1**t) * v)
+        theta = theta - lr * (m / ((1 - b1**t) * v) + weight_decay * theta)
         yield theta
 
 
-def _nadam(theta, grads, lr=0.003, b1=0.9, b2=0.999, eps=1e-8, psi=0.004):
+def _adabelief(theta, grads, lr=0.01, b1=0.9, b2=0.999, eps=1e-16):
+    m, s = np.zeros_like(theta), np.zeros_like(theta[..., :1])
+    for t, g in enumerate(grads, 1):
+        m = b1 * m + (1 - b1) * g
+        s = b2 * s + (1 - b2) * _abs2(g - m) + eps
+        theta = theta - lr * m / (1 - b1**t) / (np.sqrt(s / (1 - b2**t)) + eps)
+        yield theta
+
+
+def _yogi(theta, grads, lr=0.01, b1=0.9, b2=0.999, eps=1e-3, v0=1e-6):
+    m, v = np.zeros_like(theta), np.full_like(theta[..., :1], v0)
+    for g in grads:
+        m = b1 * m + (1 - b1) * g
+        v = v - (1 - b2) * np.sign(v - _abs2(g)) * _abs2(g)
+        theta = theta - lr * m / (np.sqrt(v) + eps)
+        yield theta
+
+
+def _adan(theta, grads, lr=0.01, b1=0.98, b2=0.92, b3=0.99, eps=1e-8):
+    m, v, n, prev = np.zeros_like(theta), np.zeros_like(theta), np.zeros_like(theta[..., :1]), grads[0]
+    for k, g in enumerate(grads, 1):
+        diff = g - prev
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * diff
+        n = b3 * n + (1 - b3) * _abs2(g + b2 * diff)
+        prev = g
+        theta = theta - lr * (m / (1 - b1**k) + b2 * v / (1 - b2**k)) / (np.sqrt(n / (1 - b3**k)) + eps)
+        yield theta
+
+
+def _nadam(theta, grads, lr=0.003, b1=0.9, b2=0.999, eps=1e-8, psi=0.004, weight_decay=0.0):
     m, v, prod = np.zeros_like(theta), np.zeros_like(theta[..., :1]), 1.0
     for t, g in enumerate(grads, 1):
         m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * _abs2(g)
         mu, mu_next = b1 * (1 - 0.5 * 0.96 ** (t * psi)), b1 * (1 - 0.5 * 0.96 ** ((t + 1) * psi))
         prod *= mu
         direction = (1 - mu) * g / (1 - prod) + mu_next * m / (1 - prod * mu_next)
-        theta = theta - lr * direction / (np.sqrt(v / (1 - b2**t)) + eps)
+        theta = theta - lr * (direction / (np.sqrt(v / (1 - b2**t)) + eps) + weight_decay * theta)
         yield theta
 
 
@@ -248,22 +277,27 @@ def _lookahead_adam(theta, grads, period=5, alpha=0.5):
 
 # name: (reference, checked on the final averaged weights instead of the params, complex buffers per complex leaf)
 PAIR = {
+    "adabelief": (_adabelief, False, 1),
     "adadelta": (_adadelta, False, 0),
     "adafactor": (_adafactor, False, 1),
     "adagrad": (_adagrad, False, 0),
     "adam": (_adam, False, 1),
     "adamax": (_adamax, False, 1),
+    "adamaxw": (lambda th, gs: _adamax(th, gs, weight_decay=1e-4), False, 1),
     "adamw": (lambda th, gs: _adam(th, gs, weight_decay=1e-4), False, 1),
+    "adan": (_adan, False, 3),
     "adax": (_adax, False, 1),
     "amos": (_amos, False, 0),
     "amsgrad": (_amsgrad, False, 1),
     "lamb": (_lamb, False, 1),
     "lars": (_lars, False, 1),
     "nadam": (_nadam, False, 1),
+    "nadamw": (lambda th, gs: _nadam(th, gs, weight_decay=1e-4), False, 1),
     "novograd": (_novograd, False, 1),
     "radam": (_radam, False, 1),
     "rmsprop": (_rmsprop, False, 0),
     "sm3": (_sm3, False, 0),
+    "yogi": (_yogi, False, 1),
     "ema(adam)": (_ema_of_adam, True, 2),
     "lookahead(adam)": (_lookahead_adam, False, 2),
     "swa(adam)": (_swa_of_adam, True, 2),
@@ -278,7 +312,8 @@ SPLIT["sgd (nesterov)"] = dict(nesterov=True)
 SPLIT["fused(sgd)"] = {}
 # Per-coordinate signs, sign agreements, real gains; Muon: its matrices real, as torch's (complex
 # vectors and scalars go to its AdamW).
-REFUSED = ["funnelled_sgdm", "lion", "muon", "rprop", "fused(funnelled_sgdm)", "fused(lion)", "fused(rprop)"]
+REFUSED = ["funnelled_sgdm", "lion", "muon", "rprop", "sign_sgd", "signum", "fused(funnelled_sgdm)", "fused(lion)",
+           "fused(rprop)"]
 
 
 def test_every_optimizer_is_decided():

@@ -105,6 +105,15 @@ def _run(tx, steps=8, params=None, state=None):
 
 
 AGAINST_OPTAX = {
+    "adan(form=optax, no_prox, eps_root, mask)": (
+        optimizers.adan(0.1, eps_root=1e-8, weight_decay=1e-2, mask={"w": True, "b": False}, form="optax",
+                        no_prox=True),
+        optax.adan(0.1, weight_decay=1e-2, mask={"w": True, "b": False})),
+    "adabelief(eps_root, nesterov)": (optimizers.adabelief(0.1, eps=1e-6, eps_root=1e-3, nesterov=True),
+                                      optax.adabelief(0.1, eps=1e-6, eps_root=1e-3, nesterov=True)),
+    "scale_by_yogi(eps_root, initial_accumulator_value)": (
+        optimizers.scale_by_yogi(eps_root=1e-3, initial_accumulator_value=0.1, form="optax"),
+        optax.scale_by_yogi(eps_root=1e-3, initial_accumulator_value=0.1)),
     "adam(eps_root, nesterov)": (optimizers.adam(0.1, eps_root=1e-3, nesterov=True),
                                  optax.adam(0.1, eps_root=1e-3, nesterov=True)),
     "adamw(eps_root, nesterov)": (optimizers.adamw(0.1, weight_decay=1e-2, eps_root=1e-3, nesterov=True),

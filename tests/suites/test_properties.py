@@ -126,6 +126,7 @@ def _muon(draw):
 AMOS = dict(learning_rate=LR, eta=_log_uniform(1e-2, 2.0), beta=UNIT, c_coef=_floats(0.0, 1.0),
             d_coef=_floats(0.0, 1.0), momentum=st.one_of(st.just(0.0), UNIT), eps=_log_uniform(2.0**-125, 1e-8))
 HYPERPARAMETERS = {
+    "adabelief": _kwargs(**ADAM, eps_root=st.one_of(st.none(), EPS), nesterov=st.booleans()),
     "adadelta": _kwargs(learning_rate=LR, rho=UNIT, eps=EPS),
     "adafactor": _kwargs(
         learning_rate=LR, b1=st.one_of(st.none(), UNIT), decay_rate=_floats(0.0, 1.0),
@@ -135,7 +136,10 @@ HYPERPARAMETERS = {
     "adagrad": _kwargs(learning_rate=LR, initial_accumulator_value=_floats(0.0, 1.0), eps=EPS),
     "adam": _kwargs(**ADAM),
     "adamax": _kwargs(**ADAM),
+    "adamaxw": _kwargs(**ADAM, weight_decay=DECAY),
     "adamw": _kwargs(**ADAM, weight_decay=DECAY),
+    "adan": _kwargs(learning_rate=LR, b1=UNIT, b2=UNIT, b3=UNIT, eps=EPS, eps_root=st.one_of(st.none(), EPS),
+                    weight_decay=DECAY, form=st.sampled_from(["paper", "optax"]), no_prox=st.booleans()),
     "adax": _kwargs(learning_rate=LR, b1=UNIT, b2=_log_uniform(1e-6, 0.999), eps=EPS,
                     eps_on_raw_sqrt=st.booleans()),
     "amos": _kwargs(**AMOS, granularity=st.sampled_from(["element", "leaf", "last_axis"])),
@@ -150,6 +154,7 @@ HYPERPARAMETERS = {
     "lion": _kwargs(learning_rate=LR, b1=UNIT, b2=UNIT, weight_decay=_floats(0.0, 1.0)),
     "muon": _muon(),
     "nadam": _kwargs(**ADAM, momentum_decay=_floats(0.0, 0.1)),
+    "nadamw": _kwargs(**ADAM, momentum_decay=st.one_of(st.none(), _floats(0.0, 0.1)), weight_decay=DECAY),
     "novograd": _kwargs(**ADAM, weight_decay=DECAY),
     "radam": _kwargs(**ADAM, threshold=_floats(4.0, 10.0), eps_on_raw_sqrt=st.booleans()),
     "rmsprop": _rmsprop(),
@@ -160,6 +165,10 @@ HYPERPARAMETERS = {
     "scale_by_learning_rate": _kwargs(learning_rate=LR, flip_sign=st.booleans()),
     "scale_by_relative_step": _kwargs(learning_rate=LR),
     "sgd": _sgd(),
+    "yogi": _kwargs(**ADAM, eps_root=st.one_of(st.none(), EPS), initial_accumulator_value=_floats(0.0, 1.0),
+                    form=st.sampled_from(["paper", "optax"])),
+    "sign_sgd": _kwargs(learning_rate=LR),
+    "signum": _kwargs(learning_rate=LR, beta=UNIT),
     "sm3": _kwargs(learning_rate=LR, momentum=st.one_of(st.none(), UNIT), eps_root=st.one_of(st.just(0.0), EPS),
                    variant=st.sampled_from(["I", "II"])),
 }

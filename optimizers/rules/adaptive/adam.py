@@ -311,3 +311,23 @@ def adamax(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scal
                         scale_by_learning_rate(learning_rate))
     return accelerated("adamax", chain, fused=fused, flat_state=flat_state, learning_rate=learning_rate, b1=b1, b2=b2,
                        eps=eps)
+
+
+@declare_optimizer(paper="Kingma & Ba 2015; Loshchilov & Hutter 2019", update=r"`v=max(β₂v,\|g\|+ε); θ-=γ(m̂/v+λθ)`",
+                   test_kwargs=dict(learning_rate=0.01, weight_decay=1e-4))
+def adamaxw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
+            eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 1e-4, mask: MaskOrFn = None, *,
+            mu_dtype=None, nu_dtype=None) -> optax.GradientTransformation:
+    r"""AdamaxW: :math:`\theta_t = \theta_{t-1} - \gamma_t (u_t + \lambda \theta_{t-1})` with
+    :func:`scale_by_adamax`'s :math:`u_t`: Adamax with decoupled weight decay.
+
+    The same chain as ``optax.adamaxw`` (and its default :math:`\lambda = 10^{-4}`: no paper or
+    table gives AdamaxW another). ``mask`` selects the leaves that decay, as in :func:`adamw`;
+    ``mu_dtype``, ``nu_dtype`` as in :func:`scale_by_adamax`. No fused kernel: it runs its chain.
+
+    References:
+        Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, Algorithm 2;
+        Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019, Algorithm 2.
+    """
+    return optax.chain(scale_by_adamax(b1, b2, eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype),
+                       add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))

@@ -10,12 +10,12 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.registry import declare_optimizer, declare_state
-from optimizers.rules.adaptive.adam import adam, check_state_dtypes
+from optimizers.rules.adaptive.adam import adam, adamw, check_state_dtypes
 from optimizers.contract.dtypes import store, store_like, zeros_in
 from optimizers.contract.hyperparams import check_range, current_hyperparams, float_dtype, given, init_hyperparams
 from optimizers.contract.backend import accelerated
 from optimizers.contract.moments import adam_denominator, adam_moments, check_betas, check_eps_root, step_number
-from optimizers.rules.scaling import scale_by_learning_rate
+from optimizers.rules.scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
 
@@ -125,3 +125,36 @@ def nadam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scala
                        unsupported=None if eps_root is None else "its kernel has no eps_root",
                        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
                        schedule=lambda hp, state: momentum_schedule(hp, state, momentum_decay))
+
+
+@declare_optimizer(paper="Dozat 2016; Loshchilov & Hutter 2019",
+                   update="Nadam's `u` with decoupled decay: `θ-=γ(u+λθ)`",
+                   test_kwargs=dict(learning_rate=0.003, weight_decay=1e-4))
+def nadamw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
+           eps: ScalarOrSchedule = 1e-8, eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None,
+           weight_decay: ScalarOrSchedule = 1e-4, mask: MaskOrFn = None, *, nesterov: bool = True,
+           momentum_decay: Optional[float] = 0.004, nu_dtype=None) -> optax.GradientTransformation:
+    r"""NadamW: :math:`\theta_t = \theta_{t-1} - \gamma_t (u_t + \lambda \theta_{t-1})` with
+    :func:`scale_by_nadam`'s :math:`u_t` (Dozat's momentum schedule): Nadam with decoupled
+    weight decay, ``torch.optim.NAdam(decoupled_weight_decay=True)``.
+
+    optax's positional order (``eps_root``, ``mu_dtype`` before ``weight_decay``) and its
+    default :math:`\lambda = 10^{-4}`; ``momentum_decay`` :math:`\psi` and ``nu_dtype`` are
+    keyword-only. ``mask`` selects the leaves that decay, as in :func:`adamw`. No fused kernel:
+    it runs its chain.
+
+    .. warning::
+        ``optax.nadamw`` has no momentum schedule (constant :math:`\beta_1`, optax's
+        ``adamw(nesterov=True)``): ``momentum_decay=None`` gives it. optax's ``nesterov=False``
+        is AdamW, and so is it here.
+
+    References:
+        Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop, Algorithm 2;
+        Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019, Algorithm 2.
+    """
+    if momentum_decay is None or not nesterov:
+        return adamw(learning_rate, b1, b2, eps, weight_decay, mask, eps_root=eps_root, mu_dtype=mu_dtype,
+                     nu_dtype=nu_dtype, nesterov=bool(nesterov))
+    return optax.chain(scale_by_nadam(b1, b2, eps, momentum_decay, eps_root=eps_root, mu_dtype=mu_dtype,
+                                      nu_dtype=nu_dtype),
+                       add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))

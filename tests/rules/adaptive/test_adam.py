@@ -141,3 +141,26 @@ def test_matches_optax(name):
     grads, theta0 = random_grads(30, seed=9), random_tree(np.random.default_rng(10))
     for g, w in zip(run_params_f64(ours(), grads, theta0), run_params_f64(theirs(), grads, theta0)):
         assert_trees_close(g, w, rtol=1e-10)
+
+
+@pytest.mark.parametrize("mask", [None, {"w": True, "b": False}], ids=["all", "masked"])
+def test_adamaxw_matches_table_with_decoupled_decay(mask):
+    rng = np.random.default_rng(41)
+    tree = lambda: {"w": rng.normal(size=(4, 3)), "b": rng.normal(size=(3,))}  # noqa: E731
+    grads, theta0 = [tree() for _ in range(25)], tree()
+    lr, wd = 0.002, 0.1
+    got = run_params(optimizers.adamaxw(lr, weight_decay=wd, mask=mask), grads, theta0)
+    for key in ("w", "b"):
+        decay = wd if mask is None or mask[key] else 0.0
+        theta = theta0[key]
+        for step, u in enumerate(_adamax_reference([g[key] for g in grads], 0.9, 0.999, 1e-8)):
+            theta = theta - lr * (u + decay * theta)
+            assert_trees_close(got[step][key], theta, rtol=2e-5)
+
+
+def test_adamaxw_matches_optax():
+    grads, theta0 = random_grads(20, seed=42), random_tree(np.random.default_rng(43))
+    ours = optimizers.adamaxw(0.01, 0.8, 0.99, 1e-6, 0.05)
+    theirs = optax.adamaxw(0.01, 0.8, 0.99, 1e-6, 0.05)
+    for g, w in zip(run_params_f64(ours, grads, theta0), run_params_f64(theirs, grads, theta0)):
+        assert_trees_close(g, w, rtol=1e-12)

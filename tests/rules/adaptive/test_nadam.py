@@ -53,3 +53,49 @@ def test_nadam_matches_torch(psi):
     # torch keeps mu_product as a float32 tensor even for float64 params (~1e-9 relative).
     for g, w in zip(got, want):
         assert_trees_close(g, w, rtol=1e-8)
+
+
+_DECAYS = {"w": True, "b": False}  # a mask on part of the tree; the other leaves keep their values
+
+
+def _masked_tree(rng):
+    return {"w": rng.normal(size=(4, 3)), "b": rng.normal(size=(3,))}
+
+
+@pytest.mark.parametrize("mask", [None, _DECAYS], ids=["all", "masked"])
+def test_nadamw_matches_paper_with_decoupled_decay(mask):
+    """theta -= lr (u_t + wd theta_{t-1}) with Nadam's u_t; a masked-out leaf has no decay."""
+    rng = np.random.default_rng(31)
+    grads, theta0 = [_masked_tree(rng) for _ in range(25)], _masked_tree(rng)
+    lr, wd = 0.01, 0.1
+    got = run_params(optimizers.nadamw(lr, weight_decay=wd, mask=mask), grads, theta0)
+    for key in ("w", "b"):
+        decay = wd if mask is None or mask[key] else 0.0
+        theta, want = theta0[key], []
+        for u in _nadam_reference([g[key] for g in grads], 0.9, 0.999, 1e-8, 0.004):
+            theta = theta - lr * (u + decay * theta)
+            want.append(theta)
+        for step, w in enumerate(want):
+            assert_trees_close(got[step][key], w, rtol=2e-5)
+
+
+def test_nadamw_matches_torch_decoupled():
+    grads, theta0 = random_grads(50, seed=32), random_tree(np.random.default_rng(33))
+    want = run_torch(lambda ps: torch.optim.NAdam(ps, lr=2e-3, weight_decay=0.05, decoupled_weight_decay=True),
+                     theta0, grads)
+    for g, w in zip(run_params_f64(optimizers.nadamw(2e-3, weight_decay=0.05), grads, theta0), want):
+        assert_trees_close(g, w, rtol=1e-8)  # torch keeps its mu product in float32, as for nadam
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_nadamw_without_schedule_is_optax_nadamw(nesterov):
+    import optax
+
+    grads, theta0 = random_grads(20, seed=34), random_tree(np.random.default_rng(35))
+    ours = optimizers.nadamw(0.01, 0.8, 0.99, 1e-6, 1e-4, weight_decay=0.05, momentum_decay=None, nesterov=nesterov)
+    theirs = optax.nadamw(0.01, 0.8, 0.99, 1e-6, 1e-4, weight_decay=0.05, nesterov=nesterov)
+    for g, w in zip(run_params_f64(ours, grads, theta0), run_params_f64(theirs, grads, theta0)):
+        assert_trees_close(g, w, rtol=1e-12)
+    scheduled = run_params_f64(optimizers.nadamw(0.01, 0.8, 0.99, 1e-6, weight_decay=0.05), grads, theta0)[-1]
+    optax_final = run_params_f64(optax.nadamw(0.01, 0.8, 0.99, 1e-6, 0.0, weight_decay=0.05), grads, theta0)[-1]
+    assert not np.allclose(scheduled["dense"]["w"], optax_final["dense"]["w"], rtol=1e-6)  # Dozat's schedule
