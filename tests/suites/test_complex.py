@@ -99,7 +99,7 @@ def _yogi(theta, grads, lr=0.01, b1=0.9, b2=0.999, eps=1e-3, v0=1e-6):
         yield theta
 
 
-def _adan(theta, grads, lr=0.01, b1=0.98, b2=0.92, b3=0.99, eps=1e-8):
+def _adan(theta, grads, lr=0.02, b1=0.98, b2=0.92, b3=0.99, eps=1e-8):
     m, v, n, prev = np.zeros_like(theta), np.zeros_like(theta), np.zeros_like(theta[..., :1]), grads[0]
     for k, g in enumerate(grads, 1):
         diff = g - prev

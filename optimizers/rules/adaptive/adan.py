@@ -144,7 +144,7 @@ def _proximal_step(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedu
 
 @declare_optimizer(paper="Xie et al. 2022",
                    update="`m,v,n` of `g`, `Δ=g-g₋`, `g+β₂Δ`; `θ=(θ-γ(m̂+β₂v̂)/(√n̂+ε))/(1+γλ)`",
-                   test_kwargs=dict(learning_rate=0.01))
+                   test_kwargs=dict(learning_rate=0.02))
 def adan(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.98, b2: ScalarOrSchedule = 0.92,
          b3: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8, eps_root: Optional[ScalarOrSchedule] = None,
          weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = None, *, form: str = "paper",

@@ -712,7 +712,8 @@ def muon(learning_rate: ScalarOrSchedule, ns_coeffs: NsCoeffs = _JORDAN, ns_step
         add_decayed_weights(adam_weight_decay),
         scale_by_learning_rate(adam_lr),
     ), "adam_")
-    return optax.partition({"muon": muon_branch, "adam": adam_branch}, labels)
+    partitioned = optax.partition({"muon": muon_branch, "adam": adam_branch}, labels)
+    return transformation("muon", partitioned.init, partitioned.update)  # checked trees, named paths
 
 
 def _prefixed(tx: optax.GradientTransformation, prefix: str) -> optax.GradientTransformation:

@@ -437,8 +437,13 @@ def test_elementwise_declarations_agree_with_the_trace(name):
     params = {"w": jnp.ones((4, 3)), "b": jnp.ones((3,))}
     tx = getattr(optimizers, name)(**{k: (0.01 if k == "learning_rate" else v) for k, v in KWARGS[name].items()})
     state = tx.init(params)
-    kinds = {declared(type(node)) for node in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "_fields"))
-             if hasattr(node, "_fields")} - {None}
+    def nodes(node):  # every node of the state, nested ones too
+        yield node
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, (tuple, list)) else ()
+        for child in children:
+            yield from nodes(child)
+
+    kinds = {declared(type(node)) for node in nodes(state)} - {None}
     traced = _blockwise._trace(tx.update, params, state, params)
     assert traced is not None
     assert kinds and traced[1] == all(kinds), (name, kinds)
