@@ -137,7 +137,7 @@ def scale_by_amos(xi: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule = 0
         nu_dtype: the dtype of :math:`v_t` and :math:`b_t` (saturating), or ``None`` (the params'
             real dtype); the step is computed in at least float32.
         layer_axes: the leading axes of each leaf that index stacked layers (a prefix tree
-            of ints or a function of the params, see the scanned-layers guide (``optimizers.contract.layers``)): the
+            of ints or a function of the params, see the scanned-layers guide): the
             slots
             ``granularity`` shares are those of each layer (``"leaf"``: one per layer; a
             function is given one layer's shape). Nothing changes for ``"element"``.

@@ -104,7 +104,7 @@ def scale_by_factored_rms(decay_rate: float = 0.8, eps: Optional[float] = None, 
         nu_dtype: the dtype of the moments (rows, columns, or full; saturating), or ``None`` (the
             params' real dtype); the update is computed in at least float32.
         layer_axes: the leading axes of each leaf that index stacked layers (a prefix tree
-            of ints or a function of the params, see the scanned-layers guide (``optimizers.contract.layers``)): a
+            of ints or a function of the params, see the scanned-layers guide): a
             layer is
             factored when *it* is a large enough matrix (a stack of vectors is not), its rows
             and columns are per layer (shapes ``p.shape[:-1]``, ``p.shape[:-2] + p.shape[-1:]``,

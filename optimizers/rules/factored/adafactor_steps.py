@@ -48,8 +48,7 @@ def clip_by_block_rms(clipping_threshold: Optional[float] = None, *, threshold: 
     Args:
         clipping_threshold: :math:`d \ge 1` (1).
         threshold: optax's name for ``clipping_threshold`` (give one).
-        layer_axes: clip each stacked layer by its own RMS (see the scanned-layers guide
-        (``optimizers.contract.layers``); a
+        layer_axes: clip each stacked layer by its own RMS (see the scanned-layers guide; a
             function of the params is given the updates when ``update`` gets no params).
 
     References:
@@ -94,7 +93,7 @@ def scale_by_param_block_rms(min_scale: float = 1e-3, *, layer_axes: LayerAxes =
 
     Args:
         min_scale: :math:`\epsilon_2 > 0` (:math:`10^{-3}`).
-        layer_axes: the scale of each stacked layer (see the scanned-layers guide (``optimizers.contract.layers``)).
+        layer_axes: the scale of each stacked layer (see the scanned-layers guide).
 
     References:
         Shazeer & Stern, ICML 2018, Section 8 (relative step size), Algorithms 4 and 5.

@@ -114,7 +114,7 @@ def scale_by_sm3(eps_root: Optional[ScalarOrSchedule] = None, variant: str = "I"
         nu_dtype: the accumulators' dtype (saturating), or ``None`` (the params' real dtype).
         mu_dtype: the momentum's dtype (with ``b1``), or ``None`` (the params').
         layer_axes: the leading axes of each leaf that index stacked layers (a prefix tree
-            of ints or a function of the params, see the scanned-layers guide (``optimizers.contract.layers``)): the
+            of ints or a function of the params, see the scanned-layers guide): the
             covers
             are those of each layer, its accumulators kept per layer (layer axes first).
             ``None``: the covers of the whole leaf.

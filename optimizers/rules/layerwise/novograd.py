@@ -57,7 +57,7 @@ def scale_by_novograd(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25, e
         mu_dtype, nu_dtype: the dtypes of :math:`m_t` and of the per-leaf :math:`v_t`
             (saturating), or ``None`` (the params'); the update is computed in at least float32.
         layer_axes: the leading axes of each leaf that index stacked layers (a prefix tree
-            of ints or a function of the params, see the scanned-layers guide (``optimizers.contract.layers``)): one
+            of ints or a function of the params, see the scanned-layers guide): one
             :math:`v_t` per layer, of shape ``p.shape[:k]``. ``None``: one per leaf.
 
     References:

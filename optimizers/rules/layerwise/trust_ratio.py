@@ -84,7 +84,7 @@ def scale_by_trust_ratio(trust_coefficient: ScalarOrSchedule = 1.0, eps: Optiona
             through unchanged (biases, norm scales).
         min_norm: optax's lower clip :math:`c \ge 0` of both norms, or ``None`` for none.
         layer_axes: the leading axes of each leaf that index stacked layers (a prefix tree
-            of ints or a function of the params, see the scanned-layers guide (``optimizers.contract.layers``)): one
+            of ints or a function of the params, see the scanned-layers guide): one
             ratio
             per layer. ``None``: one per leaf.
 
@@ -223,9 +223,8 @@ def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, 
     (``None`` masks and ``eps`` for its ``True`` and ``0.0``).
 
     .. warning::
-        * the update table of “Optimization algorithms in deep learning” applies :math:`\|\theta\|/\|m_t\|` to the
-        momentum instead,
-          after it: that is ``optax.chain(trace(momentum), scale_by_trust_ratio(),
+        * The update table of “Optimization algorithms in deep learning” applies
+          :math:`\|\theta\|/\|m_t\|` to the momentum instead, after it: that is ``optax.chain(trace(momentum), scale_by_trust_ratio(),
           scale_by_learning_rate(lr))``. The paper's form, here, rescales before it.
         * The learning rate sits inside the momentum, as in the paper and ``optax.lars``;
           ``torch.optim.SGD`` multiplies the buffer instead (:math:`\theta_t =
