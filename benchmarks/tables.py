@@ -39,6 +39,7 @@ KWARGS = {
     "lamb": dict(learning_rate=LR, weight_decay=0.01),
     "lars": dict(learning_rate=LR, weight_decay=0.0, trust_coefficient=0.001, momentum=0.9),
     "lion": dict(learning_rate=LR, b1=0.9, b2=0.99, weight_decay=1.0),
+    "muon": dict(learning_rate=LR, form="optax"),  # optax.contrib.muon's variant, step for step
     "sgd": dict(learning_rate=LR, momentum=0.9),
     "sm3": dict(learning_rate=LR, momentum=0.9),  # optax's default momentum
 }
@@ -60,6 +61,7 @@ OPTAX = {
     "lamb": lambda optax: optax.lamb(LR, eps=1e-8, weight_decay=0.01),
     "lars": lambda optax: optax.lars(LR, weight_decay=0.0, trust_coefficient=0.001, momentum=0.9),
     "lion": lambda optax: optax.lion(LR, b1=0.9, b2=0.99, weight_decay=1.0),
+    "muon": lambda optax: optax.contrib.muon(LR),
     "nadam": lambda optax: optax.nadam(LR),  # constant b1 (no momentum schedule)
     "novograd": lambda optax: optax.novograd(LR, b1=0.9, b2=0.25, eps=1e-8),
     "radam": lambda optax: optax.radam(LR),
