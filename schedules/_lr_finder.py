@@ -170,7 +170,7 @@ def lr_finder(loss_fn: Callable[[Any, Any], jax.Array], params, batches: Iterabl
 
     state = tx.init(params)
     lrs, losses, smoothed = [], [], []
-    average, best = 0.0, math.inf
+    average, best, ran_out = 0.0, math.inf, False
     steps = range(num_steps)
     if progress:
         from tqdm.auto import tqdm
@@ -186,9 +186,18 @@ def lr_finder(loss_fn: Callable[[Any, Any], jax.Array], params, batches: Iterabl
         if not math.isfinite(value) or (t > 0 and value > diverge_factor * best):
             break
         best = min(best, value)
+    else:
+        if len(lrs) < num_steps:  # the batches ran out before the ramp's end
+            if lrs:
+                warnings.warn(f"lr_finder: the batches ran out after {len(lrs)} of num_steps={num_steps} steps "
+                              f"(the ramp reached {lrs[-1]:.3g} of max_lr={max_lr:g}): pass at least num_steps "
+                              f"batches (itertools.cycle a short list) or lower num_steps", RuntimeWarning,
+                              stacklevel=2)
+            ran_out = True
     lrs_a, losses_a, smoothed_a = np.array(lrs), np.array(losses), np.array(smoothed)
     if not lrs:
         raise ValueError("lr_finder: batches is empty")
-    _warn_about_shape(smoothed_a, losses_a)
+    if not ran_out:  # a curve cut short says nothing about its shape
+        _warn_about_shape(smoothed_a, losses_a)
     steepest, min_over_10 = _suggestions(lrs_a, smoothed_a)
     return LRFinderResult(lrs_a, losses_a, smoothed_a, len(lrs), steepest, min_over_10)

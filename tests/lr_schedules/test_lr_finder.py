@@ -85,6 +85,25 @@ def test_warns_on_shuffled_labels():
         _run(np.random.default_rng(1).permutation(DIGITS.target))
 
 
+def test_says_when_the_batches_run_out():
+    """Batches that end before num_steps are named as such, not mistaken for a loss that never falls."""
+    model = _Mlp()
+    params = model.init(jax.random.key(0), X[:1])["params"]
+
+    def loss(p, batch):
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, batch[0]), batch[1]).mean()
+
+    batches = [(X[i:i + 64], DIGITS.target[i:i + 64]) for i in range(0, 640, 64)]  # 10 batches
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = schedules.lr_finder(loss, params, batches, optimizers.adam, min_lr=1e-6, max_lr=10.0,
+                                num_steps=150, progress=False)
+    messages = [str(w.message) for w in caught]
+    assert r.stopped_at == 10
+    assert any("batches ran out after 10 of num_steps=150" in m for m in messages), messages
+    assert not any("never falls" in m for m in messages), messages
+
+
 def test_warns_on_a_nan_layer():
     with pytest.warns(RuntimeWarning, match="not finite from the first step"):
         r = _run(DIGITS.target, nan_layer=True)
