@@ -26,6 +26,7 @@ import warnings
 import weakref
 from typing import Callable, Optional
 
+import numpy as np
 import optax
 
 from optimizers.contract.checks import floats_only, with_passed_through
@@ -61,6 +62,11 @@ def with_step(tx: optax.GradientTransformation, step: Callable, coded=None) -> o
 
 
 def check_flat_state(owner: str, fused: bool, flat_state: bool) -> None:
+    """Raises ``ValueError`` for a ``fused`` or ``flat_state`` that is not a bool (``fused="no"`` is
+    truthy), and for ``flat_state`` without ``fused``."""
+    for name, value in (("fused", fused), ("flat_state", flat_state)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{owner}: {name} must be True or False, got {value!r}")
     if flat_state and not fused:
         raise ValueError(f"{owner}: flat_state=True needs fused=True (it is the fused kernel's layout)")
 

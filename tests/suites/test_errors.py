@@ -131,3 +131,14 @@ def test_a_broken_constructor_fails_the_range_property(monkeypatch):
     monkeypatch.setattr(optimizers, "sgd", optax.sgd)
     with pytest.raises(pytest.fail.Exception, match="DID NOT RAISE"):
         test_bad_value_raises("sgd", "learning_rate", -0.1)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CONSTRUCTORS
+                                        if "fused" in inspect.signature(getattr(optimizers, n)).parameters))
+@pytest.mark.parametrize("option", ["fused", "flat_state"])
+def test_fused_options_must_be_bools(name, option):
+    """``fused="no"`` is truthy: a non-bool is refused, naming the option."""
+    if option not in inspect.signature(getattr(optimizers, name)).parameters:
+        pytest.skip(f"{name} has no {option}")
+    with pytest.raises(ValueError, match=rf"{option} must be True or False, got 'no'"):
+        getattr(optimizers, name)(**{**_required(name), option: "no"})
