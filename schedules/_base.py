@@ -37,12 +37,24 @@ def is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _check_type(owner: str, name: str, value) -> None:
+    if value is None or callable(value) or is_number(value):
+        return
+    if not isinstance(value, (str, bool, list, tuple, dict, set, complex)) and jnp.ndim(value) == 0 \
+            and not jnp.iscomplexobj(value):
+        return  # a scalar array (what optax.inject_hyperparams passes), traced or not
+    raise ValueError(f"{owner}: {name} must be a real number or a schedule step -> value, got {value!r}")
+
+
 def check_range(owner: str, name: str, value, low: float = -_INF, high: float = _INF,
                 low_open: bool = False, high_open: bool = False) -> None:
     """Raises ``ValueError`` naming ``owner``'s ``name`` when a number lies outside the range.
 
-    Schedules and arrays are not checked: their values are known only at update time.
+    Schedules and arrays are not checked: their values are known only at update time. Anything
+    that is neither a number, a scalar array, a schedule nor ``None`` (a string, a bool, a list, an
+    array of several values) is refused here, at build time, naming the argument.
     """
+    _check_type(owner, name, value)
     if not is_number(value):
         return
     above = low < value if low_open else low <= value

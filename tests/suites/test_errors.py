@@ -142,3 +142,13 @@ def test_fused_options_must_be_bools(name, option):
         pytest.skip(f"{name} has no {option}")
     with pytest.raises(ValueError, match=rf"{option} must be True or False, got 'no'"):
         getattr(optimizers, name)(**{**_required(name), option: "no"})
+
+
+@pytest.mark.parametrize("value", ["0.1", [1e-3, 2e-3], True, 1j])
+@pytest.mark.parametrize("name", ["adam", "sgd", "lamb", "muon", "scale_by_adam"])
+def test_wrong_types_are_refused_when_built(name, value):
+    """A string, a list, a bool or a complex number is refused when the optimizer is built, naming
+    the argument (``adam("0.1")`` used to be accepted)."""
+    param = "learning_rate" if "learning_rate" in inspect.signature(getattr(optimizers, name)).parameters else "b1"
+    with pytest.raises(ValueError, match=rf"{param} must be a real number or a schedule"):
+        getattr(optimizers, name)(**{**_required(name), param: value})
