@@ -43,6 +43,8 @@ import flax.serialization
 import jax
 import numpy as np
 
+from optimizers.contract.checks import like_nnx, nnx_values
+
 _KEY = "optimizers.checkpoint"  # the tree's description in an orbax checkpoint's custom metadata
 
 
@@ -108,7 +110,7 @@ def check_compatible(target, restored) -> None:
     params)``). The message names the path, e.g. ``state[0].mu['dense']['w']: the restored
     state has an array float32[4, 3], the target an array float32[3, 4]``.
     """
-    _check(_describe(target), _describe(restored))
+    _check(_describe(nnx_values(target)), _describe(nnx_values(restored)))
 
 
 def _place(x, like):
@@ -122,6 +124,7 @@ def to_bytes(state) -> bytes:
     The bytes hold ``{"tree": description, "state": flax.serialization.to_state_dict(state)}``,
     readable with ``flax.serialization.msgpack_restore``.
     """
+    state = nnx_values(state)  # an nnx.Optimizer's opt_state: its OptArrays' values
     return flax.serialization.msgpack_serialize(
         {"tree": _describe(state), "state": flax.serialization.to_state_dict(state)})
 
@@ -139,8 +142,10 @@ def from_bytes(target, data: bytes):
     raw = flax.serialization.msgpack_restore(data)
     if not isinstance(raw, dict) or set(raw) != {"tree", "state"}:
         raise ValueError("checkpoint.from_bytes: data was not written by optimizers.checkpoint.to_bytes")
-    _check(_describe(target), raw["tree"])
-    return jax.tree.map(_place, flax.serialization.from_state_dict(target, raw["state"]), target)
+    values = nnx_values(target)
+    _check(_describe(values), raw["tree"])
+    restored = jax.tree.map(_place, flax.serialization.from_state_dict(values, raw["state"]), values)
+    return like_nnx(restored, target)
 
 
 def _directory(path) -> str:
@@ -157,6 +162,7 @@ def save(path, state: Any) -> None:
     """
     import orbax.checkpoint as ocp
 
+    state = nnx_values(state)
     arrays = jax.tree.map(lambda x: None if np.size(x) == 0 else x, state)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(_directory(path), arrays, custom_metadata={_KEY: _describe(state)})
@@ -177,6 +183,7 @@ def restore(path, target):
 
     if not epath.Path(_directory(path)).exists():  # orbax would read no metadata and raise nothing
         raise FileNotFoundError(f"checkpoint.restore: no checkpoint at {path}")
+    template, target = target, nnx_values(target)
     with ocp.StandardCheckpointer() as checkpointer:
         saved = checkpointer.metadata(_directory(path)).custom_metadata or {}
         if _KEY not in saved:
@@ -185,4 +192,5 @@ def restore(path, target):
         shapes = jax.tree.map(lambda t: None if np.size(t) == 0 else jax.ShapeDtypeStruct(
             np.shape(t), t.dtype, sharding=getattr(t, "sharding", None)), target)
         arrays = checkpointer.restore(_directory(path), shapes)
-    return jax.tree.map(lambda t, x: _place(np.zeros(t.shape, t.dtype) if x is None else x, t), target, arrays)
+    restored = jax.tree.map(lambda t, x: _place(np.zeros(t.shape, t.dtype) if x is None else x, t), target, arrays)
+    return like_nnx(restored, template)

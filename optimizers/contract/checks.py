@@ -175,3 +175,42 @@ def transformation(owner: str, init_fn: Callable, update_fn: Callable,
     if extra_args:
         return optax.GradientTransformationExtraArgs(init, update)
     return optax.GradientTransformation(init, update)
+
+
+def _nnx():
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover  (flax is a dependency)
+        return None
+    return nnx
+
+
+def _is_nnx(x) -> bool:
+    nnx = _nnx()
+    return nnx is not None and isinstance(x, (nnx.Variable, nnx.State))
+
+
+def nnx_values(tree):
+    """``tree`` with every Flax NNX container replaced by what it holds: a variable by its value
+    (``nnx.Optimizer`` keeps each array of its ``opt_state`` in an ``nnx.OptArray``), a ``State``
+    node by a dict. The one place that sees through NNX's containers for the walkers of a state
+    (checkpoints)."""
+    def plain(x):
+        if isinstance(x, _nnx().State):
+            return nnx_values(_nnx().to_pure_dict(x))
+        return x.get_value() if _is_nnx(x) else x
+
+    return jax.tree.map(plain, tree, is_leaf=_is_nnx)
+
+
+def like_nnx(values, template):
+    """``values`` (arrays in the tree of :func:`nnx_values` of ``template``) wrapped back into
+    ``template``'s NNX containers, where it has them (``template`` is not changed)."""
+    def wrap(t, x):
+        if isinstance(t, _nnx().State):
+            state = jax.tree.map(lambda a: a, t)  # a copy, its variables new
+            _nnx().replace_by_pure_dict(state, x)
+            return state
+        return t.replace(x) if _is_nnx(t) else x
+
+    return jax.tree.map(wrap, template, values, is_leaf=_is_nnx)

@@ -154,3 +154,39 @@ def test_restores_onto_the_targets_shardings(fmt, tmp_path):
         assert a.sharding == b.sharding
         np.testing.assert_array_equal(a, b)
     assert got[0].mu["w"].sharding.spec == jax.sharding.PartitionSpec("model", None)
+
+
+@pytest.mark.parametrize("fmt", ["msgpack", "orbax"])
+def test_flax_nnx_optimizer_state_round_trip(fmt, tmp_path):
+    """``nnx.Optimizer.opt_state`` (arrays in ``nnx.OptArray``s, ``nnx.State`` nodes) is saved and restored
+    into a new optimizer's state, its containers kept, and training resumes bit for bit."""
+    from flax import nnx
+
+    x = np.random.default_rng(0).normal(size=(16, 64)).astype(np.float32)
+
+    def build():
+        model = nnx.Linear(64, 64, rngs=nnx.Rngs(0))
+        return model, nnx.Optimizer(model, optimizers.adamw(1e-2, weight_decay=0.1), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer):
+        optimizer.update(model, nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model))
+
+    model, optimizer = build()
+    for _ in range(3):
+        step(model, optimizer)
+    resumed_model, resumed = build()
+    nnx.update(resumed_model, nnx.state(model, nnx.Param))
+    if fmt == "msgpack":
+        resumed.opt_state = checkpoint.from_bytes(resumed.opt_state, checkpoint.to_bytes(optimizer.opt_state))
+    else:
+        checkpoint.save(tmp_path / "ckpt", optimizer.opt_state)
+        resumed.opt_state = checkpoint.restore(tmp_path / "ckpt", resumed.opt_state)
+    kinds = lambda tree: [type(v) for v in jax.tree.leaves(tree, is_leaf=lambda v: isinstance(v, nnx.Variable))]  # noqa: E731
+    assert kinds(resumed.opt_state) == kinds(optimizer.opt_state)
+    for _ in range(2):
+        step(model, optimizer)
+        step(resumed_model, resumed)
+    for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(resumed_model, nnx.Param)),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
