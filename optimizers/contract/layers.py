@@ -31,6 +31,8 @@ import jax
 import numpy as np
 import optax
 
+from optimizers.contract.checks import nnx_values
+
 LayerAxes = Optional[Union[int, Any, Callable[[optax.Params], Any]]]
 """``None``, a pytree prefix of the params of non-negative ints (or ``None``), or a function
 ``params -> such a prefix``."""
@@ -92,6 +94,15 @@ def leaf_layer_axes(owner: str, layer_axes: LayerAxes, params):
     try:
         subtrees = treedef.flatten_up_to(params)
     except (ValueError, TypeError):
+        plain = nnx_values(params)  # Flax NNX hands the params as State nodes of Param variables
+        if jax.tree.structure(plain) != jax.tree.structure(params):
+            try:
+                treedef.flatten_up_to(plain)
+            except (ValueError, TypeError):
+                pass
+            else:
+                counts_of_plain = leaf_layer_axes(owner, prefix, plain)
+                return jax.tree.unflatten(jax.tree.structure(params), jax.tree.leaves(counts_of_plain))
         raise ValueError(f"{owner}: layer_axes is not a prefix of the params: {_mismatch(prefix, params)}") from None
     out = []
     for (path, n), sub in zip(counts, subtrees):

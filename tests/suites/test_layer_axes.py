@@ -372,3 +372,35 @@ def test_counts_from_flax_scan_metadata():
     assert optimizers.layer_axes_from_flax(nested, names=("layers", "stage")) == {"k": 2}
     with pytest.raises(ValueError, match=r"\['k'\] has partition names \('stage', 'layers', None\)"):
         optimizers.layer_axes_from_flax(nested)
+
+
+def test_a_dict_prefix_works_inside_flax_nnx_optimizer():
+    """``nnx.Optimizer`` hands the params as ``State`` nodes of ``Param`` variables: a plain-dict
+    ``layer_axes`` prefix (the guide's) still matches them, and the step is the plain-tree step."""
+    from flax import nnx
+
+    class Stacked(nnx.Module):
+        def __init__(self, rngs):
+            self.blocks = nnx.Param(jax.random.normal(rngs.params(), (3, 4, 4)))
+            self.head = nnx.Linear(4, 2, rngs=rngs)
+
+        def __call__(self, x):
+            for i in range(3):
+                x = jnp.tanh(x @ self.blocks[i])
+            return self.head(x)
+
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    layer_axes = {"blocks": 1, "head": 0}
+    model = Stacked(nnx.Rngs(0))
+    graphdef, params = nnx.split(model, nnx.Param)
+    plain = jax.tree.map(jnp.array, nnx.to_pure_dict(params))
+    optimizer = nnx.Optimizer(model, optimizers.lamb(1e-2, layer_axes=layer_axes), wrt=nnx.Param)
+    grads = nnx.grad(lambda m: jnp.mean(m(x) ** 2))(model)
+    plain_grads = nnx.to_pure_dict(grads)
+    optimizer.update(model, grads)
+    tx = optimizers.lamb(1e-2, layer_axes=layer_axes)
+    updates, _ = tx.update(plain_grads, tx.init(plain), plain)
+    want = optax.apply_updates(plain, updates)
+    got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
