@@ -16,6 +16,8 @@ around its ``init`` and ``update``:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from typing import Any, Callable
 
 import jax
@@ -148,6 +150,38 @@ def check_update_args(owner: str, shapes: StateShapes, updates, state, params) -
                          f"with other params?): in the state these updates imply, {where}")
 
 
+def _mapping(x) -> bool:
+    """A mapping node of a pytree (a dict, an ``nnx.State``), not a Flax variable (which is a leaf here)."""
+    nnx = _nnx()
+    return isinstance(x, Mapping) and not (nnx is not None and isinstance(x, nnx.Variable))
+
+
+def conform(state, like):
+    """``state`` in ``like``'s containers where the two differ only by them: a mapping where ``like``
+    has a ``NamedTuple`` of the same fields becomes that ``NamedTuple``, and a ``NamedTuple`` where
+    ``like`` has a mapping of its fields becomes that mapping. Flax's ``nnx.Optimizer`` hands a state
+    back with such nodes (an 8-bit :class:`QuantizedBuffer` under a dict of the params) as
+    ``nnx.State`` mappings: a transform reads it in the containers ``init`` built and returns its
+    new state in the containers it was given (so a wrapper such as ``optax.MultiSteps`` that
+    combines the two sees one structure)."""
+    nnx = _nnx()
+    if nnx is not None and isinstance(state, nnx.Variable):  # a leaf here (it forwards attributes to its value)
+        return state
+    if _mapping(like) and hasattr(state, "_fields") and set(like) == set(state._fields):
+        return type(like)({f: conform(getattr(state, f), like[f]) for f in state._fields})  # and back
+    if hasattr(like, "_fields"):
+        if _mapping(state) and not hasattr(state, "_fields") and set(state) == set(like._fields):
+            return type(like)(*(conform(state[f], getattr(like, f)) for f in like._fields))
+        if hasattr(state, "_fields") and len(state) == len(like):
+            return type(state)(*(conform(s, l) for s, l in zip(state, like)))
+        return state
+    if isinstance(like, (list, tuple)) and isinstance(state, (list, tuple)) and len(state) == len(like):
+        return type(state)(conform(s, l) for s, l in zip(state, like))
+    if _mapping(like) and _mapping(state) and set(state) == set(like):
+        return type(state)({k: conform(state[k], like[k]) for k in state})
+    return state
+
+
 def transformation(owner: str, init_fn: Callable, update_fn: Callable,
                    extra_args: bool = False) -> optax.GradientTransformation:
     """A transform from ``init_fn(params)`` and ``update_fn(updates, state, params, **extra)``
@@ -166,11 +200,14 @@ def transformation(owner: str, init_fn: Callable, update_fn: Callable,
         return state
 
     def update(updates, state, params=None, **extra: Any):
+        given, implied = state, shapes.implied(floats_only(updates))
+        if implied is not None:
+            state = conform(state, implied)
         check_update_args(owner, shapes, updates, state, params)
         floats = floats_only(updates)
         kept = None if params is None else floats_only(params)
         new, state = update_fn(floats, state, kept, **extra) if extra_args else update_fn(floats, state, kept)
-        return with_passed_through(updates, new), state
+        return with_passed_through(updates, new), conform(state, given)  # in the containers it came in
 
     if extra_args:
         return optax.GradientTransformationExtraArgs(init, update)

@@ -447,3 +447,47 @@ def test_elementwise_declarations_agree_with_the_trace(name):
     traced = _blockwise._trace(tx.update, params, state, params)
     assert traced is not None
     assert kinds and traced[1] == all(kinds), (name, kinds)
+
+
+@pytest.mark.parametrize("wrap", ["alone", "chain", "multi_steps"])
+def test_inside_flax_nnx_optimizer_above_min_size(wrap):
+    """``nnx.Optimizer`` hands the 8-bit buffers back as ``nnx.State`` nodes: a 128x128 kernel (above
+    ``min_size``) trains under ``nnx.jit`` as the plain-tree run does, step for step."""
+    from flax import nnx
+
+    def make():
+        tx = optimizers.with_quantized_state(optimizers.adamw(1e-2, weight_decay=0.1))
+        if wrap == "chain":
+            tx = optax.chain(optax.clip_by_global_norm(1.0), tx)
+        return optax.MultiSteps(tx, every_k_schedule=2) if wrap == "multi_steps" else tx
+
+    x = np.random.default_rng(0).normal(size=(8, 128)).astype(np.float32)
+    model = nnx.Linear(128, 128, rngs=nnx.Rngs(0))
+    plain = jax.tree.map(jnp.array, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    optimizer = nnx.Optimizer(model, make(), wrt=nnx.Param)
+    graphdef = nnx.graphdef(model)
+
+    def loss(m):
+        return jnp.mean(m(x) ** 2)
+
+    @nnx.jit
+    def step(m, opt):
+        opt.update(m, nnx.grad(loss)(m))
+
+    tx = make()
+    state = tx.init(plain)
+
+    @jax.jit
+    def manual(p, s):
+        g = jax.grad(lambda q: loss(nnx.merge(graphdef, nnx.State(q))))(p)  # the same loss on a plain dict
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    for _ in range(4):
+        step(model, optimizer)
+        plain, state = manual(plain, state)
+    got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    codes = [v for v in jax.tree.leaves(nnx.as_pure(optimizer.opt_state)) if v.dtype in (jnp.int8, jnp.uint8)]
+    assert codes and all(v.shape == (128, 128) for v in codes)  # the kernel's moments kept as 8-bit codes
