@@ -150,6 +150,18 @@ def check_update_args(owner: str, shapes: StateShapes, updates, state, params) -
                          f"with other params?): in the state these updates imply, {where}")
 
 
+def check_no_integer_updates(owner: str, updates) -> None:
+    """Raises ``ValueError`` naming the first integer or bool leaf of ``updates``: passed through, it
+    would be added to the params (an ascent). ``None`` and ``float0`` leaves (what
+    ``jax.grad(..., allow_int=True)`` gives integer params) are zero updates and pass."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(updates)[0]:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and dtype != jax.dtypes.float0 and not jnp.issubdtype(dtype, jnp.inexact):
+            raise ValueError(f"{owner}: the updates at {jax.tree_util.keystr(path)} are {dtype}: an integer or "
+                             f"bool gradient is refused (it would be added to the params); "
+                             f"jax.grad(..., allow_int=True) gives integer params float0 zeros")
+
+
 def _mapping(x) -> bool:
     """A mapping node of a pytree (a dict, an ``nnx.State``), not a Flax variable (which is a leaf here)."""
     nnx = _nnx()
@@ -200,6 +212,7 @@ def transformation(owner: str, init_fn: Callable, update_fn: Callable,
         return state
 
     def update(updates, state, params=None, **extra: Any):
+        check_no_integer_updates(owner, updates)
         given, implied = state, shapes.implied(floats_only(updates))
         if implied is not None:
             state = conform(state, implied)

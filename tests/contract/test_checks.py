@@ -1,4 +1,5 @@
-"""The pytree contract of every transform: mismatched trees are named, non-float leaves pass."""
+"""The pytree contract of every transform: mismatched trees are named, integer gradients refused,
+float0 and None gradients zero updates."""
 
 import jax
 import jax.numpy as jnp
@@ -73,23 +74,31 @@ def _with_non_floats(tree):
             "frozen": {"table": jnp.arange(6).reshape(2, 3)}}
 
 
+def _zero_tangents(tree):
+    """What ``jax.grad(..., allow_int=True)`` gives: float0 zeros for the integer and bool leaves."""
+    return jax.tree.map(lambda x: np.zeros(np.shape(x), jax.dtypes.float0)
+                        if not jnp.issubdtype(x.dtype, jnp.inexact) else x, tree)
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_integer_bool_and_none_leaves_pass_through(name):
-    """An update of a tree with int, bool and None leaves: those come back unchanged, and the
-    float leaves get exactly the updates of the same tree without them."""
+def test_integer_gradients_are_refused_float0_and_none_pass(name):
+    """An integer or bool gradient is a ``ValueError`` naming its path (passed through, it was added to
+    the params); float0 and ``None`` gradients are zero updates, and the float leaves get exactly the
+    updates of the same tree without them."""
     tx = make(name)
     params, plain = _with_non_floats(PARAMS), PARAMS
     state, plain_state = tx.init(params), tx.init(plain)
+    for leaf in ("step", "mask"):
+        with pytest.raises(ValueError, match=rf"updates at \['{leaf}'\] are (int32|bool): an integer or bool"):
+            tx.update({**_zero_tangents(_with_non_floats(_grads(0))), leaf: params[leaf]}, state, params)
     update = jax.jit(tx.update)
     for k in range(3):
         g = _grads(k)
-        u, state = update(_with_non_floats(g), state, params)
+        u, state = update(_zero_tangents(_with_non_floats(g)), state, params)
         v, plain_state = update(g, plain_state, plain)
         assert u["none"] is None
         for key in ("step", "mask", "frozen"):
-            for a, b in zip(jax.tree.leaves(u[key]), jax.tree.leaves(_with_non_floats(g)[key])):
-                assert a.dtype == b.dtype
-                np.testing.assert_array_equal(a, b)
+            assert all(a.dtype == jax.dtypes.float0 for a in jax.tree.leaves(u[key]))
         for a, b in zip(jax.tree.leaves({k2: u[k2] for k2 in plain}), jax.tree.leaves(v)):
             np.testing.assert_array_equal(a, b)
         params = {**optax.apply_updates({k2: params[k2] for k2 in plain}, {k2: u[k2] for k2 in plain}),
