@@ -83,6 +83,9 @@ from optimizers.rules.layerwise.novograd import novograd as novograd
 from optimizers.rules.layerwise.novograd import scale_by_novograd as scale_by_novograd
 from optimizers.wrappers.plateau import ReduceOnPlateauState as ReduceOnPlateauState
 from optimizers.wrappers.plateau import reduce_on_plateau as reduce_on_plateau
+from optimizers.rules.lr_free.prodigy import ScaleByProdigyState as ScaleByProdigyState
+from optimizers.rules.lr_free.prodigy import prodigy as prodigy
+from optimizers.rules.lr_free.prodigy import scale_by_prodigy as scale_by_prodigy
 from optimizers.wrappers.quantized.wrapper import QuantizedBuffer as QuantizedBuffer
 from optimizers.wrappers.quantized.wrapper import dequantized as dequantized
 from optimizers.wrappers.quantized.wrapper import with_quantized_state as with_quantized_state
@@ -157,6 +160,7 @@ __all__ = [
     "ScaleByNadamState",
     "ScaleByNovogradState",
     "ScaleByParamBlockRmsState",
+    "ScaleByProdigyState",
     "ScaleByRadamState",
     "ScaleByRelativeStepState",
     "ScaleByRmsState",
@@ -206,6 +210,7 @@ __all__ = [
     "nadam",
     "nadamw",
     "novograd",
+    "prodigy",
     "radam",
     "recompute_batch_stats",
     "orthogonalize",
@@ -233,6 +238,7 @@ __all__ = [
     "scale_by_nadam",
     "scale_by_novograd",
     "scale_by_param_block_rms",
+    "scale_by_prodigy",
     "scale_by_radam",
     "scale_by_relative_step",
     "scale_by_rms",
