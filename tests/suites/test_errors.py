@@ -70,6 +70,9 @@ BAD = {
     "consistent_rms": [0.0, -0.1, NAN], "adjust_lr": ["bogus"],
     "adam_b1": UNIT, "adam_b2": UNIT, "adam_eps": [-1e-8, 0.0, NAN], "adam_eps_root": [-1e-8, NAN],
     "adam_weight_decay": [-1e-4, NAN], "adam_learning_rate": [-0.1, NAN],
+    # prodigy (optax's names, then prodigyopt's); a tuple's repr is no regex, so betas' bad values are not pairs
+    "betas": [0.9, NAN], "beta3": UNIT, "estim_lr0": [0.0, -1e-6, NAN], "estim_lr_coef": [0.0, -1.0, NAN],
+    "d0": [0.0, -1e-6, NAN], "growth_rate": [0.5, NAN],
     # with_quantized_state
     "bits": [4, 3, NAN], "block_size": [0, 100, NAN], "min_size": [0, -1],
 }

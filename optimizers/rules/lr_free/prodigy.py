@@ -32,11 +32,10 @@ class ScaleByProdigyState(NamedTuple):
 
 
 def _check(owner, learning_rate, betas, beta3, eps, estim_lr0, estim_lr_coef, weight_decay, growth_rate):
-    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-        raise ValueError(f"{owner}: betas must be a pair (beta1, beta2), got {betas!r}")
+    pair = isinstance(betas, (tuple, list)) and len(betas) == 2
+    if not pair or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        raise ValueError(f"{owner}: betas must be a pair (beta1, beta2) of numbers in [0, 1), got {betas!r}")
     check_range(owner, "learning_rate", learning_rate, 0.0)
-    check_range(owner, "betas[0]", betas[0], 0.0, 1.0, high_open=True)
-    check_range(owner, "betas[1]", betas[1], 0.0, 1.0, high_open=True)
     if beta3 is not None:
         check_range(owner, "beta3", beta3, 0.0, 1.0, high_open=True)
     check_range(owner, "eps", eps, 0.0, low_open=True)
@@ -111,6 +110,8 @@ def scale_by_prodigy(learning_rate: ScalarOrSchedule = 1.0, betas: tuple[float, 
         2024, Algorithm 4 as implemented in PyPI ``prodigyopt`` 1.1.2 (``Prodigy``).
     """
     owner = "scale_by_prodigy"
+    check_range(owner, "d0", d0, 0.0, low_open=True)  # prodigyopt's names, checked by their names
+    check_range(owner, "d_coef", d_coef, 0.0, low_open=True)
     estim_lr0 = either(owner, "d0", d0, "estim_lr0", estim_lr0, default=1e-6)
     estim_lr_coef = either(owner, "d_coef", d_coef, "estim_lr_coef", estim_lr_coef, default=1.0)
     _check(owner, learning_rate, betas, beta3, eps, estim_lr0, estim_lr_coef, weight_decay, growth_rate)
@@ -174,7 +175,7 @@ def scale_by_prodigy(learning_rate: ScalarOrSchedule = 1.0, betas: tuple[float, 
 
 @declare_optimizer(paper="Mishchenko & Defazio 2024",
                    update="`d̂=r/‖s‖₁; d=max(d,d̂); θ-=γd(m/(√v+dε)+λθ)`",
-                   test_kwargs=dict(learning_rate=1.0, estim_lr_coef=0.3))
+                   test_kwargs=dict(learning_rate=1.0, estim_lr0=1e-2, estim_lr_coef=0.3))
 def prodigy(learning_rate: ScalarOrSchedule = 1.0, betas: tuple[float, float] = (0.9, 0.999),
             beta3: Optional[float] = None, eps: float = 1e-8, estim_lr0: Optional[float] = None,
             estim_lr_coef: Optional[float] = None, weight_decay: ScalarOrSchedule = 0.0, safeguard_warmup: bool = False, *,
