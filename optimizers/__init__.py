@@ -41,6 +41,9 @@ from optimizers.wrappers.averaging import swa as swa
 from optimizers.rules.adaptive.belief import ScaleByBeliefState as ScaleByBeliefState
 from optimizers.rules.adaptive.belief import adabelief as adabelief
 from optimizers.rules.adaptive.belief import scale_by_belief as scale_by_belief
+from optimizers.rules.lr_free.dadaptation import ScaleByDadaptAdamState as ScaleByDadaptAdamState
+from optimizers.rules.lr_free.dadaptation import dadapt_adamw as dadapt_adamw
+from optimizers.rules.lr_free.dadaptation import scale_by_dadapt_adamw as scale_by_dadapt_adamw
 from optimizers.wrappers.data_echoing import data_echoing as data_echoing
 from optimizers.contract.dtypes import with_state_dtype as with_state_dtype
 from optimizers.rules.momentum.ema import ScaleByEmaState as ScaleByEmaState
@@ -150,6 +153,7 @@ __all__ = [
     "ScaleByAmosState",
     "ScaleByAmsgradState",
     "ScaleByBeliefState",
+    "ScaleByDadaptAdamState",
     "ScaleByEmaState",
     "ScaleByFactoredRmsState",
     "ScaleByFunnelledSgdmState",
@@ -191,6 +195,7 @@ __all__ = [
     "check_compatible",
     "check_finite",
     "clip_by_block_rms",
+    "dadapt_adamw",
     "data_echoing",
     "dequantized",
     "ema",
@@ -228,6 +233,7 @@ __all__ = [
     "scale_by_amos",
     "scale_by_amsgrad",
     "scale_by_belief",
+    "scale_by_dadapt_adamw",
     "scale_by_ema",
     "scale_by_factored_rms",
     "scale_by_funnelled_sgdm",

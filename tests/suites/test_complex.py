@@ -306,9 +306,9 @@ PAIR = {
 SPLIT = {n: {} for n in ["lookahead(sgd)", "scale_by_learning_rate", "scale_by_relative_step", "sgd"]}
 SPLIT["sgd (nesterov)"] = dict(nesterov=True)
 # Per-coordinate signs, sign agreements, real gains; Muon: its matrices real, as torch's (complex
-# vectors and scalars go to its AdamW); Prodigy: its estimate compares signed dot products of real params
-# (prodigyopt's torch.dot of complex tensors is not the real pair's).
-REFUSED = ["funnelled_sgdm", "lion", "muon", "prodigy", "rprop", "sign_sgd", "signum", "fused(funnelled_sgdm)",
+# vectors and scalars go to its AdamW); Prodigy, D-Adaptation: their estimates compare signed dot products of
+# real params (the references' torch.dot of complex tensors is not the real pair's).
+REFUSED = ["dadapt_adamw", "funnelled_sgdm", "lion", "muon", "prodigy", "rprop", "sign_sgd", "signum", "fused(funnelled_sgdm)",
            "fused(lion)", "fused(rprop)"]
 
 
