@@ -41,11 +41,14 @@ from optimizers.wrappers.averaging import swa as swa
 from optimizers.rules.adaptive.belief import ScaleByBeliefState as ScaleByBeliefState
 from optimizers.rules.adaptive.belief import adabelief as adabelief
 from optimizers.rules.adaptive.belief import scale_by_belief as scale_by_belief
-from optimizers.rules.lr_free.dadaptation import ScaleByDadaptAdamState as ScaleByDadaptAdamState
+from optimizers.rules.lr_free.dadaptation import ScaleByDadaptAdamwState as ScaleByDadaptAdamwState
 from optimizers.rules.lr_free.dadaptation import dadapt_adamw as dadapt_adamw
 from optimizers.rules.lr_free.dadaptation import scale_by_dadapt_adamw as scale_by_dadapt_adamw
 from optimizers.wrappers.data_echoing import data_echoing as data_echoing
 from optimizers.contract.dtypes import with_state_dtype as with_state_dtype
+from optimizers.rules.lr_free.dog import ScaleByDogState as ScaleByDogState
+from optimizers.rules.lr_free.dog import dog as dog
+from optimizers.rules.lr_free.dog import scale_by_dog as scale_by_dog
 from optimizers.rules.momentum.ema import ScaleByEmaState as ScaleByEmaState
 from optimizers.rules.momentum.ema import scale_by_ema as scale_by_ema
 from optimizers.contract.backend import update_and_apply as update_and_apply
@@ -153,7 +156,8 @@ __all__ = [
     "ScaleByAmosState",
     "ScaleByAmsgradState",
     "ScaleByBeliefState",
-    "ScaleByDadaptAdamState",
+    "ScaleByDadaptAdamwState",
+    "ScaleByDogState",
     "ScaleByEmaState",
     "ScaleByFactoredRmsState",
     "ScaleByFunnelledSgdmState",
@@ -198,6 +202,7 @@ __all__ = [
     "dadapt_adamw",
     "data_echoing",
     "dequantized",
+    "dog",
     "ema",
     "fit_sharding",
     "forward_value_and_grad",
@@ -234,6 +239,7 @@ __all__ = [
     "scale_by_amsgrad",
     "scale_by_belief",
     "scale_by_dadapt_adamw",
+    "scale_by_dog",
     "scale_by_ema",
     "scale_by_factored_rms",
     "scale_by_funnelled_sgdm",

@@ -18,7 +18,7 @@ from schedules import ScalarOrSchedule
 
 
 @declare_state(nonnegative=("exp_avg_sq",), elementwise=False)
-class ScaleByDadaptAdamState(NamedTuple):
+class ScaleByDadaptAdamwState(NamedTuple):
     count: jax.Array  # int32 scalar: updates seen (the schedules' step)
     hyperparams: dict  # {"learning_rate", "weight_decay", "d"}: "d" is the estimate after the latest update
     k: jax.Array  # int32 scalar: steps taken (dadaptation's k: a step with a zero denominator is skipped)
@@ -109,7 +109,7 @@ def scale_by_dadapt_adamw(learning_rate: ScalarOrSchedule = 1.0, betas: tuple[fl
         dt = float_dtype()
         hp = {**init_hyperparams(**values), "d": jnp.asarray(estim_lr0, dt)}
         zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
-        return ScaleByDadaptAdamState(jnp.zeros([], jnp.int32), hp, jnp.zeros([], jnp.int32), jnp.zeros([], dt),
+        return ScaleByDadaptAdamwState(jnp.zeros([], jnp.int32), hp, jnp.zeros([], jnp.int32), jnp.zeros([], dt),
                                       zeros(), zeros(), zeros())
 
     def update_fn(updates, state, params=None):
@@ -144,7 +144,7 @@ def scale_by_dadapt_adamw(learning_rate: ScalarOrSchedule = 1.0, betas: tuple[fl
                                                    + (wd * dlr * xi if decouple else 0)), gi.dtype),
             updates, m, v, x)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(skip, b, store(a, b.dtype)), new, old)  # noqa: E731
-        new_state = ScaleByDadaptAdamState(
+        new_state = ScaleByDadaptAdamwState(
             optax.safe_increment(state.count), {**hp, "d": jnp.where(skip, d, d_new)},
             jnp.where(skip, state.k, optax.safe_increment(state.k)), jnp.where(skip, state.numerator, numerator),
             keep(m, state.exp_avg), keep(v, state.exp_avg_sq), keep(s, state.s))
