@@ -39,9 +39,9 @@ def _check(owner, learning_rate, betas, eps, estim_lr0, weight_decay, growth_rat
     check_range(owner, "growth_rate", growth_rate, 1.0)
 
 
-def scale_by_dadapt_adamw(learning_rate: ScalarOrSchedule = 1.0, betas: tuple[float, float] = (0.9, 0.999),
-                          eps: float = 1e-8, estim_lr0: Optional[float] = None,
-                          weight_decay: ScalarOrSchedule = 0.0, *, decouple: bool = True,
+def scale_by_dadapt_adamw(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                          estim_lr0: Optional[float] = None, weight_decay: ScalarOrSchedule = 0.0, *,
+                          learning_rate: ScalarOrSchedule = 1.0, decouple: bool = True,
                           use_bias_correction: bool = False, growth_rate: float = math.inf,
                           d0: Optional[float] = None) -> optax.GradientTransformation:
     r"""D-Adapted Adam's step, with the step size :math:`d_t` it estimates (``dadaptation.DAdaptAdam``).
@@ -64,7 +64,8 @@ def scale_by_dadapt_adamw(learning_rate: ScalarOrSchedule = 1.0, betas: tuple[fl
         u_t = \frac{m_t}{\sqrt{v_t} + \epsilon} + \delta_t \lambda x_t
 
     (:math:`\omega` = ``growth_rate``). :math:`u_t` already holds the learning rate (it enters
-    :math:`m_t` step by step), so the alias applies :math:`x_{t+1} = x_t - u_t`.
+    :math:`m_t` step by step; keyword-only here, the alias' first argument), so the alias applies
+    :math:`x_{t+1} = x_t - u_t`.
     ``decouple=False`` adds :math:`\lambda x_t` to :math:`g_t` instead (an L2 penalty, before
     everything above), which is ``DAdaptAdam``'s default. A step whose :math:`\|s_t\|_1` is zero (a
     learning rate of 0, or only zero gradients so far) is skipped as dadaptation skips it: zero
@@ -178,7 +179,7 @@ def dadapt_adamw(learning_rate: ScalarOrSchedule = 1.0, betas: tuple[float, floa
         ``dadaptation`` 3.2.
     """
     return optax.chain(
-        scale_by_dadapt_adamw(learning_rate, betas, eps, estim_lr0, weight_decay, decouple=decouple,
+        scale_by_dadapt_adamw(betas, eps, estim_lr0, weight_decay, learning_rate=learning_rate, decouple=decouple,
                               use_bias_correction=use_bias_correction, growth_rate=growth_rate, d0=d0),
         _descend())
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers.contract.checks import transformation
-from optimizers.contract.dtypes import reject_complex, store, store_like, widen
+from optimizers.contract.dtypes import reject_complex, store, widen
 from optimizers.contract.hyperparams import (check_range, current_hyperparams, either, float_dtype, given,
                                              init_hyperparams)
 from optimizers.contract.registry import declare_optimizer, declare_state
@@ -45,10 +45,10 @@ def _check(owner, learning_rate, betas, beta3, eps, estim_lr0, estim_lr_coef, we
     check_range(owner, "growth_rate", growth_rate, 1.0)
 
 
-def scale_by_prodigy(learning_rate: ScalarOrSchedule = 1.0, betas: tuple[float, float] = (0.9, 0.999),
-                     beta3: Optional[float] = None, eps: float = 1e-8, estim_lr0: Optional[float] = None,
-                     estim_lr_coef: Optional[float] = None, weight_decay: ScalarOrSchedule = 0.0,
-                     safeguard_warmup: bool = False, *, use_bias_correction: bool = False, decouple: bool = True,
+def scale_by_prodigy(betas: tuple[float, float] = (0.9, 0.999), beta3: Optional[float] = None, eps: float = 1e-8,
+                     estim_lr0: Optional[float] = None, estim_lr_coef: Optional[float] = None,
+                     weight_decay: ScalarOrSchedule = 0.0, safeguard_warmup: bool = False, *,
+                     learning_rate: ScalarOrSchedule = 1.0, use_bias_correction: bool = False, decouple: bool = True,
                      growth_rate: float = math.inf, d0: Optional[float] = None,
                      d_coef: Optional[float] = None) -> optax.GradientTransformation:
     r"""Prodigy's direction, with the step size :math:`d_t` it estimates (``prodigyopt.Prodigy``).
@@ -73,7 +73,8 @@ def scale_by_prodigy(learning_rate: ScalarOrSchedule = 1.0, betas: tuple[float, 
 
         u_t = d_t \rho_t \Big(\frac{m_t}{\sqrt{v_t} + d_{t+1} \epsilon} + \lambda x_t\Big)
 
-    (:math:`\omega` = ``growth_rate``; the alias multiplies :math:`u_t` by :math:`-\gamma_t`).
+    (:math:`\omega` = ``growth_rate``; the alias multiplies :math:`u_t` by :math:`-\gamma_t`;
+    ``learning_rate`` is keyword-only here, it is the alias' first argument).
     ``decouple=False`` adds :math:`\lambda x_t` to :math:`g_t` instead (an L2 penalty, before
     everything above). A step whose :math:`\|s_t\|_1` is zero (a learning rate of 0, or only
     zero gradients so far) is skipped as prodigyopt skips it: zero update, state unchanged, its
@@ -178,8 +179,8 @@ def scale_by_prodigy(learning_rate: ScalarOrSchedule = 1.0, betas: tuple[float, 
                    test_kwargs=dict(learning_rate=1.0, estim_lr0=1e-2, estim_lr_coef=0.3))
 def prodigy(learning_rate: ScalarOrSchedule = 1.0, betas: tuple[float, float] = (0.9, 0.999),
             beta3: Optional[float] = None, eps: float = 1e-8, estim_lr0: Optional[float] = None,
-            estim_lr_coef: Optional[float] = None, weight_decay: ScalarOrSchedule = 0.0, safeguard_warmup: bool = False, *,
-            use_bias_correction: bool = False, decouple: bool = True,
+            estim_lr_coef: Optional[float] = None, weight_decay: ScalarOrSchedule = 0.0,
+            safeguard_warmup: bool = False, *, use_bias_correction: bool = False, decouple: bool = True,
             growth_rate: float = math.inf, d0: Optional[float] = None,
             d_coef: Optional[float] = None) -> optax.GradientTransformation:
     r"""Prodigy: :math:`x_{t+1} = x_t - \gamma_t u_t` with :func:`scale_by_prodigy`'s :math:`u_t`.
@@ -198,7 +199,7 @@ def prodigy(learning_rate: ScalarOrSchedule = 1.0, betas: tuple[float, float] = 
         2024; PyPI ``prodigyopt`` 1.1.2.
     """
     return optax.chain(
-        scale_by_prodigy(learning_rate, betas, beta3, eps, estim_lr0, estim_lr_coef, weight_decay, safeguard_warmup,
-                         use_bias_correction=use_bias_correction, decouple=decouple, growth_rate=growth_rate,
-                         d0=d0, d_coef=d_coef),
+        scale_by_prodigy(betas, beta3, eps, estim_lr0, estim_lr_coef, weight_decay, safeguard_warmup,
+                         learning_rate=learning_rate, use_bias_correction=use_bias_correction, decouple=decouple,
+                         growth_rate=growth_rate, d0=d0, d_coef=d_coef),
         scale_by_learning_rate(learning_rate))

@@ -171,7 +171,8 @@ def test_default_differs_from_optax_by_its_bias_correction():
 
 
 @pytest.mark.parametrize("kwargs,name", [
-    (dict(estim_lr0=0.0), "estim_lr0"), (dict(d0=-1.0), "d0"), (dict(d_coef=0.0), "d_coef"), (dict(estim_lr_coef=0.0), "estim_lr_coef"),
+    (dict(estim_lr0=0.0), "estim_lr0"), (dict(d0=-1.0), "d0"), (dict(d_coef=0.0), "d_coef"),
+    (dict(estim_lr_coef=0.0), "estim_lr_coef"),
     (dict(betas=(1.0, 0.999)), "betas"), (dict(betas=(0.9, -0.1)), "betas"), (dict(beta3=1.0), "beta3"),
     (dict(eps=0.0), "eps"), (dict(weight_decay=-1.0), "weight_decay"), (dict(growth_rate=0.5), "growth_rate"),
     (dict(learning_rate=-1.0), "learning_rate"), (dict(d0=1e-3, estim_lr0=1e-3), "d0"), (dict(betas=0.9), "betas"),
