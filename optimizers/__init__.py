@@ -41,8 +41,14 @@ from optimizers.wrappers.averaging import swa as swa
 from optimizers.rules.adaptive.belief import ScaleByBeliefState as ScaleByBeliefState
 from optimizers.rules.adaptive.belief import adabelief as adabelief
 from optimizers.rules.adaptive.belief import scale_by_belief as scale_by_belief
+from optimizers.rules.lr_free.dadaptation import ScaleByDadaptAdamwState as ScaleByDadaptAdamwState
+from optimizers.rules.lr_free.dadaptation import dadapt_adamw as dadapt_adamw
+from optimizers.rules.lr_free.dadaptation import scale_by_dadapt_adamw as scale_by_dadapt_adamw
 from optimizers.wrappers.data_echoing import data_echoing as data_echoing
 from optimizers.contract.dtypes import with_state_dtype as with_state_dtype
+from optimizers.rules.lr_free.dog import ScaleByDogState as ScaleByDogState
+from optimizers.rules.lr_free.dog import dog as dog
+from optimizers.rules.lr_free.dog import scale_by_dog as scale_by_dog
 from optimizers.rules.momentum.ema import ScaleByEmaState as ScaleByEmaState
 from optimizers.rules.momentum.ema import scale_by_ema as scale_by_ema
 from optimizers.contract.backend import update_and_apply as update_and_apply
@@ -83,6 +89,9 @@ from optimizers.rules.layerwise.novograd import novograd as novograd
 from optimizers.rules.layerwise.novograd import scale_by_novograd as scale_by_novograd
 from optimizers.wrappers.plateau import ReduceOnPlateauState as ReduceOnPlateauState
 from optimizers.wrappers.plateau import reduce_on_plateau as reduce_on_plateau
+from optimizers.rules.lr_free.prodigy import ScaleByProdigyState as ScaleByProdigyState
+from optimizers.rules.lr_free.prodigy import prodigy as prodigy
+from optimizers.rules.lr_free.prodigy import scale_by_prodigy as scale_by_prodigy
 from optimizers.wrappers.quantized.wrapper import QuantizedBuffer as QuantizedBuffer
 from optimizers.wrappers.quantized.wrapper import dequantized as dequantized
 from optimizers.wrappers.quantized.wrapper import with_quantized_state as with_quantized_state
@@ -147,6 +156,8 @@ __all__ = [
     "ScaleByAmosState",
     "ScaleByAmsgradState",
     "ScaleByBeliefState",
+    "ScaleByDadaptAdamwState",
+    "ScaleByDogState",
     "ScaleByEmaState",
     "ScaleByFactoredRmsState",
     "ScaleByFunnelledSgdmState",
@@ -157,6 +168,7 @@ __all__ = [
     "ScaleByNadamState",
     "ScaleByNovogradState",
     "ScaleByParamBlockRmsState",
+    "ScaleByProdigyState",
     "ScaleByRadamState",
     "ScaleByRelativeStepState",
     "ScaleByRmsState",
@@ -187,8 +199,10 @@ __all__ = [
     "check_compatible",
     "check_finite",
     "clip_by_block_rms",
+    "dadapt_adamw",
     "data_echoing",
     "dequantized",
+    "dog",
     "ema",
     "fit_sharding",
     "forward_value_and_grad",
@@ -206,6 +220,7 @@ __all__ = [
     "nadam",
     "nadamw",
     "novograd",
+    "prodigy",
     "radam",
     "recompute_batch_stats",
     "orthogonalize",
@@ -223,6 +238,8 @@ __all__ = [
     "scale_by_amos",
     "scale_by_amsgrad",
     "scale_by_belief",
+    "scale_by_dadapt_adamw",
+    "scale_by_dog",
     "scale_by_ema",
     "scale_by_factored_rms",
     "scale_by_funnelled_sgdm",
@@ -233,6 +250,7 @@ __all__ = [
     "scale_by_nadam",
     "scale_by_novograd",
     "scale_by_param_block_rms",
+    "scale_by_prodigy",
     "scale_by_radam",
     "scale_by_relative_step",
     "scale_by_rms",

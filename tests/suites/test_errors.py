@@ -70,6 +70,10 @@ BAD = {
     "consistent_rms": [0.0, -0.1, NAN], "adjust_lr": ["bogus"],
     "adam_b1": UNIT, "adam_b2": UNIT, "adam_eps": [-1e-8, 0.0, NAN], "adam_eps_root": [-1e-8, NAN],
     "adam_weight_decay": [-1e-4, NAN], "adam_learning_rate": [-0.1, NAN],
+    # prodigy (optax's names, then prodigyopt's); a tuple's repr is no regex, so betas' bad values are not pairs
+    "betas": [0.9, NAN], "beta3": UNIT, "estim_lr0": [0.0, -1e-6, NAN], "estim_lr_coef": [0.0, -1.0, NAN],
+    "d0": [0.0, -1e-6, NAN], "growth_rate": [0.5, NAN],
+    "init_step": ["bogus", NAN],  # dog's (tag, value): a tuple's repr is no regex either
     # with_quantized_state
     "bits": [4, 3, NAN], "block_size": [0, 100, NAN], "min_size": [0, -1],
 }
@@ -88,6 +92,8 @@ OVERRIDES = {
     ("lars", "eps"): [-1e-8, NAN],
     ("muon", "eps"): [-1e-8, NAN],  # 0 is torch.optim.Muon's clamp at 0 (a zero matrix stays zero)
     ("scale_by_muon", "eps"): [-1e-8, NAN],
+    ("dog", "eps"): [-1e-8, NAN],  # under the root with G_t: the paper's 0 is fine
+    ("scale_by_dog", "eps"): [-1e-8, NAN],
 }
 CONSTRUCTORS = sorted(n for n in optimizers.__all__
                       if "GradientTransformation" in str(inspect.signature(getattr(optimizers, n)).return_annotation))

@@ -1,0 +1,169 @@
+import math
+
+import jax
+import numpy as np
+import optax
+import pytest
+import torch
+from dadaptation import DAdaptAdam
+from helpers import assert_trees_close, random_grads, random_tree, run_params, run_params_f64, run_torch
+
+import optimizers
+
+
+def _dadapt_adam_reference(theta0, grads, lr=1.0, b1=0.9, b2=0.999, eps=1e-8, d0=1e-6, wd=0.0, decouple=True,
+                           bias_correction=False, growth=math.inf):
+    """D-Adapted Adam over a list of leaves (the model), in float64, from Algorithm 5 with dadaptation's options.
+
+    Yields the params and the estimate d after each step.
+    """
+    beta = math.sqrt(b2)
+    x = [np.array(t, np.float64) for t in theta0]
+    m, v, s = ([np.zeros_like(t) for t in x] for _ in range(3))
+    d, r, k = d0, 0.0, 0
+    for step, gs in enumerate(grads):
+        gamma = lr(step) if callable(lr) else lr
+        if gamma == 0:  # a zero denominator: the step is skipped
+            yield [t.copy() for t in x], d
+            continue
+        g = [np.array(gi, np.float64) + (0.0 if decouple else wd * xi) for gi, xi in zip(gs, x)]
+        rho = math.sqrt(1 - b2 ** (k + 1)) / (1 - b1 ** (k + 1)) if bias_correction else 1.0
+        dlr = d * gamma * rho
+        inner = sum(float(np.sum(gi * si / (np.sqrt(vi) + eps))) for gi, si, vi in zip(g, s, v))  # old s, v
+        r = beta * r + (1 - beta) * dlr * inner
+        m = [b1 * mi + (1 - b1) * dlr * gi for mi, gi in zip(m, g)]
+        v = [b2 * vi + (1 - b2) * gi * gi for vi, gi in zip(v, g)]
+        s = [beta * si + (1 - beta) * dlr * gi for si, gi in zip(s, g)]
+        d_hat = r / ((1 - beta) * sum(float(np.sum(np.abs(si))) for si in s))
+        x = [xi - dlr * (wd * xi if decouple else 0.0) - mi / (np.sqrt(vi) + eps) for xi, mi, vi in zip(x, m, v)]
+        d, k = max(d, min(d_hat, d * growth)), k + 1
+        yield [t.copy() for t in x], d
+
+
+# (our keywords, DAdaptAdam's keywords).
+CASES = {
+    "defaults": ({}, {}),
+    "decoupled decay": (dict(weight_decay=0.1), dict(weight_decay=0.1, decouple=True)),
+    "l2 decay (DAdaptAdam's default)": (dict(weight_decay=0.1, decouple=False), dict(weight_decay=0.1)),
+    "bias correction": (dict(use_bias_correction=True, weight_decay=0.05),
+                        dict(use_bias_correction=True, weight_decay=0.05, decouple=True)),
+    "growth, d0, betas, lr": (dict(growth_rate=1.5, d0=1e-3, betas=(0.8, 0.99), learning_rate=0.5),
+                              dict(growth_rate=1.5, d0=1e-3, betas=(0.8, 0.99), lr=0.5)),
+}
+NAMES = dict(learning_rate="lr", weight_decay="wd", decouple="decouple", use_bias_correction="bias_correction",
+             growth_rate="growth", d0="d0", estim_lr0="d0", eps="eps")
+
+
+def _problem(seed, steps=20):
+    """Params and gradients that point partly back toward the start, so the estimate d grows."""
+    rng = np.random.default_rng(seed)
+    theta0 = random_tree(rng)
+    grads = [jax.tree.map(lambda g, t: g + 2.0 * t, gi, theta0) for gi in random_grads(steps, seed=seed + 1)]
+    return theta0, grads
+
+
+def _reference_kwargs(ours):
+    kw = {NAMES[k]: v for k, v in ours.items() if k != "betas"}
+    if "betas" in ours:
+        kw.update(b1=ours["betas"][0], b2=ours["betas"][1])
+    return kw
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_matches_dadaptation_in_float64(case):
+    ours, theirs = CASES[case]
+    theta0, grads = _problem(3)
+    got = run_params_f64(optimizers.dadapt_adamw(**ours), grads, theta0)
+    want = run_torch(lambda ps: DAdaptAdam(ps, **theirs), theta0, grads)
+    for g, w in zip(got, want):
+        assert_trees_close(g, w, rtol=1e-10)
+    moved = max(np.max(np.abs(a - b)) for a, b in zip(jax.tree.leaves(want[-1]), jax.tree.leaves(theta0)))
+    assert moved > 1e-4  # the estimate grew: 20 steps of d0 = 1e-6 move 2e-5 at most
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_matches_float64_transcription(case):
+    ours, _ = CASES[case]
+    theta0, grads = _problem(5)
+    treedef = jax.tree.structure(theta0)
+    want = [jax.tree.unflatten(treedef, w) for w, _ in
+            _dadapt_adam_reference(jax.tree.leaves(theta0), [jax.tree.leaves(g) for g in grads],
+                                   **_reference_kwargs(ours))]
+    for g, w in zip(run_params_f64(optimizers.dadapt_adamw(**ours), grads, theta0), want):
+        assert_trees_close(g, w, rtol=1e-10)
+    # float32: unlike Prodigy's, the estimate has no x0 - x to lose digits in (its numerator weighs the
+    # gradients by the weighted sum s), so the usual float32 tolerance holds.
+    for g, w in zip(run_params(optimizers.dadapt_adamw(**ours), grads, theta0), want):
+        assert_trees_close(g, w, rtol=2e-5)
+
+
+def test_estimate_is_readable_and_equals_dadaptations():
+    theta0, grads = _problem(7, steps=12)
+    tx = optimizers.dadapt_adamw(weight_decay=0.01)
+    tensors = [torch.tensor(np.asarray(x, np.float64), requires_grad=True) for x in jax.tree.leaves(theta0)]
+    ref = DAdaptAdam(tensors, weight_decay=0.01, decouple=True)
+    with jax.enable_x64(True):
+        params = jax.tree.map(np.asarray, theta0)
+        state = tx.init(params)
+        step = jax.jit(tx.update)
+        for g in grads:
+            u, state = step(g, state, params)
+            params = optax.apply_updates(params, u)
+            for t, gl in zip(tensors, jax.tree.leaves(g)):
+                t.grad = torch.tensor(np.asarray(gl, np.float64))
+            ref.step()
+            d = optimizers.get_hyperparams(state)["d"]
+            np.testing.assert_allclose(float(d), ref.param_groups[0]["d"], rtol=1e-10)
+    assert float(d) > 1e-4  # grew from d0 = 1e-6
+
+
+def test_zero_learning_rate_skips_the_step_as_dadaptation_does():
+    schedule = lambda t: min(1.0, t / 3)  # noqa: E731
+    theta0, grads = _problem(9, steps=8)
+    got = run_params_f64(optimizers.dadapt_adamw(lambda t: jax.numpy.minimum(1.0, t / 3), use_bias_correction=True),
+                         grads, theta0)
+    flat, treedef = jax.tree.flatten(theta0)
+    tensors = [torch.tensor(np.asarray(x, np.float64), requires_grad=True) for x in flat]
+    ref = DAdaptAdam(tensors, use_bias_correction=True)
+    for step, (g, mine) in enumerate(zip(grads, got)):
+        ref.param_groups[0]["lr"] = schedule(step)
+        for t, gl in zip(tensors, jax.tree.leaves(g)):
+            t.grad = torch.tensor(np.asarray(gl, np.float64))
+        ref.step()
+        assert_trees_close(mine, jax.tree.unflatten(treedef, [t.detach().numpy() for t in tensors]), rtol=1e-10)
+    assert_trees_close(got[0], theta0, rtol=0.0)
+
+
+def test_bias_corrected_form_is_optax():
+    theta0, grads = _problem(11, steps=15)
+    ours = optimizers.dadapt_adamw(1.0, (0.9, 0.99), 1e-8, 1e-5, 0.05, use_bias_correction=True)
+    theirs = optax.contrib.dadapt_adamw(1.0, (0.9, 0.99), 1e-8, 1e-5, 0.05)
+    for g, w in zip(run_params_f64(ours, grads, theta0), run_params_f64(theirs, grads, theta0)):
+        assert_trees_close(g, w, rtol=1e-10)
+
+
+def test_default_differs_from_optax_by_its_bias_correction():
+    """optax's first step is sqrt(1 - b2) / (1 - b1) = 0.316 of dadaptation's default one."""
+    theta0, grads = _problem(13, steps=30)
+    ours = run_params_f64(optimizers.dadapt_adamw(), grads, theta0)
+    theirs = run_params_f64(optax.contrib.dadapt_adamw(), grads, theta0)
+    first = lambda run: np.concatenate([np.ravel(a - b) for a, b in  # noqa: E731
+                                        zip(jax.tree.leaves(run[0]), jax.tree.leaves(theta0))])
+    np.testing.assert_allclose(first(theirs), math.sqrt(1 - 0.999) / (1 - 0.9) * first(ours), rtol=1e-9)
+    last = lambda run: np.concatenate([np.ravel(a) for a in jax.tree.leaves(run[-1])])  # noqa: E731
+    assert np.linalg.norm(last(ours) - last(theirs)) > 0.05 * np.linalg.norm(last(ours) - last([theta0]))
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(estim_lr0=0.0), "estim_lr0"), (dict(d0=-1.0), "d0"), (dict(betas=(1.0, 0.999)), "betas"),
+    (dict(eps=0.0), "eps"), (dict(weight_decay=-1.0), "weight_decay"), (dict(growth_rate=0.5), "growth_rate"),
+    (dict(learning_rate=-1.0), "learning_rate"), (dict(d0=1e-3, estim_lr0=1e-3), "d0"),
+])
+def test_bad_hyperparameters_raise(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        optimizers.dadapt_adamw(**kwargs)
+
+
+def test_complex_params_are_refused():
+    with pytest.raises(TypeError, match="dadapt_adamw: complex params are not supported"):
+        optimizers.dadapt_adamw().init({"w": np.ones(3, np.complex64)})
