@@ -70,6 +70,8 @@ BAD = {
     "consistent_rms": [0.0, -0.1, NAN], "adjust_lr": ["bogus"],
     "adam_b1": UNIT, "adam_b2": UNIT, "adam_eps": [-1e-8, 0.0, NAN], "adam_eps_root": [-1e-8, NAN],
     "adam_weight_decay": [-1e-4, NAN], "adam_learning_rate": [-0.1, NAN],
+    # schedule-free
+    "weight_lr_power": [-1.0, NAN], "r": [-0.5, NAN], "warmup_steps": [-1, 1.5, NAN],
     # with_quantized_state
     "bits": [4, 3, NAN], "block_size": [0, 100, NAN], "min_size": [0, -1],
 }
@@ -88,6 +90,8 @@ OVERRIDES = {
     ("lars", "eps"): [-1e-8, NAN],
     ("muon", "eps"): [-1e-8, NAN],  # 0 is torch.optim.Muon's clamp at 0 (a zero matrix stays zero)
     ("scale_by_muon", "eps"): [-1e-8, NAN],
+    ("schedule_free_adamw", "eps"): [-1e-8, NAN],  # 0 is allowed by schedulefree.AdamWScheduleFree
+    ("scale_by_schedule_free_adam", "eps"): [-1e-8, NAN],
 }
 CONSTRUCTORS = sorted(n for n in optimizers.__all__
                       if "GradientTransformation" in str(inspect.signature(getattr(optimizers, n)).return_annotation))
