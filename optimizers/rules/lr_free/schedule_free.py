@@ -82,13 +82,18 @@ def schedule_free_eval_params(state, params):
                          "(the state of schedule_free, schedule_free_adamw or schedule_free_sgd)")
     b1 = found.hyperparams["b1"]
 
-    def x_of(y, z):
-        if z is None or not jnp.issubdtype(jnp.asarray(y).dtype, jnp.inexact):
-            return y
-        y32, z32 = widen(jnp.asarray(y)), widen(z)
-        return store(y32 + (1 - 1 / b1) * (z32 - y32), jnp.asarray(y).dtype)
-
-    return jax.tree.map(x_of, params, found.z, is_leaf=lambda n: n is None)
+    # z holds the params' float leaves in order (a Flax NNX optimizer wraps them in its own variables).
+    leaves, treedef = jax.tree.flatten(params)
+    z_leaves = iter(jax.tree.leaves(found.z))
+    out = []
+    for y in leaves:
+        y = jnp.asarray(y)
+        if not jnp.issubdtype(y.dtype, jnp.inexact):
+            out.append(y)
+            continue
+        y32, z32 = widen(y), widen(next(z_leaves))
+        out.append(store(y32 + (1 - 1 / b1) * (z32 - y32), y.dtype))
+    return jax.tree.unflatten(treedef, out)
 
 
 def schedule_free(base_optimizer: optax.GradientTransformation, learning_rate: ScalarOrSchedule,
