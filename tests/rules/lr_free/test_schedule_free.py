@@ -200,3 +200,24 @@ def test_eval_params_needs_its_state():
 def test_complex_params_are_refused():
     with pytest.raises(TypeError, match="complex"):
         optimizers.schedule_free_adamw(0.1).init({"w": np.zeros(2, np.complex64)})
+
+
+def test_eval_params_through_a_flax_nnx_optimizer():
+    from flax import nnx
+
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    tx = optimizers.schedule_free_sgd(0.1, b1=0.75)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    y0 = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+    grads = jax.tree.map(np.ones_like, y0)
+    optimizer.update(model, grads)
+    y1 = nnx.state(model, nnx.Param)
+    x1 = optimizers.schedule_free_eval_params(optimizer.opt_state, y1)
+    # First update, no warm-up: c_1 = 1, so x_1 = z_1 = y_0 - 0.1 g; y_1 = z_1 as well.
+    for a, b in zip(jax.tree.leaves(x1), jax.tree.leaves(y0)):
+        np.testing.assert_allclose(a, b - 0.1, rtol=1e-6)
+    optimizer.update(model, grads)
+    x2 = optimizers.schedule_free_eval_params(optimizer.opt_state, nnx.state(model, nnx.Param))
+    # Second: z_2 = y_0 - 0.2 g, c_2 = 1/2, x_2 = (x_1 + z_2)/2 = y_0 - 0.15 g.
+    for a, b in zip(jax.tree.leaves(x2), jax.tree.leaves(y0)):
+        np.testing.assert_allclose(a, b - 0.15, rtol=1e-6, atol=1e-6)
