@@ -98,7 +98,7 @@ def schedule_free_eval_params(state, params):
 
 def schedule_free(base_optimizer: optax.GradientTransformation, learning_rate: ScalarOrSchedule,
                   b1: ScalarOrSchedule = 0.9, weight_lr_power: float = 2.0, state_dtype=None, *,
-                  r: float = 0.0) -> optax.GradientTransformation:
+                  r: float = 0.0, form: str = "reference") -> optax.GradientTransformation:
     r"""Makes ``base_optimizer`` schedule-free (Defazio et al. 2024, Algorithm 1).
 
     The base optimizer's update :math:`\Delta_t` (its direction times :math:`-\gamma_t`, computed
@@ -138,7 +138,7 @@ def schedule_free(base_optimizer: optax.GradientTransformation, learning_rate: S
         moves :math:`z` by 0 at the first update: the step-0 value is skipped, optax PR 1744),
         has no ``r``, initialises :math:`\gamma^{max}` to 0, and forms :math:`x_t` by dividing
         by :math:`\beta_1` at every step. Here the reference's indexing and :math:`y` update are
-        kept; the step-0 warm-up value :math:`\gamma_0 = \gamma/W` is used.
+        kept; the step-0 warm-up value :math:`\gamma_0 = \gamma/W` is used. ``form="optax"`` gives optax's.
 
     Args:
         base_optimizer: the transform whose update moves :math:`z` (learning rate included, no
@@ -148,6 +148,9 @@ def schedule_free(base_optimizer: optax.GradientTransformation, learning_rate: S
         weight_lr_power: :math:`p \ge 0`.
         state_dtype: the dtype of :math:`z`, or ``None`` (the params').
         r: :math:`r \ge 0`, the polynomial weighting of the average.
+        form: ``"reference"`` (the authors' package) or ``"optax"`` (``optax.contrib.schedule_free``:
+            ``learning_rate`` evaluated at :math:`t+1` for the weights, :math:`\gamma^{max}_{-1} = 0`,
+            :math:`y` formed through :math:`x`; needs ``r=0``).
 
     Raises:
         ValueError: ``b1`` outside ``(0, 1)``, ``weight_lr_power`` or ``r`` negative, a negative
@@ -165,12 +168,14 @@ def schedule_free(base_optimizer: optax.GradientTransformation, learning_rate: S
     check_range(owner, "b1", b1, 0.0, 1.0, low_open=True, high_open=True)
     check_range(owner, "weight_lr_power", weight_lr_power, 0.0)
     check_range(owner, "r", r, 0.0)
+    _check_form(owner, form, r)
+    optax_form = form == "optax"
     check_state_dtype(owner, "state_dtype", state_dtype)
     values = given(learning_rate=learning_rate, b1=b1, weight_lr_power=weight_lr_power, r=r)
 
     def init_fn(params):
         hp = init_hyperparams(**values)
-        hp.update(lr_max=jnp.asarray(-1.0, float_dtype()), weight_sum=jnp.asarray(0.0, float_dtype()),
+        hp.update(lr_max=jnp.asarray(0.0 if optax_form else -1.0, float_dtype()), weight_sum=jnp.asarray(0.0, float_dtype()),
                   c=jnp.asarray(0.0, float_dtype()))
         z = jax.tree.map(lambda p: jnp.array(p, dtype=state_dtype or p.dtype), params)
         return ScheduleFreeState(jnp.zeros([], jnp.int32), hp, base_optimizer.init(params), z)
@@ -179,7 +184,8 @@ def schedule_free(base_optimizer: optax.GradientTransformation, learning_rate: S
         if params is None:
             raise ValueError(f"{owner}: update needs params (the y sequence)")
         stored = state.hyperparams
-        hp = current_hyperparams(values, stored, state.count)
+        # optax's form evaluates the learning rate at t + 1 (its step count starts at 1).
+        hp = current_hyperparams(values, stored, optax.safe_increment(state.count) if optax_form else state.count)
         lr, beta1 = hp["learning_rate"], hp["b1"]
         lr_max = jnp.maximum(stored["lr_max"], lr)
         k1 = state.count.astype(lr_max.dtype) + 1
@@ -190,6 +196,9 @@ def schedule_free(base_optimizer: optax.GradientTransformation, learning_rate: S
 
         def y_change(y, z, d):
             y32, z32, d32 = widen(y), widen(z), widen(d)
+            if optax_form:  # x from y and z, averaged, mixed again: optax's arithmetic
+                x = (1 - c) * ((y32 - (1 - beta1) * z32) / beta1) + c * (z32 + d32)
+                return store(beta1 * x + (1 - beta1) * (z32 + d32) - y32, y.dtype)
             return store(c * (z32 - y32) + (1 - beta1 * (1 - c)) * d32, y.dtype)
 
         out = jax.tree.map(y_change, params, state.z, delta)
@@ -200,13 +209,23 @@ def schedule_free(base_optimizer: optax.GradientTransformation, learning_rate: S
     return transformation(owner, init_fn, update_fn)
 
 
-def _warmed_up(learning_rate: ScalarOrSchedule, warmup_steps: Optional[int]) -> ScalarOrSchedule:
-    r"""The reference's warm-up: :math:`\gamma_t = \gamma \min((t+1)/W, 1)` (:math:`\gamma/W` at :math:`t=0`)."""
+def _check_form(owner, form, r):
+    if form not in ("reference", "optax"):
+        raise ValueError(f"{owner}: form must be 'reference' or 'optax', got {form!r}")
+    if form == "optax" and r != 0:
+        raise ValueError(f"{owner}: r must be 0 with form='optax' (optax has no r), got {r!r}")
+
+
+def _warmed_up(learning_rate: ScalarOrSchedule, warmup_steps: Optional[int], form: str = "reference"
+               ) -> ScalarOrSchedule:
+    r"""The reference's warm-up: :math:`\gamma_t = \gamma \min((t+1)/W, 1)` (:math:`\gamma/W` at :math:`t=0`);
+    optax's (``form="optax"``): :math:`\gamma \min(t/W, 1)` (0 at :math:`t=0`)."""
     if not warmup_steps:
         return learning_rate
+    shift = 0 if form == "optax" else 1
 
     def schedule(step):
-        ramp = (jnp.asarray(step, float_dtype()) + 1) / warmup_steps
+        ramp = (jnp.asarray(step, float_dtype()) + shift) / warmup_steps
         return schedules.resolve(learning_rate, step) * jnp.minimum(ramp, 1.0)
 
     return schedule
@@ -267,7 +286,8 @@ def scale_by_schedule_free_adam(b2: ScalarOrSchedule = 0.999, eps: ScalarOrSched
 def schedule_free_adamw(learning_rate: ScalarOrSchedule = 0.0025, warmup_steps: Optional[int] = None,
                         b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
                         weight_decay: ScalarOrSchedule = 0.0, weight_lr_power: float = 2.0, state_dtype=None, *,
-                        r: float = 0.0, mask: MaskOrFn = None) -> optax.GradientTransformation:
+                        r: float = 0.0, mask: MaskOrFn = None, form: str = "reference"
+                        ) -> optax.GradientTransformation:
     r"""Schedule-Free AdamW: :func:`schedule_free` around :func:`scale_by_schedule_free_adam`.
 
     .. math::
@@ -286,7 +306,8 @@ def schedule_free_adamw(learning_rate: ScalarOrSchedule = 0.0025, warmup_steps: 
     .. warning::
         ``optax.contrib.schedule_free_adamw`` with ``warmup_steps`` moves :math:`z` with
         :math:`\gamma_t = \gamma t/W` (0 at the first update) while its averaging weights use
-        :math:`\gamma (t+1)/W`; it has no ``r``. Without a warm-up the two agree up to rounding.
+        :math:`\gamma (t+1)/W`; it has no ``r``. Without a warm-up the two agree up to rounding;
+        ``form="optax"`` gives optax's numbers with one.
 
     Args:
         learning_rate: :math:`\gamma \ge 0` (a number or a schedule, multiplied by the warm-up).
@@ -299,6 +320,8 @@ def schedule_free_adamw(learning_rate: ScalarOrSchedule = 0.0025, warmup_steps: 
         state_dtype: the dtype of :math:`z`, or ``None`` (the params').
         r: :math:`r \ge 0` of :func:`schedule_free`.
         mask: the leaves that decay (as in :func:`optimizers.adamw`).
+        form: ``"reference"``, or ``"optax"``: ``optax.contrib.schedule_free_adamw`` step for
+            step (its warm-up :math:`\gamma t/W` for :math:`z`, see :func:`schedule_free`; ``r=0``).
 
     Raises:
         ValueError: a hyperparameter outside its range (naming it).
@@ -309,12 +332,13 @@ def schedule_free_adamw(learning_rate: ScalarOrSchedule = 0.0025, warmup_steps: 
         second moment, Section 6); PyPI ``schedulefree`` 1.4.1, ``AdamWScheduleFree``.
     """
     _check_warmup("schedule_free_adamw", warmup_steps)
-    lr = _warmed_up(learning_rate, warmup_steps)
+    _check_form("schedule_free_adamw", form, r)
+    lr = _warmed_up(learning_rate, warmup_steps, form)
     check_range("schedule_free_adamw", "learning_rate", learning_rate, 0.0)
     check_range("schedule_free_adamw", "b1", b1, 0.0, 1.0, low_open=True, high_open=True)
     base = optax.chain(scale_by_schedule_free_adam(b2, eps), add_decayed_weights(weight_decay, mask),
                        scale_by_learning_rate(lr))
-    tx = schedule_free(base, lr, b1, weight_lr_power, state_dtype, r=r)
+    tx = schedule_free(base, lr, b1, weight_lr_power, state_dtype, r=r, form=form)
 
     def init(params):
         reject_complex("schedule_free_adamw", params, "its second moment is defined for real params only "
@@ -329,7 +353,7 @@ def schedule_free_adamw(learning_rate: ScalarOrSchedule = 0.0025, warmup_steps: 
 def schedule_free_sgd(learning_rate: ScalarOrSchedule = 1.0, warmup_steps: Optional[int] = None,
                       b1: ScalarOrSchedule = 0.9, weight_decay: Optional[ScalarOrSchedule] = None,
                       weight_lr_power: float = 2.0, state_dtype=None, *, r: float = 0.0,
-                      mask: MaskOrFn = None) -> optax.GradientTransformation:
+                      mask: MaskOrFn = None, form: str = "reference") -> optax.GradientTransformation:
     r"""Schedule-Free SGD: :func:`schedule_free` around SGD.
 
     .. math::
@@ -352,15 +376,17 @@ def schedule_free_sgd(learning_rate: ScalarOrSchedule = 1.0, warmup_steps: Optio
         weight_decay: :math:`\lambda \ge 0` at :math:`y`, or ``None`` (none).
         weight_lr_power, state_dtype, r: as in :func:`schedule_free`.
         mask: the leaves that decay.
+        form: ``"reference"``, or ``"optax"``: ``optax.contrib.schedule_free_sgd`` step for step.
 
     References:
         Defazio et al., "The Road Less Scheduled", NeurIPS 2024, Algorithm 1; PyPI
         ``schedulefree`` 1.4.1, ``SGDScheduleFree``.
     """
     _check_warmup("schedule_free_sgd", warmup_steps)
-    lr = _warmed_up(learning_rate, warmup_steps)
+    _check_form("schedule_free_sgd", form, r)
+    lr = _warmed_up(learning_rate, warmup_steps, form)
     check_range("schedule_free_sgd", "learning_rate", learning_rate, 0.0)
     check_range("schedule_free_sgd", "b1", b1, 0.0, 1.0, low_open=True, high_open=True)
     links = [] if weight_decay is None else [add_decayed_weights(weight_decay, mask)]
     base = optax.chain(*links, scale_by_learning_rate(lr))
-    return schedule_free(base, lr, b1, weight_lr_power, state_dtype, r=r)
+    return schedule_free(base, lr, b1, weight_lr_power, state_dtype, r=r, form=form)
