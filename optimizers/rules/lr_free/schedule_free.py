@@ -10,7 +10,7 @@ import optax
 
 import schedules
 from optimizers.contract.checks import transformation
-from optimizers.contract.dtypes import check_state_dtype, reject_complex, store, widen
+from optimizers.contract.dtypes import check_state_dtype, is_low_precision, reject_complex, store, widen
 from optimizers.contract.hyperparams import check_range, current_hyperparams, float_dtype, given, init_hyperparams
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
@@ -121,7 +121,11 @@ def schedule_free(base_optimizer: optax.GradientTransformation, learning_rate: S
     returned update is the change of :math:`y`,
 
     .. math::
-        y_{t+1} - y_t = c_{t+1}(z_t - y_t) + \bigl(1 - \beta_1(1 - c_{t+1})\bigr)\Delta_t,
+        y_{t+1} - y_t = c_{t+1}(z_t - y_t) + \bigl(1 - \beta_1(1 - c_{t+1})\bigr)\Delta_t
+                      = c_{t+1}(z_{t+1} - y_t) + (1 - \beta_1)(1 - c_{t+1})\Delta_t,
+
+    (the reference's form, computed as the second, from the new :math:`z`: the same up to rounding,
+    and :math:`y` and :math:`z` are then both updated in place, without copies)
 
     so ``optax.apply_updates(params, updates)`` gives :math:`y_{t+1}`, and :math:`x_t` is
     :func:`schedule_free_eval_params` ``(state, params)``. The averaging quantities
@@ -194,15 +198,22 @@ def schedule_free(base_optimizer: optax.GradientTransformation, learning_rate: S
         c = jnp.where(weight_sum > 0, weight / jnp.where(weight_sum > 0, weight_sum, 1), 0.0)
         delta, base_state = base_optimizer.update(updates, state.base_optimizer_state, params)
 
-        def y_change(y, z, d):
-            y32, z32, d32 = widen(y), widen(z), widen(d)
+        z = jax.tree.map(lambda z, d: store(widen(z) + widen(d), z.dtype), state.z, delta)
+
+        def y_change(y, z_old, z_new, d):
+            y32, d32 = widen(y), widen(d)
             if optax_form:  # x from y and z, averaged, mixed again: optax's arithmetic
+                z32 = widen(z_old)
                 x = (1 - c) * ((y32 - (1 - beta1) * z32) / beta1) + c * (z32 + d32)
                 return store(beta1 * x + (1 - beta1) * (z32 + d32) - y32, y.dtype)
-            return store(c * (z32 - y32) + (1 - beta1 * (1 - c)) * d32, y.dtype)
+            # c (z_t - y_t) + (1 - beta1 (1 - c)) d, written with z_{t+1} = z_t + d: reading the new z
+            # lets both be updated in place without a copy of either. A z stored in low precision is
+            # read before its rounding (the z_{t+1} in float32) instead.
+            if is_low_precision(z_new.dtype):
+                z_new = widen(z_old) + d32
+            return store(c * (widen(z_new) - y32) + (1 - beta1) * (1 - c) * d32, y.dtype)
 
-        out = jax.tree.map(y_change, params, state.z, delta)
-        z = jax.tree.map(lambda z, d: store(widen(z) + widen(d), z.dtype), state.z, delta)
+        out = jax.tree.map(y_change, params, state.z, z, delta)
         hp.update(lr_max=lr_max, weight_sum=weight_sum, c=c.astype(lr_max.dtype))
         return out, ScheduleFreeState(optax.safe_increment(state.count), hp, base_state, z)
 
