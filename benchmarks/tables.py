@@ -16,10 +16,11 @@ def _optimizers():
 
 
 def aliases() -> list[str]:
-    """Every optimizer alias: a name in ``optimizers.__all__`` that takes a ``learning_rate``."""
+    """Every optimizer alias: a name in ``optimizers.__all__`` that takes a ``learning_rate`` and is not a
+    wrapper around another optimizer (``schedule_free(base_optimizer, learning_rate)``)."""
     opt = _optimizers()
-    return sorted(n for n in opt.__all__
-                  if callable(getattr(opt, n)) and "learning_rate" in _parameters(getattr(opt, n)))
+    return sorted(n for n in opt.__all__ if callable(getattr(opt, n)) and "learning_rate" in _parameters(getattr(opt, n))
+                  and "base_optimizer" not in _parameters(getattr(opt, n)))
 
 
 def _parameters(fn):
@@ -58,6 +59,8 @@ OPTAX = {
     "adamax": lambda optax: optax.adamax(LR),
     "adamw": lambda optax: optax.adamw(LR, weight_decay=0.01),
     "amsgrad": lambda optax: optax.amsgrad(LR),
+    "schedule_free_adamw": lambda optax: optax.contrib.schedule_free_adamw(LR),  # = ours without a warm-up
+    "schedule_free_sgd": lambda optax: optax.contrib.schedule_free_sgd(LR),
     "lamb": lambda optax: optax.lamb(LR, eps=1e-8, weight_decay=0.01),
     "lars": lambda optax: optax.lars(LR, weight_decay=0.0, trust_coefficient=0.001, momentum=0.9),
     "lion": lambda optax: optax.lion(LR, b1=0.9, b2=0.99, weight_decay=1.0),

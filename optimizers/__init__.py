@@ -16,6 +16,13 @@ from optimizers.rules.adaptive.adagrad import ScaleByRssState as ScaleByRssState
 from optimizers.rules.adaptive.adagrad import adagrad as adagrad
 from optimizers.rules.adaptive.adagrad import scale_by_rss as scale_by_rss
 from optimizers.rules.adaptive.adam import ScaleByAdamState as ScaleByAdamState
+from optimizers.rules.lr_free.schedule_free import ScaleByScheduleFreeAdamState as ScaleByScheduleFreeAdamState
+from optimizers.rules.lr_free.schedule_free import ScheduleFreeState as ScheduleFreeState
+from optimizers.rules.lr_free.schedule_free import scale_by_schedule_free_adam as scale_by_schedule_free_adam
+from optimizers.rules.lr_free.schedule_free import schedule_free as schedule_free
+from optimizers.rules.lr_free.schedule_free import schedule_free_adamw as schedule_free_adamw
+from optimizers.rules.lr_free.schedule_free import schedule_free_eval_params as schedule_free_eval_params
+from optimizers.rules.lr_free.schedule_free import schedule_free_sgd as schedule_free_sgd
 from optimizers.rules.adaptive.adam import ScaleByAdamaxState as ScaleByAdamaxState
 from optimizers.rules.adaptive.adam import ScaleByAmsgradState as ScaleByAmsgradState
 from optimizers.rules.adaptive.adam import adam as adam
@@ -174,10 +181,12 @@ __all__ = [
     "ScaleByRmsState",
     "ScaleByRpropState",
     "ScaleByRssState",
+    "ScaleByScheduleFreeAdamState",
     "ScaleBySignumState",
     "ScaleBySm3State",
     "ScaleByTrustRatioState",
     "ScaleByYogiState",
+    "ScheduleFreeState",
     "SwaState",
     "TraceState",
     "adabelief",
@@ -220,10 +229,10 @@ __all__ = [
     "nadam",
     "nadamw",
     "novograd",
+    "orthogonalize",
     "prodigy",
     "radam",
     "recompute_batch_stats",
-    "orthogonalize",
     "reduce_on_plateau",
     "register_nonnegative",
     "restore",
@@ -256,11 +265,16 @@ __all__ = [
     "scale_by_rms",
     "scale_by_rprop",
     "scale_by_rss",
+    "scale_by_schedule_free_adam",
     "scale_by_sign",
     "scale_by_signum",
     "scale_by_sm3",
     "scale_by_trust_ratio",
     "scale_by_yogi",
+    "schedule_free",
+    "schedule_free_adamw",
+    "schedule_free_eval_params",
+    "schedule_free_sgd",
     "set_hyperparams",
     "sgd",
     "sign_sgd",

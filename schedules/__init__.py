@@ -17,6 +17,7 @@ from schedules._lr_finder import LRFinderResult as LRFinderResult
 from schedules._lr_finder import lr_finder as lr_finder
 from schedules._ramps import lr_range as lr_range
 from schedules._ramps import swa_lr as swa_lr
+from schedules._wsd import wsd as wsd
 
 __all__ = [
     "LRFinderResult",
@@ -36,4 +37,5 @@ __all__ = [
     "sgdr",
     "swa_lr",
     "warmup",
+    "wsd",
 ]

@@ -97,6 +97,8 @@ BAD = [
     (schedules.warmup, dict(schedule=1.0, warmup_steps=5, mode="exp"), "mode"),
     (schedules.join, dict(schedules=[1.0, 2.0], boundaries=[]), "boundaries"),
     (schedules.join, dict(schedules=[1.0, 2.0, 3.0], boundaries=[5, 5]), "boundaries"),
+    (schedules.wsd, dict(peak_value=1.0, total_steps=100, decay_shape="exp"), "decay_shape"),
+    (schedules.wsd, dict(peak_value=1.0, total_steps=100, warmup_steps=90, decay_steps=20), "warmup_steps"),
 ]
 
 
@@ -122,6 +124,7 @@ def test_jit_vmap_and_traced_step(name):
         "cyclical": (0.1, 1.0, 3, "triangular2"), "one_cycle": (20, 1.0), "lr_range": (1e-3, 1.0, 10),
         "swa_lr": (1.0, 0.1, 5), "warmup": (schedules.cosine(1.0, 10), 3),
         "join": ([schedules.constant(1.0), schedules.cosine(0.5, 5)], [4]),
+        "wsd": (1.0, 20, 3, 0.25, "1-sqrt", 0.05),
     }[name]
     s = getattr(schedules, name)(*example)
     steps = jnp.arange(25)

@@ -303,13 +303,14 @@ PAIR = {
     "swa(adam)": (_swa_of_adam, True, 2),
 }
 # Linear in each real coordinate: complex = the real optimizer on (real part, imaginary part).
-SPLIT = {n: {} for n in ["lookahead(sgd)", "scale_by_learning_rate", "scale_by_relative_step", "sgd"]}
+SPLIT = {n: {} for n in ["lookahead(sgd)", "scale_by_learning_rate", "scale_by_relative_step", "schedule_free_sgd",
+                         "sgd"]}
 SPLIT["sgd (nesterov)"] = dict(nesterov=True)
 # Per-coordinate signs, sign agreements, real gains; Muon: its matrices real, as torch's (complex
 # vectors and scalars go to its AdamW); Prodigy, D-Adaptation: their estimates compare signed dot products of
 # real params (the references' torch.dot of complex tensors is not the real pair's); DoG: as optax's, real only.
-REFUSED = ["dadapt_adamw", "dog", "funnelled_sgdm", "lion", "muon", "prodigy", "rprop", "sign_sgd", "signum", "fused(funnelled_sgdm)",
-           "fused(lion)", "fused(rprop)"]
+REFUSED = ["dadapt_adamw", "dog", "funnelled_sgdm", "lion", "muon", "prodigy", "rprop", "schedule_free_adamw", "sign_sgd",
+           "signum", "fused(funnelled_sgdm)", "fused(lion)", "fused(rprop)"]
 
 
 def test_every_optimizer_is_decided():

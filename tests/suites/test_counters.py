@@ -140,6 +140,7 @@ EXAMPLES = {
     "swa_lr": (schedules.swa_lr(1.0, 0.1, 5), lambda t: 0.1),
     "warmup": (schedules.warmup(schedules.cosine(1.0, 10), 3), lambda t: 0.0),
     "join": (schedules.join([schedules.constant(1.0), schedules.cosine(0.5, 5)], [4]), lambda t: 0.0),
+    "wsd": (schedules.wsd(1.0, 20, 3, 0.25, end_value=0.05), lambda t: 0.05),
 }
 MAKERS = sorted(n for n in schedules.__all__ if inspect.isfunction(getattr(schedules, n))
                 and inspect.signature(getattr(schedules, n)).return_annotation == "Schedule")

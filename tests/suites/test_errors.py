@@ -74,6 +74,8 @@ BAD = {
     "betas": [0.9, NAN], "beta3": UNIT, "estim_lr0": [0.0, -1e-6, NAN], "estim_lr_coef": [0.0, -1.0, NAN],
     "d0": [0.0, -1e-6, NAN], "growth_rate": [0.5, NAN],
     "init_step": ["bogus", NAN],  # dog's (tag, value): a tuple's repr is no regex either
+    # schedule-free
+    "weight_lr_power": [-1.0, NAN], "r": [-0.5, NAN], "warmup_steps": [-1, 1.5, NAN],
     # with_quantized_state
     "bits": [4, 3, NAN], "block_size": [0, 100, NAN], "min_size": [0, -1],
 }
@@ -94,6 +96,8 @@ OVERRIDES = {
     ("scale_by_muon", "eps"): [-1e-8, NAN],
     ("dog", "eps"): [-1e-8, NAN],  # under the root with G_t: the paper's 0 is fine
     ("scale_by_dog", "eps"): [-1e-8, NAN],
+    ("schedule_free_adamw", "eps"): [-1e-8, NAN],  # 0 is allowed by schedulefree.AdamWScheduleFree
+    ("scale_by_schedule_free_adam", "eps"): [-1e-8, NAN],
 }
 CONSTRUCTORS = sorted(n for n in optimizers.__all__
                       if "GradientTransformation" in str(inspect.signature(getattr(optimizers, n)).return_annotation))
