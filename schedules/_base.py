@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 _INF = float("inf")
+_RANGES: dict[tuple[str, str], tuple] = {}  # (owner, name) -> the range check_range last checked it against
 
 Schedule = Callable[[jax.Array], jax.Array]
 """A pure function ``step -> value``; ``step`` counts updates from 0 and may be traced."""
@@ -55,6 +56,7 @@ def check_range(owner: str, name: str, value, low: float = -_INF, high: float = 
     array of several values) is refused here, at build time, naming the argument.
     """
     _check_type(owner, name, value)
+    _RANGES[(owner, name)] = (low, high, low_open, high_open)
     if not is_number(value):
         return
     above = low < value if low_open else low <= value
@@ -96,3 +98,9 @@ def power(base: float, exponent) -> jax.Array:
     (~3e-8 relative) into the result :math:`x` times: 4e-5 at :math:`x = 1000`.
     """
     return jnp.exp(float_steps(exponent) * math.log(base))
+
+
+def checked_range(owner: str, name: str):
+    """``(low, high, low_open, high_open)`` that ``owner`` checked its ``name`` against when it was built,
+    or ``None`` (what ``set_hyperparams`` holds a new value to)."""
+    return _RANGES.get((owner, name))

@@ -150,6 +150,9 @@ def check_update_args(owner: str, shapes: StateShapes, updates, state, params) -
                          f"with other params?): in the state these updates imply, {where}")
 
 
+OWNERS: dict[type, str] = {}  # a state type -> the transform that builds it (for set_hyperparams' checks)
+
+
 def check_no_integer_updates(owner: str, updates) -> None:
     """Raises ``ValueError`` naming the first integer or bool leaf of ``updates``: passed through, it
     would be added to the params (an ascent). ``None`` and ``float0`` leaves (what
@@ -209,6 +212,7 @@ def transformation(owner: str, init_fn: Callable, update_fn: Callable,
         floats = floats_only(params)
         state = init_fn(floats)
         shapes.record(floats, state)
+        OWNERS.setdefault(type(state), owner)
         return state
 
     def update(updates, state, params=None, **extra: Any):

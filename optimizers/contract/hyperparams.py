@@ -24,6 +24,7 @@ import numpy as np
 
 import schedules
 from schedules._base import check_range as check_range  # noqa: F401  (re-exported for the transforms)
+from schedules._base import checked_range
 from schedules._base import is_number as _is_number
 
 
@@ -152,6 +153,30 @@ def get_hyperparams(state) -> dict[str, jax.Array]:
     return {key: values[pairs[0]] for key, pairs in _keys(state).items()}
 
 
+# Where a transform checked a name under another (Amos's learning rate is its xi), the range every
+# transform gives that name.
+_DEFAULT_RANGES = {"learning_rate": (0.0, float("inf"))}
+
+
+def _check_new_values(state, targets) -> None:
+    """Each new value checked as its transform's constructor checked it (type and range), naming it."""
+    from optimizers.contract.checks import OWNERS  # the contract's table of state types
+
+    def check(node, path):
+        for (name, at), value in targets:
+            if name in node.hyperparams and path[:len(at)] == at:
+                owner = OWNERS.get(type(node))
+                if callable(value):
+                    raise ValueError(f"set_hyperparams: {name} must be a number or a scalar array, got the "
+                                     f"schedule {value!r} (a schedule is fixed when the optimizer is built)")
+                bounds = (None if owner is None else checked_range(owner, name)) or _DEFAULT_RANGES.get(name)
+                check_range(f"set_hyperparams ({owner or type(node).__name__})", name, value,
+                            *(bounds or ()))
+        return node
+
+    _visit(state, check)
+
+
 def set_hyperparams(state, **values):
     """A copy of ``state`` with the named hyperparameters replaced.
 
@@ -178,6 +203,7 @@ def set_hyperparams(state, **values):
         raise ValueError(f"set_hyperparams: no hyperparameter named {unknown} in this state; "
                          f"it holds {sorted(keys)}")
     targets = [(pair, v) for k, v in values.items() for pair in keys[k]]
+    _check_new_values(state, targets)
 
     def replace(node, path):
         def new_value(k, v):

@@ -155,3 +155,29 @@ def test_flax_train_state():
     np.testing.assert_allclose(hp["momentum"], 0.9, rtol=1e-6)
     state = state.replace(opt_state=optimizers.set_hyperparams(state.opt_state, learning_rate=0.05))
     np.testing.assert_allclose(optimizers.get_hyperparams(state.opt_state)["learning_rate"], 0.05, rtol=1e-6)
+
+
+@pytest.mark.parametrize("values, match", [
+    (dict(learning_rate=-1.0), r"set_hyperparams \(scale_by_learning_rate\): learning_rate must be in \[0.0, inf\]"),
+    (dict(b1=1.5), r"set_hyperparams \(scale_by_adam\): b1 must be in \[0.0, 1.0\)"),
+    (dict(learning_rate="0.01"), r"learning_rate must be a real number"),
+    (dict(learning_rate=lambda t: 0.1), r"learning_rate must be a number or a scalar array, got the schedule"),
+])
+def test_set_values_are_checked_as_the_constructor_checks_them(values, match):
+    """``set_hyperparams`` holds a new value to its transform's type and range, naming it."""
+    state = optimizers.adam(1e-3).init(PARAMS)
+    with pytest.raises(ValueError, match=match):
+        optimizers.set_hyperparams(state, **values)
+
+
+def test_every_optimizer_refuses_a_negative_learning_rate_set_by_hand():
+    from optimizers.contract.registry import declared_optimizers
+    from registry import KWARGS
+
+    for name, declared in declared_optimizers().items():
+        state = declared.build(**{**KWARGS[name], "learning_rate": 1e-3}).init(PARAMS)
+        keys = [k for k in optimizers.get_hyperparams(state) if k.split("/")[-1] == "learning_rate"]
+        assert keys, name
+        for key in keys:
+            with pytest.raises(ValueError, match="learning_rate must be in"):
+                optimizers.set_hyperparams(state, **{key: -1.0})
