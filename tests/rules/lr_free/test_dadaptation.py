@@ -247,3 +247,36 @@ def test_sgd_bad_hyperparameters_raise(kwargs, name):
 def test_sgd_complex_params_are_refused():
     with pytest.raises(TypeError, match="dadapt_sgd: complex params are not supported"):
         optimizers.dadapt_sgd().init({"w": np.ones(3, np.complex64)})
+
+
+def _dadapt_sgd_reference(theta0, grads, lr=1.0, momentum=0.0, wd=0.0, d0=1e-6, growth=math.inf):
+    """D-Adapted SGD (dual averaging with momentum) over a list of leaves, in float64, as dadaptation 3.2
+    defines it: the first raw gradient's norm scales every step. Yields the params and the estimate d."""
+    x = [np.array(t, np.float64) for t in theta0]
+    x0 = [t.copy() for t in x]
+    s = [np.zeros_like(t) for t in x]
+    d, r, g0 = d0, 0.0, None
+    for gs in grads:
+        if g0 is None:
+            g0 = math.sqrt(sum(float(np.sum(np.square(gi))) for gi in gs))
+        g = [np.array(gi, np.float64) + wd * xi for gi, xi in zip(gs, x)]
+        delta = d * lr / g0
+        r += delta * sum(float(np.sum(gi * si)) for gi, si in zip(g, s))  # old s
+        s = [si + delta * gi for si, gi in zip(s, g)]
+        d_hat = 2 * r / math.sqrt(sum(float(np.sum(si * si)) for si in s))
+        x = [momentum * xi + (1 - momentum) * (x0i - si) for xi, x0i, si in zip(x, x0, s)]
+        d = max(d, min(d_hat, d * growth))
+        yield [t.copy() for t in x], d
+
+
+@pytest.mark.parametrize("case", sorted(SGD_CASES))
+def test_sgd_matches_float64_transcription(case):
+    ours, _ = SGD_CASES[case]
+    theta0, grads = _sgd_problem(5)
+    treedef = jax.tree.structure(theta0)
+    names = dict(learning_rate="lr", momentum="momentum", weight_decay="wd", d0="d0", growth_rate="growth")
+    want = [jax.tree.unflatten(treedef, w) for w, _ in
+            _dadapt_sgd_reference(jax.tree.leaves(theta0), [jax.tree.leaves(g) for g in grads],
+                                  **{names[k]: v for k, v in ours.items()})]
+    for g, w in zip(run_params_f64(optimizers.dadapt_sgd(**ours), grads, theta0), want):
+        assert_trees_close(g, w, rtol=1e-10)
