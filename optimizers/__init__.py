@@ -51,11 +51,17 @@ from optimizers.rules.adaptive.belief import scale_by_belief as scale_by_belief
 from optimizers.rules.lr_free.dadaptation import ScaleByDadaptAdamwState as ScaleByDadaptAdamwState
 from optimizers.rules.lr_free.dadaptation import dadapt_adamw as dadapt_adamw
 from optimizers.rules.lr_free.dadaptation import scale_by_dadapt_adamw as scale_by_dadapt_adamw
+from optimizers.rules.lr_free.dadaptation import ScaleByDadaptSgdState as ScaleByDadaptSgdState
+from optimizers.rules.lr_free.dadaptation import dadapt_sgd as dadapt_sgd
+from optimizers.rules.lr_free.dadaptation import scale_by_dadapt_sgd as scale_by_dadapt_sgd
 from optimizers.wrappers.data_echoing import data_echoing as data_echoing
 from optimizers.contract.dtypes import with_state_dtype as with_state_dtype
 from optimizers.rules.lr_free.dog import ScaleByDogState as ScaleByDogState
 from optimizers.rules.lr_free.dog import dog as dog
 from optimizers.rules.lr_free.dog import scale_by_dog as scale_by_dog
+from optimizers.rules.lr_free.dog import ScaleByDowgState as ScaleByDowgState
+from optimizers.rules.lr_free.dog import dowg as dowg
+from optimizers.rules.lr_free.dog import scale_by_dowg as scale_by_dowg
 from optimizers.rules.momentum.ema import ScaleByEmaState as ScaleByEmaState
 from optimizers.rules.momentum.ema import scale_by_ema as scale_by_ema
 from optimizers.contract.backend import update_and_apply as update_and_apply
@@ -164,7 +170,9 @@ __all__ = [
     "ScaleByAmsgradState",
     "ScaleByBeliefState",
     "ScaleByDadaptAdamwState",
+    "ScaleByDadaptSgdState",
     "ScaleByDogState",
+    "ScaleByDowgState",
     "ScaleByEmaState",
     "ScaleByFactoredRmsState",
     "ScaleByFunnelledSgdmState",
@@ -209,9 +217,11 @@ __all__ = [
     "check_finite",
     "clip_by_block_rms",
     "dadapt_adamw",
+    "dadapt_sgd",
     "data_echoing",
     "dequantized",
     "dog",
+    "dowg",
     "ema",
     "fit_sharding",
     "forward_value_and_grad",
@@ -248,7 +258,9 @@ __all__ = [
     "scale_by_amsgrad",
     "scale_by_belief",
     "scale_by_dadapt_adamw",
+    "scale_by_dadapt_sgd",
     "scale_by_dog",
+    "scale_by_dowg",
     "scale_by_ema",
     "scale_by_factored_rms",
     "scale_by_funnelled_sgdm",

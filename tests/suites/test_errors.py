@@ -74,6 +74,7 @@ BAD = {
     "betas": [0.9, NAN], "beta3": UNIT, "estim_lr0": [0.0, -1e-6, NAN], "estim_lr_coef": [0.0, -1.0, NAN],
     "d0": [0.0, -1e-6, NAN], "growth_rate": [0.5, NAN],
     "init_step": ["bogus", NAN],  # dog's (tag, value): a tuple's repr is no regex either
+    "init_estim_sq_dist": [0.0, -1e-4, NAN],  # dowg's
     # schedule-free
     "weight_lr_power": [-1.0, NAN], "r": [-0.5, NAN], "warmup_steps": [-1, 1.5, NAN],
     # with_quantized_state

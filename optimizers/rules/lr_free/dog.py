@@ -123,3 +123,96 @@ def dog(learning_rate: ScalarOrSchedule = 1.0, init_step: tuple[str, float] = ("
     check_range("dog", "weight_decay", weight_decay, 0.0)
     decay = [] if weight_decay is None else [add_decayed_weights(weight_decay, mask)]
     return optax.chain(*decay, scale_by_dog(init_step, eps), scale_by_learning_rate(learning_rate))
+
+
+@declare_state(elementwise=False)
+class ScaleByDowgState(NamedTuple):
+    count: jax.Array  # int32 scalar: updates applied so far
+    hyperparams: dict  # {"eta": eta_t}: the step size of the latest update (written, not read)
+    init_params: optax.Params  # x_0
+    estim_sq_dist: jax.Array  # r-bar_t^2 = max(r_eps^2, max_k ||x_k - x_0||^2)
+    weighted_sq_norm_grads: jax.Array  # v_t = sum_k r-bar_k^2 ||g_k||^2
+
+
+def scale_by_dowg(init_estim_sq_dist: Optional[float] = None, eps: float = 1e-4) -> optax.GradientTransformation:
+    r"""DoWG's step: the gradient times :math:`\eta_t`, the squared distance over the root of the weighted squared norms.
+
+    .. math::
+        \bar r_t^2 = \max\big(\bar r_{t-1}^2, \|x_t - x_0\|^2\big), \quad
+        v_t = v_{t-1} + \bar r_t^2 \|g_t\|^2, \quad
+        \eta_t = \frac{\bar r_t^2}{\sqrt{v_t} + \epsilon}, \quad
+        u_t = \eta_t g_t
+
+    with :math:`\bar r_{-1}^2` = ``init_estim_sq_dist`` (``None``: :math:`\epsilon`), :math:`v_{-1} = 0`
+    and norms over the whole model (global sums: the same under sharded ``jit``).
+    :math:`\eta_t` is ``optimizers.get_hyperparams(state)["eta"]`` (0 before the first update).
+
+    .. warning::
+        The paper's :math:`\eta_t` has no :math:`\epsilon`; optax's (and this) adds it to the root
+        (``eps=0`` with ``init_estim_sq_dist`` given is the paper's), and optax's default starts
+        :math:`\bar r^2` at ``eps`` too.
+
+    Args:
+        init_estim_sq_dist: :math:`\bar r_\epsilon^2 > 0`, the initial squared-distance estimate.
+        eps: :math:`\epsilon \ge 0` (> 0 when ``init_estim_sq_dist`` is ``None``).
+
+    References:
+        Khaled, Mishchenko & Jin, "DoWG Unleashed: An Efficient Universal Parameter-Free Gradient
+        Descent Method", NeurIPS 2023, Algorithm 1 (DoWG).
+    """
+    owner = "scale_by_dowg"
+    _check_dowg(owner, init_estim_sq_dist, eps)
+    r2_0 = eps if init_estim_sq_dist is None else init_estim_sq_dist
+
+    def init_fn(params):
+        reject_complex("dowg", params, "optax's DoWG takes real norms; complex leaves are not defined there")
+        dt = float_dtype()
+        return ScaleByDowgState(jnp.zeros([], jnp.int32), {"eta": jnp.zeros([], dt)},
+                                jax.tree.map(jnp.array, params), jnp.asarray(r2_0, dt), jnp.zeros([], dt))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(f"{owner}: update needs params, got params=None")
+        sq_dist = _sum_sq(jax.tree.map(lambda a, b: widen(a) - widen(b), state.init_params, params))
+        r2 = jnp.maximum(state.estim_sq_dist, sq_dist)
+        v = r2 * _sum_sq(updates) + state.weighted_sq_norm_grads
+        eta = r2 / (jnp.sqrt(v) + eps)
+        out = jax.tree.map(lambda g: store(eta * widen(g), g.dtype), updates)
+        return out, ScaleByDowgState(optax.safe_increment(state.count), {"eta": eta}, state.init_params, r2, v)
+
+    return transformation(owner, init_fn, update_fn)
+
+
+def _check_dowg(owner, init_estim_sq_dist, eps):
+    check_range(owner, "init_estim_sq_dist", init_estim_sq_dist, 0.0, low_open=True)
+    check_range(owner, "eps", eps, 0.0)
+    if init_estim_sq_dist is None and isinstance(eps, (int, float)) and eps == 0:
+        raise ValueError(f"{owner}: eps must be > 0 when init_estim_sq_dist is None (it is the initial estimate), "
+                         f"got {eps!r}")
+
+
+@declare_optimizer(paper="Khaled, Mishchenko & Jin 2023",
+                   update="`r̄²=max(r̄²,‖θ-θ₀‖²); v+=r̄²‖g‖²; θ-=γ r̄²/(√v+ε)·g`",
+                   test_kwargs=dict(learning_rate=1.0, init_estim_sq_dist=1e-4))
+def dowg(learning_rate: ScalarOrSchedule = 1.0, init_estim_sq_dist: Optional[float] = None, eps: float = 1e-4,
+         weight_decay: Optional[ScalarOrSchedule] = None, mask: MaskOrFn = None) -> optax.GradientTransformation:
+    r"""DoWG: :math:`x_{t+1} = x_t - \gamma_t \eta_t g_t` (:func:`scale_by_dowg`).
+
+    ``optax.contrib.dowg``'s keywords, order and defaults (tested equal to it). ``weight_decay``
+    :math:`\lambda` adds :math:`\lambda x_t` to :math:`g_t` before DoWG sees it, on the leaves
+    ``mask`` selects; ``None`` (the default) leaves the link out. ``learning_rate`` multiplies
+    :math:`\eta_t` (1: DoWG itself).
+
+    .. warning::
+        :math:`\epsilon` is added to the root of :math:`v_t` (optax's; the paper has none) and
+        starts :math:`\bar r^2` when ``init_estim_sq_dist`` is ``None``.
+
+    References:
+        Khaled, Mishchenko & Jin, "DoWG Unleashed: An Efficient Universal Parameter-Free Gradient
+        Descent Method", NeurIPS 2023.
+    """
+    check_range("dowg", "learning_rate", learning_rate, 0.0)
+    check_range("dowg", "weight_decay", weight_decay, 0.0)
+    _check_dowg("dowg", init_estim_sq_dist, eps)
+    decay = [] if weight_decay is None else [add_decayed_weights(weight_decay, mask)]
+    return optax.chain(*decay, scale_by_dowg(init_estim_sq_dist, eps), scale_by_learning_rate(learning_rate))

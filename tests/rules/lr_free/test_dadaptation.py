@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 import torch
-from dadaptation import DAdaptAdam
+from dadaptation import DAdaptAdam, DAdaptSGD
 from helpers import assert_trees_close, random_grads, random_tree, run_params, run_params_f64, run_torch
 
 import optimizers
@@ -167,3 +167,116 @@ def test_bad_hyperparameters_raise(kwargs, name):
 def test_complex_params_are_refused():
     with pytest.raises(TypeError, match="dadapt_adamw: complex params are not supported"):
         optimizers.dadapt_adamw().init({"w": np.ones(3, np.complex64)})
+
+
+# dadapt_sgd against dadaptation.DAdaptSGD: (our keywords, DAdaptSGD's keywords).
+SGD_CASES = {
+    "defaults": ({}, {}),
+    "momentum": (dict(momentum=0.9), dict(momentum=0.9)),
+    "l2 decay, momentum": (dict(weight_decay=0.1, momentum=0.5), dict(weight_decay=0.1, momentum=0.5)),
+    "growth, d0": (dict(growth_rate=1.2, d0=1e-3), dict(growth_rate=1.2, d0=1e-3)),
+    "lr, d0, decay": (dict(learning_rate=0.5, d0=1e-2, weight_decay=0.05), dict(lr=0.5, d0=1e-2, weight_decay=0.05)),
+}
+
+
+def _sgd_problem(seed, steps=25):
+    """Gradients with a pull back toward the start (so d grows) and a constant drift (so it keeps growing)."""
+    rng = np.random.default_rng(seed)
+    theta0 = random_tree(rng)
+    grads = [jax.tree.map(lambda g, t: 0.5 * g + t + 1.0, gi, theta0) for gi in random_grads(steps, seed=seed + 1)]
+    return theta0, grads
+
+
+@pytest.mark.parametrize("case", sorted(SGD_CASES))
+def test_sgd_matches_dadaptation(case):
+    ours, theirs = SGD_CASES[case]
+    theta0, grads = _sgd_problem(3)
+    want = run_torch(lambda ps: DAdaptSGD(ps, **theirs), theta0, grads)
+    for g, w in zip(run_params_f64(optimizers.dadapt_sgd(**ours), grads, theta0), want):
+        assert_trees_close(g, w, rtol=1e-10)
+    # float32: x0 - s and the momentum average are a few roundings each, the sums a few dozen terms.
+    for g, w in zip(run_params(optimizers.dadapt_sgd(**ours), grads, theta0), want):
+        assert_trees_close(g, w, rtol=2e-5)
+    moved = max(np.max(np.abs(a - b)) for a, b in zip(jax.tree.leaves(want[-1]), jax.tree.leaves(theta0)))
+    assert moved > 1e-3  # the estimate grew well past d0's steps
+
+
+def test_sgd_estimate_is_readable_and_equals_dadaptations():
+    theta0, grads = _sgd_problem(7, steps=12)
+    tx = optimizers.dadapt_sgd(momentum=0.9, weight_decay=0.01, growth_rate=2.0)
+    tensors = [torch.tensor(np.asarray(x, np.float64), requires_grad=True) for x in jax.tree.leaves(theta0)]
+    ref = DAdaptSGD(tensors, momentum=0.9, weight_decay=0.01, growth_rate=2.0)
+    with jax.enable_x64(True):
+        params = jax.tree.map(np.asarray, theta0)
+        state = tx.init(params)
+        assert float(optimizers.get_hyperparams(state)["d"]) == 1e-6
+        step = jax.jit(tx.update)
+        for g in grads:
+            u, state = step(g, state, params)
+            params = optax.apply_updates(params, u)
+            for t, gl in zip(tensors, jax.tree.leaves(g)):
+                t.grad = torch.tensor(np.asarray(gl, np.float64))
+            ref.step()
+            d = optimizers.get_hyperparams(state)["d"]
+            np.testing.assert_allclose(float(d), ref.param_groups[0]["d"], rtol=1e-10)
+    assert float(d) > 1e-4  # grew from d0 = 1e-6 (at most 2x a step)
+
+
+def test_sgd_zero_learning_rate_skips_the_step():
+    theta0, grads = _sgd_problem(9, steps=6)
+    sched = lambda t: jax.numpy.where(t < 2, 0.0, 1.0)  # noqa: E731
+    got = run_params_f64(optimizers.dadapt_sgd(sched, momentum=0.5), grads, theta0)
+    assert_trees_close(got[0], theta0, rtol=0.0)
+    assert_trees_close(got[1], theta0, rtol=0.0)
+    # afterwards it is DAdaptSGD started at step 2 (its first gradient norm is step 2's)
+    want = run_torch(lambda ps: DAdaptSGD(ps, momentum=0.5), theta0, grads[2:])
+    for g, w in zip(got[2:], want):
+        assert_trees_close(g, w, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(d0=0.0), "d0"), (dict(momentum=1.0), "momentum"), (dict(momentum=-0.1), "momentum"),
+    (dict(weight_decay=-1.0), "weight_decay"), (dict(growth_rate=0.5), "growth_rate"),
+    (dict(learning_rate=-1.0), "learning_rate"),
+])
+def test_sgd_bad_hyperparameters_raise(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        optimizers.dadapt_sgd(**kwargs)
+
+
+def test_sgd_complex_params_are_refused():
+    with pytest.raises(TypeError, match="dadapt_sgd: complex params are not supported"):
+        optimizers.dadapt_sgd().init({"w": np.ones(3, np.complex64)})
+
+
+def _dadapt_sgd_reference(theta0, grads, lr=1.0, momentum=0.0, wd=0.0, d0=1e-6, growth=math.inf):
+    """D-Adapted SGD (dual averaging with momentum) over a list of leaves, in float64, as dadaptation 3.2
+    defines it: the first raw gradient's norm scales every step. Yields the params and the estimate d."""
+    x = [np.array(t, np.float64) for t in theta0]
+    x0 = [t.copy() for t in x]
+    s = [np.zeros_like(t) for t in x]
+    d, r, g0 = d0, 0.0, None
+    for gs in grads:
+        if g0 is None:
+            g0 = math.sqrt(sum(float(np.sum(np.square(gi))) for gi in gs))
+        g = [np.array(gi, np.float64) + wd * xi for gi, xi in zip(gs, x)]
+        delta = d * lr / g0
+        r += delta * sum(float(np.sum(gi * si)) for gi, si in zip(g, s))  # old s
+        s = [si + delta * gi for si, gi in zip(s, g)]
+        d_hat = 2 * r / math.sqrt(sum(float(np.sum(si * si)) for si in s))
+        x = [momentum * xi + (1 - momentum) * (x0i - si) for xi, x0i, si in zip(x, x0, s)]
+        d = max(d, min(d_hat, d * growth))
+        yield [t.copy() for t in x], d
+
+
+@pytest.mark.parametrize("case", sorted(SGD_CASES))
+def test_sgd_matches_float64_transcription(case):
+    ours, _ = SGD_CASES[case]
+    theta0, grads = _sgd_problem(5)
+    treedef = jax.tree.structure(theta0)
+    names = dict(learning_rate="lr", momentum="momentum", weight_decay="wd", d0="d0", growth_rate="growth")
+    want = [jax.tree.unflatten(treedef, w) for w, _ in
+            _dadapt_sgd_reference(jax.tree.leaves(theta0), [jax.tree.leaves(g) for g in grads],
+                                  **{names[k]: v for k, v in ours.items()})]
+    for g, w in zip(run_params_f64(optimizers.dadapt_sgd(**ours), grads, theta0), want):
+        assert_trees_close(g, w, rtol=1e-10)
