@@ -129,3 +129,23 @@ def jit_traced_once(fn, **jit_kwargs):
         return fn(*args, **kwargs)
 
     return jax.jit(counted, **jit_kwargs)
+
+
+def estimates_beside_torch(tx, ref, tensors, theta0, grads, key="d"):
+    """Runs ``tx`` (float64, jit-compiled) and the torch optimizer ``ref`` over ``tensors`` (the leaves of
+    ``theta0``) on the same gradients; yields ``(ours, torch's)`` estimate ``key`` after every step
+    (ours read with ``optimizers.get_hyperparams``, torch's from ``ref.param_groups[0]``)."""
+    import optimizers
+    import torch
+
+    with jax.enable_x64(True):
+        params = jax.tree.map(np.asarray, theta0)
+        state = tx.init(params)
+        step = jax.jit(tx.update)
+        for g in grads:
+            u, state = step(g, state, params)
+            params = optax.apply_updates(params, u)
+            for t, gl in zip(tensors, jax.tree.leaves(g)):
+                t.grad = torch.tensor(np.asarray(gl, np.float64))
+            ref.step()
+            yield float(optimizers.get_hyperparams(state)[key]), ref.param_groups[0][key]

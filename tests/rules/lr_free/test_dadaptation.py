@@ -6,7 +6,7 @@ import optax
 import pytest
 import torch
 from dadaptation import DAdaptAdam, DAdaptSGD
-from helpers import assert_trees_close, random_grads, random_tree, run_params, run_params_f64, run_torch
+from helpers import assert_trees_close, estimates_beside_torch, random_grads, random_tree, run_params, run_params_f64, run_torch
 
 import optimizers
 
@@ -102,18 +102,8 @@ def test_estimate_is_readable_and_equals_dadaptations():
     tx = optimizers.dadapt_adamw(weight_decay=0.01)
     tensors = [torch.tensor(np.asarray(x, np.float64), requires_grad=True) for x in jax.tree.leaves(theta0)]
     ref = DAdaptAdam(tensors, weight_decay=0.01, decouple=True)
-    with jax.enable_x64(True):
-        params = jax.tree.map(np.asarray, theta0)
-        state = tx.init(params)
-        step = jax.jit(tx.update)
-        for g in grads:
-            u, state = step(g, state, params)
-            params = optax.apply_updates(params, u)
-            for t, gl in zip(tensors, jax.tree.leaves(g)):
-                t.grad = torch.tensor(np.asarray(gl, np.float64))
-            ref.step()
-            d = optimizers.get_hyperparams(state)["d"]
-            np.testing.assert_allclose(float(d), ref.param_groups[0]["d"], rtol=1e-10)
+    for d, want in estimates_beside_torch(tx, ref, tensors, theta0, grads):
+        np.testing.assert_allclose(d, want, rtol=1e-10)
     assert float(d) > 1e-4  # grew from d0 = 1e-6
 
 
@@ -206,19 +196,10 @@ def test_sgd_estimate_is_readable_and_equals_dadaptations():
     tx = optimizers.dadapt_sgd(momentum=0.9, weight_decay=0.01, growth_rate=2.0)
     tensors = [torch.tensor(np.asarray(x, np.float64), requires_grad=True) for x in jax.tree.leaves(theta0)]
     ref = DAdaptSGD(tensors, momentum=0.9, weight_decay=0.01, growth_rate=2.0)
-    with jax.enable_x64(True):
-        params = jax.tree.map(np.asarray, theta0)
-        state = tx.init(params)
-        assert float(optimizers.get_hyperparams(state)["d"]) == 1e-6
-        step = jax.jit(tx.update)
-        for g in grads:
-            u, state = step(g, state, params)
-            params = optax.apply_updates(params, u)
-            for t, gl in zip(tensors, jax.tree.leaves(g)):
-                t.grad = torch.tensor(np.asarray(gl, np.float64))
-            ref.step()
-            d = optimizers.get_hyperparams(state)["d"]
-            np.testing.assert_allclose(float(d), ref.param_groups[0]["d"], rtol=1e-10)
+    with jax.enable_x64(True):  # d0, as the state holds it
+        assert float(optimizers.get_hyperparams(tx.init(jax.tree.map(np.asarray, theta0)))["d"]) == 1e-6
+    for d, want in estimates_beside_torch(tx, ref, tensors, theta0, grads):
+        np.testing.assert_allclose(d, want, rtol=1e-10)
     assert float(d) > 1e-4  # grew from d0 = 1e-6 (at most 2x a step)
 
 

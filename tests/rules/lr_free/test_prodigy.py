@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 import torch
-from helpers import assert_trees_close, random_grads, random_tree, run_params, run_params_f64, run_torch
+from helpers import assert_trees_close, estimates_beside_torch, random_grads, random_tree, run_params, run_params_f64, run_torch
 from prodigyopt import Prodigy
 
 import optimizers
@@ -112,18 +112,8 @@ def test_estimate_is_readable_and_equals_prodigyopts():
     flat, treedef = jax.tree.flatten(theta0)
     tensors = [torch.tensor(np.asarray(x, np.float64), requires_grad=True) for x in flat]
     ref = Prodigy(tensors, weight_decay=0.01)
-    with jax.enable_x64(True):
-        params = jax.tree.map(np.asarray, theta0)
-        state = tx.init(params)
-        step = jax.jit(tx.update)
-        for g in grads:
-            u, state = step(g, state, params)
-            params = optax.apply_updates(params, u)
-            for t, gl in zip(tensors, jax.tree.leaves(g)):
-                t.grad = torch.tensor(np.asarray(gl, np.float64))
-            ref.step()
-            d = optimizers.get_hyperparams(state)["d"]
-            np.testing.assert_allclose(float(d), ref.param_groups[0]["d"], rtol=1e-10)
+    for d, want in estimates_beside_torch(tx, ref, tensors, theta0, grads):
+        np.testing.assert_allclose(d, want, rtol=1e-10)
     assert float(d) > 1e-4  # grew from d0 = 1e-6
 
 
