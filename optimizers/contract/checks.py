@@ -183,18 +183,40 @@ def conform(state, like):
     if nnx is not None and isinstance(state, nnx.Variable):  # a leaf here (it forwards attributes to its value)
         return state
     if _mapping(like) and hasattr(state, "_fields") and set(like) == set(state._fields):
-        return type(like)({f: conform(getattr(state, f), like[f]) for f in state._fields})  # and back
+        kids = _children(like)
+        return _rebuild(like, {f: conform(getattr(state, f), kids[f]) for f in state._fields})  # and back
     if hasattr(like, "_fields"):
         if _mapping(state) and not hasattr(state, "_fields") and set(state) == set(like._fields):
-            return type(like)(*(conform(state[f], getattr(like, f)) for f in like._fields))
+            kids = _children(state)
+            return type(like)(*(conform(kids[f], getattr(like, f)) for f in like._fields))
         if hasattr(state, "_fields") and len(state) == len(like):
-            return type(state)(*(conform(s, l) for s, l in zip(state, like)))
+            new = [conform(s, l) for s, l in zip(state, like)]
+            return state if all(n is s for n, s in zip(new, state)) else type(state)(*new)
         return state
     if isinstance(like, (list, tuple)) and isinstance(state, (list, tuple)) and len(state) == len(like):
-        return type(state)(conform(s, l) for s, l in zip(state, like))
+        new = [conform(s, l) for s, l in zip(state, like)]
+        return state if all(n is s for n, s in zip(new, state)) else type(state)(new)
     if _mapping(like) and _mapping(state) and set(state) == set(like):
-        return type(state)({k: conform(state[k], like[k]) for k in state})
+        kids, like_kids = _children(state), _children(like)
+        new = {k: conform(kids[k], like_kids[k]) for k in kids}
+        return state if all(new[k] is kids[k] for k in kids) else _rebuild(state, new)
     return state
+
+
+def _children(mapping):
+    """A mapping node's children as its pytree holds them (an ``nnx.State`` keeps nested levels as dicts)."""
+    nnx = _nnx()
+    if nnx is not None and isinstance(mapping, nnx.State):
+        return object.__getattribute__(mapping, "_mapping")
+    return mapping
+
+
+def _rebuild(mapping, children: dict):
+    """A mapping of ``mapping``'s type holding ``children`` as they are."""
+    nnx = _nnx()
+    if nnx is not None and isinstance(mapping, nnx.State):
+        return type(mapping)(children, _copy=False)
+    return type(mapping)(children)
 
 
 def transformation(owner: str, init_fn: Callable, update_fn: Callable,
@@ -218,13 +240,15 @@ def transformation(owner: str, init_fn: Callable, update_fn: Callable,
     def update(updates, state, params=None, **extra: Any):
         check_no_integer_updates(owner, updates)
         given, implied = state, shapes.implied(floats_only(updates))
-        if implied is not None:
+        if implied is not None and jax.tree.structure(state) != jax.tree.structure(implied):
             state = conform(state, implied)
         check_update_args(owner, shapes, updates, state, params)
         floats = floats_only(updates)
         kept = None if params is None else floats_only(params)
         new, state = update_fn(floats, state, kept, **extra) if extra_args else update_fn(floats, state, kept)
-        return with_passed_through(updates, new), conform(state, given)  # in the containers it came in
+        if jax.tree.structure(state) != jax.tree.structure(given):
+            state = conform(state, given)  # in the containers it came in
+        return with_passed_through(updates, new), state
 
     if extra_args:
         return optax.GradientTransformationExtraArgs(init, update)
