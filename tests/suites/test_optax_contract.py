@@ -26,7 +26,7 @@ import numpy as np
 import optax
 import pytest
 from helpers import jit_traced_once, random_tree
-from registry import NAMES, factory, make
+from registry import CHAIN_NAMES, NAMES, factory, make
 
 
 STEPS = 10_000
@@ -92,8 +92,11 @@ def _init_or_skip(tx, params):
         pytest.skip(f"refuses complex params: {e}")
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.complex64], ids=["float32", "complex64"])
-@pytest.mark.parametrize("name", NAMES)
+# complex64: the chain names (a fused transform runs its chain on complex params)
+CONVERGENCE_CASES = [(n, jnp.float32) for n in NAMES] + [(n, jnp.complex64) for n in CHAIN_NAMES]
+
+
+@pytest.mark.parametrize("name, dtype", CONVERGENCE_CASES, ids=[f"{n}-{jnp.dtype(d).name}" for n, d in CONVERGENCE_CASES])
 def test_converges_without_recompiling_ignoring_unknown_keywords(name, dtype):
     tx = make(name)
     problems = _problems(dtype)
@@ -191,8 +194,11 @@ def test_state_keeps_its_type_through_cond(name, dtype):
             assert _types(updates) == _types(grads) and _types(new) == _types(state)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-@pytest.mark.parametrize("name", NAMES)
+# bfloat16: the chain names (a fused transform runs its chain in bfloat16)
+MULTI_STEPS_CASES = [(n, "float32") for n in NAMES] + [(n, "bfloat16") for n in CHAIN_NAMES]
+
+
+@pytest.mark.parametrize("name, dtype", MULTI_STEPS_CASES)
 def test_multi_steps_gives_zero_updates_until_the_kth(name, dtype):
     tx = optax.MultiSteps(make(name), every_k_schedule=4)
     params = _cast({"w": PARAMS["w"]}, dtype)  # one leaf: MultiSteps' program is large to compile
