@@ -13,7 +13,7 @@ from optimizers.rules.adaptive.adam import scale_by_adam
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import abs2
 from optimizers.contract.backend import accelerated
-from optimizers.contract.hyperparams import _is_number, check_range, current_hyperparams, init_hyperparams
+from optimizers.contract.hyperparams import _is_number, check_range, current_hyperparams, given, init_hyperparams
 from optimizers.contract.layers import LayerAxes, check_layer_axes, falls_back, leaf_layer_axes, per_layer, within
 from optimizers.rules.momentum.momentum import trace
 from optimizers.rules.scaling import MaskOrFn, add_decayed_weights, leaf_masks, scale_by_learning_rate
@@ -31,11 +31,6 @@ def _norm(x, dtype, n=0):
 def _ratio(coefficient, num, den, zero):
     """``coefficient * num / den``, or 1 where ``zero`` (a zero norm), without dividing by zero."""
     return jnp.where(zero, 1.0, coefficient * num / jnp.where(zero, 1.0, den))
-
-
-def _values(**values):
-    """The schedulable hyperparameters that are given (an ``eps`` of ``None`` is left out)."""
-    return {k: v for k, v in values.items() if v is not None}
 
 
 def _check_eps(owner, eps):
@@ -101,7 +96,7 @@ def scale_by_trust_ratio(trust_coefficient: ScalarOrSchedule = 1.0, eps: Optiona
     if _is_number(min_param_norm) and _is_number(max_param_norm):
         check_range("scale_by_trust_ratio", "max_param_norm", max_param_norm, min_param_norm)
     check_layer_axes("scale_by_trust_ratio", layer_axes)
-    values = _values(trust_coefficient=trust_coefficient, eps=eps)
+    values = given(trust_coefficient=trust_coefficient, eps=eps)
 
     def init_fn(params):
         leaf_layer_axes("scale_by_trust_ratio", layer_axes, params)  # a bad prefix fails here
@@ -175,7 +170,7 @@ def scale_by_lars(weight_decay: ScalarOrSchedule = 0.0, trust_coefficient: Scala
     check_range("scale_by_lars", "trust_coefficient", trust_coefficient, 0.0, low_open=True)
     _check_eps("scale_by_lars", eps)
     check_layer_axes("scale_by_lars", layer_axes)
-    values = _values(weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps)
+    values = given(weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps)
 
     def init_fn(params):
         leaf_layer_axes("scale_by_lars", layer_axes, params)  # a bad prefix fails here
@@ -258,7 +253,7 @@ def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, 
     )
     return accelerated("lars", chain, fused=fused, flat_state=flat_state,
                        unsupported=fused and falls_back("lars", layer_axes, flat_state), learning_rate=learning_rate,
-                       values=_values(weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps),
+                       values=given(weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps),
                        momentum=momentum, nesterov=bool(nesterov), weight_decay_mask=weight_decay_mask,
                        trust_ratio_mask=trust_ratio_mask)
 
