@@ -21,8 +21,8 @@ ALIASES = sorted(DECLARED)
 # The wrappers, each around an alias that passes every test on its own: name -> (alias, wrap).
 WRAPPED = {
     "ema(adam)": ("adam", lambda tx: optax.chain(tx, optimizers.ema(0.9))),
-    "lookahead(adam)": ("adam", lambda tx: optimizers.lookahead(tx, sync_period=5, slow_step_size=0.5)),
-    "lookahead(sgd)": ("sgd", lambda tx: optimizers.lookahead(tx, sync_period=3, slow_step_size=0.8)),
+    "lookahead(adam)": ("adam", lambda tx: optimizers.lookahead(optimizer=tx, sync_period=5, slow_step_size=0.5)),
+    "lookahead(sgd)": ("sgd", lambda tx: optimizers.lookahead(optimizer=tx, sync_period=3, slow_step_size=0.8)),
     "swa(adam)": ("adam", lambda tx: optax.chain(tx, optimizers.swa(start_step=10, every=2))),
 }
 # The one-pass CPU kernels of every alias that has them: the same update, so the same properties.

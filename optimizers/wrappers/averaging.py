@@ -80,8 +80,13 @@ class EmaState(NamedTuple):
     average: optax.Params  # w_ema, same tree and dtype as params
 
 
-def ema(decay: ScalarOrSchedule = 0.999, bias_correction: Optional[bool] = None, *, debias: Optional[bool] = None,
-        accumulator_dtype=None) -> optax.GradientTransformation:
+def ema(
+    decay: ScalarOrSchedule = 0.999,
+    debias: Optional[bool] = None,
+    accumulator_dtype=None,
+    *,
+    bias_correction: Optional[bool] = None,
+) -> optax.GradientTransformation:
     r"""Exponential moving (Polyak) average of the weights after each update; passes updates through.
 
     .. math::

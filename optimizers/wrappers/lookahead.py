@@ -20,9 +20,14 @@ class LookaheadState(NamedTuple):
     slow: optax.Params  # the slow weights phi (use them for evaluation)
 
 
-def lookahead(optimizer: Optional[optax.GradientTransformation] = None, sync_period: int = 5,
-              slow_step_size: ScalarOrSchedule = 0.5, reset_state: bool = False, *,
-              fast_optimizer: Optional[optax.GradientTransformation] = None) -> optax.GradientTransformation:
+def lookahead(
+    fast_optimizer: Optional[optax.GradientTransformation] = None,
+    sync_period: int = 5,
+    slow_step_size: ScalarOrSchedule = 0.5,
+    reset_state: bool = False,
+    *,
+    optimizer: Optional[optax.GradientTransformation] = None,
+) -> optax.GradientTransformation:
     r"""Lookahead around any optimizer: the params are the fast weights, the state holds the slow ones.
 
     The inner ``optimizer`` moves the fast weights :math:`\theta`; every :math:`k`-th update

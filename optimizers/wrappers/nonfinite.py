@@ -39,8 +39,12 @@ def _check_count(name, value):
         raise ValueError(f"apply_if_finite: {name} must be an integer >= 1, got {value!r}")
 
 
-def apply_if_finite(inner: optax.GradientTransformation, max_consecutive_skips: Optional[int] = None, *,
-                    max_consecutive_errors: Optional[int] = None) -> optax.GradientTransformationExtraArgs:
+def apply_if_finite(
+    inner: optax.GradientTransformation,
+    max_consecutive_errors: Optional[int] = None,
+    *,
+    max_consecutive_skips: Optional[int] = None,
+) -> optax.GradientTransformationExtraArgs:
     r"""Skips every step whose gradients hold a NaN or an Inf; gives up after too many in a row.
 
     For the gradients :math:`g_t` of step :math:`t`, with :math:`k` the steps skipped in a row

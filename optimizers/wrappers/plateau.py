@@ -28,11 +28,20 @@ def _improves(value, best, mode, rtol, atol):
     return value < best - margin if mode == "min" else value > best + margin
 
 
-def reduce_on_plateau(factor: float = 0.1, patience: int = 10, threshold: Optional[float] = None,
-                      threshold_mode: str = "rel", cooldown: int = 0, min_scale: float = 0.0,
-                      mode: str = "min", accumulation_size: int = 1,
-                      eps: float = 1e-8, *, rtol: Optional[float] = None,
-                      atol: Optional[float] = None) -> optax.GradientTransformationExtraArgs:
+def reduce_on_plateau(
+    factor: float = 0.1,
+    patience: int = 10,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+    cooldown: int = 0,
+    accumulation_size: int = 1,
+    min_scale: float = 0.0,
+    *,
+    threshold: Optional[float] = None,
+    threshold_mode: str = "rel",
+    mode: str = "min",
+    eps: float = 1e-8,
+) -> optax.GradientTransformationExtraArgs:
     r"""Multiplies the updates by a scale that drops by ``factor`` when the value plateaus.
 
     ``update(updates, state, params, value=loss)``. Every ``accumulation_size`` updates the

@@ -228,7 +228,8 @@ def test_apply_if_finite_and_checkpoints_keep_per_layer_state():
     (``to_bytes``/``from_bytes``) resumes the run exactly."""
     grads = jax.tree.map(lambda g: g.copy(), GRADS)
     grads["blocks"]["w"][1, 2, 0, 0] = np.nan  # the third layer's gradient at step 1
-    tx = lambda la: optimizers.apply_if_finite(optimizers.lamb(0.1, layer_axes=la), 3)  # noqa: E731
+    tx = lambda la: optimizers.apply_if_finite(optimizers.lamb(0.1, layer_axes=la),
+                                               max_consecutive_skips=3)  # noqa: E731
     want = run_unrolled(tx(None), grads)
     got = run(tx(PREFIX), grads=grads)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):

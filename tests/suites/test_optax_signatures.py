@@ -47,6 +47,18 @@ def test_every_optax_keyword_is_accepted(name):
     assert not missing, f"optimizers.{name} lacks optax's {missing}"
 
 
+def _positional(fn):
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p for p, param in inspect.signature(fn).parameters.items() if param.kind in kinds]
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_positional_arguments_are_optax_order(name):
+    """A call written for optax with positional arguments means the same here: the positional
+    parameters are optax's, in optax's order, and every parameter of ours is keyword-only."""
+    assert _positional(getattr(optimizers, name)) == _positional(_optax_twin(name))
+
+
 @pytest.mark.parametrize("name", [n for n in SHARED if n not in NOT_TRANSFORMS])
 def test_optax_defaults_are_accepted(name):
     """Called with every optax default (and ``REQUIRED`` for what optax requires), ours builds and steps."""

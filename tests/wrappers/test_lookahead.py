@@ -13,8 +13,9 @@ def test_matches_optax_lookahead(k, alpha, reset):
     grads = random_grads(30, seed=1)
     with jax.enable_x64(True):
         params = jax.tree.map(jnp.asarray, random_tree(np.random.default_rng(2)))
-        ours = optimizers.lookahead(optimizers.adam(0.05), k, alpha, reset)
-        theirs = optax.lookahead(optax.adam(0.05), k, alpha, reset)
+        ours = optimizers.lookahead(optimizer=optimizers.adam(0.05), sync_period=k, slow_step_size=alpha,
+                                    reset_state=reset)
+        theirs = optax.lookahead(optax.adam(0.05), sync_period=k, slow_step_size=alpha, reset_state=reset)
         p_ours, s_ours = params, ours.init(params)
         p_theirs = optax.LookaheadParams.init_synced(params)
         s_theirs = theirs.init(p_theirs)
@@ -34,7 +35,7 @@ def test_matches_optax_lookahead(k, alpha, reset):
 
 
 def test_inner_hyperparams_are_reachable():
-    tx = optimizers.lookahead(optimizers.adam(1e-3), 5, 0.5)
+    tx = optimizers.lookahead(optimizer=optimizers.adam(1e-3), sync_period=5, slow_step_size=0.5)
     state = optimizers.set_hyperparams(tx.init({"w": jnp.ones(2)}), learning_rate=5e-4)
     hp = optimizers.get_hyperparams(state)
     assert float(hp["learning_rate"]) == pytest.approx(5e-4) and float(hp["slow_step_size"]) == 0.5

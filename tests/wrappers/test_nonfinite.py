@@ -125,7 +125,7 @@ def _limit_one(learning_rate):
 
 CONTAINERS = {
     "chain": lambda: optax.chain(optax.clip_by_global_norm(1.0), _limit_one(0.1)),
-    "lookahead": lambda: optimizers.lookahead(_limit_one(0.1), sync_period=2),
+    "lookahead": lambda: optimizers.lookahead(optimizer=_limit_one(0.1), sync_period=2),
     "inject_hyperparams": lambda: optax.inject_hyperparams(_limit_one)(learning_rate=0.1),
 }
 

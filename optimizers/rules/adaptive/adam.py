@@ -41,9 +41,16 @@ class ScaleByAdamState(NamedTuple):
     nu: optax.Updates  # v_t, second moment
 
 
-def scale_by_adam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
-                  eps: ScalarOrSchedule = 1e-8, eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None,
-                  nesterov: bool = False, *, nu_dtype=None) -> optax.GradientTransformation:
+def scale_by_adam(
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: Optional[ScalarOrSchedule] = None,
+    mu_dtype=None,
+    *,
+    nesterov: bool = False,
+    nu_dtype=None,
+) -> optax.GradientTransformation:
     r"""Adam's direction.
 
     .. math::
@@ -102,10 +109,19 @@ def _unsupported(eps_root, nesterov):
 
 @declare_optimizer(paper="Kingma & Ba 2015", update="`θ-=γ m̂/(√v̂+ε)`",
                    test_kwargs=dict(learning_rate=0.01))
-def adam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
-         eps: ScalarOrSchedule = 1e-8, eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None,
-         nesterov: bool = False, *, nu_dtype=None, fused: bool = False, flat_state: bool = False
-         ) -> optax.GradientTransformation:
+def adam(
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: Optional[ScalarOrSchedule] = None,
+    mu_dtype=None,
+    *,
+    nesterov: bool = False,
+    nu_dtype=None,
+    fused: bool = False,
+    flat_state: bool = False,
+) -> optax.GradientTransformation:
     r"""Adam: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` with :func:`scale_by_adam`'s :math:`u_t`.
 
     ``fused=True``: the same update as one pass over memory on the CPU (the fused backend; with
@@ -119,7 +135,7 @@ def adam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
     dtype other than float32 it runs the chain too (the kernel takes float32 state only). Each
     such fallback warns, naming the reason (see the fused kernels guide).
     """
-    chain = optax.chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov, nu_dtype=nu_dtype),
+    chain = optax.chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
                         scale_by_learning_rate(learning_rate))
     return accelerated("adam", chain, fused=fused, flat_state=flat_state, unsupported=_unsupported(eps_root, nesterov),
                        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
@@ -127,10 +143,21 @@ def adam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scalar
 
 @declare_optimizer(paper="Loshchilov & Hutter 2019", update="`θ-=γ(m̂/(√v̂+ε)+λθ)`",
                    test_kwargs=dict(learning_rate=0.01, weight_decay=1e-4))
-def adamw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
-          eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.01,
-          mask: MaskOrFn = None, *, eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None, nu_dtype=None,
-          nesterov: bool = False, fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:
+def adamw(
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: Optional[ScalarOrSchedule] = None,
+    mu_dtype=None,
+    weight_decay: ScalarOrSchedule = 0.01,
+    mask: MaskOrFn = None,
+    *,
+    nu_dtype=None,
+    nesterov: bool = False,
+    fused: bool = False,
+    flat_state: bool = False,
+) -> optax.GradientTransformation:
     r"""AdamW: :math:`\theta_t = \theta_{t-1} - \gamma_t (u_t + \lambda \theta_{t-1})`.
 
     Decoupled weight decay multiplied by the learning rate, as in the update table of “Optimization algorithms in deep
@@ -150,7 +177,7 @@ def adamw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scala
         Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019, Algorithm 2.
     """
     chain = optax.chain(
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov, nu_dtype=nu_dtype),
+        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
@@ -167,11 +194,18 @@ class ScaleByAmsgradState(NamedTuple):
     nu_max: optax.Updates  # running max of v_hat_t ("corrected") or of v_t ("raw")
 
 
-def scale_by_amsgrad(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
-                     eps: ScalarOrSchedule = 1e-8, max_over: str = "corrected", *,
-                     eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None, nu_dtype=None,
-                     bias_correction_mu: bool = True, bias_correction_nu: bool = True
-                     ) -> optax.GradientTransformation:
+def scale_by_amsgrad(
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: Optional[ScalarOrSchedule] = None,
+    mu_dtype=None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+    *,
+    max_over: str = "corrected",
+    nu_dtype=None,
+) -> optax.GradientTransformation:
     r"""AMSGrad's direction: Adam with a non-decreasing second moment.
 
     ``max_over="corrected"`` (the update table of “Optimization algorithms in deep learning”, optax):
@@ -229,10 +263,21 @@ def scale_by_amsgrad(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
 
 @declare_optimizer(paper="Reddi, Kale & Kumar 2018", update="`v̂ᵐᵃˣ=max(v̂ᵐᵃˣ, v̂); θ-=γ m̂/(√v̂ᵐᵃˣ+ε)`",
                    test_kwargs=dict(learning_rate=0.01))
-def amsgrad(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
-            eps: ScalarOrSchedule = 1e-8, max_over: str = "corrected", *, eps_root: Optional[ScalarOrSchedule] = None,
-            mu_dtype=None, nu_dtype=None, bias_correction_mu: bool = True, bias_correction_nu: bool = True,
-            fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:
+def amsgrad(
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: Optional[ScalarOrSchedule] = None,
+    mu_dtype=None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
+    *,
+    max_over: str = "corrected",
+    nu_dtype=None,
+    fused: bool = False,
+    flat_state: bool = False,
+) -> optax.GradientTransformation:
     r"""AMSGrad: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_amsgrad`).
 
     ``max_over="raw"`` gives ``torch.optim.Adam(amsgrad=True)``. ``fused=True``: one pass over
@@ -241,7 +286,7 @@ def amsgrad(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Sca
     :func:`scale_by_amsgrad`; with ``eps_root`` or a bias correction off ``fused=True`` runs the
     chain (the kernel has neither), as it does with a state dtype other than float32.
     """
-    chain = optax.chain(scale_by_amsgrad(b1, b2, eps, max_over, eps_root=eps_root, mu_dtype=mu_dtype,
+    chain = optax.chain(scale_by_amsgrad(b1, b2, eps, max_over=max_over, eps_root=eps_root, mu_dtype=mu_dtype,
                                          nu_dtype=nu_dtype, bias_correction_mu=bias_correction_mu,
                                          bias_correction_nu=bias_correction_nu),
                         scale_by_learning_rate(learning_rate))

@@ -100,10 +100,20 @@ def momentum_schedule(hp, state, momentum_decay):
 
 @declare_optimizer(paper='Dozat 2016', update='Adam with Nesterov momentum and the μ schedule `μ_t=β₁(1-½·0.96^{tψ})`',
                    test_kwargs=dict(learning_rate=0.003))
-def nadam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
-          eps: ScalarOrSchedule = 1e-8, momentum_decay: Optional[float] = 0.004, *,
-          eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None, nu_dtype=None, nesterov: bool = True,
-          fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:
+def nadam(
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: Optional[ScalarOrSchedule] = None,
+    mu_dtype=None,
+    *,
+    momentum_decay: Optional[float] = 0.004,
+    nu_dtype=None,
+    nesterov: bool = True,
+    fused: bool = False,
+    flat_state: bool = False,
+) -> optax.GradientTransformation:
     r"""Nadam: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_nadam`).
 
     ``fused=True``: one pass over memory on the CPU, and ``flat_state``, as in :func:`adam`.
@@ -117,7 +127,8 @@ def nadam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scala
         it here.
     """
     if momentum_decay is None or not nesterov:
-        return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, bool(nesterov), nu_dtype=nu_dtype, fused=fused,
+        return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=bool(nesterov),
+                    nu_dtype=nu_dtype, fused=fused,
                     flat_state=flat_state)
     chain = optax.chain(scale_by_nadam(b1, b2, eps, momentum_decay, eps_root=eps_root, mu_dtype=mu_dtype,
                                        nu_dtype=nu_dtype), scale_by_learning_rate(learning_rate))
@@ -153,7 +164,8 @@ def nadamw(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scal
         Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019, Algorithm 2.
     """
     if momentum_decay is None or not nesterov:
-        return adamw(learning_rate, b1, b2, eps, weight_decay, mask, eps_root=eps_root, mu_dtype=mu_dtype,
+        return adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay, mask=mask, eps_root=eps_root,
+                     mu_dtype=mu_dtype,
                      nu_dtype=nu_dtype, nesterov=bool(nesterov))
     return optax.chain(scale_by_nadam(b1, b2, eps, momentum_decay, eps_root=eps_root, mu_dtype=mu_dtype,
                                       nu_dtype=nu_dtype),

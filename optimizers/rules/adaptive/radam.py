@@ -55,10 +55,18 @@ def _rectification(b2, t, threshold):
     return adapt, jnp.sqrt(num / den)
 
 
-def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
-                   threshold: float = 4.0, eps_on_raw_sqrt: bool = False, *,
-                   eps_root: Optional[ScalarOrSchedule] = None, nesterov: bool = False, mu_dtype=None,
-                   nu_dtype=None) -> optax.GradientTransformation:
+def scale_by_radam(
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: Optional[ScalarOrSchedule] = None,
+    threshold: float = 4.0,
+    *,
+    eps_on_raw_sqrt: bool = False,
+    nesterov: bool = False,
+    mu_dtype=None,
+    nu_dtype=None,
+) -> optax.GradientTransformation:
     r"""RAdam's direction.
 
     .. math::
@@ -126,11 +134,21 @@ def scale_by_radam(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps
 
 @declare_optimizer(paper='Liu et al. 2020', update='`ρ_t>4: θ-=γ r_t m̂/(√v̂+ε)`, else `θ-=γ m̂`',
                    test_kwargs=dict(learning_rate=0.01))
-def radam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
-          eps: ScalarOrSchedule = 1e-8, threshold: float = 4.0,
-          eps_on_raw_sqrt: bool = False, *, eps_root: Optional[ScalarOrSchedule] = None, nesterov: bool = False,
-          mu_dtype=None, nu_dtype=None, fused: bool = False, flat_state: bool = False
-          ) -> optax.GradientTransformation:
+def radam(
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: Optional[ScalarOrSchedule] = None,
+    threshold: float = 4.0,
+    *,
+    eps_on_raw_sqrt: bool = False,
+    nesterov: bool = False,
+    mu_dtype=None,
+    nu_dtype=None,
+    fused: bool = False,
+    flat_state: bool = False,
+) -> optax.GradientTransformation:
     r"""RAdam: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_radam`).
 
     ``threshold=5, eps_on_raw_sqrt=True`` gives ``torch.optim.RAdam``. ``fused=True``: one
@@ -138,7 +156,8 @@ def radam(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scala
     ``nesterov``, ``mu_dtype``, ``nu_dtype``: see :func:`scale_by_radam` (with ``eps_root`` or
     ``nesterov``, or a state dtype other than float32, ``fused=True`` runs the chain).
     """
-    chain = optax.chain(scale_by_radam(b1, b2, eps, threshold, eps_on_raw_sqrt, eps_root=eps_root, nesterov=nesterov,
+    chain = optax.chain(scale_by_radam(b1, b2, eps, threshold=threshold, eps_on_raw_sqrt=eps_on_raw_sqrt,
+                                       eps_root=eps_root, nesterov=nesterov,
                                        mu_dtype=mu_dtype, nu_dtype=nu_dtype), scale_by_learning_rate(learning_rate))
     unsupported = ("its kernel has no eps_root" if eps_root is not None else
                    "its kernel has no nesterov" if nesterov else None)

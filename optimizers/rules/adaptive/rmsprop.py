@@ -27,10 +27,17 @@ class ScaleByRmsState(NamedTuple):
     mu: Optional[optax.Updates]  # moving average of g (centered form); None otherwise (no memory)
 
 
-def scale_by_rms(decay: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
-                 initial_scale: float = 0.0, eps_in_sqrt: bool = False,
-                 centered: bool = False, *, bias_correction: bool = False, nu_dtype=None,
-                 mu_dtype=None) -> optax.GradientTransformation:
+def scale_by_rms(
+    decay: ScalarOrSchedule = 0.99,
+    eps: ScalarOrSchedule = 1e-8,
+    initial_scale: float = 0.0,
+    eps_in_sqrt: bool = False,
+    bias_correction: bool = False,
+    *,
+    centered: bool = False,
+    nu_dtype=None,
+    mu_dtype=None,
+) -> optax.GradientTransformation:
     r"""Divides by the root of a moving average of squared gradients.
 
     .. math::
@@ -149,7 +156,7 @@ def rmsprop(learning_rate: ScalarOrSchedule, decay: ScalarOrSchedule = 0.99, eps
     if nesterov and is_zero(momentum):
         raise ValueError(f"rmsprop: nesterov=True needs a momentum in (0, 1), got momentum={momentum!r}")
     chain = optax.chain(
-        scale_by_rms(decay, eps, initial_scale, eps_in_sqrt, centered, bias_correction=bias_correction,
+        scale_by_rms(decay, eps, initial_scale, eps_in_sqrt, centered=centered, bias_correction=bias_correction,
                      nu_dtype=nu_dtype, mu_dtype=mu_dtype),
         optax.identity() if is_zero(momentum) else trace(momentum, nesterov, mu_dtype),
         scale_by_learning_rate(learning_rate),

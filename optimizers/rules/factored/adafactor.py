@@ -49,10 +49,18 @@ class ScaleByFactoredRmsState(NamedTuple):
     v: optax.Updates  # other leaves: V_t, shape p.shape; factored leaves: empty (0,)
 
 
-def scale_by_factored_rms(decay_rate: float = 0.8, eps: Optional[float] = None, min_dim_size_to_factor: int = 128,
-                          factored: bool = True, *, epsilon: Optional[float] = None, step_offset: Optional[int] = None,
-                          decay_rate_fn: Optional[Callable] = None, nu_dtype=None,
-                          layer_axes: LayerAxes = None) -> optax.GradientTransformation:
+def scale_by_factored_rms(
+    factored: bool = True,
+    decay_rate: float = 0.8,
+    step_offset: Optional[int] = None,
+    min_dim_size_to_factor: int = 128,
+    epsilon: Optional[float] = None,
+    decay_rate_fn: Optional[Callable] = None,
+    *,
+    eps: Optional[float] = None,
+    nu_dtype=None,
+    layer_axes: LayerAxes = None,
+) -> optax.GradientTransformation:
     r"""Divides by the root of a factored (rows x columns) moving average of squared gradients.
 
     With :math:`\hat\beta_{2,t} = 1 - t^{-c}` and, for a leaf whose last two dims
@@ -185,14 +193,28 @@ def _beta2(count, decay_rate, step_offset=None, decay_rate_fn=None):
 @declare_optimizer(paper="Shazeer & Stern 2018",
                    update="factored `V̂=RC/1ᵀR`; `U=g/√V̂` clipped; `θ-=min(γ,1/√t)·max(ε₂,RMS(θ))·U`",
                    test_kwargs=dict(learning_rate=0.1, b1=0.9))
-def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSchedule] = None,
-              decay_rate: float = 0.8, eps: float = 1e-30, clipping_threshold: Optional[float] = 1.0,
-              min_scale: float = 1e-3, min_dim_size_to_factor: int = 128, factored: bool = True,
-              multiply_by_parameter_scale: bool = True, relative_step: bool = True, *,
-              momentum: Optional[float] = None, mu_dtype=None, dtype_momentum=None, nu_dtype=None,
-              decay_offset: Optional[int] = None, weight_decay_rate: Optional[ScalarOrSchedule] = None,
-              weight_decay_mask: MaskOrFn = None, fused: bool = False,
-              layer_axes: LayerAxes = None) -> optax.GradientTransformation:
+def adafactor(
+    learning_rate: ScalarOrSchedule = 1e-2,
+    min_dim_size_to_factor: int = 128,
+    decay_rate: float = 0.8,
+    decay_offset: Optional[int] = None,
+    multiply_by_parameter_scale: bool = True,
+    clipping_threshold: Optional[float] = 1.0,
+    momentum: Optional[float] = None,
+    dtype_momentum=None,
+    weight_decay_rate: Optional[ScalarOrSchedule] = None,
+    eps: float = 1e-30,
+    factored: bool = True,
+    weight_decay_mask: MaskOrFn = None,
+    *,
+    b1: Optional[ScalarOrSchedule] = None,
+    min_scale: float = 1e-3,
+    relative_step: bool = True,
+    mu_dtype=None,
+    nu_dtype=None,
+    fused: bool = False,
+    layer_axes: LayerAxes = None,
+) -> optax.GradientTransformation:
     r"""Adafactor: :math:`X_t = X_{t-1} - \rho_t m_t`, :math:`m_t = \max(\epsilon_2, \mathrm{RMS}(X_{t-1}))\hat U_t`.
 
     :math:`\hat U_t` is the clipped factored-RMS direction (:func:`scale_by_factored_rms`,
@@ -268,9 +290,10 @@ def adafactor(learning_rate: ScalarOrSchedule = 1e-2, b1: Optional[ScalarOrSched
         check_range("adafactor", "b1", b1, 0.0, 1.0, high_open=True)
     param_scale = scale_by_param_block_rms(min_scale, layer_axes=layer_axes)  # built (and checked) even when left out
     chain = optax.chain(
-        scale_by_factored_rms(decay_rate, eps, min_dim_size_to_factor, factored, step_offset=decay_offset,
+        scale_by_factored_rms(decay_rate=decay_rate, eps=eps, min_dim_size_to_factor=min_dim_size_to_factor,
+                              factored=factored, step_offset=decay_offset,
                               nu_dtype=nu_dtype, layer_axes=layer_axes),
-        optax.identity() if clipping_threshold is None else clip_by_block_rms(clipping_threshold,
+        optax.identity() if clipping_threshold is None else clip_by_block_rms(clipping_threshold=clipping_threshold,
                                                                               layer_axes=layer_axes),
         param_scale if multiply_by_parameter_scale else optax.identity(),
         optax.identity() if is_zero(b1) else scale_by_ema(b1, mu_dtype),

@@ -33,8 +33,12 @@ class ClipByBlockRmsState(NamedTuple):
     hyperparams: dict  # {}: the threshold is a constant
 
 
-def clip_by_block_rms(clipping_threshold: Optional[float] = None, *, threshold: Optional[float] = None,
-                      layer_axes: LayerAxes = None) -> optax.GradientTransformation:
+def clip_by_block_rms(
+    threshold: Optional[float] = None,
+    *,
+    clipping_threshold: Optional[float] = None,
+    layer_axes: LayerAxes = None,
+) -> optax.GradientTransformation:
     r"""Update clipping: scales each leaf down to a root mean square of at most :math:`d`.
 
     .. math::

@@ -65,10 +65,17 @@ class ScaleBySm3State(NamedTuple):
     # with k layer axes, per layer: shape p.shape[:k] + (sum(p.shape[k:]) or 1,)
 
 
-def scale_by_sm3(eps_root: Optional[ScalarOrSchedule] = None, variant: str = "I", *,
-                 b1: Optional[ScalarOrSchedule] = None, b2: Optional[ScalarOrSchedule] = None,
-                 eps: Optional[ScalarOrSchedule] = None, nu_dtype=None, mu_dtype=None,
-                 layer_axes: LayerAxes = None) -> optax.GradientTransformation:
+def scale_by_sm3(
+    b1: Optional[ScalarOrSchedule] = None,
+    b2: Optional[ScalarOrSchedule] = None,
+    eps: Optional[ScalarOrSchedule] = None,
+    *,
+    eps_root: Optional[ScalarOrSchedule] = None,
+    variant: str = "I",
+    nu_dtype=None,
+    mu_dtype=None,
+    layer_axes: LayerAxes = None,
+) -> optax.GradientTransformation:
     r"""Divides by the root of SM3's cover-wise accumulated squared gradients.
 
     The covers of a rank-:math:`k` leaf are, for each dim, the slices sharing one index of
@@ -135,7 +142,7 @@ def scale_by_sm3(eps_root: Optional[ScalarOrSchedule] = None, variant: str = "I"
     check_layer_axes("scale_by_sm3", layer_axes)
     if b1 is not None:
         check_range("scale_by_sm3", "b1", b1, 0.0, 1.0, high_open=True)
-        core = scale_by_sm3(eps_root, variant, b2=b2, nu_dtype=nu_dtype, layer_axes=layer_axes)
+        core = scale_by_sm3(eps_root=eps_root, variant=variant, b2=b2, nu_dtype=nu_dtype, layer_axes=layer_axes)
         return optax.chain(core, scale_by_ema(b1, mu_dtype))
     values = given(eps_root=eps_root, b2=b2)
 
@@ -178,9 +185,17 @@ def scale_by_sm3(eps_root: Optional[ScalarOrSchedule] = None, variant: str = "I"
 @declare_optimizer(paper="Anil, Gupta, Koren & Singer 2019",
                    update="`μ(r)+=max_{S_r}g²`, `ν=min_{r∋i}μ(r)`; `θ-=γ g/√ν`",
                    test_kwargs=dict(learning_rate=0.3))
-def sm3(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = None,
-        eps_root: ScalarOrSchedule = 0.0, variant: str = "I", *, nu_dtype=None, mu_dtype=None,
-        fused: bool = False, layer_axes: LayerAxes = None) -> optax.GradientTransformation:
+def sm3(
+    learning_rate: ScalarOrSchedule,
+    momentum: Optional[ScalarOrSchedule] = None,
+    *,
+    eps_root: ScalarOrSchedule = 0.0,
+    variant: str = "I",
+    nu_dtype=None,
+    mu_dtype=None,
+    fused: bool = False,
+    layer_axes: LayerAxes = None,
+) -> optax.GradientTransformation:
     r"""SM3: :math:`\theta_t = \theta_{t-1} - \gamma_t u_t` (:func:`scale_by_sm3`), memory linear in the dims.
 
     With ``momentum`` :math:`\beta`, :math:`u_t` is first averaged,
@@ -202,7 +217,7 @@ def sm3(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = 
     if momentum is not None:
         check_range("sm3", "momentum", momentum, 0.0, 1.0, high_open=True)
     chain = optax.chain(
-        scale_by_sm3(eps_root, variant, nu_dtype=nu_dtype, layer_axes=layer_axes),
+        scale_by_sm3(eps_root=eps_root, variant=variant, nu_dtype=nu_dtype, layer_axes=layer_axes),
         optax.identity() if is_zero(momentum) else scale_by_ema(momentum, mu_dtype),
         scale_by_learning_rate(learning_rate),
     )

@@ -26,9 +26,17 @@ class ScaleByNovogradState(NamedTuple):
     nu: optax.Updates  # v_t, one scalar per leaf (per layer: shape p.shape[:k] with layer_axes), the leaf's dtype
 
 
-def scale_by_novograd(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25, eps: ScalarOrSchedule = 1e-8,
-                      weight_decay: ScalarOrSchedule = 0.0, *, eps_root: Optional[ScalarOrSchedule] = None,
-                      mu_dtype=None, nu_dtype=None, layer_axes: LayerAxes = None) -> optax.GradientTransformation:
+def scale_by_novograd(
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.25,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: Optional[ScalarOrSchedule] = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mu_dtype=None,
+    *,
+    nu_dtype=None,
+    layer_axes: LayerAxes = None,
+) -> optax.GradientTransformation:
     r"""NovoGrad's direction, per leaf (layer) :math:`i`.
 
     .. math::
@@ -124,10 +132,20 @@ def _second_moments(updates, state, hp, axes=None):
 # Conformance: a per-leaf normalisation of scalar leaves is a sign step: a decaying rate settles it.
 @declare_optimizer(paper="Ginsburg et al. 2019", update="`v=β₂v+(1-β₂)‖g‖²` per leaf; `m=β₁m+g/(√v+ε)+λθ; θ-=γm`",
                    test_kwargs=dict(learning_rate=lambda t: 0.01 * 0.9997**t))
-def novograd(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.25,
-             eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.0, *,
-             eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None, nu_dtype=None, fused: bool = False,
-             flat_state: bool = False, layer_axes: LayerAxes = None) -> optax.GradientTransformation:
+def novograd(
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.25,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: Optional[ScalarOrSchedule] = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    *,
+    mu_dtype=None,
+    nu_dtype=None,
+    fused: bool = False,
+    flat_state: bool = False,
+    layer_axes: LayerAxes = None,
+) -> optax.GradientTransformation:
     r"""NovoGrad: :math:`\theta_t = \theta_{t-1} - \gamma_t m_t` (:func:`scale_by_novograd`).
 
     ``fused=True``: on the CPU, XLA's per-leaf sums of squares, then the moment and the params
@@ -146,7 +164,8 @@ def novograd(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Sc
         Ginsburg et al., "Stochastic Gradient Methods with Layer-wise Adaptive Moments for
         Training of Deep Networks", arXiv:1905.11286, 2019, Algorithm 1.
     """
-    chain = optax.chain(scale_by_novograd(b1, b2, eps, weight_decay, eps_root=eps_root, mu_dtype=mu_dtype,
+    chain = optax.chain(scale_by_novograd(b1, b2, eps, weight_decay=weight_decay, eps_root=eps_root,
+                                          mu_dtype=mu_dtype,
                                           nu_dtype=nu_dtype, layer_axes=layer_axes),
                         scale_by_learning_rate(learning_rate))
     return accelerated("novograd", chain, fused=fused, flat_state=flat_state,

@@ -44,10 +44,16 @@ class ScaleByTrustRatioState(NamedTuple):
     hyperparams: dict  # {"trust_coefficient": ...} and "eps" when one is given
 
 
-def scale_by_trust_ratio(trust_coefficient: ScalarOrSchedule = 1.0, eps: Optional[ScalarOrSchedule] = None,
-                         min_param_norm: float = 0.0, max_param_norm: float = _INF,
-                         mask: MaskOrFn = None, *, min_norm: Optional[float] = None,
-                         layer_axes: LayerAxes = None) -> optax.GradientTransformation:
+def scale_by_trust_ratio(
+    min_norm: Optional[float] = None,
+    trust_coefficient: ScalarOrSchedule = 1.0,
+    eps: Optional[ScalarOrSchedule] = None,
+    *,
+    min_param_norm: float = 0.0,
+    max_param_norm: float = _INF,
+    mask: MaskOrFn = None,
+    layer_axes: LayerAxes = None,
+) -> optax.GradientTransformation:
     r"""Rescales each leaf's update by the trust ratio :math:`\eta\,\phi(\|\theta\|) / \|u\|`.
 
     For every leaf (layer) :math:`\theta^{(i)}` with incoming update :math:`u^{(i)}`:
@@ -261,12 +267,24 @@ def lars(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedule = 0.0, 
 # Conformance: a per-leaf trust ratio on scalar leaves is a sign step of size lr |x|: a decaying rate settles it.
 @declare_optimizer(paper="You et al. 2020", update="`r=m̂/(√v̂+ε)+λθ; θ-=γ·φ(‖θ‖)/‖r‖·r` per leaf",
                    test_kwargs=dict(learning_rate=lambda t: 0.01 * 0.9997**t, min_param_norm=0.1))
-def lamb(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
-         eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = None,
-         trust_ratio_mask: MaskOrFn = None, min_param_norm: float = 0.0,
-         max_param_norm: float = _INF, *, eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None,
-         nu_dtype=None, fused: bool = False, flat_state: bool = False,
-         layer_axes: LayerAxes = None) -> optax.GradientTransformation:
+def lamb(
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: Optional[ScalarOrSchedule] = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+    *,
+    trust_ratio_mask: MaskOrFn = None,
+    min_param_norm: float = 0.0,
+    max_param_norm: float = _INF,
+    mu_dtype=None,
+    nu_dtype=None,
+    fused: bool = False,
+    flat_state: bool = False,
+    layer_axes: LayerAxes = None,
+) -> optax.GradientTransformation:
     r"""LAMB: Adam's direction plus decoupled decay, rescaled per leaf by :math:`\phi(\|\theta\|)/\|r\|`.
 
     .. math::

@@ -338,7 +338,7 @@ def muon(learning_rate: ScalarOrSchedule, ns_coeffs: NsCoeffs = _JORDAN, ns_step
         scale_by_learning_rate(learning_rate),
     )
     adam_branch = _prefixed(optax.chain(  # AdamW (optimizers.adamw's chain)
-        scale_by_adam(adam_b1, adam_b2, adam_eps, adam_eps_root, mu_dtype, adam_nesterov, nu_dtype=nu_dtype),
+        scale_by_adam(adam_b1, adam_b2, adam_eps, adam_eps_root, mu_dtype, nesterov=adam_nesterov, nu_dtype=nu_dtype),
         add_decayed_weights(adam_weight_decay),
         scale_by_learning_rate(adam_lr),
     ), "adam_")

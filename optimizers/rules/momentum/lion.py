@@ -37,8 +37,14 @@ def _sign(mode, smooth_beta):
     return jnp.sign
 
 
-def scale_by_lion(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.99, mu_dtype=None, mode: str = "hard",
-                  smooth_beta: float = 1.0) -> optax.GradientTransformation:
+def scale_by_lion(
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.99,
+    mu_dtype=None,
+    *,
+    mode: str = "hard",
+    smooth_beta: float = 1.0,
+) -> optax.GradientTransformation:
     r"""Lion's direction: the sign of an interpolation of the momentum and the gradient.
 
     .. math::
@@ -91,9 +97,17 @@ def scale_by_lion(b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.99, mu_dt
 # Conformance: sign steps need a decay to settle.
 @declare_optimizer(paper="Chen et al. 2023", update="`u=sign(β₁m+(1-β₁)g); m=β₂m+(1-β₂)g; θ-=γ(u+λθ)`",
                    test_kwargs=dict(learning_rate=lambda t: 3e-3 * 0.9997**t, weight_decay=0.0))
-def lion(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.99,
-         weight_decay: ScalarOrSchedule = 1.0, mask: MaskOrFn = None, *, mu_dtype=None, fused: bool = False,
-         flat_state: bool = False) -> optax.GradientTransformation:
+def lion(
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.99,
+    mu_dtype=None,
+    weight_decay: ScalarOrSchedule = 1.0,
+    mask: MaskOrFn = None,
+    *,
+    fused: bool = False,
+    flat_state: bool = False,
+) -> optax.GradientTransformation:
     r"""Lion: :math:`\theta_t = \theta_{t-1} - \gamma_t (u_t + \lambda \theta_{t-1})`.
 
     :math:`u_t` from :func:`scale_by_lion`; the decay is decoupled and multiplied by the

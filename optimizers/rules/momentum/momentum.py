@@ -69,10 +69,17 @@ def trace(decay: ScalarOrSchedule = 0.9, nesterov: bool = False, accumulator_dty
 
 @declare_optimizer(paper="Polyak 1964; Sutskever et al. 2013", update="`m=μm+g+λθ; θ-=γm` (Nesterov: `γ(g+μm)`)",
                    test_kwargs=dict(learning_rate=2e-3, momentum=0.9))
-def sgd(learning_rate: ScalarOrSchedule, momentum: Optional[ScalarOrSchedule] = None,
-        nesterov: bool = False, weight_decay: Optional[ScalarOrSchedule] = None,
-        mask: MaskOrFn = None, *, accumulator_dtype=None, fused: bool = False,
-        flat_state: bool = False) -> optax.GradientTransformation:
+def sgd(
+    learning_rate: ScalarOrSchedule,
+    momentum: Optional[ScalarOrSchedule] = None,
+    nesterov: bool = False,
+    accumulator_dtype=None,
+    *,
+    weight_decay: Optional[ScalarOrSchedule] = None,
+    mask: MaskOrFn = None,
+    fused: bool = False,
+    flat_state: bool = False,
+) -> optax.GradientTransformation:
     r"""Stochastic gradient descent, with optional momentum and L2 weight decay.
 
     .. math::

@@ -55,10 +55,17 @@ def _check(owner, eta_plus, eta_minus, min_scale, max_scale, form):
         raise ValueError(f"{owner}: form must be one of {_FORMS}, got {form!r}")
 
 
-def scale_by_rprop(eta_plus: float = 1.2, eta_minus: float = 0.5, min_scale: Optional[float] = None,
-                   max_scale: Optional[float] = None, form: str = "table", *,
-                   learning_rate: Optional[ScalarOrSchedule] = None, min_step_size: Optional[float] = None,
-                   max_step_size: Optional[float] = None) -> optax.GradientTransformation:
+def scale_by_rprop(
+    learning_rate: Optional[ScalarOrSchedule] = None,
+    eta_minus: float = 0.5,
+    eta_plus: float = 1.2,
+    min_step_size: Optional[float] = None,
+    max_step_size: Optional[float] = None,
+    *,
+    min_scale: Optional[float] = None,
+    max_scale: Optional[float] = None,
+    form: str = "table",
+) -> optax.GradientTransformation:
     r"""Rprop's step: a per-element step size times the sign of the gradient.
 
     ``form="table"`` (the update table of “Optimization algorithms in deep learning”; Rprop- of Igel & Hüsken):
@@ -115,7 +122,8 @@ def scale_by_rprop(eta_plus: float = 1.2, eta_minus: float = 0.5, min_scale: Opt
     min_scale, max_scale = _scales("scale_by_rprop", 1.0 if learning_rate is None else learning_rate, min_scale,
                                    max_scale, min_step_size, max_step_size)
     if learning_rate is not None:
-        return optax.chain(scale_by_rprop(eta_plus, eta_minus, min_scale, max_scale, form),
+        return optax.chain(scale_by_rprop(eta_plus=eta_plus, eta_minus=eta_minus, min_scale=min_scale,
+                                          max_scale=max_scale, form=form),
                            scale_by_learning_rate(learning_rate, flip_sign=False))
     _check("scale_by_rprop", eta_plus, eta_minus, min_scale, max_scale, form)
     torch_form = form == "torch"
@@ -155,10 +163,19 @@ def scale_by_rprop(eta_plus: float = 1.2, eta_minus: float = 0.5, min_scale: Opt
 @declare_optimizer(paper="Riedmiller & Braun 1993",
                    update="`ζ=clip(ζ·η±, ζmin, ζmax)` by the sign of `g·g₋`; `θ-=γζ·sign(g)`",
                    test_kwargs=dict(learning_rate=0.01))
-def rprop(learning_rate: ScalarOrSchedule, eta_plus: float = 1.2, eta_minus: float = 0.5,
-          min_scale: Optional[float] = None, max_scale: Optional[float] = None, form: str = "table", *,
-          min_step_size: Optional[float] = None, max_step_size: Optional[float] = None,
-          fused: bool = False, flat_state: bool = False) -> optax.GradientTransformation:
+def rprop(
+    learning_rate: ScalarOrSchedule,
+    eta_minus: float = 0.5,
+    eta_plus: float = 1.2,
+    min_step_size: Optional[float] = None,
+    max_step_size: Optional[float] = None,
+    *,
+    min_scale: Optional[float] = None,
+    max_scale: Optional[float] = None,
+    form: str = "table",
+    fused: bool = False,
+    flat_state: bool = False,
+) -> optax.GradientTransformation:
     r"""Rprop: :math:`\theta_t = \theta_{t-1} - \gamma_t \zeta_t \operatorname{sign}(g_t)`.
 
     :math:`\zeta_t` from :func:`scale_by_rprop`. The learning rate is the initial step size
@@ -178,7 +195,8 @@ def rprop(learning_rate: ScalarOrSchedule, eta_plus: float = 1.2, eta_minus: flo
     """
     min_scale, max_scale = _scales("rprop", learning_rate, min_scale, max_scale, min_step_size, max_step_size)
     _check("rprop", eta_plus, eta_minus, min_scale, max_scale, form)
-    chain = optax.chain(scale_by_rprop(eta_plus, eta_minus, min_scale, max_scale, form),
+    chain = optax.chain(scale_by_rprop(eta_plus=eta_plus, eta_minus=eta_minus, min_scale=min_scale,
+                                       max_scale=max_scale, form=form),
                         scale_by_learning_rate(learning_rate))
     return accelerated("rprop", chain, fused=fused, flat_state=flat_state, learning_rate=learning_rate,
                        eta_plus=eta_plus, eta_minus=eta_minus, min_scale=min_scale, max_scale=max_scale,

@@ -65,7 +65,7 @@ def test_amsgrad_matches_both_forms(max_over):
     rng = np.random.default_rng(4)
     grads = [jax.tree.map(lambda g, k=k: g * (3.0 if k < 5 else 0.2 if k < 15 else 1.0), random_tree(rng))
              for k in range(25)]
-    got = run_updates(optimizers.scale_by_amsgrad(0.9, 0.99, 1e-8, max_over), grads)
+    got = run_updates(optimizers.scale_by_amsgrad(0.9, 0.99, 1e-8, max_over=max_over), grads)
     check_reference(got, grads, lambda gs: _amsgrad_reference(gs, 0.9, 0.99, 1e-8, max_over))
     theta0 = random_tree(rng)
 

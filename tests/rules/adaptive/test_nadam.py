@@ -48,7 +48,7 @@ def test_paper_and_table_forms_differ():
 @pytest.mark.parametrize("psi", [0.004, 0.05])
 def test_nadam_matches_torch(psi):
     grads, theta0 = random_grads(50, seed=4), random_tree(np.random.default_rng(5))
-    got = run_params_f64(optimizers.nadam(2e-3, 0.9, 0.999, 1e-8, psi), grads, theta0)
+    got = run_params_f64(optimizers.nadam(2e-3, 0.9, 0.999, 1e-8, momentum_decay=psi), grads, theta0)
     want = run_torch(lambda ps: torch.optim.NAdam(ps, lr=2e-3, momentum_decay=psi), theta0, grads)
     # torch keeps mu_product as a float32 tensor even for float64 params (~1e-9 relative).
     for g, w in zip(got, want):

@@ -36,7 +36,8 @@ def test_scale_by_radam_matches_paper(threshold, eps_on_raw_sqrt):
     # Both sides of the threshold are covered: steps 1..4 (or 5) un-adapted, later rectified.
     assert 3 <= _first_rectified_step(0.999, threshold) <= 10
     grads = random_grads(25, seed=1)
-    got = run_updates(optimizers.scale_by_radam(0.9, 0.999, 1e-3, threshold, eps_on_raw_sqrt), grads)
+    got = run_updates(optimizers.scale_by_radam(0.9, 0.999, 1e-3, threshold=threshold,
+                                                eps_on_raw_sqrt=eps_on_raw_sqrt), grads)
     check_reference(got, grads, lambda gs: _radam_reference(gs, 0.9, 0.999, 1e-3, threshold, eps_on_raw_sqrt))
 
 

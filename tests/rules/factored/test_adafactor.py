@@ -97,7 +97,7 @@ def test_adafactor_matches_paper(name):
 
 def test_clip_by_block_rms_and_param_scale():
     grads, theta0 = _grads(seed=2), _params(seed=3)
-    got = run_updates(clip_by_block_rms(1.5), grads)
+    got = run_updates(clip_by_block_rms(clipping_threshold=1.5), grads)
     check_reference(got, grads, lambda gs: (g / max(1.0, _rms(g) / 1.5) for g in gs))
     got = run_updates(scale_by_param_block_rms(0.01), grads, params=theta0)
     check_reference(got, grads, lambda th, gs: (max(0.01, _rms(th)) * g for g in gs), params=theta0)

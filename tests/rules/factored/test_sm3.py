@@ -89,7 +89,7 @@ def test_per_dim_reference_is_the_cover_sets_one(variant):
 @pytest.mark.parametrize("variant,eps", [("I", 0.0), ("II", 0.0), ("I", 1e-3), ("II", 1e-3)])
 def test_scale_by_sm3_matches_paper(variant, eps):
     grads = _grads()
-    got = run_updates(scale_by_sm3(eps, variant), grads)
+    got = run_updates(scale_by_sm3(eps_root=eps, variant=variant), grads)
     check_reference(got, grads, lambda gs: _sm3_reference(gs, variant, eps))
     assert all(np.all(u["zero_rows"][:2] == 0) for u in got)
 

@@ -39,7 +39,7 @@ def _grads(steps, seed, zero_first=False):
 ])
 def test_scale_by_novograd_matches_paper(b1, b2, eps, wd, zero_first):
     grads, params = _grads(25, seed=1, zero_first=zero_first), random_tree(np.random.default_rng(2))
-    got = run_updates(scale_by_novograd(b1, b2, eps, wd), grads, params=params)
+    got = run_updates(scale_by_novograd(b1, b2, eps, weight_decay=wd), grads, params=params)
     check_reference(got, grads, lambda w, gs: _novograd_reference(w, gs, b1, b2, eps, wd), params=params)
 
 
@@ -79,7 +79,7 @@ def test_scheduled_hyperparameters():
 def test_matches_optax():
     """50 steps in float64. optax adds eps at the first step too; eps=1e-30 makes that vanish."""
     grads, theta0 = random_grads(50, seed=7), random_tree(np.random.default_rng(8))
-    got = run_params_f64(novograd(0.01, 0.9, 0.5, 1e-30, 0.01), grads, theta0)
+    got = run_params_f64(novograd(0.01, 0.9, 0.5, 1e-30, weight_decay=0.01), grads, theta0)
     want = run_params_f64(optax.novograd(0.01, 0.9, 0.5, 1e-30, weight_decay=0.01), grads, theta0)
     for g, w in zip(got, want, strict=True):
         assert_trees_close(g, w, rtol=1e-10)

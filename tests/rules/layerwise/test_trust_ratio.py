@@ -110,7 +110,8 @@ def _lamb_reference(theta, grads, lr, b1, b2, eps, wd, lo, hi, decay_on, ratio_o
 ])
 def test_scale_by_trust_ratio_matches_paper(eta, eps, lo, hi, mask):
     eta_fn = (lambda t: 1.0 / (1 + t)) if eta == "schedule" else (lambda t: eta)
-    tx = scale_by_trust_ratio(eta_fn if eta == "schedule" else eta, eps, lo, hi, mask)
+    tx = scale_by_trust_ratio(trust_coefficient=eta_fn if eta == "schedule" else eta, eps=eps,
+                              min_param_norm=lo, max_param_norm=hi, mask=mask)
     grads, params = _grads(24, seed=1), _params(2)
     norms = [_norm(x) for x in jax.tree.leaves(params)]
     if lo > 0:  # both bounds of phi bind on some leaf
@@ -157,7 +158,8 @@ def test_table_lars_is_a_chain():
 
 def test_table_lars_differs_from_paper():
     grads, params = _grads(10, seed=7), _params(8)
-    table = run_params_f64(optax.chain(trace(0.9), scale_by_trust_ratio(0.01), scale_by_learning_rate(0.5)),
+    table = run_params_f64(optax.chain(trace(0.9), scale_by_trust_ratio(trust_coefficient=0.01),
+                                       scale_by_learning_rate(0.5)),
                            grads, params)
     paper = run_params_f64(lars(0.5, trust_coefficient=0.01), grads, params)
     assert not np.allclose(table[-1]["dense"]["w"], paper[-1]["dense"]["w"], rtol=1e-3)
@@ -170,7 +172,8 @@ def test_table_lars_differs_from_paper():
 ])
 def test_lamb_matches_paper(wd, lo, hi, wd_mask, tr_mask):
     grads, params = _grads(30, seed=9), _params(10)
-    got = run_params(lamb(0.01, 0.9, 0.99, 1e-8, wd, wd_mask, tr_mask, lo, hi), grads, params)
+    got = run_params(lamb(0.01, 0.9, 0.99, 1e-8, weight_decay=wd, mask=wd_mask, trust_ratio_mask=tr_mask,
+                          min_param_norm=lo, max_param_norm=hi), grads, params)
 
     def reference(w, gs, decay_on, ratio_on):
         return _lamb_reference(w, gs, 0.01, 0.9, 0.99, 1e-8, wd, lo, hi, decay_on, ratio_on)
@@ -183,7 +186,8 @@ def test_scale_by_trust_ratio_matches_optax():
     with jax.enable_x64(True):
         for ours, theirs in [
             (scale_by_trust_ratio(), optax.scale_by_trust_ratio()),
-            (scale_by_trust_ratio(0.3, 1e-2), optax.scale_by_trust_ratio(trust_coefficient=0.3, eps=1e-2)),
+            (scale_by_trust_ratio(trust_coefficient=0.3, eps=1e-2),
+             optax.scale_by_trust_ratio(trust_coefficient=0.3, eps=1e-2)),
         ]:
             got = run_updates(ours, grads, params, dtype=np.float64)
             want = run_updates(theirs, grads, params, dtype=np.float64)

@@ -38,7 +38,7 @@ def _sgd_reference(theta, grads, lr, mu, nesterov, wd):
                                                   (0.9, True, 0.01), (0.5, False, 0.1)])
 def test_sgd_matches_paper(momentum, nesterov, wd):
     grads, theta0 = random_grads(25, seed=1), random_tree(np.random.default_rng(2))
-    got = run_params(optimizers.sgd(0.05, momentum, nesterov, wd), grads, theta0)
+    got = run_params(optimizers.sgd(0.05, momentum, nesterov, weight_decay=wd), grads, theta0)
     check_reference(got, grads, lambda t0, gs: _sgd_reference(t0, gs, 0.05, momentum, nesterov, wd), params=theta0)
 
 
@@ -48,7 +48,7 @@ def test_sgd_matches_torch(momentum, nesterov, wd):
     grads, theta0 = random_grads(50, seed=3), random_tree(np.random.default_rng(4))
     want = run_torch(lambda ps: torch.optim.SGD(ps, lr=0.03, momentum=momentum, nesterov=nesterov,
                                                 weight_decay=wd), theta0, grads)
-    got = run_params_f64(optimizers.sgd(0.03, momentum, nesterov, wd), grads, theta0)
+    got = run_params_f64(optimizers.sgd(0.03, momentum, nesterov, weight_decay=wd), grads, theta0)
     for g, w in zip(got, want):
         assert_trees_close(g, w, rtol=1e-12)
 

@@ -41,7 +41,8 @@ def _grads(steps, seed):
 @pytest.mark.parametrize("eta_plus,eta_minus,zmin,zmax", [(1.2, 0.5, 1e-4, 5e3), (1.5, 0.3, 0.05, 2.0)])
 def test_scale_by_rprop_matches_both_forms(form, eta_plus, eta_minus, zmin, zmax):
     grads = _grads(30, seed=1)
-    got = run_updates(scale_by_rprop(eta_plus, eta_minus, zmin, zmax, form), grads)
+    got = run_updates(scale_by_rprop(eta_plus=eta_plus, eta_minus=eta_minus, min_scale=zmin, max_scale=zmax,
+                                     form=form), grads)
     check_reference(got, grads, lambda gs: _rprop_reference(gs, eta_plus, eta_minus, zmin, zmax, form))
     if zmax == 2.0:  # the bounds were reached
         assert np.all(np.abs(got[-1]["dense"]["b"]) == np.float32(2.0))

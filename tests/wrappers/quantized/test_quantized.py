@@ -267,7 +267,7 @@ def test_hyperparams_lookahead_ema_and_dequantized():
     tx = quantized(optimizers.adamw(1e-2))
     state = optimizers.set_hyperparams(tx.init(PARAMS), learning_rate=5e-3)
     assert float(optimizers.get_hyperparams(state)["learning_rate"]) == pytest.approx(5e-3)
-    la = quantized(optimizers.lookahead(optimizers.adam(1e-2), 2))
+    la = quantized(optimizers.lookahead(optimizer=optimizers.adam(1e-2), sync_period=2))
     p, s = run(la, PARAMS, grads_of(4))
     assert isinstance(s.slow["w"], optimizers.QuantizedBuffer)
     np.testing.assert_allclose(optimizers.slow_params(optimizers.dequantized(s))["w"], p["w"], rtol=0.02, atol=0.02)
