@@ -189,37 +189,66 @@ def test_nested_empty_and_none_pytrees(name):
     assert empty == {}
 
 
-CASES = [(n, h) for n in ALIASES for h in scheduled_names(n)]
+SCHEDULED = [n for n in ALIASES if scheduled_names(n)]
 
 
-@pytest.mark.parametrize("name,hyper", CASES)
-def test_every_hyperparameter_can_be_a_schedule(name, hyper):
-    default = inspect.signature(getattr(optimizers, name)).parameters[hyper].default
-    v = KWARGS[name].get(hyper, default)
-    v = 0.0 if v is None else v
-    alt = other_value(v)
-    sched = lambda t: jnp.where(t < 2, schedules.resolve(v, t), schedules.resolve(alt, t))  # noqa: E731
-    tx_const, tx_sched = make(name, **{hyper: v}), make(name, **{hyper: sched})
+def _schedule_values(name):
+    """Each schedulable hyperparameter of ``name``: (its test value, another value in its range)."""
+    values = {}
+    for hyper in scheduled_names(name):
+        v = KWARGS[name].get(hyper, inspect.signature(getattr(optimizers, name)).parameters[hyper].default)
+        v = 0.0 if v is None else v
+        values[hyper] = (v, other_value(v))
+    return values
 
-    def updates(tx, state, grads):  # the update of each step, params fixed
-        def body(state, g):
-            u, state = tx.update(g, state, PARAMS)
-            return state, u
 
-        return jax.lax.scan(body, state, grads)
+def _switched_run(name, values):
+    """One program for every hyperparameter of ``name``: each is a schedule that gives its test value
+    before step ``switch[i]`` and the other value from it on; ``switch`` is an argument, so
+    moving one hyperparameter's switch reruns the same compiled program."""
 
-    # Two programs, each state an argument (a state built inside would be constants XLA folds, and
-    # in one program XLA may fuse the two runs differently: neither is bit for bit).
-    s_sched, u_sched = jax.jit(updates, static_argnums=0)(tx_sched, tx_sched.init(PARAMS), _stacked(GRADS))
-    _, u_const = jax.jit(updates, static_argnums=0)(tx_const, tx_const.init(PARAMS), _stacked(GRADS))
-    same = [all(np.array_equal(a[k], b[k]) for a, b in zip(jax.tree.leaves(u_const), jax.tree.leaves(u_sched)))
-            for k in range(len(GRADS))]
-    # Equal while the schedule gives the constant's value; different once it changes
-    # (RAdam ignores b2 and eps until it rectifies, at step 5).
-    assert same[:2] == [True, True] and not all(same), f"{hyper}: steps equal to the constant's: {same}"
-    lr = optimizers.get_hyperparams(s_sched)["learning_rate"]
-    want = schedules.resolve(alt if hyper == "learning_rate" else KWARGS[name]["learning_rate"], len(GRADS) - 1)
-    np.testing.assert_allclose(lr, want, rtol=1e-6)
+    def run(switch):
+        def schedule(i, v, alt):
+            return lambda t: jnp.where(t < switch[i], schedules.resolve(v, t), schedules.resolve(alt, t))
+
+        return _updates(make(name, **{h: schedule(i, v, alt) for i, (h, (v, alt)) in enumerate(values.items())}))
+
+    return jax.jit(run)
+
+
+def _updates(tx):
+    """``(final state, the update of each step)`` over GRADS, params fixed at PARAMS."""
+
+    def body(state, g):
+        u, state = tx.update(g, state, PARAMS)
+        return state, u
+
+    return jax.lax.scan(body, tx.init(PARAMS), _stacked(GRADS))
+
+
+@pytest.mark.parametrize("name", SCHEDULED)
+def test_every_hyperparameter_can_be_a_schedule(name):
+    """Every hyperparameter that takes a schedule follows it: with all of them schedules, the updates
+    equal the constants' run; switching one of them at step 2 leaves steps 0 and 1 bit for bit and
+    changes a later one (RAdam ignores b2 and eps until it rectifies, at step 5). One compiled
+    program serves every hyperparameter (the switch steps are its argument)."""
+    values = _schedule_values(name)
+    run = _switched_run(name, values)
+    never = jnp.full(len(values), len(GRADS) + 1)
+    _, u_base = run(never)
+    tx_const = make(name, **{h: v for h, (v, _) in values.items()})
+    _, u_const = jax.jit(_updates, static_argnums=0)(tx_const)
+    for a, b in zip(jax.tree.leaves(u_const), jax.tree.leaves(u_base)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for i, hyper in enumerate(values):
+        s_sched, u_sched = run(never.at[i].set(2))
+        same = [all(np.array_equal(a[k], b[k]) for a, b in zip(jax.tree.leaves(u_base), jax.tree.leaves(u_sched)))
+                for k in range(len(GRADS))]
+        assert same[:2] == [True, True] and not all(same), f"{hyper}: steps equal to the constant's: {same}"
+        lr = optimizers.get_hyperparams(s_sched)["learning_rate"]
+        v_lr, alt_lr = values["learning_rate"]
+        want = schedules.resolve(alt_lr if hyper == "learning_rate" else v_lr, len(GRADS) - 1)
+        np.testing.assert_allclose(lr, want, rtol=1e-6)
 
 
 def test_a_broken_optimizer_fails_the_dtype_property(monkeypatch):
