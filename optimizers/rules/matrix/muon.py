@@ -33,6 +33,7 @@ from optimizers.contract.layers import LayerAxes, check_layer_axes
 from optimizers.contract.moments import ema
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.adaptive.adam import scale_by_adam
+from optimizers.rules.matrix.distributed import check_distributed, orthogonalize_all
 from optimizers.rules.matrix.leaves import _fans, _Spec, _spec_tree, _specs, _to_matrices
 from optimizers.rules.matrix.newton_schulz import (_FORMS, _JORDAN, NsCoeffs, WeightDimNumOrFn, _check_preconditioning,
                                                    _check_steps, _coefficients, _iteration_coefficients, _orthogonalize)
@@ -89,7 +90,7 @@ def scale_by_muon(ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5, beta: Scalar
                   adaptive: bool = False, preconditioning: str = "frobenius",
                   weight_dimension_numbers: WeightDimNumOrFn = None, layer_axes: LayerAxes = None,
                   ns_dtype=jnp.float32, form: str = "reference", normalization: Optional[str] = None,
-                  beta2: ScalarOrSchedule = 0.95) -> optax.GradientTransformation:
+                  beta2: ScalarOrSchedule = 0.95, distributed: Optional[tuple] = None) -> optax.GradientTransformation:
     r"""Muon's direction: the momentum of each matrix, orthogonalized (no shape scale, no learning rate).
 
     ``form="reference"`` (Jordan's ``muon.py``, ``torch.optim.Muon``): no bias correction,
@@ -153,6 +154,12 @@ def scale_by_muon(ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5, beta: Scalar
         normalization: ``None`` (Muon) or ``"neuron"`` (NorMuon; not with ``adaptive``).
         beta2: NorMuon's :math:`\beta_2 \in [0, 1)` (the reference code's 0.95), or a schedule;
             used only with ``normalization="neuron"``.
+        distributed: ``None``, or ``(mesh, axis)`` (a ``jax.sharding.Mesh`` and one of its axis
+            names, or a tuple of them): Distributed Muon (Liu et al. 2025) under ``jax.jit`` on that
+            mesh: the matrices are grouped by shape, each group stacked and its leading axis split
+            over the axis, so each device orthogonalizes about :math:`1/N` of them (a lone matrix is
+            split along its long side); the values are the one-device ones (see
+            :mod:`optimizers.rules.matrix.distributed` and the guide).
 
     References:
         Jordan et al., "Muon: An optimizer for hidden layers in neural networks", 2024;
@@ -163,11 +170,12 @@ def scale_by_muon(ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5, beta: Scalar
 
 
 def _scale_by_muon(owner, ns_coeffs, ns_steps, beta, eps, mu_dtype, nesterov, adaptive, preconditioning,
-                   weight_dimension_numbers, layer_axes, ns_dtype, form, normalization, beta2):
+                   weight_dimension_numbers, layer_axes, ns_dtype, form, normalization, beta2, distributed):
     """:func:`scale_by_muon`, its errors named by ``owner`` (``muon``'s and ``normuon``'s own at ``init``)."""
     _check_form(owner, form)
     _check_normalization(owner, normalization, adaptive)
     check_range(owner, "beta2", beta2, 0.0, 1.0, high_open=True)
+    distributed = check_distributed(owner, distributed)
     triples, per_iteration, factor = _coefficients(owner, ns_coeffs)
     _check_steps(owner, ns_steps)
     _check_preconditioning(owner, preconditioning)
@@ -198,14 +206,19 @@ def _scale_by_muon(owner, ns_coeffs, ns_steps, beta, eps, mu_dtype, nesterov, ad
         leaves, treedef = jax.tree.flatten(updates)
         specs = _specs(owner, updates, layer_axes, weight_dimension_numbers)
         it = iter(jax.tree.leaves(state.mu))
-        nus = iter(jax.tree.leaves(state.nu))
-        out, new_mu, new_nu = [], [], []
+        nus = dict(zip([i for i, s in enumerate(specs) if s is not None], jax.tree.leaves(state.nu))) \
+            if normalization else {}
+        out = list(leaves)  # the other leaves pass through
+        new_mu = [optax.MaskedNode()] * len(leaves)
+        new_nu = [optax.MaskedNode()] * len(leaves)
+        todo = []  # the Muon leaves: orthogonalized together (spread over a mesh axis with ``distributed``)
         t = optax.safe_increment(state.count).astype(b.dtype)
-        for g, spec in zip(leaves, specs):
+
+        def ortho(x):
+            return _orthogonalize(x, schedule, factor, hp["eps"], ns_dtype, preconditioning)
+
+        for i, (g, spec) in enumerate(zip(leaves, specs)):
             if spec is None:
-                out.append(g)
-                new_mu.append(optax.MaskedNode())
-                new_nu.append(optax.MaskedNode())
                 continue
             old = next(it)
             m = ema(g, old, b)
@@ -218,20 +231,20 @@ def _scale_by_muon(owner, ns_coeffs, ns_steps, beta, eps, mu_dtype, nesterov, ad
             else:
                 d = (1 - b) * gw + b * m if nesterov else m
             mats, back = _to_matrices(d, spec)
-            o = _orthogonalize(mats, schedule, factor, hp["eps"], ns_dtype, preconditioning)
+            todo.append((i, g, old, m, mats, back))
+        orthogonal = orthogonalize_all([x[4] for x in todo], ortho, distributed)
+        for (i, g, old, m, mats, back), o in zip(todo, orthogonal):
             if adaptive:
                 if form == "optax":
                     o = jnp.sum(mats.conj() * o) * o
                 else:
                     o = jnp.sum(mats.conj() * o, axis=(-2, -1), keepdims=True) * o
             if normalization:
-                v_old = next(nus)
+                v_old = nus[i]
                 o, v = _neuron_normalize(o.astype(widen(v_old).dtype), widen(v_old), hp["beta2"])
-                new_nu.append(store(v, v_old.dtype))
-            else:
-                new_nu.append(optax.MaskedNode())
-            out.append(store(back(o), g.dtype))
-            new_mu.append(store(m, old.dtype))
+                new_nu[i] = store(v, v_old.dtype)
+            out[i] = store(back(o), g.dtype)
+            new_mu[i] = store(m, old.dtype)
         return treedef.unflatten(out), ScaleByMuonState(optax.safe_increment(state.count), hp,
                                                        treedef.unflatten(new_mu), treedef.unflatten(new_nu))
 
@@ -282,7 +295,8 @@ def muon(learning_rate: ScalarOrSchedule, ns_coeffs: NsCoeffs = _JORDAN, ns_step
          muon_weight_dimension_numbers: WeightDimNumOrFn = None, consistent_rms: Optional[float] = None,
          layer_axes: LayerAxes = None, ns_dtype=jnp.float32, form: str = "reference",
          adjust_lr: Optional[str] = None, muon_mask: MaskOrFn = None, adam_eps: ScalarOrSchedule = 1e-8,
-         adam_nesterov: Optional[bool] = None, nu_dtype=None) -> optax.GradientTransformation:
+         adam_nesterov: Optional[bool] = None, nu_dtype=None,
+         distributed: Optional[tuple] = None) -> optax.GradientTransformation:
     r"""Muon for the matrices, AdamW for every other leaf.
 
     Each Muon leaf (see below): :math:`\theta_t = \theta_{t-1} - \gamma_t (s\,u_t + \lambda\theta_{t-1})`
@@ -349,6 +363,7 @@ def muon(learning_rate: ScalarOrSchedule, ns_coeffs: NsCoeffs = _JORDAN, ns_step
         adam_eps: AdamW's :math:`\epsilon` (in the optax form ``eps`` where that is given).
         adam_nesterov: AdamW's Nesterov form; ``None``: off (reference) or ``nesterov`` (optax).
         nu_dtype: the dtype of AdamW's second moment (``None``: the params').
+        distributed: ``(mesh, axis)``: Distributed Muon over that mesh axis (see :func:`scale_by_muon`).
 
     The state's hyperparameters: Muon's ``beta``, ``eps``, ``weight_decay`` and
     ``learning_rate``; AdamW's under the keywords' names (``adam_learning_rate``, ``adam_b1``,
@@ -377,7 +392,8 @@ def normuon(learning_rate: ScalarOrSchedule, ns_coeffs: NsCoeffs = _JORDAN, ns_s
             muon_weight_dimension_numbers: WeightDimNumOrFn = None, consistent_rms: Optional[float] = None,
             layer_axes: LayerAxes = None, ns_dtype=jnp.float32, form: str = "reference",
             adjust_lr: Optional[str] = None, muon_mask: MaskOrFn = None, adam_eps: ScalarOrSchedule = 1e-8,
-            adam_nesterov: Optional[bool] = None, nu_dtype=None) -> optax.GradientTransformation:
+            adam_nesterov: Optional[bool] = None, nu_dtype=None,
+         distributed: Optional[tuple] = None) -> optax.GradientTransformation:
     r"""NorMuon: Muon whose orthogonalized update is normalized per output neuron; AdamW for the other leaves.
 
     Exactly the authors' reference code (``normuon_update`` and the step of
@@ -424,7 +440,7 @@ def normuon(learning_rate: ScalarOrSchedule, ns_coeffs: NsCoeffs = _JORDAN, ns_s
 def _muon(owner, normalization, beta2, learning_rate, ns_coeffs, ns_steps, beta, eps, weight_decay, weight_decay_mask,
           mu_dtype, nesterov, adaptive, preconditioning, adam_b1, adam_b2, adam_eps_root, adam_weight_decay,
           adam_learning_rate, muon_weight_dimension_numbers, consistent_rms, layer_axes, ns_dtype, form, adjust_lr,
-          muon_mask, adam_eps, adam_nesterov, nu_dtype) -> optax.GradientTransformation:
+          muon_mask, adam_eps, adam_nesterov, nu_dtype, distributed) -> optax.GradientTransformation:
     """:func:`muon` (``normalization=None``) or :func:`normuon` (``"neuron"``), errors named by ``owner``."""
     _check_form(owner, form)
     _check_normalization(owner, normalization, adaptive)
@@ -470,7 +486,8 @@ def _muon(owner, normalization, beta2, learning_rate, ns_coeffs, ns_steps, beta,
     muon_branch = optax.chain(
         _scale_by_muon(owner, ns_coeffs, ns_steps, beta, eps, mu_dtype, nesterov=nesterov, adaptive=adaptive,
                        preconditioning=preconditioning, weight_dimension_numbers=branch_dims, layer_axes=None,
-                       ns_dtype=ns_dtype, form=form, normalization=normalization, beta2=beta2),
+                       ns_dtype=ns_dtype, form=form, normalization=normalization, beta2=beta2,
+                       distributed=distributed),
         _scale_by_shape(owner, None, branch_dims, consistent_rms),
         add_decayed_weights(weight_decay, weight_decay_mask),
         scale_by_learning_rate(learning_rate),
