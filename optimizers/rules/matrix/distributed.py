@@ -10,8 +10,9 @@ size :math:`N` (a zero matrix stays zero), and the stack's leading axis sharded 
 :math:`\lceil K/N \rceil` matrices, and XLA gathers the results where the update needs them.
 On a mesh whose axis is ``Explicit`` the layout is set with ``jax.sharding.reshard``; on an
 ``Auto`` one with ``jax.lax.with_sharding_constraint``. A group of one matrix (:math:`K = 1`)
-cannot be spread; on an ``Auto`` axis it is split along its long side instead (columns of the wide orientation), where each iteration all-reduces only the short
-side's Gram matrix :math:`XX^\top` and the large products stay split (see the guide's numbers).
+cannot be spread; on an ``Auto`` axis it is split along its long side instead (columns of the
+wide orientation), where each iteration all-reduces only the short side's Gram matrix
+:math:`XX^\top` and the large products stay split (see the guide's numbers).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""NorMuon (``normuon``, ``scale_by_muon(normalization="neuron")``): a float64 NumPy transcription of the authors' ``normuon_update``
-written on PyTorch ``(out, in)`` weights, stacked layers, the state, and the errors."""
+"""NorMuon (``normuon``, ``scale_by_muon(normalization="neuron")``): a float64 NumPy transcription of the
+authors' ``normuon_update`` written on PyTorch ``(out, in)`` weights, stacked layers, the state, the errors."""
 
 import jax
 import jax.numpy as jnp
