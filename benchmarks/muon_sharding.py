@@ -6,6 +6,12 @@ move and the FLOPs each device runs (XLA's cost analysis), ``optimizers.muon`` a
 ``(8, m, n)`` split on its layer axis (``layer_axes=1``; optax given the equivalent dimension
 numbers) is the case that needs no communication; a 2-D matrix split on rows or columns is
 the FSDP case, where Newton-Schulz needs the whole matrix.
+
+The second table is the schedule of that FSDP case: ``orthogonalize`` alone on a (512, 256)
+matrix split on its rows (its long side) or its columns (its short side), with the layout of
+the iteration's input set by a sharding constraint: XLA's choice (none), gathered once and
+iterated replicated, split on the long side, split on the short side. The third: ``muon`` with
+``distributed=(mesh, "model")`` (the long-side split for a lone matrix) on the same cases.
 """
 
 import os
@@ -75,5 +81,52 @@ def main():
             print(f"| {label} | {name} | {text} | {nbytes:,} | {flops:,.0f} ({share}) |")
 
 
+def measure_schedule(x, in_spec, layout, mesh):
+    """Collectives, bytes and per-device FLOPs of ``orthogonalize`` with its input laid out as ``layout``."""
+    def f(x):
+        if layout is not None:
+            x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, layout))
+        o = optimizers.orthogonalize(x)
+        if layout == P():  # replicated through the iteration: XLA would split it again otherwise
+            o = jax.lax.with_sharding_constraint(o, NamedSharding(mesh, layout))
+        return o
+
+    sh = NamedSharding(mesh, in_spec)
+    compiled = jax.jit(f, in_shardings=sh, out_shardings=sh).lower(x).compile()
+    ops = _OP.findall(compiled.as_text())
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    kinds = {}
+    for _, kind in ops:
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds, sum(_shape_bytes(shape) for shape, _ in ops), cost.get("flops", float("nan"))
+
+
+def schedules():
+    mesh = jax.make_mesh((8,), ("model",), axis_types=(jax.sharding.AxisType.Auto,))
+    x = np.random.default_rng(0).normal(size=(512, 256)).astype(np.float32)
+    one = measure_schedule(x, P(), None, jax.make_mesh((1,), ("model",)))[2]
+    layouts = [("XLA's (no constraint)", None), ("gathered once, iterated replicated", P()),
+               ("long side split (rows)", P("model", None)), ("short side split (cols)", P(None, "model"))]
+    print("\n| (512, 256) split on | iteration's layout | collectives | bytes moved | FLOPs per device |")
+    print("| --- | --- | --- | --- | --- |")
+    for label, spec in (("rows (long side)", P("model", None)), ("cols (short side)", P(None, "model"))):
+        for name, layout in layouts:
+            kinds, nbytes, flops = measure_schedule(x, spec, layout, mesh)
+            text = ", ".join(f"{v} {k}" for k, v in sorted(kinds.items())) or "none"
+            print(f"| {label} | {name} | {text} | {nbytes:,} | {flops / 1e6:,.1f} M ({flops / one:.2f}) |")
+    print("\n| (512, 256) split on | `muon(..., form=\"optax\")` | collectives | bytes moved | FLOPs per device |")
+    print("| --- | --- | --- | --- | --- |")
+    params = {"w": x}
+    one = measure(optimizers.muon(0.02, form="optax"), params, {"w": P()}, jax.make_mesh((1,), ("model",)))[2]
+    for label, spec in (("rows (long side)", P("model", None)), ("cols (short side)", P(None, "model"))):
+        for name, kw in (("default", {}), ("distributed=(mesh, \"model\")", dict(distributed=(mesh, "model")))):
+            kinds, nbytes, flops = measure(optimizers.muon(0.02, form="optax", **kw), params, {"w": spec}, mesh)
+            text = ", ".join(f"{v} {k}" for k, v in sorted(kinds.items())) or "none"
+            print(f"| {label} | {name} | {text} | {nbytes:,} | {flops / 1e6:,.1f} M ({flops / one:.2f}) |")
+
+
 if __name__ == "__main__":
-    main()
+    if "--schedules" not in sys.argv:
+        main()
+    schedules()

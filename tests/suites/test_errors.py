@@ -68,6 +68,7 @@ BAD = {
     # muon
     "ns_coeffs": ["bogus"], "ns_steps": [0, 1.5, NAN], "preconditioning": ["bogus"],
     "consistent_rms": [0.0, -0.1, NAN], "adjust_lr": ["bogus"],
+    "normalization": ["bogus"], "beta2": UNIT,
     "adam_b1": UNIT, "adam_b2": UNIT, "adam_eps": [-1e-8, 0.0, NAN], "adam_eps_root": [-1e-8, NAN],
     "adam_weight_decay": [-1e-4, NAN], "adam_learning_rate": [-0.1, NAN],
     # prodigy (optax's names, then prodigyopt's); a tuple's repr is no regex, so betas' bad values are not pairs
@@ -95,6 +96,7 @@ OVERRIDES = {
     ("lars", "eps"): [-1e-8, NAN],
     ("muon", "eps"): [-1e-8, NAN],  # 0 is torch.optim.Muon's clamp at 0 (a zero matrix stays zero)
     ("scale_by_muon", "eps"): [-1e-8, NAN],
+    ("normuon", "eps"): [-1e-8, NAN],
     ("dog", "eps"): [-1e-8, NAN],  # under the root with G_t: the paper's 0 is fine
     ("scale_by_dog", "eps"): [-1e-8, NAN],
     ("schedule_free_adamw", "eps"): [-1e-8, NAN],  # 0 is allowed by schedulefree.AdamWScheduleFree

@@ -122,6 +122,7 @@ TABLE = {
     "amos": lambda la: optimizers.amos(0.1, 0.5, granularity="last_axis", layer_axes=la),
     "scale_by_muon": _direction(optimizers.scale_by_muon),
     "muon": lambda la: optimizers.muon(0.1, weight_decay=0.1, layer_axes=la),
+    "normuon": lambda la: optimizers.normuon(0.1, weight_decay=0.1, layer_axes=la),
 }
 
 

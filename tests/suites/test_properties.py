@@ -114,7 +114,7 @@ def _rmsprop(draw):
 
 
 @st.composite
-def _muon(draw):
+def _muon(draw, **extra):
     form = draw(st.sampled_from(["reference", "optax"]))
     steps = draw(st.integers(1, 6))
     # optax's form takes at most ns_steps triples of a sequence; the reference form any number
@@ -123,7 +123,7 @@ def _muon(draw):
     return draw(_kwargs(learning_rate=LR, beta=UNIT, weight_decay=DECAY, nesterov=st.booleans(),
                         ns_steps=st.just(steps), ns_coeffs=coeffs, form=st.just(form),
                         consistent_rms=st.one_of(st.none(), _floats(0.1, 1.0)), adam_b1=UNIT, adam_b2=UNIT,
-                        preconditioning=st.sampled_from(["frobenius", "spectral", "aol", "schatten"])))
+                        preconditioning=st.sampled_from(["frobenius", "spectral", "aol", "schatten"]), **extra))
 
 
 AMOS = dict(learning_rate=LR, eta=_log_uniform(1e-2, 2.0), beta=UNIT, c_coef=_floats(0.0, 1.0),
@@ -155,6 +155,7 @@ HYPERPARAMETERS = {
                     eps=st.one_of(st.none(), EPS), momentum=UNIT, nesterov=st.booleans()),
     "lion": _kwargs(learning_rate=LR, b1=UNIT, b2=UNIT, weight_decay=_floats(0.0, 1.0)),
     "muon": _muon(),
+    "normuon": _muon(beta2=UNIT),
     "nadam": _kwargs(**ADAM, momentum_decay=_floats(0.0, 0.1)),
     "nadamw": _kwargs(**ADAM, momentum_decay=st.one_of(st.none(), _floats(0.0, 0.1)), weight_decay=DECAY),
     "novograd": _kwargs(**ADAM, weight_decay=DECAY),

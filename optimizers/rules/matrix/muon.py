@@ -27,12 +27,13 @@ import optax
 from optax.contrib import MuonDimensionNumbers
 
 from optimizers.contract.checks import is_float, transformation
-from optimizers.contract.dtypes import check_state_dtype, reject_complex, store, widen, zeros_in
+from optimizers.contract.dtypes import check_state_dtype, moment_dtype, reject_complex, store, widen, zeros_in
 from optimizers.contract.hyperparams import _visit, check_range, current_hyperparams, given, init_hyperparams
 from optimizers.contract.layers import LayerAxes, check_layer_axes
 from optimizers.contract.moments import ema
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.adaptive.adam import scale_by_adam
+from optimizers.rules.matrix.distributed import check_distributed, orthogonalize_all
 from optimizers.rules.matrix.leaves import _fans, _Spec, _spec_tree, _specs, _to_matrices
 from optimizers.rules.matrix.newton_schulz import (_FORMS, _JORDAN, NsCoeffs, WeightDimNumOrFn, _check_preconditioning,
                                                    _check_steps, _coefficients, _iteration_coefficients, _orthogonalize)
@@ -44,11 +45,35 @@ from schedules import ScalarOrSchedule
 # The transforms
 
 
-@declare_state(elementwise=False)
+@declare_state(nonnegative=("nu",), elementwise=False)
 class ScaleByMuonState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
-    hyperparams: dict  # {"beta": ..., "eps": ...}
+    hyperparams: dict  # {"beta": ..., "eps": ...} (and "beta2" with normalization="neuron")
     mu: optax.Updates  # B_t, the momentum of the Muon leaves (optax.MaskedNode at the others)
+    nu: optax.Updates = None  # NorMuon's v_t, per layer and output neuron: batch + (1, d_out); else MaskedNode
+
+
+_NORMALIZATIONS = (None, "neuron")
+_NORMUON_EPS = 1e-10  # the NorMuon reference code's, in 1/(sqrt(v)+eps) and in the norm ratio
+
+
+def _check_normalization(owner, normalization, adaptive):
+    if normalization not in _NORMALIZATIONS:
+        raise ValueError(f"{owner}: normalization must be one of {_NORMALIZATIONS}, got {normalization!r}")
+    if normalization is not None and adaptive:
+        raise ValueError(f"{owner}: normalization={normalization!r} and adaptive=True are exclusive (two different "
+                         f"rescalings of the orthogonalized matrix)")
+
+
+def _neuron_normalize(o, v_old, b2):
+    r"""NorMuon's step on orthogonalized matrices ``o`` (batch + (d_in, d_out)): the per-output-neuron
+    second moment :math:`v_t = \beta_2 v_{t-1} + (1-\beta_2)\,\mathrm{mean}_{d_{in}}(O_t^2)`, then
+    :math:`\hat O = O/(\sqrt{v_t}+\epsilon)` rescaled to :math:`O`'s Frobenius norm (per matrix)."""
+    v = b2 * v_old + (1 - b2) * jnp.mean(o * o, axis=-2, keepdims=True)
+    n = o / (jnp.sqrt(v) + _NORMUON_EPS)
+    before = jnp.sqrt(jnp.sum(o * o, axis=(-2, -1), keepdims=True))
+    after = jnp.sqrt(jnp.sum(n * n, axis=(-2, -1), keepdims=True))
+    return n * (before / (after + _NORMUON_EPS)), v
 
 
 def _check_form(owner, form):
@@ -64,7 +89,8 @@ def scale_by_muon(ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5, beta: Scalar
                   eps: Optional[ScalarOrSchedule] = None, mu_dtype=None, *, nesterov: bool = True,
                   adaptive: bool = False, preconditioning: str = "frobenius",
                   weight_dimension_numbers: WeightDimNumOrFn = None, layer_axes: LayerAxes = None,
-                  ns_dtype=jnp.float32, form: str = "reference") -> optax.GradientTransformation:
+                  ns_dtype=jnp.float32, form: str = "reference", normalization: Optional[str] = None,
+                  beta2: ScalarOrSchedule = 0.95, distributed: Optional[tuple] = None) -> optax.GradientTransformation:
     r"""Muon's direction: the momentum of each matrix, orthogonalized (no shape scale, no learning rate).
 
     ``form="reference"`` (Jordan's ``muon.py``, ``torch.optim.Muon``): no bias correction,
@@ -87,9 +113,28 @@ def scale_by_muon(ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5, beta: Scalar
     numbers, or an axis out of range, raise ``ValueError`` naming the leaf. Complex matrices
     raise ``TypeError`` at ``init`` (as ``torch.optim.Muon``; optax iterates with :math:`XX^H`).
 
+    ``normalization="neuron"`` is NorMuon (Li et al. 2025), exactly as its authors' reference code
+    (``normuon_update`` of github.com/zichongli5/NorMuon): after the orthogonalization, a second
+    moment per output neuron (per layer) and a rescale back to the orthogonalized matrix's norm,
+
+    .. math::
+        v_t = \beta_2 v_{t-1} + (1-\beta_2)\,\tfrac{1}{d_{in}} \textstyle\sum_i (O_t)_{ij}^2
+        \ \ (v \in \mathbb{R}^{d_{out}},\ v_0 = 0,\ \text{no bias correction}), \\
+        \hat O_t = O_t \,\mathrm{diag}\big(1/(\sqrt{v_t} + 10^{-10})\big), \qquad
+        u_t = \hat O_t \, \lVert O_t\rVert_F / (\lVert \hat O_t \rVert_F + 10^{-10}).
+
+    A neuron is a column of the kernel :math:`(d_{in}, d_{out})` (a row of a PyTorch ``(out, in)``
+    weight: the code's ``mean(dim=-1)``). Why the norm-restoring rescale and not the paper's
+    Algorithm 1 scale :math:`0.2\sqrt{mn}/\lVert\hat O_t\rVert_F`: the code is the published
+    method we follow; it keeps :math:`\lVert u_t\rVert_F = \lVert O_t \rVert_F \approx
+    \sqrt{\min(m, n)}`, and :func:`muon`'s shape scale then finishes it — the default
+    :math:`\sqrt{\max(1, d_{out}/d_{in})}` is the code's, and ``consistent_rms=0.2`` gives update
+    RMS :math:`0.2` per matrix, Algorithm 1's scale up to how orthogonal :math:`O_t` is.
+    The :math:`v_t` is the state's ``nu`` (``optax.MaskedNode`` without ``normalization``).
+
     .. warning::
         ``optax.contrib.scale_by_muon`` raises for a leaf that is not a matrix; here it passes
-        through unchanged. Its momentum is the optax form's.
+        through unchanged. Its momentum is the optax form's. optax has no NorMuon.
 
     Args:
         ns_coeffs, ns_steps, preconditioning: as in :func:`orthogonalize` (a preset name too).
@@ -106,13 +151,31 @@ def scale_by_muon(ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5, beta: Scalar
             its own, and a stack sharded on its layer axes needs no communication.
         ns_dtype: the dtype of the Newton–Schulz iteration (float32; ``jnp.bfloat16`` as Jordan's code).
         form: ``"reference"`` or ``"optax"``.
+        normalization: ``None`` (Muon) or ``"neuron"`` (NorMuon; not with ``adaptive``).
+        beta2: NorMuon's :math:`\beta_2 \in [0, 1)` (the reference code's 0.95), or a schedule;
+            used only with ``normalization="neuron"``.
+        distributed: ``None``, or ``(mesh, axis)`` (a ``jax.sharding.Mesh`` and one of its axis
+            names, or a tuple of them): Distributed Muon (Liu et al. 2025) under ``jax.jit`` on that
+            mesh: the matrices are grouped by shape, each group stacked and its leading axis split
+            over the axis, so each device orthogonalizes about :math:`1/N` of them (a lone matrix is
+            split along its long side); the values are the one-device ones (see
+            :mod:`optimizers.rules.matrix.distributed` and the guide).
 
     References:
         Jordan et al., "Muon: An optimizer for hidden layers in neural networks", 2024;
-        Bernstein & Newhouse, "Old Optimizer, New Norm: An Anthology", arXiv:2409.20325 (``adaptive``).
+        Bernstein & Newhouse, "Old Optimizer, New Norm: An Anthology", arXiv:2409.20325 (``adaptive``);
+        Li et al., "NorMuon: Making Muon more efficient and scalable", arXiv:2510.05491, 2025.
     """
-    owner = "scale_by_muon"
+    return _scale_by_muon("scale_by_muon", **locals())
+
+
+def _scale_by_muon(owner, ns_coeffs, ns_steps, beta, eps, mu_dtype, nesterov, adaptive, preconditioning,
+                   weight_dimension_numbers, layer_axes, ns_dtype, form, normalization, beta2, distributed):
+    """:func:`scale_by_muon`, its errors named by ``owner`` (``muon``'s and ``normuon``'s own at ``init``)."""
     _check_form(owner, form)
+    _check_normalization(owner, normalization, adaptive)
+    check_range(owner, "beta2", beta2, 0.0, 1.0, high_open=True)
+    distributed = check_distributed(owner, distributed)
     triples, per_iteration, factor = _coefficients(owner, ns_coeffs)
     _check_steps(owner, ns_steps)
     _check_preconditioning(owner, preconditioning)
@@ -123,7 +186,7 @@ def scale_by_muon(ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5, beta: Scalar
     check_state_dtype(owner, "ns_dtype", ns_dtype)
     check_layer_axes(owner, layer_axes)
     schedule = _iteration_coefficients(owner, triples, per_iteration, ns_steps, form)
-    values = given(beta=beta, eps=eps)
+    values = given(beta=beta, eps=eps, **({"beta2": beta2} if normalization else {}))
 
     def init_fn(params):
         specs = _specs(owner, params, layer_axes, weight_dimension_numbers)
@@ -131,7 +194,10 @@ def scale_by_muon(ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5, beta: Scalar
         reject_complex(owner, [p for p, spec in zip(leaves, specs) if spec is not None],
                        "Muon's matrices are real, as in torch.optim.Muon (complex vectors and scalars go to AdamW)")
         mu = [zeros_in(p, mu_dtype) if s is not None else optax.MaskedNode() for p, s in zip(leaves, specs)]
-        return ScaleByMuonState(jnp.zeros([], jnp.int32), init_hyperparams(**values), treedef.unflatten(mu))
+        nu = [_neuron_zeros(p, s, mu_dtype) if s is not None and normalization else optax.MaskedNode()
+              for p, s in zip(leaves, specs)]
+        return ScaleByMuonState(jnp.zeros([], jnp.int32), init_hyperparams(**values), treedef.unflatten(mu),
+                                treedef.unflatten(nu))
 
     def update_fn(updates, state, params=None):
         del params
@@ -139,14 +205,20 @@ def scale_by_muon(ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5, beta: Scalar
         b = hp["beta"]
         leaves, treedef = jax.tree.flatten(updates)
         specs = _specs(owner, updates, layer_axes, weight_dimension_numbers)
-        mus = jax.tree.leaves(state.mu)
-        it = iter(mus)
-        out, new_mu = [], []
+        it = iter(jax.tree.leaves(state.mu))
+        nus = dict(zip([i for i, s in enumerate(specs) if s is not None], jax.tree.leaves(state.nu))) \
+            if normalization else {}
+        out = list(leaves)  # the other leaves pass through
+        new_mu = [optax.MaskedNode()] * len(leaves)
+        new_nu = [optax.MaskedNode()] * len(leaves)
+        todo = []  # the Muon leaves: orthogonalized together (spread over a mesh axis with ``distributed``)
         t = optax.safe_increment(state.count).astype(b.dtype)
-        for g, spec in zip(leaves, specs):
+
+        def ortho(x):
+            return _orthogonalize(x, schedule, factor, hp["eps"], ns_dtype, preconditioning)
+
+        for i, (g, spec) in enumerate(zip(leaves, specs)):
             if spec is None:
-                out.append(g)
-                new_mu.append(optax.MaskedNode())
                 continue
             old = next(it)
             m = ema(g, old, b)
@@ -159,18 +231,30 @@ def scale_by_muon(ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5, beta: Scalar
             else:
                 d = (1 - b) * gw + b * m if nesterov else m
             mats, back = _to_matrices(d, spec)
-            o = _orthogonalize(mats, schedule, factor, hp["eps"], ns_dtype, preconditioning)
+            todo.append((i, g, old, m, mats, back))
+        orthogonal = orthogonalize_all([x[4] for x in todo], ortho, distributed)
+        for (i, g, old, m, mats, back), o in zip(todo, orthogonal):
             if adaptive:
                 if form == "optax":
                     o = jnp.sum(mats.conj() * o) * o
                 else:
                     o = jnp.sum(mats.conj() * o, axis=(-2, -1), keepdims=True) * o
-            out.append(store(back(o), g.dtype))
-            new_mu.append(store(m, old.dtype))
+            if normalization:
+                v_old = nus[i]
+                o, v = _neuron_normalize(o.astype(widen(v_old).dtype), widen(v_old), hp["beta2"])
+                new_nu[i] = store(v, v_old.dtype)
+            out[i] = store(back(o), g.dtype)
+            new_mu[i] = store(m, old.dtype)
         return treedef.unflatten(out), ScaleByMuonState(optax.safe_increment(state.count), hp,
-                                                       treedef.unflatten(new_mu))
+                                                       treedef.unflatten(new_mu), treedef.unflatten(new_nu))
 
     return transformation(owner, init_fn, update_fn)
+
+
+def _neuron_zeros(p, spec, dtype):
+    """NorMuon's zero second moment of one leaf: its matrices' shape with ``d_in`` collapsed to 1."""
+    batch = tuple(p.shape[a] for a in spec.batch)
+    return jnp.zeros(batch + (1, _fans(p.shape, spec)[1]), moment_dtype(p.dtype, dtype))
 
 
 def _scale_by_shape(owner, layer_axes, dims, consistent_rms) -> optax.GradientTransformation:
@@ -192,7 +276,7 @@ def _scale_by_shape(owner, layer_axes, dims, consistent_rms) -> optax.GradientTr
             out.append((scale * g).astype(g.dtype))
         return treedef.unflatten(out), state
 
-    return transformation("muon", lambda params: optax.EmptyState(), update_fn)
+    return transformation(owner, lambda params: optax.EmptyState(), update_fn)
 
 
 _ADJUST = {"original": None, "match_rms_adamw": 0.2}
@@ -211,7 +295,8 @@ def muon(learning_rate: ScalarOrSchedule, ns_coeffs: NsCoeffs = _JORDAN, ns_step
          muon_weight_dimension_numbers: WeightDimNumOrFn = None, consistent_rms: Optional[float] = None,
          layer_axes: LayerAxes = None, ns_dtype=jnp.float32, form: str = "reference",
          adjust_lr: Optional[str] = None, muon_mask: MaskOrFn = None, adam_eps: ScalarOrSchedule = 1e-8,
-         adam_nesterov: Optional[bool] = None, nu_dtype=None) -> optax.GradientTransformation:
+         adam_nesterov: Optional[bool] = None, nu_dtype=None,
+         distributed: Optional[tuple] = None) -> optax.GradientTransformation:
     r"""Muon for the matrices, AdamW for every other leaf.
 
     Each Muon leaf (see below): :math:`\theta_t = \theta_{t-1} - \gamma_t (s\,u_t + \lambda\theta_{t-1})`
@@ -278,6 +363,7 @@ def muon(learning_rate: ScalarOrSchedule, ns_coeffs: NsCoeffs = _JORDAN, ns_step
         adam_eps: AdamW's :math:`\epsilon` (in the optax form ``eps`` where that is given).
         adam_nesterov: AdamW's Nesterov form; ``None``: off (reference) or ``nesterov`` (optax).
         nu_dtype: the dtype of AdamW's second moment (``None``: the params').
+        distributed: ``(mesh, axis)``: Distributed Muon over that mesh axis (see :func:`scale_by_muon`).
 
     The state's hyperparameters: Muon's ``beta``, ``eps``, ``weight_decay`` and
     ``learning_rate``; AdamW's under the keywords' names (``adam_learning_rate``, ``adam_b1``,
@@ -290,13 +376,81 @@ def muon(learning_rate: ScalarOrSchedule, ns_coeffs: NsCoeffs = _JORDAN, ns_step
         Liu et al., "Muon is Scalable for LLM Training", arXiv:2502.16982, 2025 (consistent RMS);
         Amsel et al. 2025 (``ns_coeffs="polar_express"``, see :func:`orthogonalize`).
     """
-    owner = "muon"
+    return _muon("muon", None, 0.95, **locals())
+
+
+@declare_optimizer(paper="Li et al. 2025",
+                   update=('matrices (per layer with `layer_axes`): `O=NS₅((1-μ)g+μB)`; `v=β₂v+(1-β₂)mean_in(O²)` per '
+                           'output neuron; `Ô=O/(√v+ε)·‖O‖/‖O/(√v+ε)‖`; `θ=θ(1-γλ)-γs·Ô`; AdamW for the other leaves'),
+                   test_kwargs=dict(learning_rate=0.02, adam_learning_rate=0.01))
+def normuon(learning_rate: ScalarOrSchedule, ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5,
+            beta: ScalarOrSchedule = 0.95, eps: Optional[ScalarOrSchedule] = None, weight_decay: ScalarOrSchedule = 0.0,
+            weight_decay_mask: MaskOrFn = None, mu_dtype=None, *, beta2: ScalarOrSchedule = 0.95,
+            nesterov: bool = True, adaptive: bool = False, preconditioning: str = "frobenius",
+            adam_b1: ScalarOrSchedule = 0.9, adam_b2: ScalarOrSchedule = 0.999, adam_eps_root: ScalarOrSchedule = 0.0,
+            adam_weight_decay: ScalarOrSchedule = 0.0, adam_learning_rate: Optional[ScalarOrSchedule] = None,
+            muon_weight_dimension_numbers: WeightDimNumOrFn = None, consistent_rms: Optional[float] = None,
+            layer_axes: LayerAxes = None, ns_dtype=jnp.float32, form: str = "reference",
+            adjust_lr: Optional[str] = None, muon_mask: MaskOrFn = None, adam_eps: ScalarOrSchedule = 1e-8,
+            adam_nesterov: Optional[bool] = None, nu_dtype=None,
+         distributed: Optional[tuple] = None) -> optax.GradientTransformation:
+    r"""NorMuon: Muon whose orthogonalized update is normalized per output neuron; AdamW for the other leaves.
+
+    Exactly the authors' reference code (``normuon_update`` and the step of
+    github.com/zichongli5/NorMuon), per matrix (per layer with ``layer_axes``):
+
+    .. math::
+        B_t = \mu B_{t-1} + (1-\mu) G_t, \qquad O_t = \mathrm{NS}_5\big((1-\mu) G_t + \mu B_t\big), \\
+        v_t = \beta_2 v_{t-1} + (1-\beta_2)\,\mathrm{mean}_{d_{in}}(O_t \odot O_t) \in \mathbb{R}^{d_{out}},
+        \qquad \hat O_t = O_t\,\mathrm{diag}\big(1/(\sqrt{v_t} + 10^{-10})\big), \\
+        W_t = W_{t-1}(1 - \gamma\lambda) - \gamma\, s\,
+        \frac{\lVert O_t\rVert_F}{\lVert \hat O_t\rVert_F + 10^{-10}}\,\hat O_t
+
+    with :math:`v_0 = 0`, no bias correction, and :func:`muon`'s shape scale :math:`s`. **Which
+    normalization:** the second moment of each output neuron (a column of the kernel
+    :math:`(d_{in}, d_{out})`, a row of a PyTorch ``(out, in)`` weight: the code's
+    ``mean(dim=-1)`` and its ``(out, 1)`` state), per layer of a stack; it is the state's ``nu``
+    (declared nonnegative). **Which scale and why:** the code's: :math:`\hat O_t` is brought back
+    to the Frobenius norm of :math:`O_t` and then multiplied by Muon's
+    :math:`s = \sqrt{\max(1, d_{out}/d_{in})}` (the code's ``max(1, rows/cols)**0.5``). The paper's
+    Algorithm 1 writes the learning rate :math:`0.2\gamma\sqrt{mn}/\lVert \hat O_t\rVert_F`
+    instead (update RMS 0.2); since :math:`\lVert O_t\rVert_F \approx \sqrt{\min(m, n)}`,
+    ``consistent_rms=0.2`` (:math:`s = 0.2\sqrt{\max(m, n)}`) gives that RMS up to how orthogonal
+    :math:`O_t` is. The code is the default because the standard here is the authors'
+    implementation where it and the paper's pseudo-code differ.
+
+    Every keyword is :func:`muon`'s (forms, masks, layer axes, AdamW's branch) with the same
+    meaning, plus ``beta2``; ``form="optax"`` is optax's Muon momentum, then the normalization.
+
+    .. warning::
+        optax and torch have no NorMuon. The authors' code iterates in bfloat16 (here float32
+        unless ``ns_dtype``) and, like Jordan's Muon, reads the shape of an ``(out, in)`` weight.
+
+    Args:
+        beta2: :math:`\beta_2 \in [0, 1)` of the per-neuron second moment (the code's 0.95), or a schedule.
+        others: see :func:`muon` (``adaptive=True`` is refused: a second rescaling of :math:`O_t`).
+
+    References:
+        Li et al., "NorMuon: Making Muon more efficient and scalable", arXiv:2510.05491, 2025
+        (github.com/zichongli5/NorMuon); Jordan et al. 2024 (Muon).
+    """
+    return _muon("normuon", "neuron", **locals())
+
+
+def _muon(owner, normalization, beta2, learning_rate, ns_coeffs, ns_steps, beta, eps, weight_decay, weight_decay_mask,
+          mu_dtype, nesterov, adaptive, preconditioning, adam_b1, adam_b2, adam_eps_root, adam_weight_decay,
+          adam_learning_rate, muon_weight_dimension_numbers, consistent_rms, layer_axes, ns_dtype, form, adjust_lr,
+          muon_mask, adam_eps, adam_nesterov, nu_dtype, distributed) -> optax.GradientTransformation:
+    """:func:`muon` (``normalization=None``) or :func:`normuon` (``"neuron"``), errors named by ``owner``."""
     _check_form(owner, form)
+    _check_normalization(owner, normalization, adaptive)
+    if normalization:
+        check_range(owner, "beta2", beta2, 0.0, 1.0, high_open=True)
     if adjust_lr is not None:
         if adjust_lr not in _ADJUST:
-            raise ValueError(f"muon: adjust_lr must be one of {sorted(_ADJUST)} or None, got {adjust_lr!r}")
+            raise ValueError(f"{owner}: adjust_lr must be one of {sorted(_ADJUST)} or None, got {adjust_lr!r}")
         if consistent_rms is not None:
-            raise ValueError(f"muon: give adjust_lr or consistent_rms, not both: got adjust_lr={adjust_lr!r} and "
+            raise ValueError(f"{owner}: give adjust_lr or consistent_rms, not both: got adjust_lr={adjust_lr!r} and "
                              f"consistent_rms={consistent_rms!r}")
         consistent_rms = _ADJUST[adjust_lr]
     if consistent_rms is not None:
@@ -330,9 +484,10 @@ def muon(learning_rate: ScalarOrSchedule, ns_coeffs: NsCoeffs = _JORDAN, ns_step
                             isinstance(s, _Spec))
 
     muon_branch = optax.chain(
-        scale_by_muon(ns_coeffs, ns_steps, beta, eps, mu_dtype, nesterov=nesterov, adaptive=adaptive,
-                      preconditioning=preconditioning, weight_dimension_numbers=branch_dims, layer_axes=None,
-                      ns_dtype=ns_dtype, form=form),
+        _scale_by_muon(owner, ns_coeffs, ns_steps, beta, eps, mu_dtype, nesterov=nesterov, adaptive=adaptive,
+                       preconditioning=preconditioning, weight_dimension_numbers=branch_dims, layer_axes=None,
+                       ns_dtype=ns_dtype, form=form, normalization=normalization, beta2=beta2,
+                       distributed=distributed),
         _scale_by_shape(owner, None, branch_dims, consistent_rms),
         add_decayed_weights(weight_decay, weight_decay_mask),
         scale_by_learning_rate(learning_rate),
@@ -343,7 +498,7 @@ def muon(learning_rate: ScalarOrSchedule, ns_coeffs: NsCoeffs = _JORDAN, ns_step
         scale_by_learning_rate(adam_lr),
     ), "adam_")
     partitioned = optax.partition({"muon": muon_branch, "adam": adam_branch}, labels)
-    return transformation("muon", partitioned.init, partitioned.update)  # checked trees, named paths
+    return transformation(owner, partitioned.init, partitioned.update)  # checked trees, named paths
 
 
 def _prefixed(tx: optax.GradientTransformation, prefix: str) -> optax.GradientTransformation:
