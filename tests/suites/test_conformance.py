@@ -73,15 +73,15 @@ def _compiled_run(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_jit_matches_eager(name):
-    """The compiled run equals the eager one; float32 params keep float32 updates and state (the other
-    dtypes: :func:`test_keeps_dtype`)."""
+def test_float32_run_stays_float32_and_moves(name):
+    """The compiled run keeps float32 updates and state for float32 params, and moves the params
+    (the other dtypes: :func:`test_keeps_dtype`; compiled against eager on drawn trees:
+    ``test_properties.py``'s ``test_finite_and_jit_matches_eager``)."""
     jitted, state = _compiled_run(name)(_stacked(GRADS))
-    eager, _ = _steps(make(name), PARAMS, GRADS, jit=False)
-    for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager)):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(jitted))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state) if x.shape != ())
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jitted))
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(PARAMS)))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -159,7 +159,7 @@ def test_flax_nnx_optimizer(name):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float64"])  # float32: test_jit_matches_eager
+@pytest.mark.parametrize("dtype", ["bfloat16", "float64"])  # float32: test_float32_run_stays_float32_and_moves
 @pytest.mark.parametrize("name", CHAIN_NAMES)  # a fused transform runs its chain in these dtypes
 def test_keeps_dtype(name, dtype):
     with jax.enable_x64(dtype == "float64"):
