@@ -39,10 +39,10 @@ from optimizers.rules.adaptive.adax import scale_by_adax as scale_by_adax
 from optimizers.rules.adaptive.amos import ScaleByAmosState as ScaleByAmosState
 from optimizers.rules.adaptive.amos import amos as amos
 from optimizers.rules.adaptive.amos import scale_by_amos as scale_by_amos
-from optimizers.wrappers.averaging import EmaState as EmaState
+from optimizers.wrappers.averaging import WeightEmaState as WeightEmaState
 from optimizers.wrappers.averaging import SwaState as SwaState
 from optimizers.wrappers.averaging import averaged_params as averaged_params
-from optimizers.wrappers.averaging import ema as ema
+from optimizers.wrappers.averaging import weight_ema as weight_ema
 from optimizers.wrappers.averaging import recompute_batch_stats as recompute_batch_stats
 from optimizers.wrappers.averaging import swa as swa
 from optimizers.rules.adaptive.belief import ScaleByBeliefState as ScaleByBeliefState
@@ -63,6 +63,8 @@ from optimizers.rules.lr_free.dog import ScaleByDowgState as ScaleByDowgState
 from optimizers.rules.lr_free.dog import dowg as dowg
 from optimizers.rules.lr_free.dog import scale_by_dowg as scale_by_dowg
 from optimizers.rules.momentum.ema import ScaleByEmaState as ScaleByEmaState
+from optimizers.rules.momentum.ema import EmaState as EmaState
+from optimizers.rules.momentum.ema import ema as ema
 from optimizers.rules.momentum.ema import scale_by_ema as scale_by_ema
 from optimizers.contract.backend import update_and_apply as update_and_apply
 from optimizers.rules.momentum.funnelled_sgdm import ScaleByFunnelledSgdmState as ScaleByFunnelledSgdmState
@@ -198,6 +200,7 @@ __all__ = [
     "ScheduleFreeState",
     "SwaState",
     "TraceState",
+    "WeightEmaState",
     "adabelief",
     "adadelta",
     "adafactor",
@@ -300,6 +303,7 @@ __all__ = [
     "to_bytes",
     "trace",
     "update_and_apply",
+    "weight_ema",
     "with_quantized_state",
     "with_state_dtype",
     "yogi",

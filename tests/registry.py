@@ -20,7 +20,7 @@ KWARGS = {name: d.test_kwargs for name, d in DECLARED.items()}
 ALIASES = sorted(DECLARED)
 # The wrappers, each around an alias that passes every test on its own: name -> (alias, wrap).
 WRAPPED = {
-    "ema(adam)": ("adam", lambda tx: optax.chain(tx, optimizers.ema(0.9))),
+    "weight_ema(adam)": ("adam", lambda tx: optax.chain(tx, optimizers.weight_ema(0.9))),
     "lookahead(adam)": ("adam", lambda tx: optimizers.lookahead(optimizer=tx, sync_period=5, slow_step_size=0.5)),
     "lookahead(sgd)": ("sgd", lambda tx: optimizers.lookahead(optimizer=tx, sync_period=3, slow_step_size=0.8)),
     "swa(adam)": ("adam", lambda tx: optax.chain(tx, optimizers.swa(start_step=10, every=2))),

@@ -10,7 +10,7 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, moment_dtype, store, widen, zeros_in
-from optimizers.contract.hyperparams import check_range, current_hyperparams, either, float_dtype, init_hyperparams
+from optimizers.contract.hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams
 from schedules import ScalarOrSchedule
 
 
@@ -73,19 +73,17 @@ def swa(start_step: int = 0, every: int = 1) -> optax.GradientTransformation:
     return transformation("swa", init_fn, update_fn)
 
 
-class EmaState(NamedTuple):
+class WeightEmaState(NamedTuple):
     count: jax.Array  # int32: updates seen
     hyperparams: dict  # {"decay": beta of the latest update}
     decay_product: jax.Array  # prod of beta so far (for the bias correction)
     average: optax.Params  # w_ema, same tree and dtype as params
 
 
-def ema(
+def weight_ema(
     decay: ScalarOrSchedule = 0.999,
-    debias: Optional[bool] = None,
+    bias_correction: bool = False,
     accumulator_dtype=None,
-    *,
-    bias_correction: Optional[bool] = None,
 ) -> optax.GradientTransformation:
     r"""Exponential moving (Polyak) average of the weights after each update; passes updates through.
 
@@ -102,23 +100,19 @@ def ema(
         decay: :math:`\beta \in [0, 1]`, or a schedule of it.
         bias_correction: start from 0 and divide by :math:`1 - \prod \beta_t` when read (``False``
             by default).
-        debias: optax's name for ``bias_correction`` (give one).
         accumulator_dtype: the dtype of :math:`w_{ema}` (saturating), or ``None`` (the params');
             the average is computed in at least float32.
 
-    .. warning::
-        ``optax.ema`` is a moving average of the *updates* (this package's
-        :func:`~optimizers.rules.momentum.ema.scale_by_ema`, and bias-corrected by default); this ``ema`` is
-        of the *weights*. Its ``debias`` and ``accumulator_dtype`` mean the same here, for the
-        weights' average.
+    .. note::
+        :func:`~optimizers.ema` (optax's ``ema``) is a moving average of the *updates*, a momentum
+        transform; this is of the *weights*, and passes the updates through.
 
     References:
         Polyak & Juditsky, "Acceleration of Stochastic Approximation by Averaging", SIAM J.
         Control Optim. 30(4), 1992.
     """
-    bias_correction = either("ema", "bias_correction", bias_correction, "debias", debias, default=False)
-    check_state_dtype("ema", "accumulator_dtype", accumulator_dtype)
-    check_range("ema", "decay", decay, 0.0, 1.0)
+    check_state_dtype("weight_ema", "accumulator_dtype", accumulator_dtype)
+    check_range("weight_ema", "decay", decay, 0.0, 1.0)
 
     def init_fn(params):
         if bias_correction:
@@ -127,7 +121,7 @@ def ema(
             average = _copy(params)
         else:
             average = jax.tree.map(lambda p: store(p, moment_dtype(p.dtype, accumulator_dtype)), params)
-        return EmaState(jnp.zeros([], jnp.int32), init_hyperparams(decay=decay), jnp.ones([], float_dtype()),
+        return WeightEmaState(jnp.zeros([], jnp.int32), init_hyperparams(decay=decay), jnp.ones([], float_dtype()),
                         average)
 
     def update_fn(updates, state, params=None):
@@ -138,26 +132,26 @@ def ema(
             beta = jnp.where(state.count == 0, 0.0, beta)
         keep = (lambda x, a: x.astype(a.dtype)) if accumulator_dtype is None else (lambda x, a: store(x, a.dtype))
         average = jax.tree.map(lambda a, x: keep(beta * widen(a) + (1 - beta) * x, a), state.average, w)
-        return updates, EmaState(optax.safe_increment(state.count), hp, state.decay_product * beta, average)
+        return updates, WeightEmaState(optax.safe_increment(state.count), hp, state.decay_product * beta, average)
 
-    return transformation("ema", init_fn, update_fn)
+    return transformation("weight_ema", init_fn, update_fn)
 
 
 def averaged_params(state) -> optax.Params:
-    """The averaged weights held by the first :func:`swa` or :func:`ema` found in ``state``.
+    """The averaged weights held by the first :func:`swa` or :func:`weight_ema` found in ``state``.
 
     Raises:
         ValueError: ``state`` holds no averaging state.
     """
-    for node in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, (SwaState, EmaState))):
+    for node in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, (SwaState, WeightEmaState))):
         if isinstance(node, SwaState):
             return node.average
-        if isinstance(node, EmaState):
+        if isinstance(node, WeightEmaState):
             # 1 without bias correction: its first update has beta = 0, so the product is 0.
             correction = 1 - node.decay_product
             correction = jnp.where(correction > 0, correction, 1.0)
             return jax.tree.map(lambda a: (a / correction).astype(a.dtype), node.average)
-    raise ValueError("averaged_params: no swa or ema state in this optimizer state")
+    raise ValueError("averaged_params: no swa or weight_ema state in this optimizer state")
 
 
 def recompute_batch_stats(apply_fn: Callable[..., Any], params, batch_stats, batches: Iterable,

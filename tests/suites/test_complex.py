@@ -298,7 +298,7 @@ PAIR = {
     "rmsprop": (_rmsprop, False, 0),
     "sm3": (_sm3, False, 0),
     "yogi": (_yogi, False, 1),
-    "ema(adam)": (_ema_of_adam, True, 2),
+    "weight_ema(adam)": (_ema_of_adam, True, 2),
     "lookahead(adam)": (_lookahead_adam, False, 2),
     "swa(adam)": (_swa_of_adam, True, 2),
 }

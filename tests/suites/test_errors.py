@@ -85,7 +85,7 @@ BAD = {
 OVERRIDES = {
     ("reduce_on_plateau", "eps"): [-1e-8, NAN],  # the smallest applied change of the scale: 0 is fine
     ("reduce_on_plateau", "threshold"): [-1e-4, NAN],
-    ("ema", "decay"): [-0.1, 1.1, NAN],  # 1 (a frozen average) is allowed
+    ("weight_ema", "decay"): [-0.1, 1.1, NAN],  # 1 (a frozen average) is allowed
     ("adafactor", "min_scale"): [-1e-3, 0.0, NAN],  # Adafactor's eps2: any positive number
     ("scale_by_param_block_rms", "min_scale"): [-1e-3, 0.0, NAN],
     ("clip_by_block_rms", "threshold"): [0.5, NAN],  # optax's name for clipping_threshold

@@ -186,9 +186,9 @@ def _chained(wrapper):
     return lambda inner, **kwargs: optax.chain(inner, wrapper(**kwargs))
 
 
-WRAPPERS = {"ema": _chained(optimizers.ema), "swa": _chained(optimizers.swa), "lookahead": optimizers.lookahead}
+WRAPPERS = {"weight_ema": _chained(optimizers.weight_ema), "swa": _chained(optimizers.swa), "lookahead": optimizers.lookahead}
 WRAPPER_HYPERPARAMETERS = {
-    "ema": _kwargs(decay=_floats(0.0, 1.0), bias_correction=st.booleans()),
+    "weight_ema": _kwargs(decay=_floats(0.0, 1.0), bias_correction=st.booleans()),
     "swa": _kwargs(start_step=st.integers(0, STEPS - 1), every=st.integers(1, STEPS)),
     "lookahead": _kwargs(sync_period=st.integers(1, STEPS), slow_step_size=_floats(0.0, 1.0),
                          reset_state=st.booleans()),

@@ -25,6 +25,7 @@ ARGS = {  # required arguments, and options that make the buffers a keyword sets
     **KWARGS,
     "adafactor": dict(learning_rate=0.1, b1=0.9),
     "amos": dict(learning_rate=0.1, eta=1.0, momentum=0.9),
+    "ema": dict(decay=0.9),
     "rmsprop": dict(learning_rate=0.1, centered=True, momentum=0.9),
     "scale_by_amos": dict(xi=0.1, eta=1.0),
     "scale_by_rms": dict(centered=True),
@@ -61,7 +62,7 @@ def _buffers(state):
 
 
 def test_every_taker_is_found():
-    assert {"adam", "adamw", "amsgrad", "sgd", "trace", "lion", "rmsprop", "adafactor", "ema"} <= set(TAKERS)
+    assert {"adam", "adamw", "amsgrad", "sgd", "trace", "lion", "rmsprop", "adafactor", "ema", "weight_ema"} <= set(TAKERS)
 
 
 @pytest.mark.parametrize("params_dtype, state_dtype", CASES, ids=["bfloat16", "float32", "complex64"])

@@ -52,17 +52,17 @@ def test_swa_matches_averaged_model(start, every):
 
 
 @pytest.mark.parametrize("decay", [0.9, 0.99])
-def test_ema_matches_averaged_model(decay):
-    got = _drive(optimizers.ema(decay), WEIGHTS)
+def test_weight_ema_matches_averaged_model(decay):
+    got = _drive(optimizers.weight_ema(decay), WEIGHTS)
     want = _torch_average(WEIGHTS, lambda k: True, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay))
     for g, w in zip(got, want):
         for a, b in zip(jax.tree.leaves(g), w):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
 
 
-def test_ema_bias_correction_and_warmup_schedule():
+def test_weight_ema_bias_correction_and_warmup_schedule():
     beta = lambda t: np.minimum(0.99, (1 + t) / (10 + t))  # noqa: E731
-    got = _drive(optimizers.ema(lambda t: jnp.minimum(0.99, (1.0 + t) / (10.0 + t)), bias_correction=True), WEIGHTS)
+    got = _drive(optimizers.weight_ema(lambda t: jnp.minimum(0.99, (1.0 + t) / (10.0 + t)), bias_correction=True), WEIGHTS)
     for i, leaf in enumerate(jax.tree.leaves(WEIGHTS[0])):
         avg, prod = np.zeros_like(leaf), 1.0
         for k, w in enumerate(WEIGHTS):
@@ -88,7 +88,7 @@ def test_average_survives_donated_params():
 
 
 def test_averaged_params_needs_an_averaging_state():
-    with pytest.raises(ValueError, match="no swa or ema"):
+    with pytest.raises(ValueError, match="no swa or weight_ema"):
         optimizers.averaged_params(optimizers.adam(1e-3).init({"w": jnp.ones(2)}))
 
 

@@ -113,7 +113,7 @@ def dog(learning_rate: ScalarOrSchedule = 1.0, init_step: tuple[str, float] = ("
     :math:`G_t`), on the leaves ``mask`` selects; ``None`` (the default) leaves the link out.
     ``learning_rate`` multiplies :math:`\eta_t` (1: DoG itself; a schedule peaking at 1).
 
-    The authors recommend averaging the iterates (:func:`ema` or :func:`swa` on top).
+    The authors recommend averaging the iterates (:func:`~optimizers.weight_ema` or :func:`~optimizers.swa` on top).
 
     References:
         Ivgi, Hinder & Carmon, "DoG is SGD's Best Friend: A Parameter-Free Dynamic Step Size

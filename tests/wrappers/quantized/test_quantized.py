@@ -271,7 +271,7 @@ def test_hyperparams_lookahead_ema_and_dequantized():
     p, s = run(la, PARAMS, grads_of(4))
     assert isinstance(s.slow["w"], optimizers.QuantizedBuffer)
     np.testing.assert_allclose(optimizers.slow_params(optimizers.dequantized(s))["w"], p["w"], rtol=0.02, atol=0.02)
-    ema = quantized(optax.chain(optimizers.sgd(0.1, momentum=0.9), optimizers.ema(0.5)))
+    ema = quantized(optax.chain(optimizers.sgd(0.1, momentum=0.9), optimizers.weight_ema(0.5)))
     p, s = run(ema, PARAMS, grads_of(3))
     assert isinstance(s[1].average["w"], optimizers.QuantizedBuffer)
     assert optimizers.averaged_params(optimizers.dequantized(s))["w"].shape == (32, 64)
