@@ -373,7 +373,7 @@ def scale_by_dadapt_adagrad(momentum: float = 0.0, log_every: int = 0, weight_de
         :math:`\alpha`, :math:`s` and the estimate), :math:`\alpha` starts at :math:`10^{-6}` (not
         ``eps``), and ``eps`` is added outside the root. ``DAdaptAdaGrad``'s sparse-gradient path
         (``eps`` inside the root, no decay, no momentum) has no counterpart: JAX gradients are
-        dense. ``log_every > 0`` logs ``d_hat`` and ``d`` through :mod:`logging` (a host callback)
+        dense. ``log_every > 0`` logs ``d_hat`` and ``d`` through ``logging`` (a host callback)
         every ``log_every`` steps, as there. ``momentum`` must be below 1 here (dadaptation
         accepts any non-negative value; 1 or more would never move or extrapolate).
 
