@@ -1,4 +1,4 @@
-"""How far optax.contrib's Prodigy and D-Adaptation Adam are from the references' defaults (docs/guides/lr_free.md).
+"""How far optax.contrib's Prodigy and D-Adaptation Adam are from the references' defaults (docs/guides/learning_rate_free.md).
 
 A noisy quadratic on two leaves (8 and 5 parameters), float64, 3 seeds, the same gradient noise for both
 runs: the first step's size, optax's over ours, and after 30 steps ``||ours - optax|| / ||ours - x0||``.

@@ -52,7 +52,10 @@ from optimizers.rules.lr_free.dadaptation import ScaleByDadaptAdamwState as Scal
 from optimizers.rules.lr_free.dadaptation import dadapt_adamw as dadapt_adamw
 from optimizers.rules.lr_free.dadaptation import scale_by_dadapt_adamw as scale_by_dadapt_adamw
 from optimizers.rules.lr_free.dadaptation import ScaleByDadaptSgdState as ScaleByDadaptSgdState
+from optimizers.rules.lr_free.dadaptation import ScaleByDadaptAdagradState as ScaleByDadaptAdagradState
+from optimizers.rules.lr_free.dadaptation import dadapt_adagrad as dadapt_adagrad
 from optimizers.rules.lr_free.dadaptation import dadapt_sgd as dadapt_sgd
+from optimizers.rules.lr_free.dadaptation import scale_by_dadapt_adagrad as scale_by_dadapt_adagrad
 from optimizers.rules.lr_free.dadaptation import scale_by_dadapt_sgd as scale_by_dadapt_sgd
 from optimizers.wrappers.data_echoing import data_echoing as data_echoing
 from optimizers.contract.dtypes import with_state_dtype as with_state_dtype
@@ -172,6 +175,7 @@ __all__ = [
     "ScaleByAmosState",
     "ScaleByAmsgradState",
     "ScaleByBeliefState",
+    "ScaleByDadaptAdagradState",
     "ScaleByDadaptAdamwState",
     "ScaleByDadaptSgdState",
     "ScaleByDogState",
@@ -220,6 +224,7 @@ __all__ = [
     "check_compatible",
     "check_finite",
     "clip_by_block_rms",
+    "dadapt_adagrad",
     "dadapt_adamw",
     "dadapt_sgd",
     "data_echoing",
@@ -262,6 +267,7 @@ __all__ = [
     "scale_by_amos",
     "scale_by_amsgrad",
     "scale_by_belief",
+    "scale_by_dadapt_adagrad",
     "scale_by_dadapt_adamw",
     "scale_by_dadapt_sgd",
     "scale_by_dog",

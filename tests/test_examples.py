@@ -105,3 +105,18 @@ def test_multi_device_example_runs_on_8_cpu_devices(example):
     result = subprocess.run([sys.executable, str(ROOT / "examples" / example), "--steps", "20"],
                             capture_output=True, text=True, check=True, timeout=600, env=env)
     assert "accuracy" in result.stdout.lower()
+
+
+def test_lr_free_study_writes_its_tables_and_figure(tmp_path):
+    """The four swept optimizers at two learning rates, 20 steps, one seed (no range test)."""
+    run_example("lr_free_study.py", "--smoke", "--out", str(tmp_path))
+    table = (tmp_path / "results.md").read_text()
+    names = ("AdamW, constant", "AdamW + WSD", "schedule-free AdamW", "Prodigy")
+    for name in names:
+        assert f"| {name} |" in table
+    with open(tmp_path / "sensitivity.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["optimizer"], float(r["multiplier"])) for r in rows] == [(n, k) for n in names for k in (0.1, 1.0)]
+    at_base = {r["optimizer"]: float(r["acc_mean"]) for r in rows if float(r["multiplier"]) == 1.0}
+    assert all(a > 0.3 for a in at_base.values())  # 20 steps already learn (chance is 0.1)
+    assert (tmp_path / "lr_free_study.png").read_bytes()[:4] == b"\x89PNG"

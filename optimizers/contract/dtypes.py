@@ -51,8 +51,11 @@ def widen(x):
 def store(x, dtype):
     """``x`` cast to ``dtype``; to a low-precision dtype, saturating at its largest finite value.
 
-    NaN stays NaN. For any other dtype this is ``x.astype(dtype)``.
+    NaN stays NaN. For any other dtype this is ``x.astype(dtype)``; a complex ``x`` (a first moment
+    kept in a complex dtype for real params) stored in a real dtype keeps its real part.
     """
+    if jnp.iscomplexobj(x) and not jnp.issubdtype(dtype, jnp.complexfloating):
+        x = jnp.real(x)
     if is_low_precision(dtype):
         big = float(jnp.finfo(dtype).max)
         x = jnp.clip(x, -big, big)
@@ -93,9 +96,11 @@ def real_full_like(params, value):
 
 
 def check_state_dtype(owner: str, name: str, dtype) -> None:
-    """Raises ``ValueError`` naming ``owner``'s ``name`` unless ``dtype`` is ``None`` or a real floating dtype."""
-    if dtype is not None and _real_floating(dtype) is None:
-        raise ValueError(f"{owner}: {name} must be None or a real floating dtype such as 'bfloat16', got {dtype!r}")
+    """Raises ``ValueError`` naming ``owner``'s ``name`` unless ``dtype`` is ``None`` or a floating dtype
+    (real or complex, as optax's state dtypes)."""
+    if dtype is not None and _floating_or_complex(dtype) is None:
+        raise ValueError(f"{owner}: {name} must be None or a floating or complex dtype such as 'bfloat16', "
+                         f"got {dtype!r}")
 
 
 def _real_floating(dtype):
@@ -107,18 +112,33 @@ def _real_floating(dtype):
     return checked if jnp.issubdtype(checked, jnp.floating) else None
 
 
+def _floating_or_complex(dtype):
+    """``dtype`` as a numpy dtype if it names a real floating or a complex dtype, else ``None``."""
+    try:
+        checked = jnp.dtype(dtype)
+    except TypeError:
+        return None
+    return checked if jnp.issubdtype(checked, jnp.inexact) else None
+
+
 def moment_dtype(leaf_dtype, dtype=None, real: bool = False):
     """The dtype of a state buffer of a leaf of ``leaf_dtype`` kept in ``dtype`` (a state-dtype keyword).
 
     ``None``: the leaf's dtype (its real dtype with ``real``, for a second moment). Otherwise
     ``dtype`` (float64 only under ``jax_enable_x64``), or for a complex leaf's complex moment
     the smallest complex dtype holding it (complex64 for float32 or bfloat16, complex128 for
-    float64); a second moment (``real``) stays real.
+    float64); a second moment (``real``) stays real. A complex ``dtype`` is stored as given for
+    a first moment, of real leaves too (as optax's ``mu_dtype``/``accumulator_dtype``: its
+    imaginary part stays 0 there and the update is its real part); for a second moment, whose
+    values are real (optax's are, in a complex buffer), it means its real dtype (complex64:
+    float32).
     """
     if dtype is None:
         return real_dtype(leaf_dtype) if real else jnp.dtype(leaf_dtype)
     dtype = jax.dtypes.canonicalize_dtype(dtype)
-    if not real and jnp.issubdtype(leaf_dtype, jnp.complexfloating):
+    if real:
+        return real_dtype(dtype)
+    if jnp.issubdtype(leaf_dtype, jnp.complexfloating):
         return jnp.promote_types(dtype, jnp.complex64)
     return dtype
 

@@ -309,7 +309,7 @@ SPLIT["sgd (nesterov)"] = dict(nesterov=True)
 # Per-coordinate signs, sign agreements, real gains; Muon: its matrices real, as torch's (complex
 # vectors and scalars go to its AdamW); Prodigy, D-Adaptation: their estimates compare signed dot products of
 # real params (the references' torch.dot of complex tensors is not the real pair's); DoG, DoWG: as optax's, real only.
-REFUSED = ["dadapt_adamw", "dadapt_sgd", "dog", "dowg", "funnelled_sgdm", "lion", "muon", "normuon", "prodigy", "rprop", "schedule_free_adamw", "sign_sgd",
+REFUSED = ["dadapt_adagrad", "dadapt_adamw", "dadapt_sgd", "dog", "dowg", "funnelled_sgdm", "lion", "muon", "normuon", "prodigy", "rprop", "schedule_free_adamw", "sign_sgd",
            "signum", "fused(funnelled_sgdm)", "fused(lion)", "fused(rprop)"]
 
 

@@ -76,6 +76,7 @@ BAD = {
     "d0": [0.0, -1e-6, NAN], "growth_rate": [0.5, NAN],
     "init_step": ["bogus", NAN],  # dog's (tag, value): a tuple's repr is no regex either
     "init_estim_sq_dist": [0.0, -1e-4, NAN],  # dowg's
+    "log_every": [-1, 1.5, NAN],  # dadapt_adagrad
     # schedule-free
     "weight_lr_power": [-1.0, NAN], "r": [-0.5, NAN], "warmup_steps": [-1, 1.5, NAN],
     # with_quantized_state
