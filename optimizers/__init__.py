@@ -139,6 +139,9 @@ from optimizers.sharding import bytes_per_device as bytes_per_device
 from optimizers.sharding import fit_sharding as fit_sharding
 from optimizers.sharding import fsdp_shardings as fsdp_shardings
 from optimizers.sharding import state_shardings as state_shardings
+from optimizers.rules.adaptive.adopt import ScaleByAdoptState as ScaleByAdoptState
+from optimizers.rules.adaptive.adopt import adopt as adopt
+from optimizers.rules.adaptive.adopt import scale_by_adopt as scale_by_adopt
 from optimizers.rules.adaptive.yogi import ScaleByYogiState as ScaleByYogiState
 from optimizers.rules.adaptive.yogi import scale_by_yogi as scale_by_yogi
 from optimizers.rules.adaptive.yogi import yogi as yogi
@@ -166,6 +169,7 @@ __all__ = [
     "ScaleByAdamaxState",
     "ScaleByAdanState",
     "ScaleByAdaxState",
+    "ScaleByAdoptState",
     "ScaleByAmosState",
     "ScaleByAmsgradState",
     "ScaleByBeliefState",
@@ -208,6 +212,7 @@ __all__ = [
     "adan",
     "adax",
     "add_decayed_weights",
+    "adopt",
     "amos",
     "amsgrad",
     "apply_if_finite",
@@ -254,6 +259,7 @@ __all__ = [
     "scale_by_adamax",
     "scale_by_adan",
     "scale_by_adax",
+    "scale_by_adopt",
     "scale_by_amos",
     "scale_by_amsgrad",
     "scale_by_belief",

@@ -99,6 +99,17 @@ def _yogi(theta, grads, lr=0.01, b1=0.9, b2=0.999, eps=1e-3, v0=1e-6):
         yield theta
 
 
+def _adopt(theta, grads, lr=0.01, b1=0.9, b2=0.9999, eps=1e-6):
+    m, v = np.zeros_like(theta), np.zeros_like(theta[..., :1])
+    for t, g in enumerate(grads, 1):
+        if t > 1:
+            c = t**0.25
+            m = b1 * m + (1 - b1) * np.clip(g / np.maximum(np.sqrt(v), eps), -c, c)
+            theta = theta - lr * m
+        v = _abs2(g) if t == 1 else b2 * v + (1 - b2) * _abs2(g)
+        yield theta
+
+
 def _adan(theta, grads, lr=0.02, b1=0.98, b2=0.92, b3=0.99, eps=1e-8):
     m, v, n, prev = np.zeros_like(theta), np.zeros_like(theta), np.zeros_like(theta[..., :1]), grads[0]
     for k, g in enumerate(grads, 1):
@@ -286,6 +297,7 @@ PAIR = {
     "adamaxw": (lambda th, gs: _adamax(th, gs, weight_decay=1e-4), False, 1),
     "adamw": (lambda th, gs: _adam(th, gs, weight_decay=1e-4), False, 1),
     "adan": (_adan, False, 3),
+    "adopt": (_adopt, False, 1),
     "adax": (_adax, False, 1),
     "amos": (_amos, False, 0),
     "amsgrad": (_amsgrad, False, 1),
