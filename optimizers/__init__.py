@@ -142,6 +142,14 @@ from optimizers.sharding import state_shardings as state_shardings
 from optimizers.rules.adaptive.adopt import ScaleByAdoptState as ScaleByAdoptState
 from optimizers.rules.adaptive.adopt import adopt as adopt
 from optimizers.rules.adaptive.adopt import scale_by_adopt as scale_by_adopt
+from optimizers.rules.adaptive.ademamix import ScaleByAdemamixState as ScaleByAdemamixState
+from optimizers.rules.adaptive.ademamix import ScaleBySimplifiedAdEMAMixState as ScaleBySimplifiedAdEMAMixState
+from optimizers.rules.adaptive.ademamix import ademamix as ademamix
+from optimizers.rules.adaptive.ademamix import alpha_scheduler as alpha_scheduler
+from optimizers.rules.adaptive.ademamix import beta3_scheduler as beta3_scheduler
+from optimizers.rules.adaptive.ademamix import scale_by_ademamix as scale_by_ademamix
+from optimizers.rules.adaptive.ademamix import scale_by_simplified_ademamix as scale_by_simplified_ademamix
+from optimizers.rules.adaptive.ademamix import simplified_ademamix as simplified_ademamix
 from optimizers.rules.adaptive.yogi import ScaleByYogiState as ScaleByYogiState
 from optimizers.rules.adaptive.yogi import scale_by_yogi as scale_by_yogi
 from optimizers.rules.adaptive.yogi import yogi as yogi
@@ -169,6 +177,7 @@ __all__ = [
     "ScaleByAdamaxState",
     "ScaleByAdanState",
     "ScaleByAdaxState",
+    "ScaleByAdemamixState",
     "ScaleByAdoptState",
     "ScaleByAmosState",
     "ScaleByAmsgradState",
@@ -195,6 +204,7 @@ __all__ = [
     "ScaleByRssState",
     "ScaleByScheduleFreeAdamState",
     "ScaleBySignumState",
+    "ScaleBySimplifiedAdEMAMixState",
     "ScaleBySm3State",
     "ScaleByTrustRatioState",
     "ScaleByYogiState",
@@ -212,11 +222,14 @@ __all__ = [
     "adan",
     "adax",
     "add_decayed_weights",
+    "ademamix",
     "adopt",
+    "alpha_scheduler",
     "amos",
     "amsgrad",
     "apply_if_finite",
     "averaged_params",
+    "beta3_scheduler",
     "bytes_per_device",
     "check_compatible",
     "check_finite",
@@ -259,6 +272,7 @@ __all__ = [
     "scale_by_adamax",
     "scale_by_adan",
     "scale_by_adax",
+    "scale_by_ademamix",
     "scale_by_adopt",
     "scale_by_amos",
     "scale_by_amsgrad",
@@ -286,6 +300,7 @@ __all__ = [
     "scale_by_schedule_free_adam",
     "scale_by_sign",
     "scale_by_signum",
+    "scale_by_simplified_ademamix",
     "scale_by_sm3",
     "scale_by_trust_ratio",
     "scale_by_yogi",
@@ -297,6 +312,7 @@ __all__ = [
     "sgd",
     "sign_sgd",
     "signum",
+    "simplified_ademamix",
     "slow_params",
     "sm3",
     "state_shardings",

@@ -110,6 +110,22 @@ def _adopt(theta, grads, lr=0.01, b1=0.9, b2=0.9999, eps=1e-6):
         yield theta
 
 
+def _ademamix(theta, grads, lr=0.01, b1=0.9, b2=0.999, b3=0.99, alpha=2.0, eps=1e-8):
+    m1, m2, v = np.zeros_like(theta), np.zeros_like(theta), np.zeros_like(theta[..., :1])
+    for t, g in enumerate(grads, 1):
+        m1, m2, v = b1 * m1 + (1 - b1) * g, b3 * m2 + (1 - b3) * g, b2 * v + (1 - b2) * _abs2(g)
+        theta = theta - lr * (m1 / (1 - b1**t) + alpha * m2) / (np.sqrt(v / (1 - b2**t)) + eps)
+        yield theta
+
+
+def _simplified_ademamix(theta, grads, lr=0.002, b1=0.9, b2=0.99, alpha=1.0, eps=1e-8):
+    m, v = np.zeros_like(theta), np.zeros_like(theta[..., :1])
+    for t, g in enumerate(grads, 1):
+        m, v = b1 * m + g, b2 * v + (1 - b2) * _abs2(g)
+        theta = theta - lr * (alpha * g + m) / (np.sqrt(v / (1 - b2**t)) + eps)
+        yield theta
+
+
 def _adan(theta, grads, lr=0.02, b1=0.98, b2=0.92, b3=0.99, eps=1e-8):
     m, v, n, prev = np.zeros_like(theta), np.zeros_like(theta), np.zeros_like(theta[..., :1]), grads[0]
     for k, g in enumerate(grads, 1):
@@ -297,6 +313,7 @@ PAIR = {
     "adamaxw": (lambda th, gs: _adamax(th, gs, weight_decay=1e-4), False, 1),
     "adamw": (lambda th, gs: _adam(th, gs, weight_decay=1e-4), False, 1),
     "adan": (_adan, False, 3),
+    "ademamix": (_ademamix, False, 2),
     "adopt": (_adopt, False, 1),
     "adax": (_adax, False, 1),
     "amos": (_amos, False, 0),
@@ -308,6 +325,7 @@ PAIR = {
     "novograd": (_novograd, False, 1),
     "radam": (_radam, False, 1),
     "rmsprop": (_rmsprop, False, 0),
+    "simplified_ademamix": (_simplified_ademamix, False, 1),
     "sm3": (_sm3, False, 0),
     "yogi": (_yogi, False, 1),
     "ema(adam)": (_ema_of_adam, True, 2),

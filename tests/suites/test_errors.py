@@ -15,7 +15,7 @@ NAN = float("nan")
 UNIT = [-0.1, 1.0, NAN]  # allowed: [0, 1)
 BAD = {
     "learning_rate": [-0.1, NAN],
-    "b1": UNIT, "b2": UNIT, "b3": UNIT, "decay": UNIT, "momentum": UNIT, "rho": UNIT,
+    "b1": UNIT, "b2": UNIT, "b3": UNIT, "alpha": [-0.1, NAN], "decay": UNIT, "momentum": UNIT, "rho": UNIT,
     "eps": [-1e-8, 0.0, NAN],
     "weight_decay": [-1e-4, NAN],
     "initial_accumulator_value": [-0.1, NAN],
