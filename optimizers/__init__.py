@@ -150,6 +150,9 @@ from optimizers.rules.adaptive.ademamix import beta3_scheduler as beta3_schedule
 from optimizers.rules.adaptive.ademamix import scale_by_ademamix as scale_by_ademamix
 from optimizers.rules.adaptive.ademamix import scale_by_simplified_ademamix as scale_by_simplified_ademamix
 from optimizers.rules.adaptive.ademamix import simplified_ademamix as simplified_ademamix
+from optimizers.rules.adaptive.madgrad import MadgradState as MadgradState
+from optimizers.rules.adaptive.madgrad import madgrad as madgrad
+from optimizers.rules.adaptive.madgrad import scale_by_madgrad as scale_by_madgrad
 from optimizers.rules.adaptive.yogi import ScaleByYogiState as ScaleByYogiState
 from optimizers.rules.adaptive.yogi import scale_by_yogi as scale_by_yogi
 from optimizers.rules.adaptive.yogi import yogi as yogi
@@ -170,6 +173,7 @@ __all__ = [
     "GradientlessDescent",
     "GradientlessDescentState",
     "LookaheadState",
+    "MadgradState",
     "QuantizedBuffer",
     "ReduceOnPlateauState",
     "ScaleByAdadeltaState",
@@ -253,6 +257,7 @@ __all__ = [
     "layer_axes_from_flax",
     "lion",
     "lookahead",
+    "madgrad",
     "muon",
     "nadam",
     "nadamw",
@@ -287,6 +292,7 @@ __all__ = [
     "scale_by_lars",
     "scale_by_learning_rate",
     "scale_by_lion",
+    "scale_by_madgrad",
     "scale_by_muon",
     "scale_by_nadam",
     "scale_by_novograd",

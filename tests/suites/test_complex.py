@@ -126,6 +126,15 @@ def _simplified_ademamix(theta, grads, lr=0.002, b1=0.9, b2=0.99, alpha=1.0, eps
         yield theta
 
 
+def _madgrad(theta, grads, lr=0.01, momentum=0.9, eps=1e-6):
+    x0, s, nu = theta, np.zeros_like(theta), np.zeros_like(theta[..., :1])
+    for k, g in enumerate(grads):
+        lam = (lr + eps) * np.sqrt(k + 1)
+        s, nu = s + lam * g, nu + lam * _abs2(g)
+        theta = momentum * theta + (1 - momentum) * (x0 - s / (np.cbrt(nu) + eps))
+        yield theta
+
+
 def _adan(theta, grads, lr=0.02, b1=0.98, b2=0.92, b3=0.99, eps=1e-8):
     m, v, n, prev = np.zeros_like(theta), np.zeros_like(theta), np.zeros_like(theta[..., :1]), grads[0]
     for k, g in enumerate(grads, 1):
@@ -320,6 +329,7 @@ PAIR = {
     "amsgrad": (_amsgrad, False, 1),
     "lamb": (_lamb, False, 1),
     "lars": (_lars, False, 1),
+    "madgrad": (_madgrad, False, 2),
     "nadam": (_nadam, False, 1),
     "nadamw": (lambda th, gs: _nadam(th, gs, weight_decay=1e-4), False, 1),
     "novograd": (_novograd, False, 1),
