@@ -80,6 +80,8 @@ from optimizers.contract.registry import register_nonnegative as register_nonneg
 from optimizers.rules.momentum.lion import ScaleByLionState as ScaleByLionState
 from optimizers.rules.momentum.lion import lion as lion
 from optimizers.rules.momentum.lion import scale_by_lion as scale_by_lion
+from optimizers.wrappers.cautious import CautiousState as CautiousState
+from optimizers.wrappers.cautious import cautious as cautious
 from optimizers.wrappers.lookahead import LookaheadState as LookaheadState
 from optimizers.wrappers.lookahead import lookahead as lookahead
 from optimizers.wrappers.lookahead import slow_params as slow_params
@@ -168,6 +170,7 @@ from optimizers.rules.adaptive.adan import scale_by_adan as scale_by_adan
 __all__ = [
     "AddDecayedWeightsState",
     "ApplyIfFiniteState",
+    "CautiousState",
     "ClipByBlockRmsState",
     "EmaState",
     "GradientlessDescent",
@@ -235,6 +238,7 @@ __all__ = [
     "averaged_params",
     "beta3_scheduler",
     "bytes_per_device",
+    "cautious",
     "check_compatible",
     "check_finite",
     "clip_by_block_rms",

@@ -40,7 +40,7 @@ BAD = {
     "eta_plus": [1.0, 0.5, NAN],
     "eta_minus": [0.0, 1.0, NAN],
     "max_scale": [0.5, NAN],
-    "form": ["bogus"],
+    "form": ["bogus"], "normalize": ["bogus"],
     "xi": [-0.1, NAN],
     "eta": [-0.1, NAN],
     "beta": UNIT,
