@@ -155,6 +155,9 @@ from optimizers.rules.adaptive.ademamix import simplified_ademamix as simplified
 from optimizers.rules.adaptive.madgrad import MadgradState as MadgradState
 from optimizers.rules.adaptive.madgrad import madgrad as madgrad
 from optimizers.rules.adaptive.madgrad import scale_by_madgrad as scale_by_madgrad
+from optimizers.rules.adaptive.acprop import ScaleByAcpropState as ScaleByAcpropState
+from optimizers.rules.adaptive.acprop import acprop as acprop
+from optimizers.rules.adaptive.acprop import scale_by_acprop as scale_by_acprop
 from optimizers.rules.adaptive.yogi import ScaleByYogiState as ScaleByYogiState
 from optimizers.rules.adaptive.yogi import scale_by_yogi as scale_by_yogi
 from optimizers.rules.adaptive.yogi import yogi as yogi
@@ -179,6 +182,7 @@ __all__ = [
     "MadgradState",
     "QuantizedBuffer",
     "ReduceOnPlateauState",
+    "ScaleByAcpropState",
     "ScaleByAdadeltaState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
@@ -218,6 +222,7 @@ __all__ = [
     "ScheduleFreeState",
     "SwaState",
     "TraceState",
+    "acprop",
     "adabelief",
     "adadelta",
     "adafactor",
@@ -276,6 +281,7 @@ __all__ = [
     "rmsprop",
     "rprop",
     "save",
+    "scale_by_acprop",
     "scale_by_adadelta",
     "scale_by_adam",
     "scale_by_adamax",

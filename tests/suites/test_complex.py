@@ -135,6 +135,15 @@ def _madgrad(theta, grads, lr=0.01, momentum=0.9, eps=1e-6):
         yield theta
 
 
+def _acprop(theta, grads, lr=0.003, b1=0.9, b2=0.999, eps=1e-3, eps_root=1e-16):
+    m, s = np.zeros_like(theta), np.zeros_like(theta[..., :1])
+    for t, g in enumerate(grads, 1):
+        theta = theta - lr * g / ((1.0 if t == 1 else np.sqrt(s / (1 - b2 ** (t - 1)))) + eps)
+        s = b2 * s + (1 - b2) * _abs2(g - m) + eps_root
+        m = b1 * m + (1 - b1) * g
+        yield theta
+
+
 def _adan(theta, grads, lr=0.02, b1=0.98, b2=0.92, b3=0.99, eps=1e-8):
     m, v, n, prev = np.zeros_like(theta), np.zeros_like(theta), np.zeros_like(theta[..., :1]), grads[0]
     for k, g in enumerate(grads, 1):
@@ -313,6 +322,7 @@ def _lookahead_adam(theta, grads, period=5, alpha=0.5):
 
 # name: (reference, checked on the final averaged weights instead of the params, complex buffers per complex leaf)
 PAIR = {
+    "acprop": (_acprop, False, 1),
     "adabelief": (_adabelief, False, 1),
     "adadelta": (_adadelta, False, 0),
     "adafactor": (_adafactor, False, 1),
