@@ -113,7 +113,8 @@ def test_composes_inside_optax_chain_and_inject_hyperparams():
     for i, (start, seq) in enumerate(zip(jax.tree.leaves(theta0), zip(*[jax.tree.leaves(g) for g in grads]))):
         for step, w in enumerate(_cautious_adam_reference(start, list(seq), 0.01)):
             assert_close(jax.tree.leaves(got[step])[i], w)
-    assert float(optimizers.get_hyperparams(tx.init(theta0))["learning_rate"]) == pytest.approx(0.01)
+    theta32 = jax.tree.map(lambda x: np.asarray(x, np.float32), theta0)
+    assert float(optimizers.get_hyperparams(tx.init(theta32))["learning_rate"]) == pytest.approx(0.01)
 
 
 TORCH = {  # pytorch_optimizer's cautious=True, where it masks the whole step against the gradient's sign
