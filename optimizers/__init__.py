@@ -145,7 +145,7 @@ from optimizers.rules.adaptive.adopt import ScaleByAdoptState as ScaleByAdoptSta
 from optimizers.rules.adaptive.adopt import adopt as adopt
 from optimizers.rules.adaptive.adopt import scale_by_adopt as scale_by_adopt
 from optimizers.rules.adaptive.ademamix import ScaleByAdemamixState as ScaleByAdemamixState
-from optimizers.rules.adaptive.ademamix import ScaleBySimplifiedAdEMAMixState as ScaleBySimplifiedAdEMAMixState
+from optimizers.rules.adaptive.ademamix import ScaleBySimplifiedAdemamixState as ScaleBySimplifiedAdemamixState
 from optimizers.rules.adaptive.ademamix import ademamix as ademamix
 from optimizers.rules.adaptive.ademamix import alpha_scheduler as alpha_scheduler
 from optimizers.rules.adaptive.ademamix import beta3_scheduler as beta3_scheduler
@@ -215,7 +215,7 @@ __all__ = [
     "ScaleByRssState",
     "ScaleByScheduleFreeAdamState",
     "ScaleBySignumState",
-    "ScaleBySimplifiedAdEMAMixState",
+    "ScaleBySimplifiedAdemamixState",
     "ScaleBySm3State",
     "ScaleByTrustRatioState",
     "ScaleByYogiState",

@@ -171,7 +171,7 @@ def ademamix(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Sc
 
 
 @declare_state(nonnegative=("nu",), elementwise=True)
-class ScaleBySimplifiedAdEMAMixState(NamedTuple):
+class ScaleBySimplifiedAdemamixState(NamedTuple):  # optax.contrib's ScaleBySimplifiedAdEMAMixState
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"b1", "b2", "alpha", "eps"} (and "eps_root" when given)
     mu: optax.Updates  # m_t, an undamped EMA (sum of β1-discounted gradients)
@@ -214,7 +214,7 @@ def scale_by_simplified_ademamix(b1: ScalarOrSchedule = 0.99, b2: ScalarOrSchedu
     values = given(b1=b1, b2=b2, alpha=alpha, eps=eps, eps_root=eps_root)
 
     def init_fn(params):
-        return ScaleBySimplifiedAdEMAMixState(jnp.zeros([], jnp.int32), init_hyperparams(**values),
+        return ScaleBySimplifiedAdemamixState(jnp.zeros([], jnp.int32), init_hyperparams(**values),
                                               zeros_in(params), zeros_in(params, real=True))
 
     def update_fn(updates, state, params=None):
@@ -227,7 +227,7 @@ def scale_by_simplified_ademamix(b1: ScalarOrSchedule = 0.99, b2: ScalarOrSchedu
         root = hp.get("eps_root", 0.0)
         out = jax.tree.map(lambda g, a, s: store((hp["alpha"] * widen(g) + a) / (jnp.sqrt(s / c2 + root) + hp["eps"]),
                                                  g.dtype), updates, m, v)
-        return out, ScaleBySimplifiedAdEMAMixState(optax.safe_increment(state.count), hp, store_like(m, state.mu),
+        return out, ScaleBySimplifiedAdemamixState(optax.safe_increment(state.count), hp, store_like(m, state.mu),
                                                    store_like(v, state.nu))
 
     return transformation("scale_by_simplified_ademamix", init_fn, update_fn)
