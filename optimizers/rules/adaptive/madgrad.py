@@ -47,8 +47,8 @@ def scale_by_madgrad(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule
         ``optax.contrib.scale_by_madgrad`` computes the same. The authors' code (and
         ``pytorch_optimizer.MADGRAD``) recomputes :math:`x_0 = x_k + s_k/(\nu_k^{1/3}+\epsilon)`
         from the current params when :math:`\mu = 0`: the same value unless something else moved
-        the params between steps. Its ``lr=0`` freezes the params; here (and in optax)
-        :math:`\lambda_k = \epsilon\sqrt{k+1}` still moves them.
+        the params between steps. Its ``lr=0`` sets :math:`\lambda_k = 0` (no gradient enters
+        :math:`s` and :math:`\nu`); here (and in optax) :math:`\lambda_k = \epsilon\sqrt{k+1}`.
 
     Args:
         learning_rate: :math:`\gamma_k \ge 0`, a number or a schedule.
