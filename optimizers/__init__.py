@@ -85,6 +85,8 @@ from optimizers.contract.registry import register_nonnegative as register_nonneg
 from optimizers.rules.momentum.lion import ScaleByLionState as ScaleByLionState
 from optimizers.rules.momentum.lion import lion as lion
 from optimizers.rules.momentum.lion import scale_by_lion as scale_by_lion
+from optimizers.wrappers.cautious import CautiousState as CautiousState
+from optimizers.wrappers.cautious import cautious as cautious
 from optimizers.wrappers.lookahead import LookaheadState as LookaheadState
 from optimizers.wrappers.lookahead import lookahead as lookahead
 from optimizers.wrappers.lookahead import slow_params as slow_params
@@ -145,6 +147,23 @@ from optimizers.sharding import bytes_per_device as bytes_per_device
 from optimizers.sharding import fit_sharding as fit_sharding
 from optimizers.sharding import fsdp_shardings as fsdp_shardings
 from optimizers.sharding import state_shardings as state_shardings
+from optimizers.rules.adaptive.adopt import ScaleByAdoptState as ScaleByAdoptState
+from optimizers.rules.adaptive.adopt import adopt as adopt
+from optimizers.rules.adaptive.adopt import scale_by_adopt as scale_by_adopt
+from optimizers.rules.adaptive.ademamix import ScaleByAdemamixState as ScaleByAdemamixState
+from optimizers.rules.adaptive.ademamix import ScaleBySimplifiedAdemamixState as ScaleBySimplifiedAdemamixState
+from optimizers.rules.adaptive.ademamix import ademamix as ademamix
+from optimizers.rules.adaptive.ademamix import alpha_scheduler as alpha_scheduler
+from optimizers.rules.adaptive.ademamix import beta3_scheduler as beta3_scheduler
+from optimizers.rules.adaptive.ademamix import scale_by_ademamix as scale_by_ademamix
+from optimizers.rules.adaptive.ademamix import scale_by_simplified_ademamix as scale_by_simplified_ademamix
+from optimizers.rules.adaptive.ademamix import simplified_ademamix as simplified_ademamix
+from optimizers.rules.adaptive.madgrad import MadgradState as MadgradState
+from optimizers.rules.adaptive.madgrad import madgrad as madgrad
+from optimizers.rules.adaptive.madgrad import scale_by_madgrad as scale_by_madgrad
+from optimizers.rules.adaptive.acprop import ScaleByAcpropState as ScaleByAcpropState
+from optimizers.rules.adaptive.acprop import acprop as acprop
+from optimizers.rules.adaptive.acprop import scale_by_acprop as scale_by_acprop
 from optimizers.rules.adaptive.yogi import ScaleByYogiState as ScaleByYogiState
 from optimizers.rules.adaptive.yogi import scale_by_yogi as scale_by_yogi
 from optimizers.rules.adaptive.yogi import yogi as yogi
@@ -160,18 +179,23 @@ from optimizers.rules.adaptive.adan import scale_by_adan as scale_by_adan
 __all__ = [
     "AddDecayedWeightsState",
     "ApplyIfFiniteState",
+    "CautiousState",
     "ClipByBlockRmsState",
     "EmaState",
     "GradientlessDescent",
     "GradientlessDescentState",
     "LookaheadState",
+    "MadgradState",
     "QuantizedBuffer",
     "ReduceOnPlateauState",
+    "ScaleByAcpropState",
     "ScaleByAdadeltaState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
     "ScaleByAdanState",
     "ScaleByAdaxState",
+    "ScaleByAdemamixState",
+    "ScaleByAdoptState",
     "ScaleByAmosState",
     "ScaleByAmsgradState",
     "ScaleByBeliefState",
@@ -198,6 +222,7 @@ __all__ = [
     "ScaleByRssState",
     "ScaleByScheduleFreeAdamState",
     "ScaleBySignumState",
+    "ScaleBySimplifiedAdemamixState",
     "ScaleBySm3State",
     "ScaleByTrustRatioState",
     "ScaleByYogiState",
@@ -205,6 +230,7 @@ __all__ = [
     "SwaState",
     "TraceState",
     "WeightEmaState",
+    "acprop",
     "adabelief",
     "adadelta",
     "adafactor",
@@ -216,11 +242,16 @@ __all__ = [
     "adan",
     "adax",
     "add_decayed_weights",
+    "ademamix",
+    "adopt",
+    "alpha_scheduler",
     "amos",
     "amsgrad",
     "apply_if_finite",
     "averaged_params",
+    "beta3_scheduler",
     "bytes_per_device",
+    "cautious",
     "check_compatible",
     "check_finite",
     "clip_by_block_rms",
@@ -244,6 +275,7 @@ __all__ = [
     "layer_axes_from_flax",
     "lion",
     "lookahead",
+    "madgrad",
     "muon",
     "nadam",
     "nadamw",
@@ -259,11 +291,14 @@ __all__ = [
     "rmsprop",
     "rprop",
     "save",
+    "scale_by_acprop",
     "scale_by_adadelta",
     "scale_by_adam",
     "scale_by_adamax",
     "scale_by_adan",
     "scale_by_adax",
+    "scale_by_ademamix",
+    "scale_by_adopt",
     "scale_by_amos",
     "scale_by_amsgrad",
     "scale_by_belief",
@@ -278,6 +313,7 @@ __all__ = [
     "scale_by_lars",
     "scale_by_learning_rate",
     "scale_by_lion",
+    "scale_by_madgrad",
     "scale_by_muon",
     "scale_by_nadam",
     "scale_by_novograd",
@@ -291,6 +327,7 @@ __all__ = [
     "scale_by_schedule_free_adam",
     "scale_by_sign",
     "scale_by_signum",
+    "scale_by_simplified_ademamix",
     "scale_by_sm3",
     "scale_by_trust_ratio",
     "scale_by_yogi",
@@ -302,6 +339,7 @@ __all__ = [
     "sgd",
     "sign_sgd",
     "signum",
+    "simplified_ademamix",
     "slow_params",
     "sm3",
     "state_shardings",

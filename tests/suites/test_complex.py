@@ -99,6 +99,51 @@ def _yogi(theta, grads, lr=0.01, b1=0.9, b2=0.999, eps=1e-3, v0=1e-6):
         yield theta
 
 
+def _adopt(theta, grads, lr=0.01, b1=0.9, b2=0.9999, eps=1e-6):
+    m, v = np.zeros_like(theta), np.zeros_like(theta[..., :1])
+    for t, g in enumerate(grads, 1):
+        if t > 1:
+            c = t**0.25
+            m = b1 * m + (1 - b1) * np.clip(g / np.maximum(np.sqrt(v), eps), -c, c)
+            theta = theta - lr * m
+        v = _abs2(g) if t == 1 else b2 * v + (1 - b2) * _abs2(g)
+        yield theta
+
+
+def _ademamix(theta, grads, lr=0.01, b1=0.9, b2=0.999, b3=0.99, alpha=2.0, eps=1e-8):
+    m1, m2, v = np.zeros_like(theta), np.zeros_like(theta), np.zeros_like(theta[..., :1])
+    for t, g in enumerate(grads, 1):
+        m1, m2, v = b1 * m1 + (1 - b1) * g, b3 * m2 + (1 - b3) * g, b2 * v + (1 - b2) * _abs2(g)
+        theta = theta - lr * (m1 / (1 - b1**t) + alpha * m2) / (np.sqrt(v / (1 - b2**t)) + eps)
+        yield theta
+
+
+def _simplified_ademamix(theta, grads, lr=0.002, b1=0.9, b2=0.99, alpha=1.0, eps=1e-8):
+    m, v = np.zeros_like(theta), np.zeros_like(theta[..., :1])
+    for t, g in enumerate(grads, 1):
+        m, v = b1 * m + g, b2 * v + (1 - b2) * _abs2(g)
+        theta = theta - lr * (alpha * g + m) / (np.sqrt(v / (1 - b2**t)) + eps)
+        yield theta
+
+
+def _madgrad(theta, grads, lr=0.01, momentum=0.9, eps=1e-6):
+    x0, s, nu = theta, np.zeros_like(theta), np.zeros_like(theta[..., :1])
+    for k, g in enumerate(grads):
+        lam = (lr + eps) * np.sqrt(k + 1)
+        s, nu = s + lam * g, nu + lam * _abs2(g)
+        theta = momentum * theta + (1 - momentum) * (x0 - s / (np.cbrt(nu) + eps))
+        yield theta
+
+
+def _acprop(theta, grads, lr=0.003, b1=0.9, b2=0.999, eps=1e-3, eps_root=1e-16):
+    m, s = np.zeros_like(theta), np.zeros_like(theta[..., :1])
+    for t, g in enumerate(grads, 1):
+        theta = theta - lr * g / ((1.0 if t == 1 else np.sqrt(s / (1 - b2 ** (t - 1)))) + eps)
+        s = b2 * s + (1 - b2) * _abs2(g - m) + eps_root
+        m = b1 * m + (1 - b1) * g
+        yield theta
+
+
 def _adan(theta, grads, lr=0.02, b1=0.98, b2=0.92, b3=0.99, eps=1e-8):
     m, v, n, prev = np.zeros_like(theta), np.zeros_like(theta), np.zeros_like(theta[..., :1]), grads[0]
     for k, g in enumerate(grads, 1):
@@ -277,6 +322,7 @@ def _lookahead_adam(theta, grads, period=5, alpha=0.5):
 
 # name: (reference, checked on the final averaged weights instead of the params, complex buffers per complex leaf)
 PAIR = {
+    "acprop": (_acprop, False, 1),
     "adabelief": (_adabelief, False, 1),
     "adadelta": (_adadelta, False, 0),
     "adafactor": (_adafactor, False, 1),
@@ -286,16 +332,20 @@ PAIR = {
     "adamaxw": (lambda th, gs: _adamax(th, gs, weight_decay=1e-4), False, 1),
     "adamw": (lambda th, gs: _adam(th, gs, weight_decay=1e-4), False, 1),
     "adan": (_adan, False, 3),
+    "ademamix": (_ademamix, False, 2),
+    "adopt": (_adopt, False, 1),
     "adax": (_adax, False, 1),
     "amos": (_amos, False, 0),
     "amsgrad": (_amsgrad, False, 1),
     "lamb": (_lamb, False, 1),
     "lars": (_lars, False, 1),
+    "madgrad": (_madgrad, False, 2),
     "nadam": (_nadam, False, 1),
     "nadamw": (lambda th, gs: _nadam(th, gs, weight_decay=1e-4), False, 1),
     "novograd": (_novograd, False, 1),
     "radam": (_radam, False, 1),
     "rmsprop": (_rmsprop, False, 0),
+    "simplified_ademamix": (_simplified_ademamix, False, 1),
     "sm3": (_sm3, False, 0),
     "yogi": (_yogi, False, 1),
     "weight_ema(adam)": (_ema_of_adam, True, 2),

@@ -15,7 +15,7 @@ NAN = float("nan")
 UNIT = [-0.1, 1.0, NAN]  # allowed: [0, 1)
 BAD = {
     "learning_rate": [-0.1, NAN],
-    "b1": UNIT, "b2": UNIT, "b3": UNIT, "decay": UNIT, "momentum": UNIT, "rho": UNIT,
+    "b1": UNIT, "b2": UNIT, "b3": UNIT, "alpha": [-0.1, NAN], "decay": UNIT, "momentum": UNIT, "rho": UNIT,
     "eps": [-1e-8, 0.0, NAN],
     "weight_decay": [-1e-4, NAN],
     "initial_accumulator_value": [-0.1, NAN],
@@ -40,7 +40,7 @@ BAD = {
     "eta_plus": [1.0, 0.5, NAN],
     "eta_minus": [0.0, 1.0, NAN],
     "max_scale": [0.5, NAN],
-    "form": ["bogus"],
+    "form": ["bogus"], "normalize": ["bogus"],
     "xi": [-0.1, NAN],
     "eta": [-0.1, NAN],
     "beta": UNIT,
