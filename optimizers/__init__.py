@@ -62,6 +62,9 @@ from optimizers.rules.lr_free.dog import scale_by_dog as scale_by_dog
 from optimizers.rules.lr_free.dog import ScaleByDowgState as ScaleByDowgState
 from optimizers.rules.lr_free.dog import dowg as dowg
 from optimizers.rules.lr_free.dog import scale_by_dowg as scale_by_dowg
+from optimizers.rules.momentum.asgd import AsgdState as AsgdState
+from optimizers.rules.momentum.asgd import asgd as asgd
+from optimizers.rules.momentum.asgd import asgd_averaged_params as asgd_averaged_params
 from optimizers.rules.momentum.ema import ScaleByEmaState as ScaleByEmaState
 from optimizers.rules.momentum.ema import scale_by_ema as scale_by_ema
 from optimizers.contract.backend import update_and_apply as update_and_apply
@@ -154,6 +157,7 @@ from optimizers.rules.adaptive.adan import scale_by_adan as scale_by_adan
 __all__ = [
     "AddDecayedWeightsState",
     "ApplyIfFiniteState",
+    "AsgdState",
     "ClipByBlockRmsState",
     "EmaState",
     "GradientlessDescent",
@@ -211,6 +215,8 @@ __all__ = [
     "amos",
     "amsgrad",
     "apply_if_finite",
+    "asgd",
+    "asgd_averaged_params",
     "averaged_params",
     "bytes_per_device",
     "check_compatible",

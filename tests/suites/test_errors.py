@@ -77,6 +77,8 @@ BAD = {
     "init_estim_sq_dist": [0.0, -1e-4, NAN],  # dowg's
     # schedule-free
     "weight_lr_power": [-1.0, NAN], "r": [-0.5, NAN], "warmup_steps": [-1, 1.5, NAN],
+    # asgd (torch.optim.ASGD's names)
+    "lambd": [-1e-4, NAN], "alpha": [-0.5, NAN], "t0": [-1.0, NAN],
     # with_quantized_state
     "bits": [4, 3, NAN], "block_size": [0, 100, NAN], "min_size": [0, -1],
 }
