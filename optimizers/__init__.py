@@ -62,6 +62,15 @@ from optimizers.rules.lr_free.dog import scale_by_dog as scale_by_dog
 from optimizers.rules.lr_free.dog import ScaleByDowgState as ScaleByDowgState
 from optimizers.rules.lr_free.dog import dowg as dowg
 from optimizers.rules.lr_free.dog import scale_by_dowg as scale_by_dowg
+from optimizers.rules.quasi_newton.lbfgs import ScaleByLbfgsState as ScaleByLbfgsState
+from optimizers.rules.quasi_newton.lbfgs import lbfgs as lbfgs
+from optimizers.rules.quasi_newton.lbfgs import scale_by_lbfgs as scale_by_lbfgs
+from optimizers.rules.quasi_newton.linesearch import BacktrackingLinesearchInfo as BacktrackingLinesearchInfo
+from optimizers.rules.quasi_newton.linesearch import ScaleByBacktrackingLinesearchState as ScaleByBacktrackingLinesearchState
+from optimizers.rules.quasi_newton.linesearch import ScaleByZoomLinesearchState as ScaleByZoomLinesearchState
+from optimizers.rules.quasi_newton.linesearch import ZoomLinesearchInfo as ZoomLinesearchInfo
+from optimizers.rules.quasi_newton.linesearch import scale_by_backtracking_linesearch as scale_by_backtracking_linesearch
+from optimizers.rules.quasi_newton.linesearch import scale_by_zoom_linesearch as scale_by_zoom_linesearch
 from optimizers.rules.momentum.asgd import AsgdState as AsgdState
 from optimizers.rules.momentum.asgd import asgd as asgd
 from optimizers.rules.momentum.asgd import asgd_averaged_params as asgd_averaged_params
@@ -158,6 +167,7 @@ __all__ = [
     "AddDecayedWeightsState",
     "ApplyIfFiniteState",
     "AsgdState",
+    "BacktrackingLinesearchInfo",
     "ClipByBlockRmsState",
     "EmaState",
     "GradientlessDescent",
@@ -172,6 +182,7 @@ __all__ = [
     "ScaleByAdaxState",
     "ScaleByAmosState",
     "ScaleByAmsgradState",
+    "ScaleByBacktrackingLinesearchState",
     "ScaleByBeliefState",
     "ScaleByDadaptAdamwState",
     "ScaleByDadaptSgdState",
@@ -181,6 +192,7 @@ __all__ = [
     "ScaleByFactoredRmsState",
     "ScaleByFunnelledSgdmState",
     "ScaleByLarsState",
+    "ScaleByLbfgsState",
     "ScaleByLearningRateState",
     "ScaleByLionState",
     "ScaleByMuonState",
@@ -198,9 +210,11 @@ __all__ = [
     "ScaleBySm3State",
     "ScaleByTrustRatioState",
     "ScaleByYogiState",
+    "ScaleByZoomLinesearchState",
     "ScheduleFreeState",
     "SwaState",
     "TraceState",
+    "ZoomLinesearchInfo",
     "adabelief",
     "adadelta",
     "adafactor",
@@ -239,6 +253,7 @@ __all__ = [
     "lamb",
     "lars",
     "layer_axes_from_flax",
+    "lbfgs",
     "lion",
     "lookahead",
     "muon",
@@ -262,6 +277,7 @@ __all__ = [
     "scale_by_adax",
     "scale_by_amos",
     "scale_by_amsgrad",
+    "scale_by_backtracking_linesearch",
     "scale_by_belief",
     "scale_by_dadapt_adamw",
     "scale_by_dadapt_sgd",
@@ -271,6 +287,7 @@ __all__ = [
     "scale_by_factored_rms",
     "scale_by_funnelled_sgdm",
     "scale_by_lars",
+    "scale_by_lbfgs",
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_muon",
@@ -289,6 +306,7 @@ __all__ = [
     "scale_by_sm3",
     "scale_by_trust_ratio",
     "scale_by_yogi",
+    "scale_by_zoom_linesearch",
     "schedule_free",
     "schedule_free_adamw",
     "schedule_free_eval_params",
