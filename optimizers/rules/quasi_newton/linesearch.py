@@ -65,10 +65,10 @@ class ZoomLinesearchInfo(NamedTuple):
     curvature_error: jax.Array  # > 0: it fails the curvature condition
 
 
-class ScaleByZoomLinesearchState(NamedTuple):
-    learning_rate: jax.Array  # the step accepted at the last update
+class ScaleByZoomLinesearchState(NamedTuple):  # optax's fields, value and grad first
     value: jax.Array  # f at the accepted step (inf before the first update): value_and_grad_from_state reads it
     grad: optax.Updates  # the gradient there
+    learning_rate: jax.Array  # the step accepted at the last update
     info: ZoomLinesearchInfo
 
 
@@ -174,7 +174,7 @@ def scale_by_zoom_linesearch(max_linesearch_steps: int, max_learning_rate: Optio
         Section 3.5 (interpolation); Hager & Zhang, "Algorithm 851: CG_DESCENT", ACM TOMS 32, 2006.
     """
     owner = "scale_by_zoom_linesearch"
-    check_range(owner, "max_linesearch_steps", max_linesearch_steps, 1)
+    check_range(owner, "max_linesearch_steps", max_linesearch_steps, 0.0, low_open=True)
     if max_learning_rate is not None:
         check_range(owner, "max_learning_rate", max_learning_rate, 0.0, low_open=True)
     check_range(owner, "tol", tol, 0.0)
@@ -199,8 +199,8 @@ def scale_by_zoom_linesearch(max_linesearch_steps: int, max_learning_rate: Optio
     def init_fn(params):
         dtype = _real_dtype(params)
         info = ZoomLinesearchInfo(jnp.asarray(0), jnp.asarray(jnp.inf), jnp.asarray(jnp.inf))
-        return ScaleByZoomLinesearchState(jnp.asarray(1.0, dtype), jnp.asarray(jnp.inf, dtype),
-                                          jax.tree.map(jnp.zeros_like, params), info)
+        return ScaleByZoomLinesearchState(jnp.asarray(jnp.inf, dtype), jax.tree.map(jnp.zeros_like, params),
+                                          jnp.asarray(1.0, dtype), info)
 
     def update_fn(updates, state, params=None, *, value, grad, value_fn, **extra):
         if params is None:
@@ -279,7 +279,7 @@ def scale_by_zoom_linesearch(max_linesearch_steps: int, max_learning_rate: Optio
                         jnp.asarray(False), zero, f0, d0, zero, f0, d0, zero, f0, zero, f0, grad)
         s = jax.lax.while_loop(lambda s: ~(s.done | s.failed), step, start)
         info = ZoomLinesearchInfo(s.count, s.decrease_error, s.curvature_error)
-        new_state = ScaleByZoomLinesearchState(s.stepsize, s.value, s.grad, info)
+        new_state = ScaleByZoomLinesearchState(s.value, s.grad, s.stepsize, info)
         return _scaled(s.stepsize, updates), _cast_like(new_state, state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -292,10 +292,10 @@ class BacktrackingLinesearchInfo(NamedTuple):
     decrease_error: jax.Array  # > atol: no step met the sufficient decrease
 
 
-class ScaleByBacktrackingLinesearchState(NamedTuple):
-    learning_rate: jax.Array  # the step accepted at the last update
-    value: jax.Array  # f there (inf before the first update)
+class ScaleByBacktrackingLinesearchState(NamedTuple):  # optax's fields, value and grad first
+    value: jax.Array  # f at the accepted step (inf before the first update)
     grad: Optional[optax.Updates]  # the gradient there (store_grad), else None
+    learning_rate: jax.Array  # the step accepted at the last update
     info: BacktrackingLinesearchInfo
 
 
@@ -351,7 +351,7 @@ def scale_by_backtracking_linesearch(max_backtracking_steps: int, slope_rtol: fl
         dtype = _real_dtype(params)
         info = BacktrackingLinesearchInfo(jnp.asarray(0), jnp.asarray(jnp.inf, dtype))
         grad = jax.tree.map(jnp.zeros_like, params) if store_grad else None
-        return ScaleByBacktrackingLinesearchState(jnp.asarray(1.0, dtype), jnp.asarray(jnp.inf, dtype), grad, info)
+        return ScaleByBacktrackingLinesearchState(jnp.asarray(jnp.inf, dtype), grad, jnp.asarray(1.0, dtype), info)
 
     def update_fn(updates, state, params=None, *, value, grad, value_fn, **extra):
         if params is None:
@@ -380,7 +380,7 @@ def scale_by_backtracking_linesearch(max_backtracking_steps: int, slope_rtol: fl
                                                              e=eta, d=err), lambda: None)
         eta = jnp.where(jnp.isinf(err), 0.0, eta).astype(dtype)
         new_grad = jax.grad(f_at)(_moved(params, eta, updates)) if store_grad else None
-        new_state = ScaleByBacktrackingLinesearchState(eta, f, new_grad, BacktrackingLinesearchInfo(i, err))
+        new_state = ScaleByBacktrackingLinesearchState(f, new_grad, eta, BacktrackingLinesearchInfo(i, err))
         return _scaled(eta, updates), _cast_like(new_state, state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
