@@ -65,6 +65,8 @@ from optimizers.rules.lr_free.dog import scale_by_dowg as scale_by_dowg
 from optimizers.rules.quasi_newton.lbfgs import ScaleByLbfgsState as ScaleByLbfgsState
 from optimizers.rules.quasi_newton.lbfgs import lbfgs as lbfgs
 from optimizers.rules.quasi_newton.lbfgs import scale_by_lbfgs as scale_by_lbfgs
+from optimizers.rules.quasi_newton.torch_lbfgs import TorchLbfgsState as TorchLbfgsState
+from optimizers.rules.quasi_newton.torch_lbfgs import torch_lbfgs as torch_lbfgs
 from optimizers.rules.quasi_newton.linesearch import BacktrackingLinesearchInfo as BacktrackingLinesearchInfo
 from optimizers.rules.quasi_newton.linesearch import ScaleByBacktrackingLinesearchState as ScaleByBacktrackingLinesearchState
 from optimizers.rules.quasi_newton.linesearch import ScaleByZoomLinesearchState as ScaleByZoomLinesearchState
@@ -213,6 +215,7 @@ __all__ = [
     "ScaleByZoomLinesearchState",
     "ScheduleFreeState",
     "SwaState",
+    "TorchLbfgsState",
     "TraceState",
     "ZoomLinesearchInfo",
     "adabelief",
@@ -320,6 +323,7 @@ __all__ = [
     "state_shardings",
     "swa",
     "to_bytes",
+    "torch_lbfgs",
     "trace",
     "update_and_apply",
     "with_quantized_state",
