@@ -11,7 +11,7 @@ import optax
 from optimizers.contract.checks import transformation
 from optimizers.contract.hyperparams import check_range
 from optimizers.contract.registry import declare_state
-from optimizers.rules.quasi_newton.linesearch import scale_by_zoom_linesearch
+from optimizers.rules.quasi_newton.linesearch import real_dtype, scale_by_zoom_linesearch, tree_dot
 from optimizers.rules.scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -24,11 +24,6 @@ class ScaleByLbfgsState(NamedTuple):
     diff_params_memory: optax.Params  # s_j = w_{j+1} - w_j, each leaf stacked (memory_size, *shape), circular
     diff_updates_memory: optax.Updates  # y_j = g_{j+1} - g_j, same layout
     weights_memory: jax.Array  # rho_j = 1 / y_j^T s_j (0 where y_j^T s_j = 0), (memory_size,)
-
-
-def _dot(a, b):
-    """:math:`\\mathrm{Re}\\, a^H b` summed over every leaf."""
-    return sum(jnp.sum(jnp.real(jnp.conj(x) * y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def _slot(memory, i):
@@ -45,7 +40,7 @@ def two_loop(g, s_memory, y_memory, rho, gamma, newest):
     def backward(j, carry):  # newest -> oldest: alpha_i = rho_i s_i^T q, q -= alpha_i y_i
         q, alphas = carry
         i = (newest - j) % m
-        a = rho[i] * _dot(_slot(s_memory, i), q)
+        a = rho[i] * tree_dot(_slot(s_memory, i), q)
         q = jax.tree.map(lambda x, y: x - (a * y).astype(x.dtype), q, _slot(y_memory, i))
         return q, alphas.at[i].set(a)
 
@@ -54,7 +49,7 @@ def two_loop(g, s_memory, y_memory, rho, gamma, newest):
 
     def forward(j, r):  # oldest -> newest: beta = rho_i y_i^T r, r += (alpha_i - beta) s_i
         i = (newest + 1 + j) % m
-        b = rho[i] * _dot(_slot(y_memory, i), r)
+        b = rho[i] * tree_dot(_slot(y_memory, i), r)
         return jax.tree.map(lambda x, s: x + ((alphas[i] - b) * s).astype(x.dtype), r, _slot(s_memory, i))
 
     return jax.lax.fori_loop(0, m, forward, r)
@@ -106,7 +101,7 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> op
     def init_fn(params):
         stacked = jax.tree.map(lambda p: jnp.zeros((memory_size, *p.shape), p.dtype), params)
         zeros = jax.tree.map(jnp.zeros_like, params)
-        real = jnp.real(jnp.zeros((), jax.tree.leaves(params)[0].dtype)).dtype if jax.tree.leaves(params) else jnp.float32
+        real = real_dtype(params)
         return ScaleByLbfgsState(jnp.zeros([], jnp.int32), zeros, zeros, stacked, stacked,
                                  jnp.zeros([memory_size], real))
 
@@ -116,16 +111,16 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> op
         started = state.count > 0
         s = jax.tree.map(lambda p, q: jnp.where(started, p - q, 0).astype(p.dtype), params, state.params)
         y = jax.tree.map(lambda g, h: jnp.where(started, g - h, 0).astype(g.dtype), updates, state.updates)
-        ys = _dot(y, s)
+        ys = tree_dot(y, s)
         rho = jnp.where(ys == 0, 0.0, 1 / jnp.where(ys == 0, 1.0, ys)).astype(state.weights_memory.dtype)
         newest = (state.count - 1) % memory_size
         s_mem = jax.tree.map(lambda m, x: m.at[newest].set(x), state.diff_params_memory, s)
         y_mem = jax.tree.map(lambda m, x: m.at[newest].set(x), state.diff_updates_memory, y)
         rho_mem = state.weights_memory.at[newest].set(rho)
         if scale_init_precond:
-            yy = _dot(y, y)
+            yy = tree_dot(y, y)
             gamma = jnp.where(yy > 0, ys / jnp.where(yy > 0, yy, 1.0), 1.0)
-            first = jnp.minimum(1.0, 1.0 / jnp.sqrt(_dot(updates, updates)))
+            first = jnp.minimum(1.0, 1.0 / jnp.sqrt(tree_dot(updates, updates)))
             gamma = jnp.where(started, gamma, first)
         else:
             gamma = jnp.asarray(1.0)

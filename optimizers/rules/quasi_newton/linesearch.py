@@ -20,12 +20,12 @@ from optimizers.contract.hyperparams import check_range
 _GUESSES = ("one", "keep")
 
 
-def _dot(a, b):
+def tree_dot(a, b):
     """:math:`\\mathrm{Re}\\, \\bar a^\\top b` summed over every leaf."""
     return sum(jnp.sum(jnp.real(jnp.conj(x) * y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def _real_dtype(params):
+def real_dtype(params):
     leaves = jax.tree.leaves(params)
     return jnp.real(jnp.zeros((), leaves[0].dtype)).dtype if leaves else jnp.float32
 
@@ -108,7 +108,8 @@ def cubic_minimizer(a, fa, da, b, fb, c, fc):
 
 
 def quadratic_minimizer(a, fa, da, b, fb):
-    r"""The critical point of the parabola through :math:`(a, f_a)`, :math:`(b, f_b)` with slope :math:`f'_a` at :math:`a`."""
+    r"""The critical point of the parabola through :math:`(a, f_a)`, :math:`(b, f_b)` with slope
+    :math:`f'_a` at :math:`a`."""
     db = b - a
     curv = (fb - fa - da * db) / db**2
     return a - da / (2 * curv)
@@ -119,7 +120,7 @@ def scale_by_zoom_linesearch(max_linesearch_steps: int, max_learning_rate: Optio
                              approx_dec_rtol: Optional[float] = None, stepsize_precision: float = 1e-5,
                              initial_guess_strategy: str = "keep",
                              verbose: bool = False) -> optax.GradientTransformationExtraArgs:
-    r"""A step :math:`\eta` along the direction :math:`u` satisfying the strong Wolfe conditions, by bracketing then zooming.
+    r"""A step :math:`\eta` along :math:`u` satisfying the strong Wolfe conditions, by bracketing then zooming.
 
     With :math:`\phi(\eta) = f(w + \eta u)`, :math:`c_1` = ``slope_rtol`` and :math:`c_2` = ``curv_rtol``:
 
@@ -197,7 +198,7 @@ def scale_by_zoom_linesearch(max_linesearch_steps: int, max_learning_rate: Optio
         return clean(dec), clean(curv)
 
     def init_fn(params):
-        dtype = _real_dtype(params)
+        dtype = real_dtype(params)
         info = ZoomLinesearchInfo(jnp.asarray(0), jnp.asarray(jnp.inf), jnp.asarray(jnp.inf))
         return ScaleByZoomLinesearchState(jnp.asarray(jnp.inf, dtype), jax.tree.map(jnp.zeros_like, params),
                                           jnp.asarray(1.0, dtype), info)
@@ -209,11 +210,11 @@ def scale_by_zoom_linesearch(max_linesearch_steps: int, max_learning_rate: Optio
         value_and_grad = jax.value_and_grad(lambda w: value_fn(w, **kwargs))
         dtype = state.value.dtype
         f0 = jnp.asarray(value, dtype)
-        d0 = _dot(grad, updates).astype(dtype)
+        d0 = tree_dot(grad, updates).astype(dtype)
 
         def on_line(eta):
             f, g = value_and_grad(_moved(params, eta, updates))
-            return jnp.asarray(f, dtype), g, _dot(g, updates).astype(dtype)
+            return jnp.asarray(f, dtype), g, tree_dot(g, updates).astype(dtype)
 
         def bracket(s):
             eta = jnp.where(s.count == 0, guess, increase_factor * s.stepsize)
@@ -348,7 +349,7 @@ def scale_by_backtracking_linesearch(max_backtracking_steps: int, slope_rtol: fl
     check_range(owner, "rtol", rtol, 0.0)
 
     def init_fn(params):
-        dtype = _real_dtype(params)
+        dtype = real_dtype(params)
         info = BacktrackingLinesearchInfo(jnp.asarray(0), jnp.asarray(jnp.inf, dtype))
         grad = jax.tree.map(jnp.zeros_like, params) if store_grad else None
         return ScaleByBacktrackingLinesearchState(jnp.asarray(jnp.inf, dtype), grad, jnp.asarray(1.0, dtype), info)
@@ -360,7 +361,7 @@ def scale_by_backtracking_linesearch(max_backtracking_steps: int, slope_rtol: fl
         f_at = lambda w: value_fn(w, **kwargs)  # noqa: E731
         dtype = state.value.dtype
         f0 = jnp.asarray(value, dtype)
-        d0 = _dot(grad, updates).astype(dtype)
+        d0 = tree_dot(grad, updates).astype(dtype)
 
         def error(eta, f):
             e = f - (1 + rtol) * f0 - eta * slope_rtol * d0

@@ -48,7 +48,8 @@ def _zoom_reference(phi, guess, max_steps=20, rho=2.0, precision=1e-5):
         db, dc = b - a, c - a
         rb, rc = fb - fa - da * db, fc - fa - da * dc
         den = (db * dc) ** 2 * (db - dc)
-        A, B = (dc**2 * rb - db**2 * rc) / den if den else math.nan, (-(dc**3) * rb + db**3 * rc) / den if den else math.nan
+        A = (dc**2 * rb - db**2 * rc) / den if den else math.nan
+        B = (-(dc**3) * rb + db**3 * rc) / den if den else math.nan
         rad = B * B - 3 * A * da
         cubic = a + (-B + math.sqrt(rad)) / (3 * A) if rad >= 0 and A != 0 and not math.isnan(A) else math.nan
         quad = a - da / (2 * rb / db**2)
