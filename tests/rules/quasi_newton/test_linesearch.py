@@ -14,7 +14,7 @@ import optimizers
 C1, C2 = 1e-4, 0.9
 
 
-def _zoom_reference(phi, guess, max_steps=20, rho=2.0, precision=1e-5):
+def _zoom_reference(phi, guess, max_steps=20, rho=2.0, precision=1e-5, margins=(0.2, 0.1)):
     """Nocedal & Wright Alg. 3.5/3.6 on ``phi(eta) -> (value, slope)``, interpolating as the docstring says.
 
     Returns ``(eta, evaluations)``.
@@ -53,9 +53,9 @@ def _zoom_reference(phi, guess, max_steps=20, rho=2.0, precision=1e-5):
         rad = B * B - 3 * A * da
         cubic = a + (-B + math.sqrt(rad)) / (3 * A) if rad >= 0 and A != 0 and not math.isnan(A) else math.nan
         quad = a - da / (2 * rb / db**2)
-        if left + 0.2 * width < cubic < right - 0.2 * width:
+        if left + margins[0] * width < cubic < right - margins[0] * width:
             eta = cubic
-        elif left + 0.1 * width < quad < right - 0.1 * width:
+        elif left + margins[1] * width < quad < right - margins[1] * width:
             eta = quad
         else:
             eta = (a + b) / 2
@@ -106,8 +106,20 @@ def quartic(w):  # 1-D: phi(eta) has its minimum far beyond the first trial
     return jnp.sum((w - 3.0) ** 4 + 0.1 * w**2)
 
 
-# (f, w, u, guess strategy): the first trial accepted; bracketing that grows the step; a zoom in the interval
+def wiggle(w):
+    return jnp.sum(jnp.sin(3 * w) + 0.05 * (w - 2.0) ** 2)
+
+
+def double_well(w):
+    return jnp.sum((w - 3.0) ** 4 - 2 * (w - 3.0) ** 2 + 0.1 * w**2)
+
+
+# (f, w, u): the first trial accepted; bracketing that grows the step; zooms in the interval, two of them
+# where the cubic's 20% and the quadratic's 10% margins decide (found with the reference: other margins
+# give other steps)
 CASES = {
+    "cubic-margin": (wiggle, [1.0], [12.38135593220339]),
+    "quadratic-margin": (double_well, [0.0], [9.361016949152543]),
     "accepted": (lambda w: 0.5 * jnp.sum(w**2), [1.0, -2.0, 0.5], [-1.0, 2.0, -0.5]),
     "grow": (quartic, [0.0], [0.05]),
     "zoom-1d": (quartic, [0.0], [40.0]),
@@ -130,8 +142,13 @@ def test_zoom_is_the_book_algorithm(case):
         v, g = jax.value_and_grad(f)(jnp.asarray(w, jnp.float64) + eta * jnp.asarray(u))
     np.testing.assert_allclose(float(state.value), float(v), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(state.grad), np.asarray(g), rtol=1e-12)
-    branch = {"accepted": n == 1, "grow": n > 1 and eta > 1, "zoom-1d": eta < 1, "zoom-nd": eta < 1}
-    assert branch[case], (n, eta)
+    branch = {"accepted": n == 1, "grow": n > 1 and eta > 1}
+    assert branch.get(case, eta < 1), (n, eta)
+    phi = _phi(f, w, u)
+    if case == "cubic-margin":
+        assert _zoom_reference(phi, 1.0, margins=(0.3, 0.1)) != (want_eta, want_n)
+    if case == "quadratic-margin":
+        assert _zoom_reference(phi, 1.0, margins=(0.2, 0.2)) != (want_eta, want_n)
 
 
 @pytest.mark.parametrize("case", ["grow", "zoom-nd"])  # a growing bracket, and a zoom on n-D
