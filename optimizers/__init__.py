@@ -65,6 +65,20 @@ from optimizers.rules.lr_free.dog import scale_by_dog as scale_by_dog
 from optimizers.rules.lr_free.dog import ScaleByDowgState as ScaleByDowgState
 from optimizers.rules.lr_free.dog import dowg as dowg
 from optimizers.rules.lr_free.dog import scale_by_dowg as scale_by_dowg
+from optimizers.rules.quasi_newton.lbfgs import ScaleByLbfgsState as ScaleByLbfgsState
+from optimizers.rules.quasi_newton.lbfgs import lbfgs as lbfgs
+from optimizers.rules.quasi_newton.lbfgs import scale_by_lbfgs as scale_by_lbfgs
+from optimizers.rules.quasi_newton.torch_lbfgs import TorchLbfgsState as TorchLbfgsState
+from optimizers.rules.quasi_newton.torch_lbfgs import torch_lbfgs as torch_lbfgs
+from optimizers.rules.quasi_newton.linesearch import BacktrackingLinesearchInfo as BacktrackingLinesearchInfo
+from optimizers.rules.quasi_newton.linesearch import ScaleByBacktrackingLinesearchState as ScaleByBacktrackingLinesearchState
+from optimizers.rules.quasi_newton.linesearch import ScaleByZoomLinesearchState as ScaleByZoomLinesearchState
+from optimizers.rules.quasi_newton.linesearch import ZoomLinesearchInfo as ZoomLinesearchInfo
+from optimizers.rules.quasi_newton.linesearch import scale_by_backtracking_linesearch as scale_by_backtracking_linesearch
+from optimizers.rules.quasi_newton.linesearch import scale_by_zoom_linesearch as scale_by_zoom_linesearch
+from optimizers.rules.momentum.asgd import AsgdState as AsgdState
+from optimizers.rules.momentum.asgd import asgd as asgd
+from optimizers.rules.momentum.asgd import asgd_averaged_params as asgd_averaged_params
 from optimizers.rules.momentum.ema import ScaleByEmaState as ScaleByEmaState
 from optimizers.rules.momentum.ema import EmaState as EmaState
 from optimizers.rules.momentum.ema import ema as ema
@@ -179,6 +193,8 @@ from optimizers.rules.adaptive.adan import scale_by_adan as scale_by_adan
 __all__ = [
     "AddDecayedWeightsState",
     "ApplyIfFiniteState",
+    "AsgdState",
+    "BacktrackingLinesearchInfo",
     "CautiousState",
     "ClipByBlockRmsState",
     "EmaState",
@@ -198,6 +214,7 @@ __all__ = [
     "ScaleByAdoptState",
     "ScaleByAmosState",
     "ScaleByAmsgradState",
+    "ScaleByBacktrackingLinesearchState",
     "ScaleByBeliefState",
     "ScaleByDadaptAdagradState",
     "ScaleByDadaptAdamwState",
@@ -208,6 +225,7 @@ __all__ = [
     "ScaleByFactoredRmsState",
     "ScaleByFunnelledSgdmState",
     "ScaleByLarsState",
+    "ScaleByLbfgsState",
     "ScaleByLearningRateState",
     "ScaleByLionState",
     "ScaleByMuonState",
@@ -226,10 +244,13 @@ __all__ = [
     "ScaleBySm3State",
     "ScaleByTrustRatioState",
     "ScaleByYogiState",
+    "ScaleByZoomLinesearchState",
     "ScheduleFreeState",
     "SwaState",
+    "TorchLbfgsState",
     "TraceState",
     "WeightEmaState",
+    "ZoomLinesearchInfo",
     "acprop",
     "adabelief",
     "adadelta",
@@ -248,6 +269,8 @@ __all__ = [
     "amos",
     "amsgrad",
     "apply_if_finite",
+    "asgd",
+    "asgd_averaged_params",
     "averaged_params",
     "beta3_scheduler",
     "bytes_per_device",
@@ -273,6 +296,7 @@ __all__ = [
     "lamb",
     "lars",
     "layer_axes_from_flax",
+    "lbfgs",
     "lion",
     "lookahead",
     "madgrad",
@@ -301,6 +325,7 @@ __all__ = [
     "scale_by_adopt",
     "scale_by_amos",
     "scale_by_amsgrad",
+    "scale_by_backtracking_linesearch",
     "scale_by_belief",
     "scale_by_dadapt_adagrad",
     "scale_by_dadapt_adamw",
@@ -311,6 +336,7 @@ __all__ = [
     "scale_by_factored_rms",
     "scale_by_funnelled_sgdm",
     "scale_by_lars",
+    "scale_by_lbfgs",
     "scale_by_learning_rate",
     "scale_by_lion",
     "scale_by_madgrad",
@@ -331,6 +357,7 @@ __all__ = [
     "scale_by_sm3",
     "scale_by_trust_ratio",
     "scale_by_yogi",
+    "scale_by_zoom_linesearch",
     "schedule_free",
     "schedule_free_adamw",
     "schedule_free_eval_params",
@@ -345,6 +372,7 @@ __all__ = [
     "state_shardings",
     "swa",
     "to_bytes",
+    "torch_lbfgs",
     "trace",
     "update_and_apply",
     "weight_ema",

@@ -353,7 +353,7 @@ PAIR = {
     "swa(adam)": (_swa_of_adam, True, 2),
 }
 # Linear in each real coordinate: complex = the real optimizer on (real part, imaginary part).
-SPLIT = {n: {} for n in ["lookahead(sgd)", "scale_by_learning_rate", "scale_by_relative_step", "schedule_free_sgd",
+SPLIT = {n: {} for n in ["asgd", "lookahead(sgd)", "scale_by_learning_rate", "scale_by_relative_step", "schedule_free_sgd",
                          "sgd"]}
 SPLIT["sgd (nesterov)"] = dict(nesterov=True)
 # Per-coordinate signs, sign agreements, real gains; Muon: its matrices real, as torch's (complex

@@ -21,11 +21,16 @@ from registry import ALIASES, CHAIN_NAMES, KWARGS, NAMES, make, other_value, sch
 import optimizers
 import schedules
 
+# Not enrolled, with the reason (their own test file covers jit, checkpoints and bad input).
+UNDECLARED = {"lbfgs": "its update needs value, grad and value_fn (a line search), which no suite passes: "
+                       "tests/rules/quasi_newton/test_lbfgs.py"}
+
+
 def test_every_optimizer_is_enrolled():
     """Every public function whose first parameter is ``learning_rate`` is declared (so it joins the suites)."""
     takes_lr = sorted(n for n in optimizers.__all__
                       if next(iter(inspect.signature(getattr(optimizers, n)).parameters), None) == "learning_rate")
-    assert not set(takes_lr) - set(ALIASES), "declare these with @declare_optimizer"
+    assert not set(takes_lr) - set(ALIASES) - set(UNDECLARED), "declare these with @declare_optimizer"
     assert all(getattr(optimizers, n, None) is not None for n in ALIASES), "declared but not exported"
 
 

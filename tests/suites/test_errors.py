@@ -79,6 +79,13 @@ BAD = {
     "log_every": [-1, 1.5, NAN],  # dadapt_adagrad
     # schedule-free
     "weight_lr_power": [-1.0, NAN], "r": [-0.5, NAN], "warmup_steps": [-1, 1.5, NAN],
+    # asgd (torch.optim.ASGD's names)
+    "lambd": [-1e-4, NAN], "alpha": [-0.5, NAN], "t0": [-1.0, NAN],
+    # lbfgs and its line searches (optax's names)
+    "memory_size": [0, NAN], "max_linesearch_steps": [0, -1, NAN], "max_backtracking_steps": [-1, NAN],
+    "max_learning_rate": [0.0, -1.0, NAN], "tol": [-1e-3, NAN], "increase_factor": [0.5, NAN],
+    "decrease_factor": [0.0, 1.0, NAN], "slope_rtol": [0.0, 1.0, NAN], "curv_rtol": [0.0, NAN],
+    "approx_dec_rtol": [-1e-6, NAN], "stepsize_precision": [-1e-5, NAN], "initial_guess_strategy": ["bogus"],
     # with_quantized_state
     "bits": [4, 3, NAN], "block_size": [0, 100, NAN], "min_size": [0, -1],
 }

@@ -33,6 +33,8 @@ REQUIRED = dict(learning_rate=0.1, decay=0.9, threshold=1.0, max_consecutive_err
                 base_optimizer=optimizers.sgd(0.1))
 # Shared functions that are not transformations (their keywords are still optax's).
 NOT_TRANSFORMS = ["schedule_free_eval_params"]
+# Line searches: their update needs value_fn; tests/rules/quasi_newton/test_lbfgs.py steps them with optax's defaults.
+NEEDS_VALUE_FN = ["lbfgs", "scale_by_backtracking_linesearch", "scale_by_zoom_linesearch"]
 
 
 def test_shared_functions_are_found():
@@ -59,7 +61,7 @@ def test_positional_arguments_are_optax_order(name):
     assert _positional(getattr(optimizers, name)) == _positional(_optax_twin(name))
 
 
-@pytest.mark.parametrize("name", [n for n in SHARED if n not in NOT_TRANSFORMS])
+@pytest.mark.parametrize("name", [n for n in SHARED if n not in NOT_TRANSFORMS + NEEDS_VALUE_FN])
 def test_optax_defaults_are_accepted(name):
     """Called with every optax default (and ``REQUIRED`` for what optax requires), ours builds and steps."""
     kwargs = {}
