@@ -142,6 +142,16 @@ from optimizers.sharding import state_shardings as state_shardings
 from optimizers.rules.adaptive.yogi import ScaleByYogiState as ScaleByYogiState
 from optimizers.rules.adaptive.yogi import scale_by_yogi as scale_by_yogi
 from optimizers.rules.adaptive.yogi import yogi as yogi
+from optimizers.rules.layerwise.fromage import FromageState as FromageState
+from optimizers.rules.layerwise.fromage import fromage as fromage
+from optimizers.rules.momentum.noise import AddNoiseState as AddNoiseState
+from optimizers.rules.momentum.noise import add_noise as add_noise
+from optimizers.rules.momentum.noise import noisy_sgd as noisy_sgd
+from optimizers.rules.momentum.optimistic import ScaleByOptimisticGradientState as ScaleByOptimisticGradientState
+from optimizers.rules.momentum.optimistic import optimistic_adam as optimistic_adam
+from optimizers.rules.momentum.optimistic import optimistic_adam_v2 as optimistic_adam_v2
+from optimizers.rules.momentum.optimistic import optimistic_gradient_descent as optimistic_gradient_descent
+from optimizers.rules.momentum.optimistic import scale_by_optimistic_gradient as scale_by_optimistic_gradient
 from optimizers.rules.momentum.sign import ScaleBySignumState as ScaleBySignumState
 from optimizers.rules.momentum.sign import scale_by_sign as scale_by_sign
 from optimizers.rules.momentum.sign import scale_by_signum as scale_by_signum
@@ -153,9 +163,11 @@ from optimizers.rules.adaptive.adan import scale_by_adan as scale_by_adan
 
 __all__ = [
     "AddDecayedWeightsState",
+    "AddNoiseState",
     "ApplyIfFiniteState",
     "ClipByBlockRmsState",
     "EmaState",
+    "FromageState",
     "GradientlessDescent",
     "GradientlessDescentState",
     "LookaheadState",
@@ -182,6 +194,7 @@ __all__ = [
     "ScaleByMuonState",
     "ScaleByNadamState",
     "ScaleByNovogradState",
+    "ScaleByOptimisticGradientState",
     "ScaleByParamBlockRmsState",
     "ScaleByProdigyState",
     "ScaleByRadamState",
@@ -208,6 +221,7 @@ __all__ = [
     "adan",
     "adax",
     "add_decayed_weights",
+    "add_noise",
     "amos",
     "amsgrad",
     "apply_if_finite",
@@ -226,6 +240,7 @@ __all__ = [
     "fit_sharding",
     "forward_value_and_grad",
     "from_bytes",
+    "fromage",
     "fsdp_shardings",
     "funnelled_sgdm",
     "get_hyperparams",
@@ -238,7 +253,11 @@ __all__ = [
     "muon",
     "nadam",
     "nadamw",
+    "noisy_sgd",
     "novograd",
+    "optimistic_adam",
+    "optimistic_adam_v2",
+    "optimistic_gradient_descent",
     "orthogonalize",
     "prodigy",
     "radam",
@@ -270,6 +289,7 @@ __all__ = [
     "scale_by_muon",
     "scale_by_nadam",
     "scale_by_novograd",
+    "scale_by_optimistic_gradient",
     "scale_by_param_block_rms",
     "scale_by_prodigy",
     "scale_by_radam",
