@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers.contract.checks import transformation
+from optimizers.contract.dtypes import reject_complex
 from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.scaling import scale_by_learning_rate
@@ -22,10 +23,10 @@ class AddNoiseState(NamedTuple):
     rng_key: jax.Array  # uint32 raw key data (jax.random.key_data) of the next draw's key
 
 
-def _key_data(key, seed) -> jax.Array:
+def _checked_key_data(owner, key, seed) -> jax.Array:
     """The raw data of optax's key: ``key`` (an int seed or a key), else ``seed``, else 0."""
     if seed is not None and key is not None:
-        raise ValueError("add_noise: give key or seed (optax's deprecated spelling), not both")
+        raise ValueError(f"{owner}: give key or seed (optax's deprecated spelling), not both")
     key = seed if key is None else key
     key = 0 if key is None else key
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -33,7 +34,7 @@ def _key_data(key, seed) -> jax.Array:
     if isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.ndim == 1:
         return key  # a raw jax.random.PRNGKey
     if isinstance(key, bool) or not isinstance(key, (int, jax.Array)) or jnp.ndim(key) != 0:
-        raise ValueError(f"add_noise: key must be an int seed or a jax.random key, got {key!r}")
+        raise ValueError(f"{owner}: key must be an int seed or a jax.random key, got {key!r}")
     return jax.random.key_data(jax.random.key(key))
 
 
@@ -50,6 +51,9 @@ def add_noise(eta: ScalarOrSchedule = 0.01, gamma: ScalarOrSchedule = 0.55, key=
     key, so the same key gives optax's noise bit for bit. Complex leaves get complex normal
     noise (``jax.random.normal``'s, unit variance of the modulus).
 
+    Complex params are refused (``TypeError``): the paper's noise is real, and ``jax.random.normal``'s
+    complex draw would give each real coordinate half the variance.
+
     Args:
         eta: :math:`\eta \ge 0`, the first variance.
         gamma: :math:`\gamma \ge 0`, the annealing exponent (0.55 in the paper).
@@ -61,13 +65,17 @@ def add_noise(eta: ScalarOrSchedule = 0.01, gamma: ScalarOrSchedule = 0.55, key=
         Neelakantan, Vilnis, Le, Sutskever, Kaiser, Kurach & Martens, "Adding Gradient Noise
         Improves Learning for Very Deep Networks", 2015, Section 2.
     """
-    check_range("add_noise", "eta", eta, 0.0)
-    check_range("add_noise", "gamma", gamma, 0.0)
-    key_data = _key_data(key, seed)
+    return _add_noise("add_noise", eta, gamma, key, seed)
+
+
+def _add_noise(owner, eta, gamma, key, seed):
+    check_range(owner, "eta", eta, 0.0)
+    check_range(owner, "gamma", gamma, 0.0)
+    key_data = _checked_key_data(owner, key, seed)
     values = dict(eta=eta, gamma=gamma)
 
     def init_fn(params):
-        del params
+        reject_complex(owner, params, "the paper's noise is real; split complex leaves into real pairs")
         return AddNoiseState(jnp.zeros([], jnp.int32), init_hyperparams(**values), jnp.asarray(key_data))
 
     def update_fn(updates, state, params=None):
@@ -81,7 +89,7 @@ def add_noise(eta: ScalarOrSchedule = 0.01, gamma: ScalarOrSchedule = 0.55, key=
         new = AddNoiseState(optax.safe_increment(state.count), hp, jax.random.key_data(next_key))
         return out, new
 
-    return transformation("add_noise", init_fn, update_fn)
+    return transformation(owner, init_fn, update_fn)
 
 
 @declare_optimizer(paper="Neelakantan et al. 2015", update="`θ-=γ(g+σₜξ), σₜ²=η/(1+t)^γ`",
@@ -97,4 +105,4 @@ def noisy_sgd(learning_rate: ScalarOrSchedule, eta: ScalarOrSchedule = 0.01, gam
         Neelakantan, Vilnis, Le, Sutskever, Kaiser, Kurach & Martens, "Adding Gradient Noise
         Improves Learning for Very Deep Networks", 2015, Section 2.
     """
-    return optax.chain(add_noise(eta, gamma, key, seed=seed), scale_by_learning_rate(learning_rate))
+    return optax.chain(_add_noise("noisy_sgd", eta, gamma, key, seed), scale_by_learning_rate(learning_rate))
