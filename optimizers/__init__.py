@@ -152,6 +152,9 @@ from optimizers.rules.momentum.optimistic import optimistic_adam as optimistic_a
 from optimizers.rules.momentum.optimistic import optimistic_adam_v2 as optimistic_adam_v2
 from optimizers.rules.momentum.optimistic import optimistic_gradient_descent as optimistic_gradient_descent
 from optimizers.rules.momentum.optimistic import scale_by_optimistic_gradient as scale_by_optimistic_gradient
+from optimizers.rules.lr_free.polyak import ScaleByPolyakState as ScaleByPolyakState
+from optimizers.rules.lr_free.polyak import polyak_sgd as polyak_sgd
+from optimizers.rules.lr_free.polyak import scale_by_polyak as scale_by_polyak
 from optimizers.rules.momentum.sign import ScaleBySignumState as ScaleBySignumState
 from optimizers.rules.momentum.sign import scale_by_sign as scale_by_sign
 from optimizers.rules.momentum.sign import scale_by_signum as scale_by_signum
@@ -196,6 +199,7 @@ __all__ = [
     "ScaleByNovogradState",
     "ScaleByOptimisticGradientState",
     "ScaleByParamBlockRmsState",
+    "ScaleByPolyakState",
     "ScaleByProdigyState",
     "ScaleByRadamState",
     "ScaleByRelativeStepState",
@@ -259,6 +263,7 @@ __all__ = [
     "optimistic_adam_v2",
     "optimistic_gradient_descent",
     "orthogonalize",
+    "polyak_sgd",
     "prodigy",
     "radam",
     "recompute_batch_stats",
@@ -291,6 +296,7 @@ __all__ = [
     "scale_by_novograd",
     "scale_by_optimistic_gradient",
     "scale_by_param_block_rms",
+    "scale_by_polyak",
     "scale_by_prodigy",
     "scale_by_radam",
     "scale_by_relative_step",

@@ -77,6 +77,9 @@ BAD = {
     "init_estim_sq_dist": [0.0, -1e-4, NAN],  # dowg's
     # schedule-free
     "weight_lr_power": [-1.0, NAN], "r": [-0.5, NAN], "warmup_steps": [-1, 1.5, NAN],
+    # fromage, noisy_sgd, the optimistic rules, polyak_sgd
+    "gamma": [-0.1, NAN], "alpha": [-0.1, NAN], "optimism": [-0.1, NAN], "seed": [-1.5],
+    "f_min": [NAN], "max_learning_rate": [0.0, -0.1, NAN], "scaling": [0.0, -0.1, NAN],
     # with_quantized_state
     "bits": [4, 3, NAN], "block_size": [0, 100, NAN], "min_size": [0, -1],
 }
@@ -99,6 +102,11 @@ OVERRIDES = {
     ("scale_by_dog", "eps"): [-1e-8, NAN],
     ("schedule_free_adamw", "eps"): [-1e-8, NAN],  # 0 is allowed by schedulefree.AdamWScheduleFree
     ("scale_by_schedule_free_adam", "eps"): [-1e-8, NAN],
+    ("scale_by_optimistic_gradient", "beta"): [-0.1, NAN],  # any weight >= 0 of the direction's change
+    ("optimistic_gradient_descent", "beta"): [-0.1, NAN],
+    ("optimistic_adam_v2", "beta"): [-0.1, NAN],
+    ("scale_by_polyak", "eps"): [-1e-8, NAN],  # optax's default 0: a zero gradient takes no step
+    ("polyak_sgd", "eps"): [-1e-8, NAN],
 }
 CONSTRUCTORS = sorted(n for n in optimizers.__all__
                       if "GradientTransformation" in str(inspect.signature(getattr(optimizers, n)).return_annotation))

@@ -27,6 +27,8 @@ def _checked_key_data(owner, key, seed) -> jax.Array:
     """The raw data of optax's key: ``key`` (an int seed or a key), else ``seed``, else 0."""
     if seed is not None and key is not None:
         raise ValueError(f"{owner}: give key or seed (optax's deprecated spelling), not both")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"{owner}: seed must be an int (optax's deprecated spelling of key), got {seed!r}")
     key = seed if key is None else key
     key = 0 if key is None else key
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):

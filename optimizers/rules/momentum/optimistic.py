@@ -113,6 +113,8 @@ def optimistic_adam(learning_rate: ScalarOrSchedule, optimism: Optional[ScalarOr
         Algorithm 1.
     """
     check_range("optimistic_adam", "learning_rate", learning_rate, 0.0)
+    if optimism is not None:
+        check_range("optimistic_adam", "optimism", optimism, 0.0)
     return optax.chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov),
                        scale_by_optimistic_gradient(learning_rate, learning_rate if optimism is None else optimism),
                        scale_by_learning_rate(1.0))
