@@ -40,7 +40,7 @@ def _ratio(p_norm, g_norm, min_norm, optax_form):
 
 
 @declare_optimizer(paper="Bernstein et al. 2020", update="`θ←(θ-γ‖θ‖/‖g‖ g)/√(1+γ²)` per layer",
-                   test_kwargs=dict(learning_rate=0.05))
+                   test_kwargs=dict(learning_rate=lambda t: 0.3 / (1 + t) ** 0.5))
 def fromage(learning_rate: ScalarOrSchedule, min_norm: Optional[float] = None, *, form: str = "paper",
             layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""Fromage (Frobenius matched gradient descent): a step of relative size :math:`\gamma_t` per layer.
@@ -53,8 +53,9 @@ def fromage(learning_rate: ScalarOrSchedule, min_norm: Optional[float] = None, *
 
     returned as the update :math:`u_t = \theta_t - \theta_{t-1}`. ``form="paper"`` (the
     authors' code, and ``pytorch_optimizer.Fromage``): the ratio is 1 where
-    :math:`\|\theta^{(i)}\| = 0` or :math:`\|g^{(i)}\| = 0`, so zero-initialised layers move by
-    :math:`-\gamma g`. ``min_norm=c`` clips both norms from below by :math:`c` (for the layers
+    :math:`\|\theta^{(i)}\| = 0`, so zero-initialised layers move by :math:`-\gamma g`, and a
+    layer whose gradient is all zero is left unchanged (not shrunk): JAX's zero gradient of an
+    unused or frozen leaf is PyTorch's ``grad=None``, which the authors' code skips. ``min_norm=c`` clips both norms from below by :math:`c` (for the layers
     whose norms are not zero). ``form="optax"`` (``optax.fromage``): both norms are clipped
     by ``min_norm`` (``None``: optax's :math:`10^{-6}`) and the ratio is 1 only where a
     clipped norm is zero. Norms are Frobenius norms of the leaf (of each layer with
@@ -62,6 +63,9 @@ def fromage(learning_rate: ScalarOrSchedule, min_norm: Optional[float] = None, *
     :math:`\gamma_t` enters twice.
 
     .. warning::
+        A layer with an all-zero gradient is shrunk by :math:`1/\sqrt{1+\gamma^2}` in optax
+        (and in PyTorch when its ``grad`` is a zero tensor, not ``None``); here it is left as it is
+        unless ``form="optax"``.
         ``optax.fromage(learning_rate, min_norm=1e-6)`` clips a zero parameter norm to
         :math:`10^{-6}`: a zero-initialised layer (a bias) moves by
         :math:`10^{-6}\gamma g/\|g\|`, almost nothing, where the authors' code moves it by
@@ -105,6 +109,8 @@ def fromage(learning_rate: ScalarOrSchedule, min_norm: Optional[float] = None, *
             ratio = per_layer(_ratio(_norm(p, lr.dtype, n), _norm(g, lr.dtype, n), clip, optax_form), g)
             wide = jnp.promote_types(g.dtype, lr.dtype)
             u = -lr * shrink * ratio * g.astype(wide) + (shrink - 1.0) * p.astype(wide)
+            if not optax_form:  # a layer without gradient (JAX's zero, PyTorch's None) is left as it is
+                u = jnp.where(per_layer(_norm(g, lr.dtype, n) == 0, g), 0.0, u)
             return u.astype(g.dtype)
 
         axes = leaf_layer_axes("fromage", layer_axes, params)

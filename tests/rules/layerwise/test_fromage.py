@@ -15,6 +15,9 @@ def _fromage_reference(theta, grads, lr, min_norm=None, form="paper", ratios=Non
         min_norm = 1e-6  # optax's default
     for g in grads:
         p_norm, g_norm = np.linalg.norm(theta), np.linalg.norm(g)
+        if form == "paper" and g_norm == 0:  # no gradient (PyTorch's grad=None): the layer is skipped
+            yield theta
+            continue
         zero = p_norm == 0 or g_norm == 0
         if min_norm is not None:
             p_norm, g_norm = max(p_norm, min_norm), max(g_norm, min_norm)
@@ -27,13 +30,13 @@ def _fromage_reference(theta, grads, lr, min_norm=None, form="paper", ratios=Non
         yield theta
 
 
-def _problem(seed, zero_leaf=True):
+def _problem(seed, zero_leaf=True, zero_grads=True):
     rng = np.random.default_rng(seed)
     grads = [random_tree(rng) for _ in range(24)]
     theta0 = random_tree(rng)
     if zero_leaf:  # a zero-initialised bias: ratio 1 in the paper form
         theta0["dense"]["b"] = np.zeros(3)
-    for g in grads[5:8]:  # a zero gradient of one leaf: ratio 1 as well
+    for g in grads[5:8] if zero_grads else []:  # a leaf without gradient for three steps
         g["blocks"][1] = np.zeros(5)
     return grads, theta0
 
@@ -74,11 +77,20 @@ def test_optax_form_matches_optax(lr):
 def test_paper_form_matches_pytorch_optimizer():
     from pytorch_optimizer import Fromage
 
-    grads, theta0 = _problem(4)
+    grads, theta0 = _problem(4, zero_grads=False)  # torch shrinks a zero gradient's layer (grad=None skips it)
     theirs = run_torch(lambda ps: Fromage(ps, lr=0.1, foreach=False), theta0, grads)
     ours = run_params_f64(optimizers.fromage(0.1), grads, theta0)
     for a, b in zip(ours, theirs):
         assert_trees_close(a, b, rtol=1e-10)
+
+
+def test_a_layer_without_gradient_is_not_shrunk_unless_optax_form():
+    theta0 = {"w": np.ones(3), "v": np.ones(2)}
+    grads = [{"w": np.ones(3), "v": np.zeros(2)}]
+    paper = run_params(optimizers.fromage(0.5), grads, theta0)[0]
+    theirs = run_params(optimizers.fromage(0.5, form="optax"), grads, theta0)[0]
+    np.testing.assert_array_equal(paper["v"], 1.0)
+    np.testing.assert_allclose(theirs["v"], 1 / np.sqrt(1.25), rtol=1e-6)
 
 
 def test_layer_axes_give_one_ratio_per_layer():
