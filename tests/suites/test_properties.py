@@ -209,7 +209,8 @@ def _split_name(name):
 # number-or-schedule hyperparameter of a new rule is drawn in its documented range; options stay
 # at their defaults until an entry draws them too.
 BY_NAME = {"learning_rate": LR, "b1": UNIT, "b2": UNIT, "b3": UNIT, "beta": UNIT, "momentum": UNIT, "decay": UNIT,
-           "rho": UNIT, "eps": EPS, "eps_root": EPS, "weight_decay": DECAY}
+           "rho": UNIT, "eps": EPS, "eps_root": EPS, "weight_decay": DECAY,
+           "alpha": _floats(0.0, 2.0), "optimism": DECAY, "eta": DECAY, "gamma": _floats(0.0, 1.0)}
 
 
 def _scheduled(name):

@@ -73,7 +73,7 @@ def fromage(learning_rate: ScalarOrSchedule, min_norm: Optional[float] = None, *
         clip of norms under :math:`10^{-6}`.
 
     Args:
-        learning_rate: :math:`\gamma_t > 0`, or a schedule of it.
+        learning_rate: :math:`\gamma_t \ge 0`, or a schedule of it.
         min_norm: lower clip :math:`c \ge 0` of both norms, or ``None`` (none in the paper form,
             optax's :math:`10^{-6}` in the optax form).
         form: ``"paper"`` or ``"optax"``.
@@ -84,7 +84,7 @@ def fromage(learning_rate: ScalarOrSchedule, min_norm: Optional[float] = None, *
         Bernstein, Vahdat, Yue & Liu, "On the distance between two neural networks and the
         stability of learning", NeurIPS 2020, Algorithm 1 (and the authors' ``fromage.py``).
     """
-    check_range("fromage", "learning_rate", learning_rate, 0.0, low_open=True)
+    check_range("fromage", "learning_rate", learning_rate, 0.0)
     if min_norm is not None:
         check_range("fromage", "min_norm", min_norm, 0.0)
     if form not in _FORMS:

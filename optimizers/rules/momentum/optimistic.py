@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers.contract.checks import transformation
+from optimizers.contract.dtypes import check_state_dtype, store, store_like, widen, zeros_in
 from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.adaptive.adam import scale_by_adam
@@ -23,8 +24,8 @@ class ScaleByOptimisticGradientState(NamedTuple):
     previous_gradient: optax.Updates  # d_{t-1}, the last incoming direction
 
 
-def scale_by_optimistic_gradient(alpha: ScalarOrSchedule = 1.0, beta: ScalarOrSchedule = 1.0
-                                 ) -> optax.GradientTransformation:
+def scale_by_optimistic_gradient(alpha: ScalarOrSchedule = 1.0, beta: ScalarOrSchedule = 1.0, *,
+                                 mu_dtype=None) -> optax.GradientTransformation:
     r"""The generalised optimistic direction: the incoming one extrapolated by its change.
 
     .. math::
@@ -38,6 +39,7 @@ def scale_by_optimistic_gradient(alpha: ScalarOrSchedule = 1.0, beta: ScalarOrSc
     Args:
         alpha: :math:`\alpha_t \ge 0`, the weight of the current direction.
         beta: :math:`\beta_t \ge 0`, the weight of its change (negative momentum).
+        mu_dtype: the dtype of the kept :math:`d_{t-1}`, or ``None`` (the params').
 
     References:
         Daskalakis, Ilyas, Syrgkanis & Zeng, "Training GANs with Optimism", ICLR 2018, Eq. (3);
@@ -46,11 +48,12 @@ def scale_by_optimistic_gradient(alpha: ScalarOrSchedule = 1.0, beta: ScalarOrSc
     """
     check_range("scale_by_optimistic_gradient", "alpha", alpha, 0.0)
     check_range("scale_by_optimistic_gradient", "beta", beta, 0.0)
+    check_state_dtype("scale_by_optimistic_gradient", "mu_dtype", mu_dtype)
     values = dict(alpha=alpha, beta=beta)
 
     def init_fn(params):
         return ScaleByOptimisticGradientState(jnp.zeros([], jnp.int32), init_hyperparams(**values),
-                                              optax.tree.zeros_like(params))
+                                              zeros_in(params, mu_dtype))
 
     def update_fn(updates, state, params=None):
         del params
@@ -58,11 +61,12 @@ def scale_by_optimistic_gradient(alpha: ScalarOrSchedule = 1.0, beta: ScalarOrSc
         first = state.count == 0
 
         def step(d, prev):
+            d, prev = widen(d), widen(prev)
             prev = jnp.where(first, d, prev)
-            return ((hp["alpha"] + hp["beta"]) * d - hp["beta"] * prev).astype(d.dtype)
+            return ((hp["alpha"] + hp["beta"]) * d - hp["beta"] * prev)
 
-        out = jax.tree.map(step, updates, state.previous_gradient)
-        prev = jax.tree.map(lambda d, p: d.astype(p.dtype), updates, state.previous_gradient)
+        out = jax.tree.map(lambda d, p: store(step(d, p), d.dtype), updates, state.previous_gradient)
+        prev = store_like(updates, state.previous_gradient)
         return out, ScaleByOptimisticGradientState(optax.safe_increment(state.count), hp, prev)
 
     return transformation("scale_by_optimistic_gradient", init_fn, update_fn)
@@ -87,7 +91,7 @@ def optimistic_gradient_descent(learning_rate: ScalarOrSchedule, alpha: ScalarOr
 def optimistic_adam(learning_rate: ScalarOrSchedule, optimism: Optional[ScalarOrSchedule] = None,
                     b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999, eps: ScalarOrSchedule = 1e-8,
                     eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None, *,
-                    nesterov: bool = False) -> optax.GradientTransformation:
+                    nesterov: bool = False, nu_dtype=None) -> optax.GradientTransformation:
     r"""Optimistic Adam: Adam's direction :math:`r_t` extrapolated by its change.
 
     .. math::
@@ -106,7 +110,8 @@ def optimistic_adam(learning_rate: ScalarOrSchedule, optimism: Optional[ScalarOr
     Args:
         learning_rate: :math:`\gamma_t \ge 0`.
         optimism: :math:`o_t \ge 0`, or ``None`` for the learning rate.
-        b1, b2, eps, eps_root, mu_dtype, nesterov: :func:`scale_by_adam`'s.
+        b1, b2, eps, eps_root, mu_dtype, nesterov, nu_dtype: :func:`scale_by_adam`'s (``mu_dtype``
+            also keeps :math:`r_{t-1}`).
 
     References:
         Daskalakis, Ilyas, Syrgkanis & Zeng, "Training GANs with Optimism", ICLR 2018,
@@ -115,8 +120,9 @@ def optimistic_adam(learning_rate: ScalarOrSchedule, optimism: Optional[ScalarOr
     check_range("optimistic_adam", "learning_rate", learning_rate, 0.0)
     if optimism is not None:
         check_range("optimistic_adam", "optimism", optimism, 0.0)
-    return optax.chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov),
-                       scale_by_optimistic_gradient(learning_rate, learning_rate if optimism is None else optimism),
+    return optax.chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov, nu_dtype=nu_dtype),
+                       scale_by_optimistic_gradient(learning_rate, learning_rate if optimism is None else optimism,
+                                                    mu_dtype=mu_dtype),
                        scale_by_learning_rate(1.0))
 
 
@@ -125,10 +131,11 @@ def optimistic_adam(learning_rate: ScalarOrSchedule, optimism: Optional[ScalarOr
 def optimistic_adam_v2(learning_rate: ScalarOrSchedule, *, alpha: ScalarOrSchedule = 1.0,
                        beta: ScalarOrSchedule = 1.0, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
                        eps: ScalarOrSchedule = 1e-8, eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None,
-                       nesterov: bool = False) -> optax.GradientTransformation:
+                       nesterov: bool = False, nu_dtype=None) -> optax.GradientTransformation:
     r"""Optimistic Adam, optax's second interface: :math:`\theta_t = \theta_{t-1} - \gamma_t((\alpha+\beta) r_t - \beta r_{t-1})`.
 
-    :math:`r_t` is :func:`scale_by_adam`'s direction and :math:`r_0 := r_1`; with
+    :math:`r_t` is :func:`scale_by_adam`'s direction (``b1``, ``b2``, ``eps``, ``eps_root``,
+    ``nesterov``, ``mu_dtype``, ``nu_dtype`` are its) and :math:`r_0 := r_1`; with
     :math:`\alpha = \beta = 1` it is the paper's :math:`-2\gamma r_t + \gamma r_{t-1}`
     (:func:`optimistic_adam` with ``optimism=None``).
 
@@ -140,5 +147,6 @@ def optimistic_adam_v2(learning_rate: ScalarOrSchedule, *, alpha: ScalarOrSchedu
         Daskalakis, Ilyas, Syrgkanis & Zeng, "Training GANs with Optimism", ICLR 2018,
         Algorithm 1.
     """
-    return optax.chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov),
-                       scale_by_optimistic_gradient(alpha, beta), scale_by_learning_rate(learning_rate))
+    return optax.chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov, nu_dtype=nu_dtype),
+                       scale_by_optimistic_gradient(alpha, beta, mu_dtype=mu_dtype),
+                       scale_by_learning_rate(learning_rate))

@@ -103,7 +103,7 @@ def test_layer_axes_give_one_ratio_per_layer():
             np.testing.assert_allclose(got[step]["w"][k], w, rtol=5e-5, atol=5e-5 * np.max(np.abs(w)))
 
 
-@pytest.mark.parametrize("kwargs,name", [(dict(learning_rate=0.0), "learning_rate"),
+@pytest.mark.parametrize("kwargs,name", [(dict(learning_rate=-0.1), "learning_rate"),
                                          (dict(learning_rate=0.1, min_norm=-1.0), "min_norm"),
                                          (dict(learning_rate=0.1, form="torch"), "form")])
 def test_bad_values_name_the_argument(kwargs, name):

@@ -91,7 +91,7 @@ def test_default_differs_from_optax_nesterov():
 
 @pytest.mark.parametrize("build,name", [(lambda: optimizers.scale_by_optimistic_gradient(alpha=-1.0), "alpha"),
                                         (lambda: optimizers.optimistic_gradient_descent(0.1, beta=-1.0), "beta"),
-                                        (lambda: optimizers.optimistic_adam(0.1, optimism=-1.0), "beta"),
+                                        (lambda: optimizers.optimistic_adam(0.1, optimism=-1.0), "optimism"),
                                         (lambda: optimizers.optimistic_adam(-0.1), "learning_rate"),
                                         (lambda: optimizers.optimistic_adam_v2(0.1, b1=1.5), "b1")])
 def test_bad_values_name_the_argument(build, name):
