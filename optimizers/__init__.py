@@ -155,6 +155,11 @@ from optimizers.rules.momentum.optimistic import scale_by_optimistic_gradient as
 from optimizers.rules.lr_free.polyak import ScaleByPolyakState as ScaleByPolyakState
 from optimizers.rules.lr_free.polyak import polyak_sgd as polyak_sgd
 from optimizers.rules.lr_free.polyak import scale_by_polyak as scale_by_polyak
+from optimizers.rules.adaptive.sophia import HutchinsonState as HutchinsonState
+from optimizers.rules.adaptive.sophia import SophiaState as SophiaState
+from optimizers.rules.adaptive.sophia import hutchinson_estimator_diag_hessian as hutchinson_estimator_diag_hessian
+from optimizers.rules.adaptive.sophia import scale_by_sophia as scale_by_sophia
+from optimizers.rules.adaptive.sophia import sophia as sophia
 from optimizers.rules.momentum.sign import ScaleBySignumState as ScaleBySignumState
 from optimizers.rules.momentum.sign import scale_by_sign as scale_by_sign
 from optimizers.rules.momentum.sign import scale_by_signum as scale_by_signum
@@ -173,6 +178,7 @@ __all__ = [
     "FromageState",
     "GradientlessDescent",
     "GradientlessDescentState",
+    "HutchinsonState",
     "LookaheadState",
     "QuantizedBuffer",
     "ReduceOnPlateauState",
@@ -212,6 +218,7 @@ __all__ = [
     "ScaleByTrustRatioState",
     "ScaleByYogiState",
     "ScheduleFreeState",
+    "SophiaState",
     "SwaState",
     "TraceState",
     "adabelief",
@@ -249,6 +256,7 @@ __all__ = [
     "funnelled_sgdm",
     "get_hyperparams",
     "gradientless_descent",
+    "hutchinson_estimator_diag_hessian",
     "lamb",
     "lars",
     "layer_axes_from_flax",
@@ -307,6 +315,7 @@ __all__ = [
     "scale_by_sign",
     "scale_by_signum",
     "scale_by_sm3",
+    "scale_by_sophia",
     "scale_by_trust_ratio",
     "scale_by_yogi",
     "schedule_free",
@@ -319,6 +328,7 @@ __all__ = [
     "signum",
     "slow_params",
     "sm3",
+    "sophia",
     "state_shardings",
     "swa",
     "to_bytes",
