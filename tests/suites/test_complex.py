@@ -278,7 +278,7 @@ def _lookahead_adam(theta, grads, period=5, alpha=0.5):
 def _fromage(theta, grads):
     """Per leaf: theta <- (theta - lr_t |theta|/|g| g) / sqrt(1 + lr_t^2), norms over all real numbers."""
     for t, g in enumerate(grads):
-        lr = 0.3 / (1 + t) ** 0.5
+        lr = 0.3 / np.sqrt(1.0 + t)
         theta = (theta - lr * _norm(theta) / _norm(g) * g) / np.sqrt(1 + lr**2)
         yield theta
 

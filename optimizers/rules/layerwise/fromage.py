@@ -40,7 +40,7 @@ def _ratio(p_norm, g_norm, min_norm, optax_form):
 
 
 @declare_optimizer(paper="Bernstein et al. 2020", update="`θ←(θ-γ‖θ‖/‖g‖ g)/√(1+γ²)` per layer",
-                   test_kwargs=dict(learning_rate=lambda t: 0.3 / (1 + t) ** 0.5))
+                   test_kwargs=dict(learning_rate=lambda t: 0.3 / jnp.sqrt(1.0 + t)))
 def fromage(learning_rate: ScalarOrSchedule, min_norm: Optional[float] = None, *, form: str = "paper",
             layer_axes: LayerAxes = None) -> optax.GradientTransformation:
     r"""Fromage (Frobenius matched gradient descent): a step of relative size :math:`\gamma_t` per layer.
