@@ -80,6 +80,8 @@ BAD = {
     # fromage, noisy_sgd, the optimistic rules, polyak_sgd
     "gamma": [-0.1, NAN], "alpha": [-0.1, NAN], "optimism": [-0.1, NAN], "seed": [-1.5],
     "f_min": [NAN], "max_learning_rate": [0.0, -0.1, NAN], "scaling": [0.0, -0.1, NAN],
+    # sophia
+    "clip_threshold": [0.0, -1.0, NAN], "update_interval": [0, 1.5, NAN], "print_win_rate_every_n_steps": [-1, NAN],
     # with_quantized_state
     "bits": [4, 3, NAN], "block_size": [0, 100, NAN], "min_size": [0, -1],
 }

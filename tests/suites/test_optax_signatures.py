@@ -60,8 +60,14 @@ def test_optax_defaults_are_accepted(name):
     tx = getattr(optimizers, name)(**kwargs)
     params = {"w": jnp.ones((3, 4)), "b": jnp.arange(5.0)}
     grads = jax.tree.map(lambda p: 0.1 * p + 0.5, params)
-    updates, _ = optax.with_extra_args_support(tx).update(grads, tx.init(params), params, value=jnp.float32(1.0))
+    # value= for the loss-driven rules (polyak_sgd, reduce_on_plateau), obj_fn= for the Hessian estimates (sophia)
+    updates, _ = optax.with_extra_args_support(tx).update(grads, tx.init(params), params, value=jnp.float32(1.0),
+                                                          obj_fn=_objective)
     assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+
+
+def _objective(params):
+    return sum(jnp.sum(jnp.cos(p)) for p in jax.tree.leaves(params))
 
 
 SPELLINGS = [  # (factory, ours, optax's, value): both at once is an error

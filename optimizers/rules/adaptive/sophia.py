@@ -136,7 +136,7 @@ def scale_by_sophia(b1: ScalarOrSchedule = 0.965, b2: ScalarOrSchedule = 0.99, e
         check_range(owner, "clip_threshold", clip_threshold, 0.0, low_open=True)
     check_range(owner, "update_interval", update_interval, 1)
     check_range(owner, "print_win_rate_every_n_steps", print_win_rate_every_n_steps, 0)
-    if int(update_interval) != update_interval:
+    if isinstance(update_interval, (int, float)) and int(update_interval) != update_interval:
         raise ValueError(f"{owner}: update_interval must be an int >= 1, got {update_interval!r}")
     check_state_dtype(owner, "mu_dtype", mu_dtype)
     if form not in _FORMS:
@@ -144,7 +144,7 @@ def scale_by_sophia(b1: ScalarOrSchedule = 0.965, b2: ScalarOrSchedule = 0.99, e
     estimator = optax.with_extra_args_support(hessian_diagonal_fn or hutchinson_estimator_diag_hessian())
     values = given(b1=b1, b2=b2, eps=eps, gamma=gamma, clip_threshold=clip_threshold)
     optax_form = form == "optax"
-    k = int(update_interval)
+    k = update_interval  # a number, or an array under optax.inject_hyperparams
 
     def init_fn(params):
         return SophiaState(jnp.zeros([], jnp.int32), init_hyperparams(**values), zeros_in(params, mu_dtype),
@@ -172,9 +172,10 @@ def scale_by_sophia(b1: ScalarOrSchedule = 0.965, b2: ScalarOrSchedule = 0.99, e
             return u if clip_threshold is None else jnp.clip(u, -hp["clip_threshold"], hp["clip_threshold"])
 
         out = jax.tree.map(direction, m, used)
-        if verbose and print_win_rate_every_n_steps and clip_threshold is not None:
+        if verbose and clip_threshold is not None:
             rate = _win_rate(out, hp["clip_threshold"])
-            jax.lax.cond(optax.safe_increment(state.count) % print_win_rate_every_n_steps == 0,
+            jax.lax.cond((print_win_rate_every_n_steps > 0)
+                         & (optax.safe_increment(state.count) % jnp.maximum(print_win_rate_every_n_steps, 1) == 0),
                          lambda: jax.debug.print("Sophia optimizer win rate: {}", rate), lambda: None)
         out = jax.tree.map(lambda u, g: store(u, g.dtype), out, updates)
         return out, SophiaState(optax.safe_increment(state.count), hp, store_like(m, state.mu), nu, est_state)

@@ -46,10 +46,17 @@ def scale_by_optimistic_gradient(alpha: ScalarOrSchedule = 1.0, beta: ScalarOrSc
         Mokhtari, Ozdaglar & Pattathil, "A Unified Analysis of Extra-gradient and Optimistic
         Gradient Methods for Saddle Point Problems", AISTATS 2020 (the :math:`\alpha, \beta` form).
     """
-    check_range("scale_by_optimistic_gradient", "alpha", alpha, 0.0)
-    check_range("scale_by_optimistic_gradient", "beta", beta, 0.0)
-    check_state_dtype("scale_by_optimistic_gradient", "mu_dtype", mu_dtype)
-    values = dict(alpha=alpha, beta=beta)
+    return _optimistic("scale_by_optimistic_gradient", dict(alpha=alpha, beta=beta), mu_dtype)
+
+
+def _optimistic(owner, weights: dict, mu_dtype):
+    """:func:`scale_by_optimistic_gradient` whose two weights (current, change) have the names of ``weights``
+    (optimistic_adam keeps them as its ``learning_rate`` and ``optimism``)."""
+    (a_name, alpha), (b_name, beta) = weights.items()
+    check_range(owner, a_name, alpha, 0.0)
+    check_range(owner, b_name, beta, 0.0)
+    check_state_dtype(owner, "mu_dtype", mu_dtype)
+    values = dict(weights)
 
     def init_fn(params):
         return ScaleByOptimisticGradientState(jnp.zeros([], jnp.int32), init_hyperparams(**values),
@@ -63,13 +70,13 @@ def scale_by_optimistic_gradient(alpha: ScalarOrSchedule = 1.0, beta: ScalarOrSc
         def step(d, prev):
             d, prev = widen(d), widen(prev)
             prev = jnp.where(first, d, prev)
-            return ((hp["alpha"] + hp["beta"]) * d - hp["beta"] * prev)
+            return (hp[a_name] + hp[b_name]) * d - hp[b_name] * prev
 
         out = jax.tree.map(lambda d, p: store(step(d, p), d.dtype), updates, state.previous_gradient)
         prev = store_like(updates, state.previous_gradient)
         return out, ScaleByOptimisticGradientState(optax.safe_increment(state.count), hp, prev)
 
-    return transformation("scale_by_optimistic_gradient", init_fn, update_fn)
+    return transformation(owner, init_fn, update_fn)
 
 
 @declare_optimizer(paper="Daskalakis et al. 2018", update="`θ-=γ((α+β)gₜ-βgₜ₋₁)`",
@@ -99,7 +106,8 @@ def optimistic_adam(learning_rate: ScalarOrSchedule, optimism: Optional[ScalarOr
         \theta_t = \theta_{t-1} - \gamma_t r_t - o_t (r_t - r_{t-1}), \quad r_0 := r_1,
 
     (:func:`scale_by_adam`, then :func:`scale_by_optimistic_gradient` with
-    :math:`\alpha = \gamma`, :math:`\beta = o`), :math:`o` = ``optimism`` (``None``: the learning
+    :math:`\alpha = \gamma`, :math:`\beta = o`, kept in the state as ``learning_rate`` and
+    ``optimism``, then the sign flipped), :math:`o` = ``optimism`` (``None``: the learning
     rate, the paper's :math:`\theta_t = \theta_{t-1} - 2\gamma r_t + \gamma r_{t-1}`). Unlike
     optax's, the learning rate and ``optimism`` may be schedules.
 
@@ -117,13 +125,10 @@ def optimistic_adam(learning_rate: ScalarOrSchedule, optimism: Optional[ScalarOr
         Daskalakis, Ilyas, Syrgkanis & Zeng, "Training GANs with Optimism", ICLR 2018,
         Algorithm 1.
     """
-    check_range("optimistic_adam", "learning_rate", learning_rate, 0.0)
-    if optimism is not None:
-        check_range("optimistic_adam", "optimism", optimism, 0.0)
+    weights = dict(learning_rate=learning_rate, optimism=learning_rate if optimism is None else optimism)
     return optax.chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov, nu_dtype=nu_dtype),
-                       scale_by_optimistic_gradient(learning_rate, learning_rate if optimism is None else optimism,
-                                                    mu_dtype=mu_dtype),
-                       scale_by_learning_rate(1.0))
+                       _optimistic("optimistic_adam", weights, mu_dtype),
+                       optax.scale(-1.0))
 
 
 @declare_optimizer(paper="Daskalakis et al. 2018", update="`r=m̂/(√v̂+ε); θ-=γ((α+β)r-βrₜ₋₁)`",
