@@ -44,6 +44,9 @@ from optimizers.wrappers.averaging import SwaState as SwaState
 from optimizers.wrappers.averaging import averaged_params as averaged_params
 from optimizers.wrappers.averaging import ema as ema
 from optimizers.wrappers.averaging import recompute_batch_stats as recompute_batch_stats
+from optimizers.wrappers.sam import SAMState as SAMState
+from optimizers.wrappers.sam import normalize as normalize
+from optimizers.wrappers.sam import sam as sam
 from optimizers.wrappers.averaging import swa as swa
 from optimizers.rules.adaptive.belief import ScaleByBeliefState as ScaleByBeliefState
 from optimizers.rules.adaptive.belief import adabelief as adabelief
@@ -182,6 +185,7 @@ __all__ = [
     "LookaheadState",
     "QuantizedBuffer",
     "ReduceOnPlateauState",
+    "SAMState",
     "ScaleByAdadeltaState",
     "ScaleByAdamState",
     "ScaleByAdamaxState",
@@ -266,6 +270,7 @@ __all__ = [
     "nadam",
     "nadamw",
     "noisy_sgd",
+    "normalize",
     "novograd",
     "optimistic_adam",
     "optimistic_adam_v2",
@@ -280,6 +285,7 @@ __all__ = [
     "restore",
     "rmsprop",
     "rprop",
+    "sam",
     "save",
     "scale_by_adadelta",
     "scale_by_adam",

@@ -81,6 +81,7 @@ BAD = {
     "gamma": [-0.1, NAN], "alpha": [-0.1, NAN], "optimism": [-0.1, NAN], "seed": [-1.5],
     "f_min": [NAN], "max_learning_rate": [0.0, -0.1, NAN], "scaling": [0.0, -0.1, NAN],
     # sophia
+    "batch_axis_name": [1],  # sam's
     "clip_threshold": [0.0, -1.0, NAN], "update_interval": [0, 1.5, NAN], "print_win_rate_every_n_steps": [-1, NAN],
     # with_quantized_state
     "bits": [4, 3, NAN], "block_size": [0, 100, NAN], "min_size": [0, -1],
@@ -107,6 +108,7 @@ OVERRIDES = {
     ("scale_by_optimistic_gradient", "beta"): [-0.1, NAN],  # any weight >= 0 of the direction's change
     ("optimistic_gradient_descent", "beta"): [-0.1, NAN],
     ("optimistic_adam_v2", "beta"): [-0.1, NAN],
+    ("sam", "rho"): [-0.1, NAN],  # the adversarial radius: any rho >= 0
     ("scale_by_polyak", "eps"): [-1e-8, NAN],  # optax's default 0: a zero gradient takes no step
     ("polyak_sgd", "eps"): [-1e-8, NAN],
 }

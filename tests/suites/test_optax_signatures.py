@@ -30,7 +30,7 @@ SHARED = sorted(n for n in optimizers.__all__ if callable(getattr(optimizers, n)
 # ``learning_rate=None`` of adafactor and adadelta means "no scaling", not a value).
 REQUIRED = dict(learning_rate=0.1, decay=0.9, threshold=1.0, max_consecutive_errors=3, sync_period=2,
                 slow_step_size=0.5, inner=optimizers.sgd(0.1), fast_optimizer=optimizers.sgd(0.1),
-                base_optimizer=optimizers.sgd(0.1))
+                base_optimizer=optimizers.sgd(0.1), optimizer=optimizers.sgd(0.1), adv_optimizer=optimizers.sgd(0.05))
 # Shared functions that are not transformations (their keywords are still optax's).
 NOT_TRANSFORMS = ["schedule_free_eval_params"]
 
