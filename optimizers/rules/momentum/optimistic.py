@@ -80,7 +80,7 @@ def _optimistic(owner, weights: dict, mu_dtype):
 
 
 @declare_optimizer(paper="Daskalakis et al. 2018", update="`θ-=γ((α+β)gₜ-βgₜ₋₁)`",
-                   test_kwargs=dict(learning_rate=1e-3))
+                   test_kwargs=dict(learning_rate=1.5e-3, beta=0.1))
 def optimistic_gradient_descent(learning_rate: ScalarOrSchedule, alpha: ScalarOrSchedule = 1.0,
                                 beta: ScalarOrSchedule = 1.0) -> optax.GradientTransformation:
     r"""Optimistic gradient descent: :math:`\theta_t = \theta_{t-1} - \eta_t u_t` with
