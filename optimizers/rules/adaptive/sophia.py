@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers.contract.checks import transformation
-from optimizers.contract.dtypes import check_state_dtype, store, store_like, widen, zeros_in
+from optimizers.contract.dtypes import check_state_dtype, reject_complex, store, store_like, widen, zeros_in
 from optimizers.contract.hyperparams import check_range, current_hyperparams, given, init_hyperparams
 from optimizers.contract.registry import declare_state
 from optimizers.rules.scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
@@ -76,7 +76,7 @@ def _win_rate(updates, threshold):
 def scale_by_sophia(b1: ScalarOrSchedule = 0.965, b2: ScalarOrSchedule = 0.99, eps: ScalarOrSchedule = 1e-8,
                     gamma: ScalarOrSchedule = 0.01, clip_threshold: Optional[ScalarOrSchedule] = 1.0,
                     update_interval: int = 10, hessian_diagonal_fn=None, mu_dtype=None, verbose: bool = False,
-                    print_win_rate_every_n_steps: int = 0, *, form: str = "paper"
+                    print_win_rate_every_n_steps: int = 0, *, form: str = "paper", nu_dtype=None
                     ) -> optax.GradientTransformationExtraArgs:
     r"""Sophia's direction: the momentum over the clipped diagonal-Hessian EMA.
 
@@ -96,7 +96,7 @@ def scale_by_sophia(b1: ScalarOrSchedule = 0.965, b2: ScalarOrSchedule = 0.99, e
     m_t/(1-\beta_1^t)`, and the step uses :math:`h_{t-1}`, the refresh counting from the next
     step. The refresh runs inside the compiled step under ``lax.cond`` (compiled once).
 
-    The update needs the estimator's arguments: ``update(grads, state, params, obj_fn=f)``
+    Complex params are refused (``TypeError``). The update needs the estimator's arguments: ``update(grads, state, params, obj_fn=f)``
     with ``f(params) -> loss`` for Hutchinson's (``optax.chain`` forwards them).
 
     .. warning::
@@ -118,6 +118,7 @@ def scale_by_sophia(b1: ScalarOrSchedule = 0.965, b2: ScalarOrSchedule = 0.99, e
         hessian_diagonal_fn: a transform returning the Hessian-diagonal estimate
             (``None``: :func:`hutchinson_estimator_diag_hessian`).
         mu_dtype: the dtype of :math:`m`, or ``None`` (the params').
+        nu_dtype: the dtype of :math:`h`, or ``None`` (the params').
         verbose: print the fraction of unclipped coordinates every
             ``print_win_rate_every_n_steps`` steps (``jax.debug.print``).
         print_win_rate_every_n_steps: that period (0: never).
@@ -139,6 +140,7 @@ def scale_by_sophia(b1: ScalarOrSchedule = 0.965, b2: ScalarOrSchedule = 0.99, e
     if isinstance(update_interval, (int, float)) and int(update_interval) != update_interval:
         raise ValueError(f"{owner}: update_interval must be an int >= 1, got {update_interval!r}")
     check_state_dtype(owner, "mu_dtype", mu_dtype)
+    check_state_dtype(owner, "nu_dtype", nu_dtype)
     if form not in _FORMS:
         raise ValueError(f"{owner}: form must be one of {_FORMS}, got {form!r}")
     estimator = optax.with_extra_args_support(hessian_diagonal_fn or hutchinson_estimator_diag_hessian())
@@ -147,8 +149,10 @@ def scale_by_sophia(b1: ScalarOrSchedule = 0.965, b2: ScalarOrSchedule = 0.99, e
     k = update_interval  # a number, or an array under optax.inject_hyperparams
 
     def init_fn(params):
+        reject_complex(owner, params, "its step clips and compares real coordinates; split complex leaves "
+                                      "into real pairs")
         return SophiaState(jnp.zeros([], jnp.int32), init_hyperparams(**values), zeros_in(params, mu_dtype),
-                           zeros_in(params), estimator.init(params))
+                           zeros_in(params, nu_dtype), estimator.init(params))
 
     def update_fn(updates, state, params=None, **extra):
         if params is None:
@@ -187,14 +191,14 @@ def sophia(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.965, b2: Sc
            eps: ScalarOrSchedule = 1e-8, weight_decay: ScalarOrSchedule = 1e-4, weight_decay_mask: MaskOrFn = None,
            gamma: ScalarOrSchedule = 0.01, clip_threshold: Optional[ScalarOrSchedule] = 1.0,
            update_interval: int = 10, hessian_diagonal_fn=None, mu_dtype=None, verbose: bool = False,
-           print_win_rate_every_n_steps: int = 0, *, form: str = "paper"
+           print_win_rate_every_n_steps: int = 0, *, form: str = "paper", nu_dtype=None
            ) -> optax.GradientTransformationExtraArgs:
     r"""Sophia: :math:`\theta_t = \theta_{t-1} - \eta_t (u_t + \lambda \theta_{t-1})` with
     :func:`scale_by_sophia`'s :math:`u_t` (decoupled decay, as the paper's Algorithm 3).
 
     ``update(grads, state, params, obj_fn=lambda p: loss(p, batch))``: the objective of the step's
     batch, for the Hessian estimate (``optax.chain`` forwards it). Keywords as
-    ``optax.contrib.sophia``'s; ``form``: see :func:`scale_by_sophia`.
+    ``optax.contrib.sophia``'s; ``form``, ``nu_dtype``: see :func:`scale_by_sophia`.
 
     .. warning::
         ``optax.contrib.sophia`` is ``form="optax"`` (bias-corrected momentum, the previous
@@ -207,6 +211,6 @@ def sophia(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.965, b2: Sc
     """
     return optax.chain(
         scale_by_sophia(b1, b2, eps, gamma, clip_threshold, update_interval, hessian_diagonal_fn, mu_dtype,
-                        verbose, print_win_rate_every_n_steps, form=form),
+                        verbose, print_win_rate_every_n_steps, form=form, nu_dtype=nu_dtype),
         add_decayed_weights(weight_decay, weight_decay_mask),
         scale_by_learning_rate(learning_rate))
