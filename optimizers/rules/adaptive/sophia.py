@@ -96,7 +96,8 @@ def scale_by_sophia(b1: ScalarOrSchedule = 0.965, b2: ScalarOrSchedule = 0.99, e
     m_t/(1-\beta_1^t)`, and the step uses :math:`h_{t-1}`, the refresh counting from the next
     step. The refresh runs inside the compiled step under ``lax.cond`` (compiled once).
 
-    Complex params are refused (``TypeError``). The update needs the estimator's arguments: ``update(grads, state, params, obj_fn=f)``
+    Complex params are refused (``TypeError``). The update needs the estimator's arguments:
+    ``update(grads, state, params, obj_fn=f)``
     with ``f(params) -> loss`` for Hutchinson's (``optax.chain`` forwards them).
 
     .. warning::

@@ -55,7 +55,8 @@ def fromage(learning_rate: ScalarOrSchedule, min_norm: Optional[float] = None, *
     authors' code, and ``pytorch_optimizer.Fromage``): the ratio is 1 where
     :math:`\|\theta^{(i)}\| = 0`, so zero-initialised layers move by :math:`-\gamma g`, and a
     layer whose gradient is all zero is left unchanged (not shrunk): JAX's zero gradient of an
-    unused or frozen leaf is PyTorch's ``grad=None``, which the authors' code skips. ``min_norm=c`` clips both norms from below by :math:`c` (for the layers
+    unused or frozen leaf is PyTorch's ``grad=None``, which the authors' code skips.
+    ``min_norm=c`` clips both norms from below by :math:`c` (for the layers
     whose norms are not zero). ``form="optax"`` (``optax.fromage``): both norms are clipped
     by ``min_norm`` (``None``: optax's :math:`10^{-6}`) and the ratio is 1 only where a
     clipped norm is zero. Norms are Frobenius norms of the leaf (of each layer with

@@ -137,7 +137,8 @@ def optimistic_adam_v2(learning_rate: ScalarOrSchedule, *, alpha: ScalarOrSchedu
                        beta: ScalarOrSchedule = 1.0, b1: ScalarOrSchedule = 0.9, b2: ScalarOrSchedule = 0.999,
                        eps: ScalarOrSchedule = 1e-8, eps_root: Optional[ScalarOrSchedule] = None, mu_dtype=None,
                        nesterov: bool = False, nu_dtype=None) -> optax.GradientTransformation:
-    r"""Optimistic Adam, optax's second interface: :math:`\theta_t = \theta_{t-1} - \gamma_t((\alpha+\beta) r_t - \beta r_{t-1})`.
+    r"""Optimistic Adam, optax's second interface:
+    :math:`\theta_t = \theta_{t-1} - \gamma_t((\alpha+\beta) r_t - \beta r_{t-1})`.
 
     :math:`r_t` is :func:`scale_by_adam`'s direction (``b1``, ``b2``, ``eps``, ``eps_root``,
     ``nesterov``, ``mu_dtype``, ``nu_dtype`` are its) and :math:`r_0 := r_1`; with

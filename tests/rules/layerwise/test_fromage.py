@@ -41,7 +41,8 @@ def _problem(seed, zero_leaf=True, zero_grads=True):
     return grads, theta0
 
 
-@pytest.mark.parametrize("lr,min_norm,form", [(0.1, None, "paper"), (0.3, 1e-6, "paper"), (0.1, None, "optax"), (0.1, 0.0, "optax"),
+@pytest.mark.parametrize("lr,min_norm,form", [(0.1, None, "paper"), (0.3, 1e-6, "paper"), (0.1, None, "optax"),
+                                              (0.1, 0.0, "optax"),
                                               (0.05, 0.5, "optax")])
 def test_fromage_matches_paper(lr, min_norm, form):
     grads, theta0 = _problem(1)

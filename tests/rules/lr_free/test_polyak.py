@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import assert_trees_close, random_tree
+from helpers import assert_trees_close
 
 import optimizers
 from optimizers.checkpoint import from_bytes, to_bytes
