@@ -44,6 +44,9 @@ from optimizers.wrappers.averaging import SwaState as SwaState
 from optimizers.wrappers.averaging import averaged_params as averaged_params
 from optimizers.wrappers.averaging import weight_ema as weight_ema
 from optimizers.wrappers.averaging import recompute_batch_stats as recompute_batch_stats
+from optimizers.wrappers.sam import SAMState as SAMState
+from optimizers.wrappers.sam import normalize as normalize
+from optimizers.wrappers.sam import sam as sam
 from optimizers.wrappers.averaging import swa as swa
 from optimizers.rules.adaptive.belief import ScaleByBeliefState as ScaleByBeliefState
 from optimizers.rules.adaptive.belief import adabelief as adabelief
@@ -181,6 +184,24 @@ from optimizers.rules.adaptive.acprop import scale_by_acprop as scale_by_acprop
 from optimizers.rules.adaptive.yogi import ScaleByYogiState as ScaleByYogiState
 from optimizers.rules.adaptive.yogi import scale_by_yogi as scale_by_yogi
 from optimizers.rules.adaptive.yogi import yogi as yogi
+from optimizers.rules.layerwise.fromage import FromageState as FromageState
+from optimizers.rules.layerwise.fromage import fromage as fromage
+from optimizers.rules.momentum.noise import AddNoiseState as AddNoiseState
+from optimizers.rules.momentum.noise import add_noise as add_noise
+from optimizers.rules.momentum.noise import noisy_sgd as noisy_sgd
+from optimizers.rules.momentum.optimistic import ScaleByOptimisticGradientState as ScaleByOptimisticGradientState
+from optimizers.rules.momentum.optimistic import optimistic_adam as optimistic_adam
+from optimizers.rules.momentum.optimistic import optimistic_adam_v2 as optimistic_adam_v2
+from optimizers.rules.momentum.optimistic import optimistic_gradient_descent as optimistic_gradient_descent
+from optimizers.rules.momentum.optimistic import scale_by_optimistic_gradient as scale_by_optimistic_gradient
+from optimizers.rules.lr_free.polyak import ScaleByPolyakState as ScaleByPolyakState
+from optimizers.rules.lr_free.polyak import polyak_sgd as polyak_sgd
+from optimizers.rules.lr_free.polyak import scale_by_polyak as scale_by_polyak
+from optimizers.rules.adaptive.sophia import HutchinsonState as HutchinsonState
+from optimizers.rules.adaptive.sophia import SophiaState as SophiaState
+from optimizers.rules.adaptive.sophia import hutchinson_estimator_diag_hessian as hutchinson_estimator_diag_hessian
+from optimizers.rules.adaptive.sophia import scale_by_sophia as scale_by_sophia
+from optimizers.rules.adaptive.sophia import sophia as sophia
 from optimizers.rules.momentum.sign import ScaleBySignumState as ScaleBySignumState
 from optimizers.rules.momentum.sign import scale_by_sign as scale_by_sign
 from optimizers.rules.momentum.sign import scale_by_signum as scale_by_signum
@@ -192,18 +213,22 @@ from optimizers.rules.adaptive.adan import scale_by_adan as scale_by_adan
 
 __all__ = [
     "AddDecayedWeightsState",
+    "AddNoiseState",
     "ApplyIfFiniteState",
     "AsgdState",
     "BacktrackingLinesearchInfo",
     "CautiousState",
     "ClipByBlockRmsState",
     "EmaState",
+    "FromageState",
     "GradientlessDescent",
     "GradientlessDescentState",
+    "HutchinsonState",
     "LookaheadState",
     "MadgradState",
     "QuantizedBuffer",
     "ReduceOnPlateauState",
+    "SAMState",
     "ScaleByAcpropState",
     "ScaleByAdadeltaState",
     "ScaleByAdamState",
@@ -231,7 +256,9 @@ __all__ = [
     "ScaleByMuonState",
     "ScaleByNadamState",
     "ScaleByNovogradState",
+    "ScaleByOptimisticGradientState",
     "ScaleByParamBlockRmsState",
+    "ScaleByPolyakState",
     "ScaleByProdigyState",
     "ScaleByRadamState",
     "ScaleByRelativeStepState",
@@ -246,6 +273,7 @@ __all__ = [
     "ScaleByYogiState",
     "ScaleByZoomLinesearchState",
     "ScheduleFreeState",
+    "SophiaState",
     "SwaState",
     "TorchLbfgsState",
     "TraceState",
@@ -263,6 +291,7 @@ __all__ = [
     "adan",
     "adax",
     "add_decayed_weights",
+    "add_noise",
     "ademamix",
     "adopt",
     "alpha_scheduler",
@@ -289,10 +318,12 @@ __all__ = [
     "fit_sharding",
     "forward_value_and_grad",
     "from_bytes",
+    "fromage",
     "fsdp_shardings",
     "funnelled_sgdm",
     "get_hyperparams",
     "gradientless_descent",
+    "hutchinson_estimator_diag_hessian",
     "lamb",
     "lars",
     "layer_axes_from_flax",
@@ -303,9 +334,15 @@ __all__ = [
     "muon",
     "nadam",
     "nadamw",
+    "noisy_sgd",
+    "normalize",
     "normuon",
     "novograd",
+    "optimistic_adam",
+    "optimistic_adam_v2",
+    "optimistic_gradient_descent",
     "orthogonalize",
+    "polyak_sgd",
     "prodigy",
     "radam",
     "recompute_batch_stats",
@@ -314,6 +351,7 @@ __all__ = [
     "restore",
     "rmsprop",
     "rprop",
+    "sam",
     "save",
     "scale_by_acprop",
     "scale_by_adadelta",
@@ -343,7 +381,9 @@ __all__ = [
     "scale_by_muon",
     "scale_by_nadam",
     "scale_by_novograd",
+    "scale_by_optimistic_gradient",
     "scale_by_param_block_rms",
+    "scale_by_polyak",
     "scale_by_prodigy",
     "scale_by_radam",
     "scale_by_relative_step",
@@ -355,6 +395,7 @@ __all__ = [
     "scale_by_signum",
     "scale_by_simplified_ademamix",
     "scale_by_sm3",
+    "scale_by_sophia",
     "scale_by_trust_ratio",
     "scale_by_yogi",
     "scale_by_zoom_linesearch",
@@ -369,6 +410,7 @@ __all__ = [
     "simplified_ademamix",
     "slow_params",
     "sm3",
+    "sophia",
     "state_shardings",
     "swa",
     "to_bytes",

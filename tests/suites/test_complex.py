@@ -320,6 +320,26 @@ def _lookahead_adam(theta, grads, period=5, alpha=0.5):
         yield theta
 
 
+def _fromage(theta, grads):
+    """Per leaf: theta <- (theta - lr_t |theta|/|g| g) / sqrt(1 + lr_t^2), norms over all real numbers."""
+    for t, g in enumerate(grads):
+        lr = 0.3 / np.sqrt(1.0 + t)
+        theta = (theta - lr * _norm(theta) / _norm(g) * g) / np.sqrt(1 + lr**2)
+        yield theta
+
+
+def _optimistic_adam(theta, grads, lr=0.01, alpha=1.0, beta=1.0, b1=0.9, b2=0.999, eps=1e-8):
+    """Adam's r_t (of |g|^2), then theta -= lr ((alpha + beta) r_t - beta r_{t-1}), r_0 = r_1."""
+    m, v, prev = np.zeros_like(theta), np.zeros_like(theta[..., :1]), None
+    for t, g in enumerate(grads, 1):
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * _abs2(g)
+        r = m / (1 - b1**t) / (np.sqrt(v / (1 - b2**t)) + eps)
+        prev = r if prev is None else prev
+        theta = theta - lr * ((alpha + beta) * r - beta * prev)
+        prev = r
+        yield theta
+
+
 # name: (reference, checked on the final averaged weights instead of the params, complex buffers per complex leaf)
 PAIR = {
     "acprop": (_acprop, False, 1),
@@ -337,12 +357,15 @@ PAIR = {
     "adax": (_adax, False, 1),
     "amos": (_amos, False, 0),
     "amsgrad": (_amsgrad, False, 1),
+    "fromage": (_fromage, False, 0),
     "lamb": (_lamb, False, 1),
     "lars": (_lars, False, 1),
     "madgrad": (_madgrad, False, 2),
     "nadam": (_nadam, False, 1),
     "nadamw": (lambda th, gs: _nadam(th, gs, weight_decay=1e-4), False, 1),
     "novograd": (_novograd, False, 1),
+    "optimistic_adam": (_optimistic_adam, False, 2),
+    "optimistic_adam_v2": (_optimistic_adam, False, 2),
     "radam": (_radam, False, 1),
     "rmsprop": (_rmsprop, False, 0),
     "simplified_ademamix": (_simplified_ademamix, False, 1),
@@ -353,13 +376,13 @@ PAIR = {
     "swa(adam)": (_swa_of_adam, True, 2),
 }
 # Linear in each real coordinate: complex = the real optimizer on (real part, imaginary part).
-SPLIT = {n: {} for n in ["asgd", "lookahead(sgd)", "scale_by_learning_rate", "scale_by_relative_step", "schedule_free_sgd",
+SPLIT = {n: {} for n in ["asgd", "lookahead(sgd)", "optimistic_gradient_descent", "scale_by_learning_rate", "scale_by_relative_step", "schedule_free_sgd",
                          "sgd"]}
 SPLIT["sgd (nesterov)"] = dict(nesterov=True)
 # Per-coordinate signs, sign agreements, real gains; Muon: its matrices real, as torch's (complex
 # vectors and scalars go to its AdamW); Prodigy, D-Adaptation: their estimates compare signed dot products of
 # real params (the references' torch.dot of complex tensors is not the real pair's); DoG, DoWG: as optax's, real only.
-REFUSED = ["dadapt_adagrad", "dadapt_adamw", "dadapt_sgd", "dog", "dowg", "funnelled_sgdm", "lion", "muon", "normuon", "prodigy", "rprop", "schedule_free_adamw", "sign_sgd",
+REFUSED = ["dadapt_adagrad", "dadapt_adamw", "dadapt_sgd", "dog", "dowg", "funnelled_sgdm", "lion", "muon", "noisy_sgd", "normuon", "prodigy", "rprop", "schedule_free_adamw", "sign_sgd",
            "signum", "fused(funnelled_sgdm)", "fused(lion)", "fused(rprop)"]
 
 

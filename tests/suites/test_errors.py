@@ -80,12 +80,18 @@ BAD = {
     # schedule-free
     "weight_lr_power": [-1.0, NAN], "r": [-0.5, NAN], "warmup_steps": [-1, 1.5, NAN],
     # asgd (torch.optim.ASGD's names)
-    "lambd": [-1e-4, NAN], "alpha": [-0.5, NAN], "t0": [-1.0, NAN],
+    "lambd": [-1e-4, NAN], "t0": [-1.0, NAN],
     # lbfgs and its line searches (optax's names)
     "memory_size": [0, NAN], "max_linesearch_steps": [0, -1, NAN], "max_backtracking_steps": [-1, NAN],
-    "max_learning_rate": [0.0, -1.0, NAN], "tol": [-1e-3, NAN], "increase_factor": [0.5, NAN],
+    "tol": [-1e-3, NAN], "increase_factor": [0.5, NAN],
     "decrease_factor": [0.0, 1.0, NAN], "slope_rtol": [0.0, 1.0, NAN], "curv_rtol": [0.0, NAN],
     "approx_dec_rtol": [-1e-6, NAN], "stepsize_precision": [-1e-5, NAN], "initial_guess_strategy": ["bogus"],
+    # fromage, noisy_sgd, the optimistic rules, polyak_sgd
+    "gamma": [-0.1, NAN], "optimism": [-0.1, NAN], "seed": [-1.5],
+    "f_min": [NAN], "max_learning_rate": [0.0, -0.1, NAN], "scaling": [0.0, -0.1, NAN],
+    # sophia
+    "batch_axis_name": [1],  # sam's
+    "clip_threshold": [0.0, -1.0, NAN], "update_interval": [0, 1.5, NAN], "print_win_rate_every_n_steps": [-1, NAN],
     # with_quantized_state
     "bits": [4, 3, NAN], "block_size": [0, 100, NAN], "min_size": [0, -1],
 }
@@ -109,6 +115,12 @@ OVERRIDES = {
     ("scale_by_dog", "eps"): [-1e-8, NAN],
     ("schedule_free_adamw", "eps"): [-1e-8, NAN],  # 0 is allowed by schedulefree.AdamWScheduleFree
     ("scale_by_schedule_free_adam", "eps"): [-1e-8, NAN],
+    ("scale_by_optimistic_gradient", "beta"): [-0.1, NAN],  # any weight >= 0 of the direction's change
+    ("optimistic_gradient_descent", "beta"): [-0.1, NAN],
+    ("optimistic_adam_v2", "beta"): [-0.1, NAN],
+    ("sam", "rho"): [-0.1, NAN],  # the adversarial radius: any rho >= 0
+    ("scale_by_polyak", "eps"): [-1e-8, NAN],  # optax's default 0: a zero gradient takes no step
+    ("polyak_sgd", "eps"): [-1e-8, NAN],
 }
 CONSTRUCTORS = sorted(n for n in optimizers.__all__
                       if "GradientTransformation" in str(inspect.signature(getattr(optimizers, n)).return_annotation))

@@ -30,7 +30,7 @@ SHARED = sorted(n for n in optimizers.__all__ if callable(getattr(optimizers, n)
 # ``learning_rate=None`` of adafactor and adadelta means "no scaling", not a value).
 REQUIRED = dict(learning_rate=0.1, decay=0.9, threshold=1.0, max_consecutive_errors=3, sync_period=2,
                 slow_step_size=0.5, inner=optimizers.sgd(0.1), fast_optimizer=optimizers.sgd(0.1),
-                base_optimizer=optimizers.sgd(0.1))
+                base_optimizer=optimizers.sgd(0.1), optimizer=optimizers.sgd(0.1), adv_optimizer=optimizers.sgd(0.05))
 # Shared functions that are not transformations (their keywords are still optax's).
 NOT_TRANSFORMS = ["schedule_free_eval_params"]
 # Line searches: their update needs value_fn; tests/rules/quasi_newton/test_lbfgs.py steps them with optax's defaults.
@@ -74,8 +74,14 @@ def test_optax_defaults_are_accepted(name):
     tx = getattr(optimizers, name)(**kwargs)
     params = {"w": jnp.ones((3, 4)), "b": jnp.arange(5.0)}
     grads = jax.tree.map(lambda p: 0.1 * p + 0.5, params)
-    updates, _ = optax.with_extra_args_support(tx).update(grads, tx.init(params), params, value=jnp.float32(1.0))
+    # value= for the loss-driven rules (polyak_sgd, reduce_on_plateau), obj_fn= for the Hessian estimates (sophia)
+    updates, _ = optax.with_extra_args_support(tx).update(grads, tx.init(params), params, value=jnp.float32(1.0),
+                                                          obj_fn=_objective)
     assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+
+
+def _objective(params):
+    return sum(jnp.sum(jnp.cos(p)) for p in jax.tree.leaves(params))
 
 
 SPELLINGS = [  # (factory, ours, optax's, value): both at once is an error

@@ -31,6 +31,11 @@ ARGS = {  # required arguments, and options that make the buffers a keyword sets
     "scale_by_rms": dict(centered=True),
     "scale_by_sm3": dict(b1=0.9),
     "sm3": dict(learning_rate=0.1, momentum=0.9),
+    # Sophia's update needs its Hessian estimator's arguments (Hutchinson's: obj_fn=); an estimator of
+    # the gradient's square needs none, so the suite's update(grads, state, params) runs it.
+    "scale_by_sophia": dict(hessian_diagonal_fn=optax.stateless(lambda g, p=None: jax.tree.map(jnp.square, g))),
+    "sophia": dict(learning_rate=0.1,
+                   hessian_diagonal_fn=optax.stateless(lambda g, p=None: jax.tree.map(jnp.square, g))),
 }
 PARAMS = {"w": (3, 4), "b": (5,)}
 # The params' dtype, and the (different) state dtype asked for.
