@@ -126,7 +126,7 @@ def optimistic_adam(learning_rate: ScalarOrSchedule, optimism: Optional[ScalarOr
         Algorithm 1.
     """
     weights = dict(learning_rate=learning_rate, optimism=learning_rate if optimism is None else optimism)
-    return optax.chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov, nu_dtype=nu_dtype),
+    return optax.chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
                        _optimistic("optimistic_adam", weights, mu_dtype),
                        optax.scale(-1.0))
 
@@ -153,6 +153,6 @@ def optimistic_adam_v2(learning_rate: ScalarOrSchedule, *, alpha: ScalarOrSchedu
         Daskalakis, Ilyas, Syrgkanis & Zeng, "Training GANs with Optimism", ICLR 2018,
         Algorithm 1.
     """
-    return optax.chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov, nu_dtype=nu_dtype),
+    return optax.chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
                        scale_by_optimistic_gradient(alpha, beta, mu_dtype=mu_dtype),
                        scale_by_learning_rate(learning_rate))
