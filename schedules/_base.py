@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 from typing import Callable, Union
@@ -104,3 +106,64 @@ def checked_range(owner: str, name: str):
     """``(low, high, low_open, high_open)`` that ``owner`` checked its ``name`` against when it was built,
     or ``None`` (what ``set_hyperparams`` holds a new value to)."""
     return _RANGES.get((owner, name))
+
+
+def _is_scalar(value) -> bool:
+    """A real number or a real scalar array (what ``inject_hyperparams`` passes), not a bool or a string."""
+    if is_number(value):
+        return True
+    if isinstance(value, (str, bool, list, tuple, dict, set, complex)) or callable(value):
+        return False
+    try:
+        return jnp.ndim(value) == 0 and not jnp.iscomplexobj(value)
+    except TypeError:
+        return False
+
+
+def _is_count(value) -> bool:
+    """A whole number of steps: an integer, or a float that is one (``1e3``)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+
+
+# Annotation (as written in a builder's signature) -> (accepts, what the message asks for).
+_KINDS = {
+    "float": (_is_scalar, "a real number"),
+    "int": (_is_count, "a whole number of steps"),
+    "int | float": (lambda v: _is_count(v) or _is_scalar(v), "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "bool": (lambda v: isinstance(v, bool), "True or False"),
+    "ScalarOrSchedule": (lambda v: callable(v) or _is_scalar(v), "a real number or a schedule step -> value"),
+}
+
+
+def typed_arguments(build: Callable) -> Callable:
+    """Checks a schedule builder's arguments against their annotations when it is called.
+
+    ``float``: a real number (or a scalar array); ``int``: a whole number of steps;
+    ``ScalarOrSchedule``: a number or a schedule; ``str``, ``bool``; ``X | None`` and
+    ``Optional[X]`` also take ``None``. Anything else raises ``ValueError`` naming the builder and
+    the argument, before any schedule is made (``cosine("1e-3", 100)``, ``warmup(100, schedule)``).
+    """
+    signature = inspect.signature(build)
+
+    @functools.wraps(build)
+    def checked(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        for name, value in bound.arguments.items():
+            annotation = str(signature.parameters[name].annotation)
+            optional = annotation.startswith("Optional[") or annotation.endswith(" | None")
+            kind = annotation.removeprefix("Optional[").removesuffix("]") if annotation.startswith("Optional[") \
+                else annotation.removesuffix(" | None")
+            if kind not in _KINDS or (optional and value is None):
+                continue
+            accepts, wanted = _KINDS[kind]
+            if not accepts(value):
+                raise ValueError(f"{build.__name__}: {name} must be {wanted}, got {value!r}")
+        return build(*args, **kwargs)
+
+    return checked
+
+
+constant = typed_arguments(constant)

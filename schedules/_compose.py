@@ -6,9 +6,10 @@ from typing import Sequence
 
 import jax.numpy as jnp
 
-from schedules._base import ScalarOrSchedule, Schedule, check_range, interpolate, resolve
+from schedules._base import ScalarOrSchedule, Schedule, check_range, interpolate, resolve, typed_arguments
 
 
+@typed_arguments
 def join(schedules: Sequence[ScalarOrSchedule], boundaries: Sequence[int]) -> Schedule:
     r"""Schedules one after another: from ``boundaries[i-1]`` on, ``schedules[i]`` at ``t - boundaries[i-1]``.
 
@@ -37,6 +38,7 @@ def join(schedules: Sequence[ScalarOrSchedule], boundaries: Sequence[int]) -> Sc
     return schedule
 
 
+@typed_arguments
 def warmup(schedule: ScalarOrSchedule, warmup_steps: int, start_value: float = 0.0,
            mode: str = "linear") -> Schedule:
     r"""A ramp from ``start_value`` to the schedule's first value, then the schedule.

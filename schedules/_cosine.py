@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from schedules._base import Schedule, check_range, interpolate, power
+from schedules._base import Schedule, check_range, interpolate, power, typed_arguments
 
 
+@typed_arguments
 def cosine(init_value: float, decay_steps: int, end_value: float = 0.0) -> Schedule:
     r"""Cosine annealing: :math:`\eta_t = \eta_T + (\eta_0 - \eta_T)(1 + \cos(\pi t/T))/2`, then :math:`\eta_T`.
 
@@ -35,6 +36,7 @@ def _restart_boundaries(first: int, mult: int, limit: int = 2**31 - 1) -> list[i
     return out
 
 
+@typed_arguments
 def sgdr(init_value: float, first_cycle_steps: int, min_value: float = 0.0, cycle_mult: int = 1,
          peak_decay: float = 1.0) -> Schedule:
     r"""SGDR: cosine annealing with warm restarts.

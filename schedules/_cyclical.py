@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from schedules._base import Schedule, check_range, float_steps, interpolate, power
+from schedules._base import Schedule, check_range, float_steps, interpolate, power, typed_arguments
 
 _MODES = ("triangular", "triangular2", "exp_range")
 
 
+@typed_arguments
 def cyclical(base_value: float, max_value: float, step_size: int, mode: str = "triangular",
              gamma: float = 1.0, step_size_down: int | None = None) -> Schedule:
     r"""Cyclical learning rate: triangle waves between ``base_value`` and ``max_value``.
@@ -59,6 +60,7 @@ def cyclical(base_value: float, max_value: float, step_size: int, mode: str = "t
     return schedule
 
 
+@typed_arguments
 def one_cycle(total_steps: int, peak_value: float, pct_start: float = 0.3, div_factor: float = 25.0,
               final_div_factor: float = 1e4, anneal: str = "cos", three_phase: bool = False,
               initial_value: float | None = None, final_value: float | None = None) -> Schedule:

@@ -6,9 +6,10 @@ from typing import Optional, Sequence
 
 import jax.numpy as jnp
 
-from schedules._base import Schedule, check_range, float_steps, power
+from schedules._base import Schedule, check_range, float_steps, power, typed_arguments
 
 
+@typed_arguments
 def factor(init_value: float, factor: float, min_value: float = 0.0) -> Schedule:
     r"""Multiplicative decay with a floor: :math:`\eta_{t+1} = \max(\eta_{min}, \alpha \eta_t)`.
 
@@ -29,6 +30,7 @@ def factor(init_value: float, factor: float, min_value: float = 0.0) -> Schedule
     return schedule
 
 
+@typed_arguments
 def multi_factor(init_value: float, factor: float, milestones: Optional[Sequence[int]] = None,
                  step_size: Optional[int] = None) -> Schedule:
     r"""Step decay: :math:`\eta_t = \eta_0 \alpha^{n(t)}`, :math:`n(t)` the milestones passed.
@@ -65,6 +67,7 @@ def multi_factor(init_value: float, factor: float, milestones: Optional[Sequence
     return schedule
 
 
+@typed_arguments
 def polynomial(init_value: float, end_value: float, power: float, decay_steps: int) -> Schedule:
     r"""Polynomial decay: :math:`\eta_t = \eta_T + (\eta_0 - \eta_T)(1 - \min(t, T)/T)^p`.
 

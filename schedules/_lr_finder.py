@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from schedules._base import check_range
+from schedules._base import check_range, typed_arguments
 from schedules._ramps import lr_range
 
 
@@ -118,6 +118,7 @@ def _by_learning_rate(optimizer: Callable[..., optax.GradientTransformation]):
     return factory
 
 
+@typed_arguments
 def lr_finder(loss_fn: Callable[[Any, Any], jax.Array], params, batches: Iterable,
               optimizer: Callable[..., optax.GradientTransformation], *, min_lr: float = 1e-7,
               max_lr: float = 10.0, num_steps: int = 100, mode: str = "exponential",

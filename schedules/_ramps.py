@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from schedules._base import Schedule, check_range, float_steps, interpolate, power
+from schedules._base import Schedule, check_range, float_steps, interpolate, power, typed_arguments
 
 
+@typed_arguments
 def lr_range(min_value: float = 1e-7, max_value: float = 10.0, num_steps: int = 100,
              mode: str = "exponential") -> Schedule:
     r"""The LR range test's ramp from ``min_value`` at step 0 to ``max_value`` at ``num_steps - 1``.
@@ -39,6 +40,7 @@ def lr_range(min_value: float = 1e-7, max_value: float = 10.0, num_steps: int = 
     return schedule
 
 
+@typed_arguments
 def swa_lr(init_value: float, swa_value: float, anneal_steps: int = 10, anneal: str = "cos") -> Schedule:
     r"""Anneals from ``init_value`` to ``swa_value`` over ``anneal_steps`` steps, then holds it.
 

@@ -6,7 +6,7 @@ import numbers
 
 import jax.numpy as jnp
 
-from schedules._base import Schedule, check_range, float_steps, interpolate
+from schedules._base import Schedule, check_range, float_steps, interpolate, typed_arguments
 
 DECAY_SHAPES = ("1-sqrt", "linear", "cosine")
 
@@ -22,6 +22,7 @@ def _decay_length(total_steps: int, decay_steps) -> int:
     raise ValueError(f"wsd: decay_steps must be an int >= 0 or a fraction in (0, 1], got {decay_steps!r}")
 
 
+@typed_arguments
 def wsd(peak_value: float, total_steps: int, warmup_steps: int = 0, decay_steps: int | float = 0.2,
         decay_shape: str = "1-sqrt", end_value: float = 0.0, init_value: float = 0.0) -> Schedule:
     r"""Warmup-stable-decay: a linear warm-up, a constant stretch, and a cooldown to ``end_value``.

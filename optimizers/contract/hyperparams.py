@@ -28,6 +28,14 @@ from schedules._base import checked_range
 from schedules._base import is_number as _is_number
 
 
+def check_learning_rate(owner: str, learning_rate) -> None:
+    """A learning rate :math:`\gamma \ge 0`, a number or a schedule; ``None`` is refused here, naming it
+    (optax's ``None`` means "no scaling" only for ``adafactor`` and ``adadelta``, which keep it)."""
+    if learning_rate is None:
+        raise ValueError(f"{owner}: learning_rate must be a real number or a schedule step -> value, got None")
+    check_range(owner, "learning_rate", learning_rate, 0.0)
+
+
 def float_dtype():
     """The default float dtype: float32, or float64 when ``jax_enable_x64`` is on."""
     return jax.dtypes.canonicalize_dtype(jnp.float64)

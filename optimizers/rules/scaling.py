@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers.contract.checks import transformation
-from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams
+from optimizers.contract.hyperparams import check_learning_rate, check_range, current_hyperparams, init_hyperparams
 from optimizers.contract.masks import MaskOrFn as MaskOrFn  # noqa: F401  (the rules' name for it)
 from optimizers.contract.masks import _mask_tree, leaf_masks  # noqa: F401  (leaf_masks: the rules' name)
 from optimizers.contract.registry import declare_optimizer, declare_state
@@ -33,7 +33,7 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule, *, flip_sign: bool =
         learning_rate: :math:`\gamma_t \ge 0`, a number or a schedule.
         flip_sign: negate, so that ``optax.apply_updates`` descends (the default).
     """
-    check_range("scale_by_learning_rate", "learning_rate", learning_rate, 0.0)
+    check_learning_rate("scale_by_learning_rate", learning_rate)
     sign = -1.0 if flip_sign else 1.0
 
     def init_fn(params):

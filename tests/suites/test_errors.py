@@ -8,6 +8,7 @@ every one of its parameters that takes a number or a string must have bad values
 import inspect
 
 import pytest
+from registry import ALIASES, KWARGS
 
 import optimizers
 
@@ -150,6 +151,17 @@ CASES = [(n, k, v) for n in CONSTRUCTORS for k in _checked_parameters(n) for v i
 def test_bad_value_raises(name, param, value):
     with pytest.raises(ValueError, match=rf"{param} must be .*got {value!r}"):
         getattr(optimizers, name)(**{**_required(name), param: value})
+
+
+# optax's ``learning_rate=None`` means "no scaling" here too for these (Adafactor's relative step).
+NONE_IS_A_LEARNING_RATE = ["adafactor", "scale_by_relative_step"]
+
+
+@pytest.mark.parametrize("name", [n for n in ALIASES if n not in NONE_IS_A_LEARNING_RATE])
+def test_none_learning_rate_is_refused_when_built(name):
+    """``adam(None)`` fails when it is built, naming the argument, not at the first update."""
+    with pytest.raises(ValueError, match="learning_rate must be a real number or a schedule"):
+        getattr(optimizers, name)(**{**KWARGS[name], "learning_rate": None})
 
 
 @pytest.mark.parametrize("name", CONSTRUCTORS)

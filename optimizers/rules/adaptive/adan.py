@@ -10,7 +10,8 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import abs2, store, store_like, widen, zeros_in
-from optimizers.contract.hyperparams import check_range, current_hyperparams, given, init_hyperparams
+from optimizers.contract.hyperparams import (check_learning_rate, check_range, current_hyperparams, given,
+                                             init_hyperparams)
 from optimizers.contract.moments import bias_correction, check_eps_root, ema, step_number
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.adaptive.adam import check_state_dtypes
@@ -117,7 +118,7 @@ def _proximal_step(learning_rate: ScalarOrSchedule, weight_decay: ScalarOrSchedu
     r"""Adan's step with its proximal decay: :math:`\theta_k = (\theta_{k-1} - \gamma_k u_k)/(1 + \gamma_k\lambda_k)`,
     as the update :math:`-\gamma_k (u_k + \lambda_k \theta_{k-1})/(1 + \gamma_k \lambda_k)` (:math:`-\gamma_k u_k` on
     the leaves ``mask`` leaves out). The learning rate and the decay are this transform's hyperparameters."""
-    check_range("adan", "learning_rate", learning_rate, 0.0)
+    check_learning_rate("adan", learning_rate)
     check_range("adan", "weight_decay", weight_decay, 0.0)
     values = dict(learning_rate=learning_rate, weight_decay=weight_decay)
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers.contract.checks import transformation
-from optimizers.contract.dtypes import abs2, check_state_dtype, store, store_like, widen, zeros_in
+from optimizers.contract.dtypes import check_state_dtype, store, store_like, widen, zeros_in
 from optimizers.contract.hyperparams import check_range, current_hyperparams, given, init_hyperparams
 from optimizers.contract.moments import bias_correction, check_betas, check_eps_root, ema, step_number
 from optimizers.contract.registry import declare_optimizer, declare_state

@@ -13,7 +13,8 @@ from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.momentum.ema import scale_by_ema
 from optimizers.contract.backend import accelerated
 from optimizers.contract.dtypes import abs2, check_state_dtype, moment_dtype, store
-from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams, is_zero
+from optimizers.contract.hyperparams import (check_learning_rate, check_range, current_hyperparams, init_hyperparams,
+                                             is_zero)
 from optimizers.contract.layers import LayerAxes, check_layer_axes, leaf_layer_axes
 from optimizers.contract.moments import step_number
 from optimizers.rules.scaling import scale_by_learning_rate
@@ -216,7 +217,7 @@ def amos(learning_rate: ScalarOrSchedule, eta: EtaOrFn, beta: ScalarOrSchedule =
         layer_axes: per stacked layer slots (see :func:`scale_by_amos`). ``fused`` needs
             ``granularity="element"``, where layers change nothing: the kernel runs with them.
     """
-    check_range("amos", "learning_rate", learning_rate, 0.0)
+    check_learning_rate("amos", learning_rate)
     check_state_dtype("amos", "mu_dtype", mu_dtype)
     if momentum is not None:
         check_range("amos", "momentum", momentum, 0.0, 1.0, high_open=True)

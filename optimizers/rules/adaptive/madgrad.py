@@ -10,7 +10,7 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import abs2, store, store_like, widen, zeros_in
-from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams
+from optimizers.contract.hyperparams import check_learning_rate, check_range, current_hyperparams, init_hyperparams
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.scaling import add_decayed_weights
 from schedules import ScalarOrSchedule
@@ -60,7 +60,7 @@ def scale_by_madgrad(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule
         Gradient Method for Stochastic Optimization", JMLR 2022 (arXiv 2021), Algorithm 1;
         github.com/facebookresearch/madgrad.
     """
-    check_range("scale_by_madgrad", "learning_rate", learning_rate, 0.0)
+    check_learning_rate("scale_by_madgrad", learning_rate)
     check_range("scale_by_madgrad", "momentum", momentum, 0.0, 1.0, high_open=True)
     check_range("scale_by_madgrad", "eps", eps, 0.0, low_open=True)
     values = dict(learning_rate=learning_rate, momentum=momentum, eps=eps)

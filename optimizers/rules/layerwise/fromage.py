@@ -10,7 +10,7 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import abs2
-from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams
+from optimizers.contract.hyperparams import check_learning_rate, check_range, current_hyperparams, init_hyperparams
 from optimizers.contract.layers import LayerAxes, check_layer_axes, leaf_layer_axes, per_layer, within
 from optimizers.contract.registry import declare_optimizer, declare_state
 from schedules import ScalarOrSchedule
@@ -85,7 +85,7 @@ def fromage(learning_rate: ScalarOrSchedule, min_norm: Optional[float] = None, *
         Bernstein, Vahdat, Yue & Liu, "On the distance between two neural networks and the
         stability of learning", NeurIPS 2020, Algorithm 1 (and the authors' ``fromage.py``).
     """
-    check_range("fromage", "learning_rate", learning_rate, 0.0)
+    check_learning_rate("fromage", learning_rate)
     if min_norm is not None:
         check_range("fromage", "min_norm", min_norm, 0.0)
     if form not in _FORMS:

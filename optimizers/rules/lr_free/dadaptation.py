@@ -11,7 +11,8 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import reject_complex, store, widen
-from optimizers.contract.hyperparams import (check_range, current_hyperparams, either, float_dtype, given,
+from optimizers.contract.hyperparams import (check_learning_rate, check_range, current_hyperparams, either, float_dtype,
+                                             given,
                                              init_hyperparams)
 from optimizers.contract.registry import declare_optimizer, declare_state
 from schedules import ScalarOrSchedule
@@ -32,7 +33,7 @@ def _check(owner, learning_rate, betas, eps, estim_lr0, weight_decay, growth_rat
     pair = isinstance(betas, (tuple, list)) and len(betas) == 2
     if not pair or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
         raise ValueError(f"{owner}: betas must be a pair (beta1, beta2) of numbers in [0, 1), got {betas!r}")
-    check_range(owner, "learning_rate", learning_rate, 0.0)
+    check_learning_rate(owner, learning_rate)
     check_range(owner, "eps", eps, 0.0, low_open=True)
     check_range(owner, "estim_lr0", estim_lr0, 0.0, low_open=True)
     check_range(owner, "weight_decay", weight_decay, 0.0)
@@ -294,7 +295,7 @@ def scale_by_dadapt_sgd(momentum: float = 0.0, weight_decay: ScalarOrSchedule = 
 
 
 def _check_sgd(owner, learning_rate, momentum, weight_decay, d0, growth_rate):
-    check_range(owner, "learning_rate", learning_rate, 0.0)
+    check_learning_rate(owner, learning_rate)
     check_range(owner, "momentum", momentum, 0.0, 1.0, high_open=True)
     check_range(owner, "weight_decay", weight_decay, 0.0)
     check_range(owner, "d0", d0, 0.0, low_open=True)
@@ -466,7 +467,7 @@ def _log_period(owner, log_every):
 
 
 def _check_adagrad(owner, learning_rate, momentum, log_every, weight_decay, eps, d0, growth_rate):
-    check_range(owner, "learning_rate", learning_rate, 0.0)
+    check_learning_rate(owner, learning_rate)
     check_range(owner, "momentum", momentum, 0.0, 1.0, high_open=True)
     _log_period(owner, log_every)
     check_range(owner, "weight_decay", weight_decay, 0.0)

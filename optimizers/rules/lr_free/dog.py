@@ -11,7 +11,7 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import reject_complex, store, widen
-from optimizers.contract.hyperparams import check_range, float_dtype
+from optimizers.contract.hyperparams import check_learning_rate, check_range, float_dtype
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -119,7 +119,7 @@ def dog(learning_rate: ScalarOrSchedule = 1.0, init_step: tuple[str, float] = ("
         Ivgi, Hinder & Carmon, "DoG is SGD's Best Friend: A Parameter-Free Dynamic Step Size
         Schedule", ICML 2023.
     """
-    check_range("dog", "learning_rate", learning_rate, 0.0)
+    check_learning_rate("dog", learning_rate)
     check_range("dog", "weight_decay", weight_decay, 0.0)
     decay = [] if weight_decay is None else [add_decayed_weights(weight_decay, mask)]
     return optax.chain(*decay, scale_by_dog(init_step, eps), scale_by_learning_rate(learning_rate))
@@ -211,7 +211,7 @@ def dowg(learning_rate: ScalarOrSchedule = 1.0, init_estim_sq_dist: Optional[flo
         Khaled, Mishchenko & Jin, "DoWG Unleashed: An Efficient Universal Parameter-Free Gradient
         Descent Method", NeurIPS 2023.
     """
-    check_range("dowg", "learning_rate", learning_rate, 0.0)
+    check_learning_rate("dowg", learning_rate)
     check_range("dowg", "weight_decay", weight_decay, 0.0)
     _check_dowg("dowg", init_estim_sq_dist, eps)
     decay = [] if weight_decay is None else [add_decayed_weights(weight_decay, mask)]

@@ -11,7 +11,8 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import reject_complex, store, widen
-from optimizers.contract.hyperparams import (check_range, current_hyperparams, either, float_dtype, given,
+from optimizers.contract.hyperparams import (check_learning_rate, check_range, current_hyperparams, either, float_dtype,
+                                             given,
                                              init_hyperparams)
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.scaling import scale_by_learning_rate
@@ -35,7 +36,7 @@ def _check(owner, learning_rate, betas, beta3, eps, estim_lr0, estim_lr_coef, we
     pair = isinstance(betas, (tuple, list)) and len(betas) == 2
     if not pair or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
         raise ValueError(f"{owner}: betas must be a pair (beta1, beta2) of numbers in [0, 1), got {betas!r}")
-    check_range(owner, "learning_rate", learning_rate, 0.0)
+    check_learning_rate(owner, learning_rate)
     if beta3 is not None:
         check_range(owner, "beta3", beta3, 0.0, 1.0, high_open=True)
     check_range(owner, "eps", eps, 0.0, low_open=True)

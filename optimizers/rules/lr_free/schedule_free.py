@@ -11,7 +11,8 @@ import optax
 import schedules
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, is_low_precision, reject_complex, store, widen
-from optimizers.contract.hyperparams import check_range, current_hyperparams, float_dtype, given, init_hyperparams
+from optimizers.contract.hyperparams import (check_learning_rate, check_range, current_hyperparams, float_dtype,
+                                             given, init_hyperparams)
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -168,7 +169,7 @@ def schedule_free(base_optimizer: optax.GradientTransformation, learning_rate: S
         NeurIPS 2024, Algorithm 1; the reference implementation, PyPI ``schedulefree`` 1.4.1.
     """
     owner = "schedule_free"
-    check_range(owner, "learning_rate", learning_rate, 0.0)
+    check_learning_rate(owner, learning_rate)
     check_range(owner, "b1", b1, 0.0, 1.0, low_open=True, high_open=True)
     check_range(owner, "weight_lr_power", weight_lr_power, 0.0)
     check_range(owner, "r", r, 0.0)
@@ -345,7 +346,7 @@ def schedule_free_adamw(learning_rate: ScalarOrSchedule = 0.0025, warmup_steps: 
     _check_warmup("schedule_free_adamw", warmup_steps)
     _check_form("schedule_free_adamw", form, r)
     lr = _warmed_up(learning_rate, warmup_steps, form)
-    check_range("schedule_free_adamw", "learning_rate", learning_rate, 0.0)
+    check_learning_rate("schedule_free_adamw", learning_rate)
     check_range("schedule_free_adamw", "b1", b1, 0.0, 1.0, low_open=True, high_open=True)
     base = optax.chain(scale_by_schedule_free_adam(b2, eps), add_decayed_weights(weight_decay, mask),
                        scale_by_learning_rate(lr))
@@ -396,7 +397,7 @@ def schedule_free_sgd(learning_rate: ScalarOrSchedule = 1.0, warmup_steps: Optio
     _check_warmup("schedule_free_sgd", warmup_steps)
     _check_form("schedule_free_sgd", form, r)
     lr = _warmed_up(learning_rate, warmup_steps, form)
-    check_range("schedule_free_sgd", "learning_rate", learning_rate, 0.0)
+    check_learning_rate("schedule_free_sgd", learning_rate)
     check_range("schedule_free_sgd", "b1", b1, 0.0, 1.0, low_open=True, high_open=True)
     links = [] if weight_decay is None else [add_decayed_weights(weight_decay, mask)]
     base = optax.chain(*links, scale_by_learning_rate(lr))

@@ -10,7 +10,7 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import store, widen
-from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams
+from optimizers.contract.hyperparams import check_learning_rate, check_range, current_hyperparams, init_hyperparams
 from optimizers.contract.registry import declare_optimizer, declare_state
 from schedules import ScalarOrSchedule
 
@@ -73,7 +73,7 @@ def asgd(learning_rate: ScalarOrSchedule = 1e-2, lambd: ScalarOrSchedule = 1e-4,
         Control Optim. 30(4), 1992; Bottou, "Large-Scale Machine Learning with Stochastic
         Gradient Descent", COMPSTAT 2010 (the step :math:`\eta_t`).
     """
-    check_range("asgd", "learning_rate", learning_rate, 0.0)
+    check_learning_rate("asgd", learning_rate)
     check_range("asgd", "lambd", lambd, 0.0)
     check_range("asgd", "alpha", alpha, 0.0)
     check_range("asgd", "t0", t0, 0.0)

@@ -17,7 +17,8 @@ from optimizers.contract.elementwise import after
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.contract.backend import accelerated
 from optimizers.contract.dtypes import reject_complex, store, store_like, widen
-from optimizers.contract.hyperparams import check_range, current_hyperparams, float_dtype, init_hyperparams
+from optimizers.contract.hyperparams import (check_learning_rate, check_range, current_hyperparams, float_dtype,
+                                             init_hyperparams)
 from optimizers.contract.moments import ema
 from optimizers.rules.scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
@@ -143,7 +144,7 @@ def funnelled_sgdm(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule =
         fused: the same update on the CPU as one pass over memory after XLA's dot product
             :math:`\tilde u_{t-1} \cdot g_t` (see :func:`adam`); ``flat_state`` as there.
     """
-    check_range("funnelled_sgdm", "learning_rate", learning_rate, 0.0)
+    check_learning_rate("funnelled_sgdm", learning_rate)
     chain = optax.chain(scale_by_funnelled_sgdm(learning_rate, momentum, beta, gamma_p, gamma_s),
                         scale_by_learning_rate(learning_rate))
     values = dict(learning_rate=learning_rate, momentum=momentum, beta=beta, gamma_p=gamma_p, gamma_s=gamma_s)

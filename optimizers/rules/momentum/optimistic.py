@@ -10,7 +10,7 @@ import optax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, store, store_like, widen, zeros_in
-from optimizers.contract.hyperparams import check_range, current_hyperparams, init_hyperparams
+from optimizers.contract.hyperparams import check_learning_rate, check_range, current_hyperparams, init_hyperparams
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.adaptive.adam import scale_by_adam
 from optimizers.rules.scaling import scale_by_learning_rate
@@ -125,6 +125,7 @@ def optimistic_adam(learning_rate: ScalarOrSchedule, optimism: Optional[ScalarOr
         Daskalakis, Ilyas, Syrgkanis & Zeng, "Training GANs with Optimism", ICLR 2018,
         Algorithm 1.
     """
+    check_learning_rate("optimistic_adam", learning_rate)
     weights = dict(learning_rate=learning_rate, optimism=learning_rate if optimism is None else optimism)
     return optax.chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
                        _optimistic("optimistic_adam", weights, mu_dtype),
