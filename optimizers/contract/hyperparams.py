@@ -29,7 +29,7 @@ from schedules._base import is_number as _is_number
 
 
 def check_learning_rate(owner: str, learning_rate) -> None:
-    """A learning rate :math:`\gamma \ge 0`, a number or a schedule; ``None`` is refused here, naming it
+    r"""A learning rate :math:`\gamma \ge 0`, a number or a schedule; ``None`` is refused here, naming it
     (optax's ``None`` means "no scaling" only for ``adafactor`` and ``adadelta``, which keep it)."""
     if learning_rate is None:
         raise ValueError(f"{owner}: learning_rate must be a real number or a schedule step -> value, got None")

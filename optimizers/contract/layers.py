@@ -191,7 +191,9 @@ def layer_axes_from_flax(tree, names="layers"):
         plain arrays, without the metadata.
 
     Raises:
-        ValueError: a param has a scan name after an unnamed or other axis (layer axes lead).
+        ValueError: a param has a scan name after an unnamed or other axis (layer axes lead), or
+            no param carries a scan name at all (stacked params without the scan's metadata, or
+            params already unboxed: the result would be all zeros, one layer everywhere).
     """
     names = {names} if isinstance(names, str) else set(names)
     boxes = _flax_boxes()
@@ -207,7 +209,13 @@ def layer_axes_from_flax(tree, names="layers"):
                              f"axes ({sorted(names)}) must lead")
         return k
 
-    return jax.tree_util.tree_map_with_path(count, tree, is_leaf=lambda x: isinstance(x, boxes))
+    axes = jax.tree_util.tree_map_with_path(count, tree, is_leaf=lambda x: isinstance(x, boxes))
+    if not any(jax.tree.leaves(axes)):
+        raise ValueError(f"layer_axes_from_flax: no param carries the partition name {sorted(names)}: scan with "
+                         "metadata_params={nn.PARTITION_NAME: 'layers'} (linen) or transform_metadata="
+                         "{nnx.PARTITION_NAME: 'layers'} (nnx) and pass the boxed params, or give layer_axes by "
+                         "hand (a dict prefix such as {'blocks': 1})")
+    return axes
 
 
 def _nnx_module():

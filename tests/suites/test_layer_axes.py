@@ -374,6 +374,10 @@ def test_counts_from_flax_scan_metadata():
     assert optimizers.layer_axes_from_flax(nested, names=("layers", "stage")) == {"k": 2}
     with pytest.raises(ValueError, match=r"\['k'\] has partition names \('stage', 'layers', None\)"):
         optimizers.layer_axes_from_flax(nested)
+    # Stacked params without the scan's metadata (here unboxed): all zeros would be one layer
+    # everywhere, a silent wrong answer; it is an error that says what to do.
+    with pytest.raises(ValueError, match="no param carries the partition name"):
+        optimizers.layer_axes_from_flax(params)
 
 
 def test_a_dict_prefix_works_inside_flax_nnx_optimizer():
