@@ -89,3 +89,22 @@ def test_docs_tables_list_every_declared_optimizer():
     split = text.index("## Against optax and PyTorch")
     for part in (text[:split], text[split:]):
         assert set(_table_rows(part)) >= {n for n, d in declared_optimizers().items() if d.update}
+
+
+def test_docs_say_which_optimizers_take_fused():
+    """``docs/optimizers.md``'s two lists, "also take ``fused=True``" and "have no kernel", are the
+    declared optimizers with and without a ``fused`` keyword."""
+    import inspect
+    import re
+
+    from optimizers.contract.registry import declared_optimizers
+
+    text = (DOCS / "optimizers.md").read_text()
+    start = text.index("also take `fused=True`")
+    fused_part = text[text.rindex("\n\n", 0, start):start]
+    kernel_less = text[text.index("(see {doc}`guides/fused_kernels`).", start):text.index("have no kernel", start)]
+    names = lambda part: set(re.findall(r"`([a-z_0-9]+)`", part))  # noqa: E731
+    declared = {n: "fused" in inspect.signature(d.build).parameters for n, d in declared_optimizers().items()
+                if d.update}
+    assert names(fused_part) == {n for n, f in declared.items() if f}
+    assert names(kernel_less) == {n for n, f in declared.items() if not f}
