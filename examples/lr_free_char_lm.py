@@ -20,7 +20,7 @@ multipliers).
 Writes ``results.md`` (both tables), ``results.csv``, ``sensitivity.csv`` and
 ``lr_free_char_lm.png`` (validation curves and the sensitivity).
 
-    python examples/lr_free_char_lm.py            # ~10 minutes on a busy 2-core machine
+    python examples/lr_free_char_lm.py            # ~6.5 minutes on a busy 2-core machine
     python examples/lr_free_char_lm.py --smoke    # a few steps, a tiny model, for the tests
 """
 
