@@ -18,6 +18,7 @@ schedule-free AdamW (each around the range test's rate) and Prodigy (around its 
 
 Writes ``results.md`` (both tables), ``results.csv``, ``sensitivity.csv`` and ``lr_free_study.png``
 (the validation curves and the sensitivity, two panels).
+The same study on the character transformer of ``char_lm.py``: ``lr_free_char_lm.py``.
 
     python examples/lr_free_study.py            # ~3 minutes on a busy 2-core machine, mostly compiling
     python examples/lr_free_study.py --smoke    # a few steps, for the tests

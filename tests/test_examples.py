@@ -120,3 +120,19 @@ def test_lr_free_study_writes_its_tables_and_figure(tmp_path):
     at_base = {r["optimizer"]: float(r["acc_mean"]) for r in rows if float(r["multiplier"]) == 1.0}
     assert all(a > 0.3 for a in at_base.values())  # 20 steps already learn (chance is 0.1)
     assert (tmp_path / "lr_free_study.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_lr_free_char_lm_writes_its_tables_and_figure(tmp_path):
+    """The baseline and schedule-free AdamW on a tiny transformer: 8 steps, 2 seeds, 2 learning rates."""
+    run_example("lr_free_char_lm.py", "--smoke", "--out", str(tmp_path))
+    table = (tmp_path / "results.md").read_text()
+    names = ("AdamW + warm-up + cosine", "schedule-free AdamW")
+    for name in names:
+        assert f"| {name} |" in table
+    with open(tmp_path / "sensitivity.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["optimizer"], float(r["multiplier"])) for r in rows] == [(n, k) for n in names for k in (0.1, 1.0)]
+    loss = {(r["optimizer"], float(r["multiplier"])): float(r["val_loss"]) for r in rows}
+    for name in names:  # 8 steps at the base rate learn more than at a tenth of it
+        assert loss[name, 1.0] < loss[name, 0.1] - 0.1
+    assert (tmp_path / "lr_free_char_lm.png").read_bytes()[:4] == b"\x89PNG"
