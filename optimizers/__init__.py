@@ -90,6 +90,10 @@ from optimizers.rules.matrix.muon import ScaleByMuonState as ScaleByMuonState
 from optimizers.rules.matrix.muon import muon as muon
 from optimizers.rules.matrix.newton_schulz import orthogonalize as orthogonalize
 from optimizers.rules.matrix.muon import scale_by_muon as scale_by_muon
+from optimizers.rules.matrix.soap import ScaleBySoapState as ScaleBySoapState
+from optimizers.rules.matrix.soap import SoapStepState as SoapStepState
+from optimizers.rules.matrix.soap import scale_by_soap as scale_by_soap
+from optimizers.rules.matrix.soap import soap as soap
 from optimizers.rules.adaptive.nadam import ScaleByNadamState as ScaleByNadamState
 from optimizers.rules.adaptive.nadam import nadam as nadam
 from optimizers.rules.adaptive.nadam import nadamw as nadamw
@@ -192,9 +196,11 @@ __all__ = [
     "ScaleByScheduleFreeAdamState",
     "ScaleBySignumState",
     "ScaleBySm3State",
+    "ScaleBySoapState",
     "ScaleByTrustRatioState",
     "ScaleByYogiState",
     "ScheduleFreeState",
+    "SoapStepState",
     "SwaState",
     "TraceState",
     "adabelief",
@@ -281,6 +287,7 @@ __all__ = [
     "scale_by_sign",
     "scale_by_signum",
     "scale_by_sm3",
+    "scale_by_soap",
     "scale_by_trust_ratio",
     "scale_by_yogi",
     "schedule_free",
@@ -293,6 +300,7 @@ __all__ = [
     "signum",
     "slow_params",
     "sm3",
+    "soap",
     "state_shardings",
     "swa",
     "to_bytes",
