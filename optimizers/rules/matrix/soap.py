@@ -77,6 +77,31 @@ def _full(bases, plan: _Plan):
     return [next(it) if on else None for on in plan.on]
 
 
+def _per_leaf(trees, treedef, plans) -> list:
+    """From one tree per axis (``optax.MaskedNode`` where a leaf has no matrix at that axis): per leaf,
+    the tuple of its matrices (the axes with a basis, in order)."""
+    columns = [treedef.flatten_up_to(t) for t in trees]
+    return [tuple(columns[i][j] for i, on in enumerate(plan.on) if on) for j, plan in enumerate(plans)]
+
+
+def _per_axis(per_leaf, treedef, plans, n_axes) -> tuple:
+    """The inverse of :func:`_per_leaf`: one tree per axis, ``optax.MaskedNode`` where there is no matrix."""
+    out = []
+    for i in range(n_axes):
+        column = []
+        for mats, plan in zip(per_leaf, plans):
+            if i < len(plan.on) and plan.on[i]:
+                column.append(mats[sum(plan.on[:i])])
+            else:
+                column.append(optax.MaskedNode())
+        out.append(treedef.unflatten(column))
+    return tuple(out)
+
+
+def _n_axes(plans) -> int:
+    return max((len(p.on) for p in plans if any(p.on)), default=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # The transform
 
@@ -87,8 +112,8 @@ class ScaleBySoapState(NamedTuple):
     hyperparams: dict  # {"b1", "b2", "eps"} and "shampoo_beta" when given
     mu: optax.Updates  # m_t, in the params' basis
     nu: optax.Updates  # v_t, in the eigenbasis (each leaf in its own shape)
-    stats: optax.Updates  # per leaf a tuple: L^{(i)} of each preconditioned axis, (layers..., d_i, d_i)
-    bases: optax.Updates  # per leaf a tuple: Q^{(i)}, same shapes
+    stats: tuple  # per axis i a tree of the params' structure: L^{(i)}, (layers..., d_i, d_i), or optax.MaskedNode
+    bases: tuple  # per axis i: Q^{(i)}, the same shapes
     finite: jax.Array  # bool scalar: every statistic and basis is finite (else the update is NaN)
 
 
@@ -197,9 +222,10 @@ def scale_by_soap(b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
             dims = [d for d, on in zip(plan.merged, plan.on) if on]
             stats.append(tuple(jnp.zeros(lead + (d, d), pdtype(p)) for d in dims))
             bases.append(tuple(jnp.broadcast_to(jnp.eye(d, dtype=pdtype(p)), lead + (d, d)) for d in dims))
+        n = _n_axes(plans)
         return ScaleBySoapState(jnp.zeros([], jnp.int32), init_hyperparams(**values), zeros_in(params, mu_dtype),
-                                zeros_in(params, nu_dtype), treedef.unflatten(stats), treedef.unflatten(bases),
-                                jnp.ones([], bool))
+                                zeros_in(params, nu_dtype), _per_axis(stats, treedef, plans, n),
+                                _per_axis(bases, treedef, plans, n), jnp.ones([], bool))
 
     def update_fn(updates, state, params=None):
         del params
@@ -212,8 +238,8 @@ def scale_by_soap(b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
         plans = _plans(owner, updates, layer_axes, max_precond_dim, merge_dims, precondition_1d)
         leaves, treedef = jax.tree.flatten(updates)
         mus, nus = jax.tree.leaves(state.mu), jax.tree.leaves(state.nu)
-        stats_in = treedef.flatten_up_to(state.stats)
-        bases_in = treedef.flatten_up_to(state.bases)
+        stats_in = _per_leaf(state.stats, treedef, plans)
+        bases_in = _per_leaf(state.bases, treedef, plans)
         first = c == 0
         out, new_mu, new_nu, new_stats = [], [], [], []
         for g, m, v, ss, qs, plan in zip(leaves, mus, nus, stats_in, bases_in, plans):
@@ -260,13 +286,14 @@ def scale_by_soap(b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
             return new_q, new_v
 
         new_bases, new_nu = lax.switch(refresh, (keep, by_eigh, by_qr), (new_stats, list(bases_in), new_nu))
+        new_bases = [tuple(q) for q in new_bases]
         new_nu = [store(v, old.dtype) for v, old in zip(new_nu, nus)]
         arrays = jax.tree.leaves((new_stats, new_bases))
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays])) if arrays else jnp.ones([], bool)
         out = [jnp.where(finite, u, jnp.nan).astype(g.dtype) for u, g in zip(out, leaves)]
         new_state = ScaleBySoapState(optax.safe_increment(c), hp, treedef.unflatten(new_mu),
-                                     treedef.unflatten(new_nu), treedef.unflatten(new_stats),
-                                     treedef.unflatten(new_bases), finite)
+                                     treedef.unflatten(new_nu), _per_axis(new_stats, treedef, plans, _n_axes(plans)),
+                                     _per_axis(new_bases, treedef, plans, _n_axes(plans)), finite)
         return treedef.unflatten(out), new_state
 
     return transformation(owner, init_fn, update_fn)
@@ -314,8 +341,7 @@ def _step_then_decay(owner: str, learning_rate, weight_decay, mask) -> optax.Gra
 @declare_optimizer(paper="Vyas et al. 2024",
                    update=("Adam in the eigenbasis `Q` of `L=β_sL+(1-β_s)GGᵀ` per axis (QR refresh every `f` "
                            "steps): `θ=(θ-γ√(1-β₂ᵗ)/(1-β₁ᵗ)·Q(Qᵀm/(√v+ε)))(1-γλ)`"),
-                   test_kwargs=dict(learning_rate=0.02, weight_decay=0.0, precondition_frequency=2,
-                                    precondition_1d=True))
+                   test_kwargs=dict(learning_rate=0.02, weight_decay=0.0, precondition_frequency=2))
 def soap(learning_rate: ScalarOrSchedule = 3e-3, b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
          shampoo_beta: Optional[ScalarOrSchedule] = None, eps: ScalarOrSchedule = 1e-8,
          weight_decay: ScalarOrSchedule = 0.01, precondition_frequency: int = 10, max_precond_dim: int = 10000,

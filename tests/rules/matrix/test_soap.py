@@ -144,8 +144,8 @@ def test_soap_first_call_leaves_params_and_moments():
     u, state = jax.jit(tx.update)(jax.tree.map(jnp.float32, grads[0]), state, jax.tree.map(jnp.float32, params))
     assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(u))
     assert all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves((state[0].mu, state[0].nu)))
-    basis = np.asarray(state[0].bases["tall"][0])  # the eigenvectors of (1-b2) G Gᵀ, decreasing
-    stat = np.asarray(state[0].stats["tall"][0], np.float64)
+    basis = np.asarray(state[0].bases[0]["tall"])  # the eigenvectors of (1-b2) G Gᵀ, decreasing
+    stat = np.asarray(state[0].stats[0]["tall"], np.float64)
     np.testing.assert_allclose(stat, 0.05 * grads[0]["tall"] @ grads[0]["tall"].T, rtol=1e-5, atol=1e-6)
     evals = np.diag(basis.T @ stat @ basis)
     np.testing.assert_allclose(evals, np.sort(np.linalg.eigvalsh(stat))[::-1], rtol=1e-4, atol=1e-5)
@@ -215,7 +215,7 @@ def test_soap_nonfinite_preconditioner_is_reported_and_skipped():
     u, s = tx.update({"w": jnp.full((3, 2), jnp.inf, jnp.float32)}, s, p)
     assert np.all(np.asarray(optax.apply_updates(p, u)["w"]) == np.asarray(p["w"]))
     assert int(s.total_skips) == 1 and bool(s.inner_state[0].finite)
-    assert np.isfinite(np.asarray(s.inner_state[0].stats["w"][0])).all()
+    assert np.isfinite(np.asarray(s.inner_state[0].stats[0]["w"])).all()
 
 
 @pytest.mark.parametrize("kw, name", [
