@@ -194,6 +194,7 @@ def test_state_keeps_its_type_through_cond(name, dtype):
             assert _types(updates) == _types(grads) and _types(new) == _types(state)
 
 
+FIRST_UPDATE_BUILDS_ONLY = {"soap"}  # the first update is zero (it builds the preconditioners)
 # bfloat16: the chain names (a fused transform runs its chain in bfloat16)
 MULTI_STEPS_CASES = [(n, "float32") for n in NAMES] + [(n, "bfloat16") for n in CHAIN_NAMES]
 
@@ -202,7 +203,8 @@ MULTI_STEPS_CASES = [(n, "float32") for n in NAMES] + [(n, "bfloat16") for n in 
 def test_multi_steps_gives_zero_updates_until_the_kth(name, dtype):
     tx = optax.MultiSteps(make(name), every_k_schedule=4)
     params = _cast({"w": PARAMS["w"]}, dtype)  # one leaf: MultiSteps' program is large to compile
-    grads = _cast({"w": np.stack([g["w"] for g in GRADS])}, dtype)
+    first = 7 if name in FIRST_UPDATE_BUILDS_ONLY else 3  # the authors' SOAP changes nothing at its first update
+    grads = _cast({"w": np.stack([g["w"] for g in GRADS] * (first // 3))}, dtype)
 
     @jax.jit
     def run(params, grads):
@@ -216,7 +218,7 @@ def test_multi_steps_gives_zero_updates_until_the_kth(name, dtype):
     for u in jax.tree.leaves(updates):
         assert u.dtype == jnp.dtype(dtype)
         np.testing.assert_array_equal(u[:3], np.zeros_like(u[:3]))
-    assert any(np.any(np.asarray(u[3], np.float32) != 0) for u in jax.tree.leaves(updates))
+    assert any(np.any(np.asarray(u[first], np.float32) != 0) for u in jax.tree.leaves(updates))
 
 
 def test_a_broken_optimizer_fails_the_convergence_property(monkeypatch):

@@ -209,7 +209,7 @@ def _split_name(name):
 # number-or-schedule hyperparameter of a new rule is drawn in its documented range; options stay
 # at their defaults until an entry draws them too.
 BY_NAME = {"learning_rate": LR, "b1": UNIT, "b2": UNIT, "b3": UNIT, "beta": UNIT, "momentum": UNIT, "decay": UNIT,
-           "rho": UNIT, "eps": EPS, "eps_root": EPS, "weight_decay": DECAY}
+           "rho": UNIT, "eps": EPS, "eps_root": EPS, "weight_decay": DECAY, "shampoo_beta": UNIT}
 
 
 def _scheduled(name):

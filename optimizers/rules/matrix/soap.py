@@ -123,9 +123,40 @@ def _check_soap(owner, b1, b2, shampoo_beta, eps, precondition_frequency, max_pr
     if shampoo_beta is not None:
         check_range(owner, "shampoo_beta", shampoo_beta, 0.0, 1.0, high_open=True)
     check_range(owner, "eps", eps, 0.0)
-    for name, value in (("precondition_frequency", precondition_frequency), ("max_precond_dim", max_precond_dim)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
+    check_positive_int(owner, "precondition_frequency", precondition_frequency, traced_ok=True)
+    check_positive_int(owner, "max_precond_dim", max_precond_dim, traced_ok=True)
+
+
+def static_int(value):
+    """``value`` as an int, or ``None`` when it is traced (``optax.inject_hyperparams`` under ``jit``)."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    return int(value)
+
+
+def _plans_from_state(owner, tree, layer_axes, stats):
+    """The plans when ``max_precond_dim`` is traced (``optax.inject_hyperparams`` makes it an array):
+    read from which axes have a statistic in the state (``merge_dims=False``)."""
+    treedef = jax.tree.structure(tree)
+    columns = [treedef.flatten_up_to(t) for t in stats]
+    ks = jax.tree.leaves(leaf_layer_axes(owner, layer_axes, tree))
+    plans = []
+    for j, (x, k) in enumerate(zip(jax.tree.leaves(tree), ks)):
+        inner = tuple(x.shape[k:])
+        on = tuple(i < len(columns) and not isinstance(columns[i][j], optax.MaskedNode) for i in range(len(inner)))
+        plans.append(_Plan(k, inner, on))
+    return plans
+
+
+def check_positive_int(owner: str, name: str, value, traced_ok: bool = False) -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is an int > 0; with ``traced_ok`` an integer array too
+    (``optax.inject_hyperparams`` hands the factory its numbers as arrays, traced under ``jit``)."""
+    if traced_ok and isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jnp.integer) and value.ndim == 0:
+        if isinstance(value, jax.core.Tracer):
+            return
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
 
 
 def _qr_refresh(stats, bases, nu, plan: _Plan):
@@ -195,8 +226,8 @@ def scale_by_soap(b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
         layer_axes: the leading axes of each leaf that index stacked layers: each layer gets
             its own statistics and bases (see :mod:`optimizers.contract.layers`).
         mu_dtype, nu_dtype: the dtypes of :math:`m` and :math:`v` (``None``: the params').
-        precond_dtype: the dtype the statistics and bases are kept in (``None``: at least
-            float32, the params' dtype if wider); the eigendecomposition and QR run in it.
+        precond_dtype: the dtype the statistics and bases are kept in (``None``: the params',
+            as the authors' code); the eigendecomposition and QR run in at least float32.
 
     References:
         Vyas et al., "SOAP: Improving and Stabilizing Shampoo using Adam", arXiv:2409.11321,
@@ -208,13 +239,27 @@ def scale_by_soap(b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
         check_state_dtype(owner, name, dt)
     check_layer_axes(owner, layer_axes)
     values = given(b1=b1, b2=b2, shampoo_beta=shampoo_beta, eps=eps)
+    max_dim = static_int(max_precond_dim)
+    if max_dim is None and merge_dims:
+        raise ValueError(f"{owner}: a traced max_precond_dim with merge_dims=True: give it to "
+                         f"optax.inject_hyperparams in static_args")
+
+    def plans_of(tree, state=None):
+        if max_dim is None:
+            return _plans_from_state(owner, tree, layer_axes, state.stats)
+        return _plans(owner, tree, layer_axes, max_dim, merge_dims, precondition_1d)
 
     def pdtype(p):
-        return jnp.promote_types(p.dtype, jnp.float32) if precond_dtype is None else jnp.dtype(precond_dtype)
+        return p.dtype if precond_dtype is None else jax.dtypes.canonicalize_dtype(precond_dtype)
 
     def init_fn(params):
+        if max_dim is None:
+            raise jax.errors.ConcretizationTypeError(
+                max_precond_dim, f"{owner}: max_precond_dim decides which axes get a basis (the state's shapes), "
+                "so init cannot take it traced: under optax.inject_hyperparams, name it in static_args, or call "
+                "init outside jax.jit")
         reject_complex(owner, params, "SOAP's bases are real, as in the authors' code")
-        plans = _plans(owner, params, layer_axes, max_precond_dim, merge_dims, precondition_1d)
+        plans = plans_of(params)
         leaves, treedef = jax.tree.flatten(params)
         stats, bases = [], []
         for p, plan in zip(leaves, plans):
@@ -235,7 +280,7 @@ def scale_by_soap(b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
         c = state.count
         t = jnp.maximum(c, 1).astype(beta1.dtype)
         scale = jnp.sqrt(1 - beta2**t) / (1 - beta1**t) if correct_bias else jnp.ones([], beta1.dtype)
-        plans = _plans(owner, updates, layer_axes, max_precond_dim, merge_dims, precondition_1d)
+        plans = plans_of(updates, state)
         leaves, treedef = jax.tree.flatten(updates)
         mus, nus = jax.tree.leaves(state.mu), jax.tree.leaves(state.nu)
         stats_in = _per_leaf(state.stats, treedef, plans)
@@ -255,7 +300,8 @@ def scale_by_soap(b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
 
             def statistics(g, ss, plan=plan):
                 axes = [a for a, on in enumerate(plan.on) if on]
-                return tuple(s + (1 - bs) * (mode_statistic(g, a).astype(s.dtype) - s) for s, a in zip(ss, axes))
+                return tuple(store(widen(s) + (1 - bs) * (mode_statistic(g, a) - widen(s)), s.dtype)
+                             for s, a in zip(ss, axes))
 
             gl = _layers(widen(g), plan)
             n, m2, v2 = over_layers(direction, plan.k)(gl, _layers(widen(m), plan), _layers(widen(v), plan), qs)
@@ -273,20 +319,21 @@ def scale_by_soap(b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
 
         def by_eigh(ops):
             ss, _, vs = ops
-            return [tuple(eigenbasis(s).astype(s.dtype) for s in s_leaf) for s_leaf in ss], vs
+            return [tuple(store(eigenbasis(widen(s)), s.dtype) for s in s_leaf) for s_leaf in ss], vs
 
         def by_qr(ops):
             ss, qs, vs = ops
             new_q, new_v = [], []
             for s_leaf, q_leaf, v, plan in zip(ss, qs, vs, plans):
                 q2, v2 = over_layers(lambda s, q, v, plan=plan: _qr_refresh(s, q, v, plan), plan.k)(
-                    s_leaf, q_leaf, _layers(v, plan))
-                new_q.append(tuple(q.astype(s.dtype) for q, s in zip(q2, s_leaf)))
+                    tuple(map(widen, s_leaf)), tuple(map(widen, q_leaf)), _layers(v, plan))
+                new_q.append(tuple(store(q, s.dtype) for q, s in zip(q2, s_leaf)))
                 new_v.append(v2.reshape(v.shape))
             return new_q, new_v
 
         new_bases, new_nu = lax.switch(refresh, (keep, by_eigh, by_qr), (new_stats, list(bases_in), new_nu))
         new_bases = [tuple(q) for q in new_bases]
+        new_stats = [tuple(s) for s in new_stats]
         new_nu = [store(v, old.dtype) for v, old in zip(new_nu, nus)]
         arrays = jax.tree.leaves((new_stats, new_bases))
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays])) if arrays else jnp.ones([], bool)
