@@ -32,7 +32,7 @@ from jax import lax
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, reject_complex, store, widen, zeros_in
 from optimizers.contract.hyperparams import check_range, current_hyperparams, given, init_hyperparams
-from optimizers.contract.layers import LayerAxes, check_layer_axes, leaf_layer_axes, over_layers
+from optimizers.contract.layers import LayerAxes, check_layer_axes, leaf_layer_axes, over_layers, per_layer
 from optimizers.contract.masks import leaf_masks
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.matrix.kronecker import eigenbasis, merge_small_dims, mode_statistic, project
@@ -98,6 +98,14 @@ def _per_axis(per_leaf, treedef, plans, n_axes) -> tuple:
     return tuple(out)
 
 
+def _finite_layers(mats, g, plan: _Plan):
+    """One bool per layer: every matrix of that layer is finite (reduced over the non-layer axes only)."""
+    ok = jnp.ones(g.shape[:plan.k], bool)
+    for m in mats:
+        ok = ok & jnp.all(jnp.isfinite(m), axis=(-2, -1))
+    return ok
+
+
 def _n_axes(plans) -> int:
     return max((len(p.on) for p in plans if any(p.on)), default=0)
 
@@ -114,7 +122,7 @@ class ScaleBySoapState(NamedTuple):
     nu: optax.Updates  # v_t, in the eigenbasis (each leaf in its own shape)
     stats: tuple  # per axis i a tree of the params' structure: L^{(i)}, (layers..., d_i, d_i), or optax.MaskedNode
     bases: tuple  # per axis i: Q^{(i)}, the same shapes
-    finite: jax.Array  # bool scalar: every statistic and basis is finite (else the update is NaN)
+    finite: optax.Updates  # per leaf, bool of shape (layers...): its statistics and bases are finite (else NaN)
 
 
 def _check_soap(owner, b1, b2, shampoo_beta, eps, precondition_frequency, max_precond_dim):
@@ -201,9 +209,12 @@ def scale_by_soap(b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
     Adam with :math:`\beta_1, \beta_2`. The eigendecomposition (first call) and the QR refresh
     run inside the compiled step under :func:`jax.lax.switch`; the program compiles once.
 
-    The state's ``finite`` is ``False`` once a statistic or a basis is not finite (say a
-    :math:`GG^\top` that overflows); the direction is then NaN, so
-    :func:`~optimizers.apply_if_finite` skips the step and keeps the finite state.
+    The state's ``finite`` (per leaf, one bool per layer) is ``False`` once a statistic or a
+    basis of that layer is not finite (say a :math:`GG^\top` that overflows); that layer's
+    direction is then NaN. It is per layer so that a stack sharded on its layer axis needs no
+    communication. (:func:`~optimizers.apply_if_finite` and optax's test the gradients, not the
+    updates: a non-finite gradient is skipped with the state kept; a statistic that overflows
+    from finite gradients shows as NaN params and ``finite == False``.)
 
     .. warning::
         ``pytorch_optimizer.SOAP`` (4.1.0) divides by :math:`\mathrm{RMS} + \epsilon` with
@@ -270,7 +281,8 @@ def scale_by_soap(b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
         n = _n_axes(plans)
         return ScaleBySoapState(jnp.zeros([], jnp.int32), init_hyperparams(**values), zeros_in(params, mu_dtype),
                                 zeros_in(params, nu_dtype), _per_axis(stats, treedef, plans, n),
-                                _per_axis(bases, treedef, plans, n), jnp.ones([], bool))
+                                _per_axis(bases, treedef, plans, n),
+                                treedef.unflatten([jnp.ones(p.shape[:plan.k], bool) for p, plan in zip(leaves, plans)]))
 
     def update_fn(updates, state, params=None):
         del params
@@ -335,12 +347,11 @@ def scale_by_soap(b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
         new_bases = [tuple(q) for q in new_bases]
         new_stats = [tuple(s) for s in new_stats]
         new_nu = [store(v, old.dtype) for v, old in zip(new_nu, nus)]
-        arrays = jax.tree.leaves((new_stats, new_bases))
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays])) if arrays else jnp.ones([], bool)
-        out = [jnp.where(finite, u, jnp.nan).astype(g.dtype) for u, g in zip(out, leaves)]
+        finite = [_finite_layers(ss + qs, g, plan) for ss, qs, g, plan in zip(new_stats, new_bases, leaves, plans)]
+        out = [jnp.where(per_layer(f, u), u, jnp.nan).astype(g.dtype) for u, f, g in zip(out, finite, leaves)]
         new_state = ScaleBySoapState(optax.safe_increment(c), hp, treedef.unflatten(new_mu),
                                      treedef.unflatten(new_nu), _per_axis(new_stats, treedef, plans, _n_axes(plans)),
-                                     _per_axis(new_bases, treedef, plans, _n_axes(plans)), finite)
+                                     _per_axis(new_bases, treedef, plans, _n_axes(plans)), treedef.unflatten(finite))
         return treedef.unflatten(out), new_state
 
     return transformation(owner, init_fn, update_fn)

@@ -197,7 +197,7 @@ def test_soap_stacked_equals_unrolled(layers):
             np.testing.assert_allclose(a["w"][i], b[f"w{i}"], rtol=1e-6, atol=1e-7)
 
 
-def test_soap_nonfinite_preconditioner_is_reported_and_skipped():
+def test_soap_nonfinite_preconditioner_is_reported_nonfinite_gradient_skipped():
     params = {"w": jnp.ones((3, 2), jnp.float32)}
     small = {"w": jnp.full((3, 2), 0.1, jnp.float32)}
     huge = {"w": jnp.full((3, 2), 1e25, jnp.float32)}  # G Gᵀ overflows float32; G itself is finite
@@ -205,7 +205,7 @@ def test_soap_nonfinite_preconditioner_is_reported_and_skipped():
     s = bare.init(params)
     for g in (small, small, huge):
         u, s = bare.update(g, s, params)
-    assert not bool(s[0].finite) and np.isnan(np.asarray(u["w"])).all()
+    assert not bool(s[0].finite["w"]) and np.isnan(np.asarray(u["w"])).all()
     # apply_if_finite (ours and optax's) tests the gradients: a non-finite one is skipped, the state kept finite
     tx = optimizers.apply_if_finite(optimizers.soap(0.01, precondition_frequency=1), max_consecutive_skips=5)
     s = tx.init(params)
@@ -214,7 +214,7 @@ def test_soap_nonfinite_preconditioner_is_reported_and_skipped():
     p = optax.apply_updates(params, u)
     u, s = tx.update({"w": jnp.full((3, 2), jnp.inf, jnp.float32)}, s, p)
     assert np.all(np.asarray(optax.apply_updates(p, u)["w"]) == np.asarray(p["w"]))
-    assert int(s.total_skips) == 1 and bool(s.inner_state[0].finite)
+    assert int(s.total_skips) == 1 and bool(s.inner_state[0].finite["w"])
     assert np.isfinite(np.asarray(s.inner_state[0].stats[0]["w"])).all()
 
 
@@ -244,3 +244,29 @@ def test_soap_refreshes_compile_once():
     for g in grads:
         _, s = step(jax.tree.map(jnp.float32, g), s)
     assert len(traces) == 1
+
+
+def test_soap_stack_sharded_on_its_layer_axis_needs_no_collective():
+    """8 layers on 8 CPU devices (tests/conftest.py): state_shardings puts each layer's statistics, bases and
+    moments with its layer, and the compiled step (refreshes included) moves nothing between devices."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from optimizers.sharding import state_shardings
+
+    mesh = Mesh(np.array(jax.devices()[:8]), ("layers",))
+    params = {"w": jnp.ones((8, 6, 4), jnp.float32)}
+    p_sh = {"w": NamedSharding(mesh, PartitionSpec("layers"))}
+    tx = optimizers.soap(0.01, layer_axes=1, precondition_frequency=2)
+    s_sh = state_shardings(tx, params, p_sh)
+    inner = s_sh[0]
+    for tree in (inner.mu, inner.nu, inner.stats[0], inner.stats[1], inner.bases[0], inner.bases[1], inner.finite):
+        assert tuple(tree["w"].spec)[:1] == ("layers",), tree["w"].spec
+
+    def step(g, s, p):
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    hlo = jax.jit(step, in_shardings=(p_sh, s_sh, p_sh), out_shardings=(p_sh, s_sh)).lower(
+        params, jax.eval_shape(tx.init, params), params).compile().as_text()
+    for op in ("all-reduce", "all-gather", "all-to-all", "collective-permute", "reduce-scatter"):
+        assert op not in hlo, op
