@@ -121,10 +121,9 @@ def test_pmap_and_sharded_jit_match_one_device(name):
 
 
 # SOAP's first eigenbasis of a singular statistic (G Gᵀ of one (256, 128) gradient) is arbitrary in its null
-# space, so a different rounding (a sharded reduction) gives another trajectory: leave the 256 axes unpreconditioned;
-# near-equal eigenvalues of the others still swap order under another rounding (one column of a (256, 128) leaf
-# moves by 4e-4 after 10 steps), hence 1e-3 of the leaf's scale.
-SINGULAR_FIRST_STATISTIC = {"soap": (dict(max_precond_dim=128), 1e-3)}
+# space, and near-equal eigenvalues swap order, so another rounding (a sharded reduction) gives another trajectory:
+# bases only for the axes up to 8 (the stack, sharded on its axis of 8; the others' eigh/QR would also be slow).
+SINGULAR_FIRST_STATISTIC = {"soap": (dict(max_precond_dim=8), 2e-5)}
 
 
 def test_layerwise_norms_are_global_not_per_shard():

@@ -195,7 +195,7 @@ def scale_by_soap(b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
 
     .. math::
         d_t = s_t\, \Big(\frac{m_t \times_i Q^{(i)\top}}{\sqrt{v_t} + \epsilon}\Big) \times_i Q^{(i)},
-        \qquad s_t = \frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t} \ (\text{``correct_bias``, else } 1),
+        \qquad s_t = \frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t} \ (\text{or } 1 \text{ without bias correction}),
 
     with :math:`m_t, v_t` and the bases as in the module's equations; then the statistics are
     updated with :math:`G_t` and, when :math:`t \bmod f = 0`, the bases are refreshed by one power
@@ -235,7 +235,7 @@ def scale_by_soap(b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
         normalize_grads: divide the direction by its RMS per layer.
         correct_bias: Adam's bias corrections :math:`s_t`.
         layer_axes: the leading axes of each leaf that index stacked layers: each layer gets
-            its own statistics and bases (see :mod:`optimizers.contract.layers`).
+            its own statistics and bases (see :func:`~optimizers.layer_axes_from_flax`).
         mu_dtype, nu_dtype: the dtypes of :math:`m` and :math:`v` (``None``: the params').
         precond_dtype: the dtype the statistics and bases are kept in (``None``: the params',
             as the authors' code); the eigendecomposition and QR run in at least float32.
@@ -423,9 +423,10 @@ def soap(learning_rate: ScalarOrSchedule = 3e-3, b1: ScalarOrSchedule = 0.95, b2
         learning_rate: :math:`\eta \ge 0`, a number or a schedule.
         weight_decay: :math:`\lambda \ge 0`.
         mask: which leaves are decayed (a tree of booleans, a prefix, or a function of the params).
-        b1, b2, shampoo_beta, eps, precondition_frequency, max_precond_dim, merge_dims, precondition_1d,
-            normalize_grads, correct_bias, layer_axes, mu_dtype, nu_dtype, precond_dtype: as in
-            :func:`scale_by_soap`.
+        b1, b2, shampoo_beta, eps: as in :func:`scale_by_soap`.
+        precondition_frequency, max_precond_dim, merge_dims: as in :func:`scale_by_soap`.
+        precondition_1d, normalize_grads, correct_bias: as in :func:`scale_by_soap`.
+        layer_axes, mu_dtype, nu_dtype, precond_dtype: as in :func:`scale_by_soap`.
 
     References:
         Vyas et al., "SOAP: Improving and Stabilizing Shampoo using Adam", arXiv:2409.11321, 2024.
