@@ -91,7 +91,7 @@ from optimizers.rules.matrix.muon import muon as muon
 from optimizers.rules.matrix.newton_schulz import orthogonalize as orthogonalize
 from optimizers.rules.matrix.muon import scale_by_muon as scale_by_muon
 from optimizers.rules.matrix.soap import ScaleBySoapState as ScaleBySoapState
-from optimizers.rules.matrix.soap import SoapStepState as SoapStepState
+from optimizers.rules.matrix.soap import SoapState as SoapState
 from optimizers.rules.matrix.soap import scale_by_soap as scale_by_soap
 from optimizers.rules.matrix.soap import soap as soap
 from optimizers.rules.adaptive.nadam import ScaleByNadamState as ScaleByNadamState
@@ -200,7 +200,7 @@ __all__ = [
     "ScaleByTrustRatioState",
     "ScaleByYogiState",
     "ScheduleFreeState",
-    "SoapStepState",
+    "SoapState",
     "SwaState",
     "TraceState",
     "adabelief",

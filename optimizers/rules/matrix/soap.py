@@ -362,7 +362,7 @@ def scale_by_soap(b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
 
 
 @declare_state(elementwise=True)
-class SoapStepState(NamedTuple):
+class SoapState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"learning_rate": ..., "weight_decay": ...}
 
@@ -374,7 +374,7 @@ def _step_then_decay(owner: str, learning_rate, weight_decay, mask) -> optax.Gra
 
     def init_fn(params):
         del params
-        return SoapStepState(jnp.zeros([], jnp.int32), init_hyperparams(**values))
+        return SoapState(jnp.zeros([], jnp.int32), init_hyperparams(**values))
 
     def update_fn(updates, state, params=None):
         if params is None:
@@ -391,7 +391,7 @@ def _step_then_decay(owner: str, learning_rate, weight_decay, mask) -> optax.Gra
 
         masks = leaf_masks(mask, params) if mask is not None else jax.tree.map(lambda _: True, params)
         out = jax.tree.map(one, updates, params, masks)
-        return out, SoapStepState(optax.safe_increment(state.count), hp)
+        return out, SoapState(optax.safe_increment(state.count), hp)
 
     return transformation(owner, init_fn, update_fn)
 
