@@ -103,7 +103,13 @@ def _finite_layers(mats, g, plan: _Plan):
     ok = jnp.ones(g.shape[:plan.k], bool)
     for m in mats:
         ok = ok & jnp.all(jnp.isfinite(m), axis=(-2, -1))
-    return ok
+    return ok.reshape(_flag_shape(g, plan))
+
+
+def _flag_shape(x, plan: _Plan) -> tuple:
+    """The layer axes, then 1s (so that ``state_shardings`` tells the layer axis from an equal-sized other);
+    a scalar for a leaf without layer axes."""
+    return () if plan.k == 0 else x.shape[:plan.k] + (1,) * (x.ndim - plan.k)
 
 
 def _n_axes(plans) -> int:
@@ -122,7 +128,7 @@ class ScaleBySoapState(NamedTuple):
     nu: optax.Updates  # v_t, in the eigenbasis (each leaf in its own shape)
     stats: tuple  # per axis i a tree of the params' structure: L^{(i)}, (layers..., d_i, d_i), or optax.MaskedNode
     bases: tuple  # per axis i: Q^{(i)}, the same shapes
-    finite: optax.Updates  # per leaf, bool of shape (layers...): its statistics and bases are finite (else NaN)
+    finite: optax.Updates  # per leaf, bool of shape (layers..., 1, ...): its statistics and bases are finite
 
 
 def _check_soap(owner, b1, b2, shampoo_beta, eps, precondition_frequency, max_precond_dim):
@@ -282,7 +288,7 @@ def scale_by_soap(b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
         return ScaleBySoapState(jnp.zeros([], jnp.int32), init_hyperparams(**values), zeros_in(params, mu_dtype),
                                 zeros_in(params, nu_dtype), _per_axis(stats, treedef, plans, n),
                                 _per_axis(bases, treedef, plans, n),
-                                treedef.unflatten([jnp.ones(p.shape[:plan.k], bool) for p, plan in zip(leaves, plans)]))
+                                treedef.unflatten([jnp.ones(_flag_shape(p, plan), bool) for p, plan in zip(leaves, plans)]))
 
     def update_fn(updates, state, params=None):
         del params

@@ -254,7 +254,7 @@ def test_soap_stack_sharded_on_its_layer_axis_needs_no_collective():
     from optimizers.sharding import state_shardings
 
     mesh = Mesh(np.array(jax.devices()[:8]), ("layers",))
-    params = {"w": jnp.ones((8, 6, 4), jnp.float32)}
+    params = {"w": jnp.ones((8, 8, 4), jnp.float32)}  # a row axis as long as the layer axis
     p_sh = {"w": NamedSharding(mesh, PartitionSpec("layers"))}
     tx = optimizers.soap(0.01, layer_axes=1, precondition_frequency=2)
     s_sh = state_shardings(tx, params, p_sh)
