@@ -115,6 +115,10 @@ from optimizers.rules.matrix.muon import muon as muon
 from optimizers.rules.matrix.muon import normuon as normuon
 from optimizers.rules.matrix.newton_schulz import orthogonalize as orthogonalize
 from optimizers.rules.matrix.muon import scale_by_muon as scale_by_muon
+from optimizers.rules.matrix.soap import ScaleBySoapState as ScaleBySoapState
+from optimizers.rules.matrix.soap import SoapState as SoapState
+from optimizers.rules.matrix.soap import scale_by_soap as scale_by_soap
+from optimizers.rules.matrix.soap import soap as soap
 from optimizers.rules.adaptive.nadam import ScaleByNadamState as ScaleByNadamState
 from optimizers.rules.adaptive.nadam import nadam as nadam
 from optimizers.rules.adaptive.nadam import nadamw as nadamw
@@ -269,10 +273,12 @@ __all__ = [
     "ScaleBySignumState",
     "ScaleBySimplifiedAdemamixState",
     "ScaleBySm3State",
+    "ScaleBySoapState",
     "ScaleByTrustRatioState",
     "ScaleByYogiState",
     "ScaleByZoomLinesearchState",
     "ScheduleFreeState",
+    "SoapState",
     "SophiaState",
     "SwaState",
     "TorchLbfgsState",
@@ -395,6 +401,7 @@ __all__ = [
     "scale_by_signum",
     "scale_by_simplified_ademamix",
     "scale_by_sm3",
+    "scale_by_soap",
     "scale_by_sophia",
     "scale_by_trust_ratio",
     "scale_by_yogi",
@@ -410,6 +417,7 @@ __all__ = [
     "simplified_ademamix",
     "slow_params",
     "sm3",
+    "soap",
     "sophia",
     "state_shardings",
     "swa",

@@ -59,6 +59,7 @@ BAD = {
     "max_consecutive_skips": [0, -1, 1.5, NAN],
     # optax's keywords
     "max_consecutive_errors": [0, -1, 1.5, NAN],
+    "shampoo_beta": UNIT, "precondition_frequency": [0, -1, 1.5, NAN], "max_precond_dim": [0, -1, 1.5, NAN],
     "decay_offset": [-1, NAN], "step_offset": [-1, NAN],
     "weight_decay_rate": [-1e-4, NAN],
     "min_norm": [-0.1, NAN],
@@ -98,6 +99,8 @@ BAD = {
 }
 # Where one constructor gives a name another range than BAD's.
 OVERRIDES = {
+    ("soap", "eps"): [-1e-8, NAN],  # 0 is allowed by the authors' SOAP
+    ("scale_by_soap", "eps"): [-1e-8, NAN],
     ("reduce_on_plateau", "eps"): [-1e-8, NAN],  # the smallest applied change of the scale: 0 is fine
     ("reduce_on_plateau", "threshold"): [-1e-4, NAN],
     ("weight_ema", "decay"): [-0.1, 1.1, NAN],  # 1 (a frozen average) is allowed

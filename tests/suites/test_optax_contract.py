@@ -217,7 +217,7 @@ def test_multi_steps_gives_zero_updates_until_the_kth(name, dtype):
         assert u.dtype == jnp.dtype(dtype)
         np.testing.assert_array_equal(u[:3], np.zeros_like(u[:3]))
         np.testing.assert_array_equal(u[4:7], np.zeros_like(u[4:7]))
-    # the kth or the 2kth update moves (ADOPT's first step only sets its second moment)
+    # the kth or the 2kth update moves (ADOPT's first step only sets its second moment, SOAP's builds its bases)
     assert any(np.any(np.asarray(u[3::4], np.float32) != 0) for u in jax.tree.leaves(updates))
 
 

@@ -212,7 +212,7 @@ def _split_name(name):
 BY_NAME = {"learning_rate": LR, "b1": UNIT, "b2": UNIT, "b3": UNIT, "beta": UNIT, "momentum": UNIT, "decay": UNIT,
            "rho": UNIT, "eps": EPS, "eps_root": EPS, "weight_decay": DECAY,
            "lambd": DECAY, "alpha": _floats(0.0, 1.0),  # asgd's power, ademamix's mixing weight, OGD's
-           "optimism": DECAY, "eta": DECAY, "gamma": _floats(0.0, 1.0)}
+           "optimism": DECAY, "eta": DECAY, "gamma": _floats(0.0, 1.0), "shampoo_beta": UNIT}
 
 
 def _scheduled(name):

@@ -111,12 +111,19 @@ def _assert_trees_close(got, want, rtol=2e-5):
 @pytest.mark.parametrize("name", ALIASES)
 def test_pmap_and_sharded_jit_match_one_device(name):
     """Params and state after 10 steps: pmap (replicas), sharded jit (split) and one device."""
-    want = _one_device(make(name))
-    params, state = _pmap(make(name))
+    kw, rtol = SINGULAR_FIRST_STATISTIC.get(name, ({}, 2e-5))
+    want = _one_device(make(name, **kw))
+    params, state = _pmap(make(name, **kw))
     for x in jax.tree.leaves((params, state)):  # every device holds the same replica
         np.testing.assert_array_equal(x, np.broadcast_to(x[0], x.shape))
     _assert_trees_close(jax.tree.map(lambda x: x[0], (params, state)), want)
-    _assert_trees_close(_sharded_jit(make(name), _mesh()), want)
+    _assert_trees_close(_sharded_jit(make(name, **kw), _mesh()), want, rtol)
+
+
+# SOAP's first eigenbasis of a singular statistic (G Gᵀ of one (256, 128) gradient) is arbitrary in its null
+# space, and near-equal eigenvalues swap order, so another rounding (a sharded reduction) gives another trajectory:
+# bases only for the axes up to 8 (the stack, sharded on its axis of 8; the others' eigh/QR would also be slow).
+SINGULAR_FIRST_STATISTIC = {"soap": (dict(max_precond_dim=8), 2e-5)}
 
 
 def test_layerwise_norms_are_global_not_per_shard():
