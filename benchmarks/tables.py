@@ -16,11 +16,12 @@ def _optimizers():
 
 
 def aliases() -> list[str]:
-    """Every optimizer alias: a name in ``optimizers.__all__`` that takes a ``learning_rate`` and is not a
-    wrapper around another optimizer (``schedule_free(base_optimizer, learning_rate)``)."""
-    opt = _optimizers()
-    return sorted(n for n in opt.__all__ if callable(getattr(opt, n)) and "learning_rate" in _parameters(getattr(opt, n))
-                  and "base_optimizer" not in _parameters(getattr(opt, n)))
+    """Every optimizer alias: the optimizers the rules declare (the README's table), those whose
+    ``update`` takes only the gradients (``lbfgs``'s and ``sophia``'s need the objective)."""
+    _optimizers()
+    from optimizers.contract.registry import declared_optimizers
+
+    return sorted(n for n, d in declared_optimizers().items() if d.update)
 
 
 def _parameters(fn):

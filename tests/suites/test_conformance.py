@@ -29,7 +29,7 @@ UNDECLARED = {"lbfgs": "its update needs value, grad and value_fn (a line search
 
 def test_every_optimizer_is_enrolled():
     """Every public function whose first parameter is ``learning_rate`` is declared (so it joins the suites)."""
-    takes_lr = sorted(n for n in optimizers.__all__
+    takes_lr = sorted(n for n in optimizers.__all__ if not n.startswith("scale_by_")  # transforms: optax's order
                       if next(iter(inspect.signature(getattr(optimizers, n)).parameters), None) == "learning_rate")
     assert not set(takes_lr) - set(ALIASES) - set(UNDECLARED), "declare these with @declare_optimizer"
     assert not set(UNDECLARED) & set(ALIASES)
@@ -235,18 +235,15 @@ def _updates(tx):
 
 @pytest.mark.parametrize("name", SCHEDULED)
 def test_every_hyperparameter_can_be_a_schedule(name):
-    """Every hyperparameter that takes a schedule follows it: with all of them schedules, the updates
-    equal the constants' run; switching one of them at step 2 leaves steps 0 and 1 bit for bit and
-    changes a later one (RAdam ignores b2 and eps until it rectifies, at step 5). One compiled
-    program serves every hyperparameter (the switch steps are its argument)."""
+    """Every hyperparameter that takes a schedule follows it, at the step it is evaluated: switching
+    one of them at step 2 leaves steps 0 and 1 bit for bit and changes a later one (RAdam ignores
+    b2 and eps until it rectifies, at step 5); a schedule evaluated a step early or late, or
+    ignored, fails. One compiled program serves every hyperparameter (the switch steps are its
+    argument)."""
     values = _schedule_values(name)
     run = _switched_run(name, values)
     never = jnp.full(len(values), len(GRADS) + 1)
     _, u_base = run(never)
-    tx_const = make(name, **{h: v for h, (v, _) in values.items()})
-    _, u_const = jax.jit(_updates, static_argnums=0)(tx_const)
-    for a, b in zip(jax.tree.leaves(u_const), jax.tree.leaves(u_base)):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     for i, hyper in enumerate(values):
         s_sched, u_sched = run(never.at[i].set(2))
         same = [all(np.array_equal(a[k], b[k]) for a, b in zip(jax.tree.leaves(u_base), jax.tree.leaves(u_sched)))

@@ -154,7 +154,7 @@ def ademamix(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Sc
     The paper's warm-ups: ``alpha=alpha_scheduler(alpha, T), b3=beta3_scheduler(b3, b1, T)``.
     ``eps_root``, ``mu_dtype``: see :func:`scale_by_ademamix`; ``weight_decay`` (decoupled, times
     the learning rate, as the paper) and ``mask`` as :func:`add_decayed_weights`. No fused kernel:
-    ``ademamix`` runs its chain on every backend (no kernel of ``optimizers/fused`` keeps two
+    ``ademamix`` runs its chain on every backend (no kernel of the fused backend keeps two
     first moments).
 
     .. warning::

@@ -137,7 +137,7 @@ def adopt(learning_rate: ScalarOrSchedule, b1: ScalarOrSchedule = 0.9, b2: Scala
 
     ``mu_dtype``, ``nesterov``, ``use_clipping``, ``clip_value_fn``, ``form``: see
     :func:`scale_by_adopt`. No fused kernel: ``adopt`` runs its chain on every backend (no kernel
-    of ``optimizers/fused`` computes its delayed normalisation and clipping).
+    of the fused backend computes its delayed normalisation and clipping).
 
     .. warning::
         ``optax.contrib.adopt`` is ``form="optax"`` (the clipping bound one step behind the

@@ -16,7 +16,7 @@ from optimizers.rules.scaling import scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
 
-@declare_state(elementwise=True)
+@declare_state(elementwise=False)  # the noise is drawn for the whole leaf: not block by block
 class AddNoiseState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
     hyperparams: dict  # {"eta": ..., "gamma": ...}
