@@ -49,8 +49,9 @@ def run_updates(tx, grads, params=None, dtype=np.float32):
     return out
 
 
-def run_params(tx, grads, params, dtype=np.float32):
-    """The params after each step of ``tx`` with the given gradients (jit-compiled)."""
+def run_params(tx, grads, params, dtype=np.float32, read=None):
+    """The params after each step of ``tx`` with the given gradients (jit-compiled); with ``read``,
+    ``read(params, state)`` after each step instead."""
     cast = lambda t: jax.tree.map(lambda x: np.asarray(x, dtype), t)  # noqa: E731
     params = cast(params)
     state = tx.init(params)
@@ -63,7 +64,7 @@ def run_params(tx, grads, params, dtype=np.float32):
     out = []
     for g in grads:
         params, state = step(params, state, cast(g))
-        out.append(jax.tree.map(lambda x: np.asarray(x, np.float64), params))
+        out.append(jax.tree.map(lambda x: np.asarray(x, np.float64), params) if read is None else read(params, state))
     return out
 
 

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from helpers import assert_close, random_grads, random_tree
+from helpers import assert_close, random_grads, random_tree, run_params
 
 import optimizers
 
@@ -25,20 +25,8 @@ def _reference(theta, grads, lr, lambd, alpha, t0, weight_decay):
 
 
 def _run(tx, params, grads, dtype):
-    cast = lambda t: jax.tree.map(lambda x: np.asarray(x, dtype), t)  # noqa: E731
-    params = cast(params)
-    state = tx.init(params)
-
-    @jax.jit
-    def step(p, s, g):
-        u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s
-
-    out = []
-    for g in grads:
-        params, state = step(params, state, cast(g))
-        out.append((params, optimizers.asgd_averaged_params(state)))
-    return out
+    """(params, the average) after each step."""
+    return run_params(tx, grads, params, dtype, read=lambda p, s: (p, optimizers.asgd_averaged_params(s)))
 
 
 HP = dict(learning_rate=0.05, lambd=0.3, alpha=0.75, t0=T0, weight_decay=0.02)
