@@ -27,7 +27,7 @@ import optax
 from jax import lax
 
 from optimizers.contract.checks import transformation
-from optimizers.contract.dtypes import reject_complex, store, widen, zeros_in
+from optimizers.contract.dtypes import check_state_dtype, reject_complex, store, widen, zeros_in
 from optimizers.contract.hyperparams import check_range, current_hyperparams, given, init_hyperparams
 from optimizers.contract.layers import LayerAxes, check_layer_axes, leaf_layer_axes, over_layers, per_layer
 from optimizers.contract.registry import declare_optimizer, declare_state
@@ -43,7 +43,7 @@ EIGEN_FLOOR = 1e-6  # eigenvalues below this fraction of the largest are raised 
 
 def _plan(shape: tuple, k: int, max_dim: int) -> _Plan:
     inner = tuple(shape[k:])
-    return _Plan(k, inner, tuple(d <= max_dim for d in inner))
+    return _Plan(k, inner, tuple(0 < d <= max_dim for d in inner))
 
 
 def _plans(owner, tree, layer_axes, max_dim):
@@ -73,7 +73,7 @@ def _layer_norm(x, k):
 @declare_state(nonnegative=("graft_nu",), elementwise=False)
 class ScaleByShampooState(NamedTuple):
     count: jax.Array  # int32 scalar: updates applied so far
-    hyperparams: dict  # {"b1", "b2", "eps", "graft_b2", "graft_eps"}
+    hyperparams: dict  # {"b1", "b2", "graft_b2", "graft_eps"}
     mu: optax.Updates  # d_t, the momentum of the grafted direction
     graft_nu: optax.Updates  # the grafting's sum / average of G² (zeros for "sgd" and None)
     stats: tuple  # per axis i a tree of the params' structure: S^{(i)}, (layers..., d_i, d_i), or optax.MaskedNode
@@ -111,11 +111,12 @@ def _graft(g, nu, grafting, hp, t):
     return g / (jnp.sqrt(nu) + hp["graft_eps"]), nu
 
 
-def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps: ScalarOrSchedule = 1e-6,
+def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps: float = 1e-6,
                      precondition_frequency: int = 1, start_preconditioning_step: int = 0,
                      max_preconditioner_dim: int = 8192, grafting: Optional[str] = None,
                      graft_b2: ScalarOrSchedule = 0.999, graft_eps: ScalarOrSchedule = 1e-8, *,
-                     layer_axes: LayerAxes = None, mu_dtype=None) -> optax.GradientTransformation:
+                     layer_axes: LayerAxes = None, mu_dtype=None, nu_dtype=None,
+                     precond_dtype=None) -> optax.GradientTransformation:
     r"""Shampoo's direction (no learning rate, no weight decay): per axis a statistic, its inverse root.
 
     At ``count`` :math:`c` (step :math:`t = c+1`), with :math:`k` the order of a layer:
@@ -166,7 +167,8 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
         b1: :math:`\beta_1 \in [0, 1)`, heavy-ball momentum on the grafted direction (Anil et al.'s
             ``beta1`` without ``moving_average_for_momentum``).
         b2: :math:`\beta_2 \in (0, 1]` of the statistics; 1: their sum (the paper).
-        eps: :math:`\epsilon > 0`, the statistics' start :math:`\epsilon I`.
+        eps: :math:`\epsilon > 0`, the statistics' start :math:`\epsilon I` (a number: it is used
+            once, at ``init``).
         precondition_frequency: :math:`f > 0`, steps between the roots' refreshes.
         start_preconditioning_step: :math:`s \ge 0`: the first :math:`s` steps take the grafting
             direction alone (the statistics are accumulated from the first).
@@ -176,8 +178,10 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
         graft_eps: :math:`\epsilon_g \ge 0` of the ``"adagrad"``, ``"rmsprop"``, ``"adam"`` grafting.
         layer_axes: the leading axes of each leaf that index stacked layers: each layer gets its
             own statistics, roots and grafting norm (see :func:`~optimizers.layer_axes_from_flax`).
-        mu_dtype: the dtype of :math:`d` (``None``: the params'). The statistics, the roots and
-            :math:`\nu` are kept in at least float32.
+        mu_dtype, nu_dtype: the dtypes of :math:`d` and of the grafting's :math:`\nu` (``None``:
+            the params').
+        precond_dtype: the dtype the statistics and roots are kept in (``None``: the params'); the
+            statistics' update and the roots are computed in at least float32.
 
     References:
         Gupta, Koren & Singer, "Shampoo: Preconditioned Stochastic Tensor Optimization", ICML 2018,
@@ -189,7 +193,9 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
     _check(owner, b1, b2, eps, precondition_frequency, start_preconditioning_step, max_preconditioner_dim,
            grafting, graft_b2, graft_eps)
     check_layer_axes(owner, layer_axes)
-    values = given(b1=b1, b2=b2, eps=eps, graft_b2=graft_b2, graft_eps=graft_eps)
+    for name, dt in (("mu_dtype", mu_dtype), ("nu_dtype", nu_dtype), ("precond_dtype", precond_dtype)):
+        check_state_dtype(owner, name, dt)
+    values = given(b1=b1, b2=b2, graft_b2=graft_b2, graft_eps=graft_eps)
     max_dim = static_int(max_preconditioner_dim)
 
     def plans_of(tree, state=None):
@@ -203,20 +209,19 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
                 max_preconditioner_dim, f"{owner}: max_preconditioner_dim decides which axes get a statistic "
                 "(the state's shapes): under optax.inject_hyperparams, name it in static_args")
         reject_complex(owner, params, "Shampoo's statistics are real, as in the paper")
-        e = init_hyperparams(eps=eps)["eps"]
         plans = plans_of(params)
         leaves, treedef = jax.tree.flatten(params)
         stats, roots = [], []
         for p, plan in zip(leaves, plans):
-            dt = widen(jnp.zeros([], p.dtype)).dtype
+            dt = p.dtype if precond_dtype is None else jax.dtypes.canonicalize_dtype(precond_dtype)
             lead = p.shape[:plan.k]
             dims = [d for d, on in zip(plan.merged, plan.on) if on]
-            stats.append(tuple(jnp.broadcast_to(e.astype(dt) * jnp.eye(d, dtype=dt), lead + (d, d)) for d in dims))
+            stats.append(tuple(jnp.broadcast_to(eps * jnp.eye(d, dtype=dt), lead + (d, d)) for d in dims))
             roots.append(tuple(jnp.broadcast_to(jnp.eye(d, dtype=dt), lead + (d, d)) for d in dims))
         n = _n_axes(plans)
         return ScaleByShampooState(
             jnp.zeros([], jnp.int32), init_hyperparams(**values), zeros_in(params, mu_dtype),
-            jax.tree.map(lambda p: jnp.zeros(p.shape, widen(jnp.zeros([], p.dtype)).dtype), params),
+            zeros_in(params, nu_dtype),
             _per_axis(stats, treedef, plans, n), _per_axis(roots, treedef, plans, n),
             treedef.unflatten([jnp.ones(_flag_shape(p, plan), bool) for p, plan in zip(leaves, plans)]))
 
@@ -236,14 +241,15 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
         for g, ss, plan in zip(leaves, stats_in, plans):
             def statistics(g, ss, plan=plan):
                 axes = [a for a, on in enumerate(plan.on) if on]
-                return tuple(beta2 * s + w * mode_statistic(g, a) for s, a in zip(ss, axes))
+                return tuple(store(beta2 * widen(s) + w * mode_statistic(g, a), s.dtype) for s, a in zip(ss, axes))
             new_stats.append(over_layers(statistics, plan.k)(widen(g), ss))
 
         def refresh(ss):
             out = []
             for s_leaf, plan in zip(ss, plans):
                 p = 2 * len(plan.merged)
-                out.append(tuple(over_layers(lambda s, p=p: inverse_root(s, p), plan.k)(s) for s in s_leaf))
+                out.append(tuple(store(over_layers(lambda s, p=p: inverse_root(s, p), plan.k)(s), s.dtype)
+                                 for s in s_leaf))
             return out
 
         new_roots = lax.cond(c % precondition_frequency == 0, refresh, lambda _: list(roots_in), new_stats)
@@ -261,8 +267,8 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
                 return g
 
             gw = widen(g)
-            a, nu2 = _graft(gw, nu, grafting, hp, t)
-            pdir = over_layers(precondition, plan.k)(gw, rs)
+            a, nu2 = _graft(gw, widen(nu), grafting, hp, t)
+            pdir = over_layers(precondition, plan.k)(gw, tuple(map(widen, rs)))
             if grafting is not None:
                 pn, an = _layer_norm(pdir, plan.k), _layer_norm(a, plan.k)
                 pdir = jnp.where(pn > 0, pdir * (an / jnp.where(pn > 0, pn, 1)), 0)
@@ -270,7 +276,7 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
             m2 = beta1 * widen(m) + d
             out.append(m2)
             new_mu.append(store(m2, m.dtype))
-            new_nu.append(nu2)
+            new_nu.append(store(nu2, nu.dtype))
 
         finite = [_finite_layers(ss + rs, g, plan) for ss, rs, g, plan in zip(new_stats, new_roots, leaves, plans)]
         out = [jnp.where(per_layer(f, u), u, jnp.nan).astype(g.dtype) for u, f, g in zip(out, finite, leaves)]
@@ -286,13 +292,14 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
 @declare_optimizer(paper="Gupta et al. 2018",
                    update=("per axis `S=β₂S+wGGᵀ` from `εI` (`w=1` at `β₂=1`, else `1-β₂`), roots every `f` steps: "
                            "`d=β₁d+L^{-1/4}GR^{-1/4}` (order k: `×ᵢSᵢ^{-1/(2k)}`; grafting optional); `θ-=γ(d+λθ)`"),
-                   test_kwargs=dict(learning_rate=0.05, precondition_frequency=2, start_preconditioning_step=1,
-                                    grafting="adam", b1=0.9))
+                   test_kwargs=dict(learning_rate=0.005, b1=0.9, eps=0.1, precondition_frequency=2,
+                                    start_preconditioning_step=1, grafting="adam"))
 def shampoo(learning_rate: ScalarOrSchedule = 1e-3, b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0,
-            eps: ScalarOrSchedule = 1e-6, weight_decay: ScalarOrSchedule = 0.0, precondition_frequency: int = 1,
+            eps: float = 1e-6, weight_decay: ScalarOrSchedule = 0.0, precondition_frequency: int = 1,
             start_preconditioning_step: int = 0, max_preconditioner_dim: int = 8192, grafting: Optional[str] = None,
             graft_b2: ScalarOrSchedule = 0.999, graft_eps: ScalarOrSchedule = 1e-8, mask: MaskOrFn = None, *,
-            layer_axes: LayerAxes = None, mu_dtype=None) -> optax.GradientTransformation:
+            layer_axes: LayerAxes = None, mu_dtype=None, nu_dtype=None, precond_dtype=None
+            ) -> optax.GradientTransformation:
     r"""Shampoo: :math:`\theta_t = \theta_{t-1} - \eta_t (d_t + \lambda\theta_{t-1})` (:func:`scale_by_shampoo`).
 
     .. math::
@@ -314,7 +321,7 @@ def shampoo(learning_rate: ScalarOrSchedule = 1e-3, b1: ScalarOrSchedule = 0.0, 
         mask: which leaves are decayed (a tree of booleans, a prefix, or a function of the params).
         b1, b2, eps, precondition_frequency, start_preconditioning_step: as in :func:`scale_by_shampoo`.
         max_preconditioner_dim, grafting, graft_b2, graft_eps: as in :func:`scale_by_shampoo`.
-        layer_axes, mu_dtype: as in :func:`scale_by_shampoo`.
+        layer_axes, mu_dtype, nu_dtype, precond_dtype: as in :func:`scale_by_shampoo`.
 
     References:
         Gupta, Koren & Singer, "Shampoo: Preconditioned Stochastic Tensor Optimization", ICML 2018.
@@ -322,7 +329,8 @@ def shampoo(learning_rate: ScalarOrSchedule = 1e-3, b1: ScalarOrSchedule = 0.0, 
     """
     return optax.chain(
         scale_by_shampoo(b1, b2, eps, precondition_frequency, start_preconditioning_step, max_preconditioner_dim,
-                         grafting, graft_b2, graft_eps, layer_axes=layer_axes, mu_dtype=mu_dtype),
+                         grafting, graft_b2, graft_eps, layer_axes=layer_axes, mu_dtype=mu_dtype,
+                         nu_dtype=nu_dtype, precond_dtype=precond_dtype),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
