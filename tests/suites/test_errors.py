@@ -130,6 +130,8 @@ OVERRIDES = {
     ("polyak_sgd", "eps"): [-1e-8, NAN],
     ("shampoo", "b2"): [0.0, 1.1, NAN],  # 1: the paper's sum of the statistics
     ("scale_by_shampoo", "b2"): [0.0, 1.1, NAN],
+    ("shampoo", "block_size"): [0, -1, 1.5, NAN],  # any block length > 0 (BAD's 100 is with_quantized_state's)
+    ("scale_by_shampoo", "block_size"): [0, -1, 1.5, NAN],
 }
 CONSTRUCTORS = sorted(n for n in optimizers.__all__
                       if "GradientTransformation" in str(inspect.signature(getattr(optimizers, n)).return_annotation))

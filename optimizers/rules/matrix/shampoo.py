@@ -32,8 +32,7 @@ from optimizers.contract.hyperparams import check_range, current_hyperparams, gi
 from optimizers.contract.layers import LayerAxes, check_layer_axes, leaf_layer_axes, over_layers, per_layer
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.matrix.kronecker import mode_product, mode_statistic
-from optimizers.rules.matrix.soap import (_finite_layers, _flag_shape, _n_axes, _per_axis, _per_leaf, _Plan,
-                                          _plans_from_state, check_positive_int, static_int)
+from optimizers.rules.matrix.soap import _flag_shape, _n_axes, _per_axis, _per_leaf, check_positive_int, static_int
 from optimizers.rules.scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -41,14 +40,73 @@ GRAFTINGS = ("adam", "adagrad", "rmsprop", "sgd", None)
 EIGEN_FLOOR = 1e-6  # eigenvalues below this fraction of the largest are raised to it before the root
 
 
-def _plan(shape: tuple, k: int, max_dim: int) -> _Plan:
+class _Plan(NamedTuple):
+    """One leaf: its layer axes ``k``, a layer's shape, which axes have a statistic, and the blocks: per
+    axis the block length ``cs`` and count ``ns``; ``blocked`` when some axis has several blocks."""
+    k: int
+    inner: tuple
+    on: tuple
+    cs: tuple
+    ns: tuple
+    blocked: bool
+
+
+def _plan(shape: tuple, k: int, on, block_size) -> _Plan:
     inner = tuple(shape[k:])
-    return _Plan(k, inner, tuple(0 < d <= max_dim for d in inner))
+    cs = tuple(d if block_size is None or d <= block_size else block_size for d in inner)
+    ns = tuple(1 if c == 0 else -(-d // c) for d, c in zip(inner, cs))
+    return _Plan(k, inner, tuple(on), cs, ns, any(n > 1 for n in ns))
 
 
-def _plans(owner, tree, layer_axes, max_dim):
+def _plans(owner, tree, layer_axes, max_dim, block_size, stats=None):
+    """Per leaf its plan; with ``stats`` (a traced ``max_preconditioner_dim``) the axes with a statistic are
+    read from the state."""
+    leaves, treedef = jax.tree.flatten(tree)
     ks = jax.tree.leaves(leaf_layer_axes(owner, layer_axes, tree))
-    return [_plan(tuple(x.shape), k, max_dim) for x, k in zip(jax.tree.leaves(tree), ks)]
+    columns = None if stats is None else [treedef.flatten_up_to(t) for t in stats]
+    plans = []
+    for j, (x, k) in enumerate(zip(leaves, ks)):
+        inner = x.shape[k:]
+        if columns is None:
+            on = [0 < d <= max_dim for d in inner]
+        else:
+            on = [i < len(columns) and not isinstance(columns[i][j], optax.MaskedNode) for i in range(len(inner))]
+        plans.append(_plan(tuple(x.shape), k, on, block_size))
+    return plans
+
+
+def _extra(plan: _Plan) -> int:
+    """The block axes added after the layer axes (one per axis of a layer when blocked)."""
+    return len(plan.inner) if plan.blocked else 0
+
+
+def to_blocks(x, plan: _Plan):
+    """A leaf as (layers..., blocks per axis..., block...): each axis zero-padded to a multiple of its block
+    length (the padding adds zero rows to the statistics and keeps the blocks' updates exact)."""
+    if not plan.blocked:
+        return x
+    k, m = plan.k, len(plan.inner)
+    pad = [(0, 0)] * k + [(0, n * c - d) for d, c, n in zip(plan.inner, plan.cs, plan.ns)]
+    x = jnp.pad(x, pad).reshape(x.shape[:k] + sum(((n, c) for n, c in zip(plan.ns, plan.cs)), ()))
+    return x.transpose(list(range(k)) + [k + 2 * j for j in range(m)] + [k + 2 * j + 1 for j in range(m)])
+
+
+def from_blocks(y, plan: _Plan):
+    """The inverse of :func:`to_blocks`."""
+    if not plan.blocked:
+        return y
+    k, m = plan.k, len(plan.inner)
+    order = list(range(k)) + [a for j in range(m) for a in (k + j, k + m + j)]
+    y = y.transpose(order).reshape(y.shape[:k] + tuple(n * c for n, c in zip(plan.ns, plan.cs)))
+    return y[(slice(None),) * k + tuple(slice(0, d) for d in plan.inner)]
+
+
+def _finite(mats, plan: _Plan, g):
+    """One bool per layer: every statistic and root of that layer (all its blocks) is finite."""
+    ok = jnp.ones(g.shape[:plan.k], bool)
+    for m in mats:
+        ok = ok & jnp.all(jnp.isfinite(m), axis=tuple(range(plan.k, m.ndim)))
+    return ok.reshape(_flag_shape(g, plan))
 
 
 def inverse_root(stat, p):
@@ -113,7 +171,8 @@ def _graft(g, nu, grafting, hp, t):
 
 def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps: float = 1e-6,
                      precondition_frequency: int = 1, start_preconditioning_step: int = 0,
-                     max_preconditioner_dim: int = 8192, grafting: Optional[str] = None,
+                     max_preconditioner_dim: int = 8192, block_size: Optional[int] = None,
+                     grafting: Optional[str] = None,
                      graft_b2: ScalarOrSchedule = 0.999, graft_eps: ScalarOrSchedule = 1e-8, *,
                      layer_axes: LayerAxes = None, mu_dtype=None, nu_dtype=None,
                      precond_dtype=None) -> optax.GradientTransformation:
@@ -149,7 +208,9 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
     :math:`S^{-1/2} g`: the paper's order-:math:`k` rule at :math:`k = 1` (full-matrix AdaGrad), as
     ``pytorch_optimizer.Shampoo``; a vector longer than ``max_preconditioner_dim`` (and a scalar)
     gets :math:`P = G`. An axis longer than ``max_preconditioner_dim`` has no statistic
-    (:math:`R = I`); :math:`k` stays the layer's order.
+    (:math:`R = I`); :math:`k` stays the layer's order. With ``block_size`` each block is
+    preconditioned (and grafted) as a layer of its own; inside the step the axes are zero-padded
+    to whole blocks, which adds zero rows to the statistics and leaves the blocks' updates exact.
 
     The state's ``finite`` (per leaf, one bool per layer) is ``False`` once a statistic or a root of
     that layer is not finite; that layer's direction is then NaN.
@@ -172,7 +233,11 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
         precondition_frequency: :math:`f > 0`, steps between the roots' refreshes.
         start_preconditioning_step: :math:`s \ge 0`: the first :math:`s` steps take the grafting
             direction alone (the statistics are accumulated from the first).
-        max_preconditioner_dim: the largest axis given a statistic (> 0).
+        max_preconditioner_dim: the largest axis given a statistic (> 0), before blocking.
+        block_size: ``None``, or the longest block (> 0): an axis longer than it is cut into blocks
+            of this length (the last one shorter when it does not divide the axis), and every block
+            of a layer (one per combination of the axes' blocks) gets its own statistics, roots and
+            grafting norm (Anil et al. 2020, section 3.4).
         grafting: ``"adam"``, ``"adagrad"``, ``"rmsprop"``, ``"sgd"`` or ``None``.
         graft_b2: :math:`\beta_g \in [0, 1)` of the ``"rmsprop"`` and ``"adam"`` grafting.
         graft_eps: :math:`\epsilon_g \ge 0` of the ``"adagrad"``, ``"rmsprop"``, ``"adam"`` grafting.
@@ -192,6 +257,8 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
     owner = "scale_by_shampoo"
     _check(owner, b1, b2, eps, precondition_frequency, start_preconditioning_step, max_preconditioner_dim,
            grafting, graft_b2, graft_eps)
+    if block_size is not None:
+        check_positive_int(owner, "block_size", block_size)
     check_layer_axes(owner, layer_axes)
     for name, dt in (("mu_dtype", mu_dtype), ("nu_dtype", nu_dtype), ("precond_dtype", precond_dtype)):
         check_state_dtype(owner, name, dt)
@@ -200,8 +267,8 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
 
     def plans_of(tree, state=None):
         if max_dim is None:
-            return _plans_from_state(owner, tree, layer_axes, state.stats)
-        return _plans(owner, tree, layer_axes, max_dim)
+            return _plans(owner, tree, layer_axes, None, block_size, state.stats)
+        return _plans(owner, tree, layer_axes, max_dim, block_size)
 
     def init_fn(params):
         if max_dim is None:
@@ -214,8 +281,8 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
         stats, roots = [], []
         for p, plan in zip(leaves, plans):
             dt = p.dtype if precond_dtype is None else jax.dtypes.canonicalize_dtype(precond_dtype)
-            lead = p.shape[:plan.k]
-            dims = [d for d, on in zip(plan.merged, plan.on) if on]
+            lead = p.shape[:plan.k] + (plan.ns if plan.blocked else ())
+            dims = [c for c, on in zip(plan.cs, plan.on) if on]
             stats.append(tuple(jnp.broadcast_to(eps * jnp.eye(d, dtype=dt), lead + (d, d)) for d in dims))
             roots.append(tuple(jnp.broadcast_to(jnp.eye(d, dtype=dt), lead + (d, d)) for d in dims))
         n = _n_axes(plans)
@@ -242,13 +309,13 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
             def statistics(g, ss, plan=plan):
                 axes = [a for a, on in enumerate(plan.on) if on]
                 return tuple(store(beta2 * widen(s) + w * mode_statistic(g, a), s.dtype) for s, a in zip(ss, axes))
-            new_stats.append(over_layers(statistics, plan.k)(widen(g), ss))
+            new_stats.append(over_layers(statistics, plan.k + _extra(plan))(to_blocks(widen(g), plan), ss))
 
         def refresh(ss):
             out = []
             for s_leaf, plan in zip(ss, plans):
-                p = 2 * len(plan.merged)
-                out.append(tuple(store(over_layers(lambda s, p=p: inverse_root(s, p), plan.k)(s), s.dtype)
+                p = 2 * len(plan.inner)
+                out.append(tuple(store(over_layers(lambda s, p=p: inverse_root(s, p), plan.k + _extra(plan))(s), s.dtype)
                                  for s in s_leaf))
             return out
 
@@ -268,17 +335,19 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
 
             gw = widen(g)
             a, nu2 = _graft(gw, widen(nu), grafting, hp, t)
-            pdir = over_layers(precondition, plan.k)(gw, tuple(map(widen, rs)))
+            kb = plan.k + _extra(plan)
+            pdir = over_layers(precondition, kb)(to_blocks(gw, plan), tuple(map(widen, rs)))
             if grafting is not None:
-                pn, an = _layer_norm(pdir, plan.k), _layer_norm(a, plan.k)
+                pn, an = _layer_norm(pdir, kb), _layer_norm(to_blocks(a, plan), kb)
                 pdir = jnp.where(pn > 0, pdir * (an / jnp.where(pn > 0, pn, 1)), 0)
+            pdir = from_blocks(pdir, plan)
             d = jnp.where(preconditioning, pdir, a)
             m2 = beta1 * widen(m) + d
             out.append(m2)
             new_mu.append(store(m2, m.dtype))
             new_nu.append(store(nu2, nu.dtype))
 
-        finite = [_finite_layers(ss + rs, g, plan) for ss, rs, g, plan in zip(new_stats, new_roots, leaves, plans)]
+        finite = [_finite(ss + rs, plan, g) for ss, rs, g, plan in zip(new_stats, new_roots, leaves, plans)]
         out = [jnp.where(per_layer(f, u), u, jnp.nan).astype(g.dtype) for u, f, g in zip(out, finite, leaves)]
         n = _n_axes(plans)
         new_state = ScaleByShampooState(optax.safe_increment(c), hp, treedef.unflatten(new_mu),
@@ -296,7 +365,8 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
                                     start_preconditioning_step=1, grafting="adam"))
 def shampoo(learning_rate: ScalarOrSchedule = 1e-3, b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0,
             eps: float = 1e-6, weight_decay: ScalarOrSchedule = 0.0, precondition_frequency: int = 1,
-            start_preconditioning_step: int = 0, max_preconditioner_dim: int = 8192, grafting: Optional[str] = None,
+            start_preconditioning_step: int = 0, max_preconditioner_dim: int = 8192,
+            block_size: Optional[int] = None, grafting: Optional[str] = None,
             graft_b2: ScalarOrSchedule = 0.999, graft_eps: ScalarOrSchedule = 1e-8, mask: MaskOrFn = None, *,
             layer_axes: LayerAxes = None, mu_dtype=None, nu_dtype=None, precond_dtype=None
             ) -> optax.GradientTransformation:
@@ -321,7 +391,7 @@ def shampoo(learning_rate: ScalarOrSchedule = 1e-3, b1: ScalarOrSchedule = 0.0, 
         mask: which leaves are decayed (a tree of booleans, a prefix, or a function of the params).
         b1, b2, eps, precondition_frequency, start_preconditioning_step: as in :func:`scale_by_shampoo`.
         max_preconditioner_dim, grafting, graft_b2, graft_eps: as in :func:`scale_by_shampoo`.
-        layer_axes, mu_dtype, nu_dtype, precond_dtype: as in :func:`scale_by_shampoo`.
+        block_size, layer_axes, mu_dtype, nu_dtype, precond_dtype: as in :func:`scale_by_shampoo`.
 
     References:
         Gupta, Koren & Singer, "Shampoo: Preconditioned Stochastic Tensor Optimization", ICML 2018.
@@ -329,7 +399,7 @@ def shampoo(learning_rate: ScalarOrSchedule = 1e-3, b1: ScalarOrSchedule = 0.0, 
     """
     return optax.chain(
         scale_by_shampoo(b1, b2, eps, precondition_frequency, start_preconditioning_step, max_preconditioner_dim,
-                         grafting, graft_b2, graft_eps, layer_axes=layer_axes, mu_dtype=mu_dtype,
+                         block_size, grafting, graft_b2, graft_eps, layer_axes=layer_axes, mu_dtype=mu_dtype,
                          nu_dtype=nu_dtype, precond_dtype=precond_dtype),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),

@@ -2,6 +2,8 @@
 pytorch_optimizer's Shampoo (float64 torch) where it computes the same, stacked layers against unrolled
 ones, non-finite statistics, and the errors."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,29 +38,45 @@ def _graft(g, nu, kind, gb2, geps, t):
     return g / (np.sqrt(nu) + geps), nu
 
 
-def _shampoo_reference(params, grads, lr, b1, b2, eps, wd, f, start, max_dim, grafting, gb2, geps, decayed):
-    """Shampoo on each leaf (float64), written from the papers' equations; yields the params after each step."""
+def _blocks(shape, block_size):
+    """The slices of every block of a leaf: each axis cut into pieces of ``block_size`` (the last shorter)."""
+    per_axis = [[slice(a, min(a + (block_size or d), d)) for a in range(0, d, block_size or d)] or [slice(0, 0)]
+                for d in shape]
+    return list(itertools.product(*per_axis))
+
+
+def _shampoo_reference(params, grads, lr, b1, b2, eps, wd, f, start, max_dim, block, grafting, gb2, geps, decayed):
+    """Shampoo on each leaf (float64), written from the papers' equations; yields the params after each step.
+    Each block of a leaf (the whole leaf without ``block``) has its own statistics, roots and grafting norm."""
     p = {k: np.array(v, np.float64) for k, v in params.items()}
-    st = {k: dict(S=[eps * np.eye(d) if d <= max_dim else None for d in x.shape],
-                  R=[None] * np.ndim(x), m=np.zeros(np.shape(x)), nu=np.zeros(np.shape(x))) for k, x in p.items()}
+    st = {}
+    for k, x in p.items():
+        blocks = _blocks(np.shape(x), block)
+        st[k] = dict(blocks=blocks, m=np.zeros(np.shape(x)), nu=np.zeros(np.shape(x)),
+                     S=[[eps * np.eye(b.stop - b.start) if 0 < d <= max_dim else None for b, d in zip(bl, np.shape(x))]
+                        for bl in blocks],
+                     R=[[None] * np.ndim(x) for _ in blocks])
     for t, grad in enumerate(grads, start=1):
         for k in p:
             g, s = np.asarray(grad[k], np.float64), st[k]
             order = g.ndim
-            for i, S in enumerate(s["S"]):
-                if S is not None:
-                    unfolded = np.moveaxis(g, i, 0).reshape(g.shape[i], -1)
-                    s["S"][i] = b2 * S + (1.0 if b2 == 1 else 1 - b2) * unfolded @ unfolded.T
-                    if (t - 1) % f == 0:
-                        s["R"][i] = _root(s["S"][i], 2 * order)
-            pre = g
-            for i, R in enumerate(s["R"]):
-                if R is not None:
-                    pre = np.moveaxis(np.tensordot(R, np.moveaxis(pre, i, 0), axes=1), 0, i)
             a, s["nu"] = _graft(g, s["nu"], grafting, gb2, geps, t)
-            if grafting is not None:
-                pre = pre * np.linalg.norm(a) / np.linalg.norm(pre)
-            d = pre if t - 1 >= start else a
+            d = np.zeros_like(g)
+            for j, bl in enumerate(s["blocks"]):
+                gb = g[bl]
+                for i, S in enumerate(s["S"][j]):
+                    if S is not None:
+                        unfolded = np.moveaxis(gb, i, 0).reshape(gb.shape[i], -1)
+                        s["S"][j][i] = b2 * S + (1.0 if b2 == 1 else 1 - b2) * unfolded @ unfolded.T
+                        if (t - 1) % f == 0:
+                            s["R"][j][i] = _root(s["S"][j][i], 2 * order)
+                pre = gb
+                for i, R in enumerate(s["R"][j]):
+                    if R is not None:
+                        pre = np.moveaxis(np.tensordot(R, np.moveaxis(pre, i, 0), axes=1), 0, i)
+                if grafting is not None:
+                    pre = pre * np.linalg.norm(a[bl]) / np.linalg.norm(pre)
+                d[bl] = pre if t - 1 >= start else a[bl]
             s["m"] = b1 * s["m"] + d
             p[k] = p[k] - lr * (s["m"] + (wd * p[k] if decayed[k] else 0))
         yield {k: x.copy() for k, x in p.items()}
@@ -80,6 +98,10 @@ CASES = {  # keywords of shampoo; both sides of every branch
                                 start_preconditioning_step=2, eps=1e-3),
     "rmsprop_sgd_b1": dict(precondition_frequency=5, grafting="rmsprop", graft_b2=0.9, b1=0.5),
     "sgd_graft": dict(precondition_frequency=2, grafting="sgd", b2=0.9, eps=1e-2),
+    "blocks3_adam": dict(precondition_frequency=2, block_size=3, grafting="adam", b2=0.99, eps=1e-3),
+    # no grafting and stale roots: a new gradient's component along a statistic's εI directions is multiplied by
+    # ε^(-1/2k), and with it float32 eigh's error (~1e-7 λ_max): ε=1e-3 gives ~3e-3 of the step on the vector
+    "blocks4_none_max5": dict(precondition_frequency=3, block_size=4, max_preconditioner_dim=5, eps=1e-2),
 }
 
 
@@ -88,6 +110,7 @@ def _reference_kwargs(kw):
     return dict(lr=0.01, b1=kw.get("b1", 0.0), b2=kw.get("b2", 1.0), eps=kw.get("eps", 1e-6),
                 wd=kw.get("weight_decay", 0.0), f=kw.get("precondition_frequency", 1),
                 start=kw.get("start_preconditioning_step", 0), max_dim=kw.get("max_preconditioner_dim", 8192),
+                block=kw.get("block_size"),
                 grafting=kw.get("grafting"), gb2=kw.get("graft_b2", 0.999), geps=kw.get("graft_eps", 1e-8),
                 decayed={k: True if mask is None else mask[k] for k in SHAPES})
 
@@ -152,7 +175,8 @@ def test_shampoo_stacked_equals_unrolled(layers):
     rng = np.random.default_rng(2)
     stack = rng.normal(size=(layers, 4, 3))
     grads = [rng.normal(size=(layers, 4, 3)) for _ in range(7)]
-    kw = dict(precondition_frequency=2, weight_decay=0.1, grafting="adam", b1=0.9, start_preconditioning_step=1)
+    kw = dict(precondition_frequency=2, weight_decay=0.1, grafting="adam", b1=0.9, start_preconditioning_step=1,
+              block_size=2)  # blocks of 2 and 1 along the axis of 3
     got = run_params(optimizers.shampoo(0.01, layer_axes=1, **kw), [{"w": g} for g in grads], {"w": stack})
     want = run_params(optimizers.shampoo(0.01, **kw), [{f"w{i}": g[i] for i in range(layers)} for g in grads],
                       {f"w{i}": stack[i] for i in range(layers)})
@@ -175,6 +199,8 @@ def test_shampoo_nonfinite_statistic_is_reported():
     (dict(precondition_frequency=0), "precondition_frequency"),
     (dict(precondition_frequency=-2), "precondition_frequency"),
     (dict(max_preconditioner_dim=0), "max_preconditioner_dim"),
+    (dict(block_size=0), "block_size"),
+    (dict(block_size=-3), "block_size"),
     (dict(start_preconditioning_step=-1), "start_preconditioning_step"),
     (dict(b2=0.0), "b2"),
     (dict(b2=1.5), "b2"),
