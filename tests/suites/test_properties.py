@@ -181,7 +181,8 @@ HYPERPARAMETERS = {
     "shampoo": _kwargs(learning_rate=LR, b1=UNIT, b2=_floats(1e-3, 1.0), eps=_log_uniform(0.1, 1.0),
                        weight_decay=DECAY, grafting=st.sampled_from(["adam", "adagrad", "rmsprop", "sgd", None]),
                        graft_b2=UNIT, graft_eps=EPS, precondition_frequency=st.integers(1, 3),
-                       start_preconditioning_step=st.integers(0, 2), block_size=st.one_of(st.none(), st.integers(1, 3))),
+                       start_preconditioning_step=st.integers(0, 2),
+                       block_size=st.one_of(st.none(), st.integers(1, 3))),
 }
 
 

@@ -14,7 +14,8 @@ and, at step :math:`t \ge 1` (``count`` :math:`c = t - 1`),
     d_t = \beta_1 d_{t-1} + D_t,
 
 where :math:`A_t` is the grafting direction (:math:`G_t` without grafting), :math:`s` the
-``start_preconditioning_step`` and an axis without a statistic has :math:`R^{(i)} = I`.
+``start_preconditioning_step`` and an axis without a statistic has :math:`R^{(i)} = I`. With
+``block_size`` every block of a layer is preconditioned and grafted as a layer of its own.
 """
 
 from __future__ import annotations
@@ -314,9 +315,8 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
         def refresh(ss):
             out = []
             for s_leaf, plan in zip(ss, plans):
-                p = 2 * len(plan.inner)
-                out.append(tuple(store(over_layers(lambda s, p=p: inverse_root(s, p), plan.k + _extra(plan))(s), s.dtype)
-                                 for s in s_leaf))
+                root = over_layers(lambda s, p=2 * len(plan.inner): inverse_root(s, p), plan.k + _extra(plan))
+                out.append(tuple(store(root(s), s.dtype) for s in s_leaf))
             return out
 
         new_roots = lax.cond(c % precondition_frequency == 0, refresh, lambda _: list(roots_in), new_stats)
@@ -359,8 +359,9 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
 
 
 @declare_optimizer(paper="Gupta et al. 2018",
-                   update=("per axis `S=β₂S+wGGᵀ` from `εI` (`w=1` at `β₂=1`, else `1-β₂`), roots every `f` steps: "
-                           "`d=β₁d+L^{-1/4}GR^{-1/4}` (order k: `×ᵢSᵢ^{-1/(2k)}`; grafting optional); `θ-=γ(d+λθ)`"),
+                   update=("per axis `S=β₂S+wGGᵀ` from `εI` (`w=1` at `β₂=1`, else `1-β₂`), "
+                           "roots every `f` steps: `d=β₁d+L^{-1/4}GR^{-1/4}` "
+                           "(order k: `×ᵢSᵢ^{-1/(2k)}`; grafting optional); `θ-=γ(d+λθ)`"),
                    test_kwargs=dict(learning_rate=0.005, b1=0.9, eps=0.1, precondition_frequency=2,
                                     start_preconditioning_step=1, grafting="adam"))
 def shampoo(learning_rate: ScalarOrSchedule = 1e-3, b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0,
