@@ -115,6 +115,9 @@ from optimizers.rules.matrix.muon import muon as muon
 from optimizers.rules.matrix.muon import normuon as normuon
 from optimizers.rules.matrix.newton_schulz import orthogonalize as orthogonalize
 from optimizers.rules.matrix.muon import scale_by_muon as scale_by_muon
+from optimizers.rules.matrix.shampoo import ScaleByShampooState as ScaleByShampooState
+from optimizers.rules.matrix.shampoo import scale_by_shampoo as scale_by_shampoo
+from optimizers.rules.matrix.shampoo import shampoo as shampoo
 from optimizers.rules.matrix.soap import ScaleBySoapState as ScaleBySoapState
 from optimizers.rules.matrix.soap import SoapState as SoapState
 from optimizers.rules.matrix.soap import scale_by_soap as scale_by_soap
@@ -270,6 +273,7 @@ __all__ = [
     "ScaleByRpropState",
     "ScaleByRssState",
     "ScaleByScheduleFreeAdamState",
+    "ScaleByShampooState",
     "ScaleBySignumState",
     "ScaleBySimplifiedAdemamixState",
     "ScaleBySm3State",
@@ -397,6 +401,7 @@ __all__ = [
     "scale_by_rprop",
     "scale_by_rss",
     "scale_by_schedule_free_adam",
+    "scale_by_shampoo",
     "scale_by_sign",
     "scale_by_signum",
     "scale_by_simplified_ademamix",
@@ -412,6 +417,7 @@ __all__ = [
     "schedule_free_sgd",
     "set_hyperparams",
     "sgd",
+    "shampoo",
     "sign_sgd",
     "signum",
     "simplified_ademamix",

@@ -96,6 +96,9 @@ BAD = {
     "clip_threshold": [0.0, -1.0, NAN], "update_interval": [0, 1.5, NAN], "print_win_rate_every_n_steps": [-1, NAN],
     # with_quantized_state
     "bits": [4, 3, NAN], "block_size": [0, 100, NAN], "min_size": [0, -1],
+    # shampoo
+    "start_preconditioning_step": [-1, 1.5, NAN], "max_preconditioner_dim": [0, -1, 1.5, NAN],
+    "grafting": ["bogus"], "graft_b2": UNIT, "graft_eps": [-1e-8, NAN],
 }
 # Where one constructor gives a name another range than BAD's.
 OVERRIDES = {
@@ -125,6 +128,10 @@ OVERRIDES = {
     ("sam", "rho"): [-0.1, NAN],  # the adversarial radius: any rho >= 0
     ("scale_by_polyak", "eps"): [-1e-8, NAN],  # optax's default 0: a zero gradient takes no step
     ("polyak_sgd", "eps"): [-1e-8, NAN],
+    ("shampoo", "b2"): [0.0, 1.1, NAN],  # 1: the paper's sum of the statistics
+    ("scale_by_shampoo", "b2"): [0.0, 1.1, NAN],
+    ("shampoo", "block_size"): [0, -1, 1.5, NAN],  # any block length > 0 (BAD's 100 is with_quantized_state's)
+    ("scale_by_shampoo", "block_size"): [0, -1, 1.5, NAN],
 }
 CONSTRUCTORS = sorted(n for n in optimizers.__all__
                       if "GradientTransformation" in str(inspect.signature(getattr(optimizers, n)).return_annotation))

@@ -178,6 +178,11 @@ HYPERPARAMETERS = {
                     form=st.sampled_from(["paper", "optax"])),
     "sm3": _kwargs(learning_rate=LR, momentum=st.one_of(st.none(), UNIT), eps_root=st.one_of(st.just(0.0), EPS),
                    variant=st.sampled_from(["I", "II"])),
+    "shampoo": _kwargs(learning_rate=LR, b1=UNIT, b2=_floats(1e-3, 1.0), eps=_log_uniform(0.1, 1.0),
+                       weight_decay=DECAY, grafting=st.sampled_from(["adam", "adagrad", "rmsprop", "sgd", None]),
+                       graft_b2=UNIT, graft_eps=EPS, precondition_frequency=st.integers(1, 3),
+                       start_preconditioning_step=st.integers(0, 2),
+                       block_size=st.one_of(st.none(), st.integers(1, 3))),
 }
 
 
