@@ -31,7 +31,7 @@ from jax import lax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, reject_complex, store, widen, zeros_in
-from optimizers.contract.hyperparams import check_range, current_hyperparams, given, init_hyperparams
+from optimizers.contract.hyperparams import check_learning_rate, check_range, current_hyperparams, given, init_hyperparams
 from optimizers.contract.layers import LayerAxes, check_layer_axes, leaf_layer_axes, over_layers, per_layer
 from optimizers.contract.masks import leaf_masks
 from optimizers.contract.registry import declare_optimizer, declare_state
@@ -438,7 +438,7 @@ def soap(learning_rate: ScalarOrSchedule = 3e-3, b1: ScalarOrSchedule = 0.95, b2
         Vyas et al., "SOAP: Improving and Stabilizing Shampoo using Adam", arXiv:2409.11321, 2024.
     """
     owner = "soap"
-    check_range(owner, "learning_rate", learning_rate, 0.0)
+    check_learning_rate(owner, learning_rate)
     check_range(owner, "weight_decay", weight_decay, 0.0)
     return optax.chain(
         scale_by_soap(b1, b2, shampoo_beta, eps, precondition_frequency, max_precond_dim, merge_dims,
