@@ -381,8 +381,10 @@ SPLIT = {n: {} for n in ["asgd", "lookahead(sgd)", "optimistic_gradient_descent"
 SPLIT["sgd (nesterov)"] = dict(nesterov=True)
 # Per-coordinate signs, sign agreements, real gains; Muon: its matrices real, as torch's (complex
 # vectors and scalars go to its AdamW); Prodigy, D-Adaptation: their estimates compare signed dot products of
-# real params (the references' torch.dot of complex tensors is not the real pair's); DoG, DoWG: as optax's, real only.
-REFUSED = ["dadapt_adagrad", "dadapt_adamw", "dadapt_sgd", "dog", "dowg", "funnelled_sgdm", "lion", "muon", "noisy_sgd", "normuon", "prodigy", "rprop", "schedule_free_adamw", "sign_sgd",
+# real params (the references' torch.dot of complex tensors is not the real pair's); DoG, DoWG: as optax's, real only;
+# SOAP, Shampoo: real statistics and bases, as the authors' code and the paper.
+REFUSED = ["dadapt_adagrad", "dadapt_adamw", "dadapt_sgd", "dog", "dowg", "funnelled_sgdm", "lion", "muon", "noisy_sgd",
+           "normuon", "prodigy", "rprop", "schedule_free_adamw", "shampoo", "sign_sgd", "soap",
            "signum", "fused(funnelled_sgdm)", "fused(lion)", "fused(rprop)"]
 
 
