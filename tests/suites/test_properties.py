@@ -42,7 +42,7 @@ STEPS = 3
 # it eagerly: at 30 this file was a fifth of the suite's time, and the suite grows with every
 # optimizer); PROPERTY_EXAMPLES=300 searches longer (the derandomized search draws the same examples
 # first, so more examples only add cases).
-SETTINGS = settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "4")), deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "3")), deadline=None, derandomize=True,
                     database=None, phases=[Phase.generate, Phase.shrink],  # no slow "explain" phase
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 FUSED_SETTINGS = settings(SETTINGS, max_examples=max(1, SETTINGS.max_examples // 2))

@@ -38,7 +38,7 @@ def _straight(root):
 def test_resume_in_a_fresh_process_is_bit_identical(tmp_path):
     middle, end = _straight(tmp_path)
     want = dict(zip(resume.CASES, end))
-    assert len(want) == len(resume.NAMES) + 2
+    assert len(want) == len(resume.RESUMED) + 2
     # The first process compiles the steps and leaves them in a compilation cache, where
     # the second finds them (half the test's time).
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
