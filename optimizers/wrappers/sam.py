@@ -30,6 +30,8 @@ def normalize() -> optax.GradientTransformation:
 
 
 class SAMState(NamedTuple):
+    """The state of :func:`sam`: the adversarial steps since the outer one, and both optimizers' states."""
+
     steps_since_sync: jax.Array  # int32 scalar: adversarial calls since the last outer step
     opt_state: Any  # the outer optimizer's state
     adv_state: Any  # the adversarial optimizer's state

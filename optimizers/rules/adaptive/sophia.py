@@ -19,6 +19,8 @@ _FORMS = ("paper", "optax")
 
 
 class HutchinsonState(NamedTuple):
+    """The state of :func:`hutchinson_estimator_diag_hessian`: the key of its next Rademacher draw."""
+
     key: jax.Array  # uint32 raw key (jax.random.PRNGKey) of the next draw
 
 

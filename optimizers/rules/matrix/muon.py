@@ -159,7 +159,7 @@ def scale_by_muon(ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5, beta: Scalar
             mesh: the matrices are grouped by shape, each group stacked and its leading axis split
             over the axis, so each device orthogonalizes about :math:`1/N` of them (a lone matrix is
             split along its long side); the values are the one-device ones (see
-            :mod:`optimizers.rules.matrix.distributed` and the guide).
+            ``optimizers/rules/matrix/distributed.py`` and the guide).
 
     References:
         Jordan et al., "Muon: An optimizer for hidden layers in neural networks", 2024;

@@ -112,7 +112,7 @@ def _finite(mats, plan: _Plan, g):
 
 def inverse_root(stat, p):
     r""":math:`S^{-1/p}` of a symmetric statistic by ``eigh`` (in at least float32): :math:`V \max(\Lambda,
-    10^{-6}\lambda_{max})^{-1/p} V^\top`, the eigenvalues floored at :data:`EIGEN_FLOOR` times the largest
+    10^{-6}\lambda_{max})^{-1/p} V^\top`, the eigenvalues floored at ``EIGEN_FLOOR`` times the largest
     (and at the dtype's smallest normal number)."""
     s = widen(stat)
     w, v = jnp.linalg.eigh(s)
@@ -193,7 +193,7 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
     grafting, ``b1=0``) this is Algorithm 1 (matrices) and 2 (tensors) of the paper.
 
     The roots are computed by ``eigh`` in at least float32, the eigenvalues floored at
-    :math:`10^{-6}\lambda_{max}` (:data:`EIGEN_FLOOR`; in exact arithmetic they are at least
+    :math:`10^{-6}\lambda_{max}` (``EIGEN_FLOOR``; in exact arithmetic they are at least
     :math:`\beta_2^t\epsilon`, but float32's ``eigh`` can return the small ones negative), inside
     the compiled step under :func:`jax.lax.cond`; between refreshes the stored roots are used.
     The first call (``count`` 0) always refreshes.
