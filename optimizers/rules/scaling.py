@@ -91,3 +91,10 @@ def add_decayed_weights(weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = N
         return updates, AddDecayedWeightsState(optax.safe_increment(state.count), hp)
 
     return transformation("add_decayed_weights", init_fn, update_fn)
+
+
+def negated(owner: str) -> optax.GradientTransformation:
+    """:math:`u \mapsto -u`: descent for ``optax.apply_updates`` after a transform whose step already
+    holds the learning rate; float0 and ``None`` leaves pass (unlike ``optax.scale(-1.0)``)."""
+    return transformation(owner, lambda params: optax.EmptyState(),
+                          lambda updates, state, params=None: (jax.tree.map(jnp.negative, updates), state))

@@ -13,7 +13,7 @@ from optimizers.contract.dtypes import check_state_dtype, store, store_like, wid
 from optimizers.contract.hyperparams import check_learning_rate, check_range, current_hyperparams, init_hyperparams
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.adaptive.adam import scale_by_adam
-from optimizers.rules.scaling import scale_by_learning_rate
+from optimizers.rules.scaling import negated, scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
 
@@ -129,14 +129,8 @@ def optimistic_adam(learning_rate: ScalarOrSchedule, optimism: Optional[ScalarOr
     weights = dict(learning_rate=learning_rate, optimism=learning_rate if optimism is None else optimism)
     return optax.chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype),
                        _optimistic("optimistic_adam", weights, mu_dtype),
-                       _negated("optimistic_adam"))
+                       negated("optimistic_adam"))
 
-
-def _negated(owner: str) -> optax.GradientTransformation:
-    """:math:`u \mapsto -u` (descent for ``optax.apply_updates``), keeping the contract (float0 and
-    ``None`` leaves pass, unlike ``optax.scale(-1.0)``)."""
-    return transformation(owner, lambda params: optax.EmptyState(),
-                          lambda updates, state, params=None: (jax.tree.map(jnp.negative, updates), state))
 
 
 @declare_optimizer(paper="Daskalakis et al. 2018", update="`r=m̂/(√v̂+ε); θ-=γ((α+β)r-βrₜ₋₁)`",
