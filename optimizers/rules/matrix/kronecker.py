@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import math
 
+import jax
+import optax
+
 import jax.numpy as jnp
 
 
@@ -65,3 +68,54 @@ def eigenbasis(stat):
     eye = jnp.eye(stat.shape[-1], dtype=stat.dtype)
     _, vecs = jnp.linalg.eigh(stat + 1e-30 * jnp.broadcast_to(eye, stat.shape))
     return vecs[..., ::-1]
+
+
+# Per-leaf plans: which axes of a leaf (after its layer axes ``plan.k``) carry a matrix (``plan.on``).
+
+def per_leaf(trees, treedef, plans) -> list:
+    """From one tree per axis (``optax.MaskedNode`` where a leaf has no matrix at that axis): per leaf,
+    the tuple of its matrices (the axes with a basis, in order)."""
+    columns = [treedef.flatten_up_to(t) for t in trees]
+    return [tuple(columns[i][j] for i, on in enumerate(plan.on) if on) for j, plan in enumerate(plans)]
+
+
+def per_axis(per_leaf, treedef, plans, n_axes) -> tuple:
+    """The inverse of :func:`per_leaf`: one tree per axis, ``optax.MaskedNode`` where there is no matrix."""
+    out = []
+    for i in range(n_axes):
+        column = []
+        for mats, plan in zip(per_leaf, plans):
+            if i < len(plan.on) and plan.on[i]:
+                column.append(mats[sum(plan.on[:i])])
+            else:
+                column.append(optax.MaskedNode())
+        out.append(treedef.unflatten(column))
+    return tuple(out)
+
+
+def flag_shape(x, plan) -> tuple:
+    """The layer axes, then 1s (so that ``state_shardings`` tells the layer axis from an equal-sized other);
+    a scalar for a leaf without layer axes."""
+    return () if plan.k == 0 else x.shape[:plan.k] + (1,) * (x.ndim - plan.k)
+
+
+def n_axes(plans) -> int:
+    return max((len(p.on) for p in plans if any(p.on)), default=0)
+
+
+def static_int(value):
+    """``value`` as an int, or ``None`` when it is traced (``optax.inject_hyperparams`` under ``jit``)."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    return int(value)
+
+
+def check_positive_int(owner: str, name: str, value, traced_ok: bool = False) -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is an int > 0; with ``traced_ok`` an integer array too
+    (``optax.inject_hyperparams`` hands the factory its numbers as arrays, traced under ``jit``)."""
+    if traced_ok and isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jnp.integer) and value.ndim == 0:
+        if isinstance(value, jax.core.Tracer):
+            return
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")

@@ -30,10 +30,11 @@ from jax import lax
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, reject_complex, store, widen, zeros_in
 from optimizers.contract.hyperparams import check_range, current_hyperparams, given, init_hyperparams
-from optimizers.contract.layers import LayerAxes, check_layer_axes, leaf_layer_axes, over_layers, per_layer
+from optimizers.contract.layers import LayerAxes, check_layer_axes, over_layers, per_layer
 from optimizers.contract.registry import declare_optimizer, declare_state
-from optimizers.rules.matrix.kronecker import mode_product, mode_statistic
-from optimizers.rules.matrix.soap import _flag_shape, _n_axes, _per_axis, _per_leaf, check_positive_int, static_int
+from optimizers.rules.matrix.blocks import block_axes, block_plans, from_blocks, to_blocks
+from optimizers.rules.matrix.kronecker import (check_positive_int, flag_shape, mode_product, mode_statistic, n_axes, per_axis,
+                                              per_leaf, static_int)
 from optimizers.rules.scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -41,73 +42,12 @@ GRAFTINGS = ("adam", "adagrad", "rmsprop", "sgd", None)
 EIGEN_FLOOR = 1e-6  # eigenvalues below this fraction of the largest are raised to it before the root
 
 
-class _Plan(NamedTuple):
-    """One leaf: its layer axes ``k``, a layer's shape, which axes have a statistic, and the blocks: per
-    axis the block length ``cs`` and count ``ns``; ``blocked`` when some axis has several blocks."""
-    k: int
-    inner: tuple
-    on: tuple
-    cs: tuple
-    ns: tuple
-    blocked: bool
-
-
-def _plan(shape: tuple, k: int, on, block_size) -> _Plan:
-    inner = tuple(shape[k:])
-    cs = tuple(d if block_size is None or d <= block_size else block_size for d in inner)
-    ns = tuple(1 if c == 0 else -(-d // c) for d, c in zip(inner, cs))
-    return _Plan(k, inner, tuple(on), cs, ns, any(n > 1 for n in ns))
-
-
-def _plans(owner, tree, layer_axes, max_dim, block_size, stats=None):
-    """Per leaf its plan; with ``stats`` (a traced ``max_preconditioner_dim``) the axes with a statistic are
-    read from the state."""
-    leaves, treedef = jax.tree.flatten(tree)
-    ks = jax.tree.leaves(leaf_layer_axes(owner, layer_axes, tree))
-    columns = None if stats is None else [treedef.flatten_up_to(t) for t in stats]
-    plans = []
-    for j, (x, k) in enumerate(zip(leaves, ks)):
-        inner = x.shape[k:]
-        if columns is None:
-            on = [0 < d <= max_dim for d in inner]
-        else:
-            on = [i < len(columns) and not isinstance(columns[i][j], optax.MaskedNode) for i in range(len(inner))]
-        plans.append(_plan(tuple(x.shape), k, on, block_size))
-    return plans
-
-
-def _extra(plan: _Plan) -> int:
-    """The block axes added after the layer axes (one per axis of a layer when blocked)."""
-    return len(plan.inner) if plan.blocked else 0
-
-
-def to_blocks(x, plan: _Plan):
-    """A leaf as (layers..., blocks per axis..., block...): each axis zero-padded to a multiple of its block
-    length (the padding adds zero rows to the statistics and keeps the blocks' updates exact)."""
-    if not plan.blocked:
-        return x
-    k, m = plan.k, len(plan.inner)
-    pad = [(0, 0)] * k + [(0, n * c - d) for d, c, n in zip(plan.inner, plan.cs, plan.ns)]
-    x = jnp.pad(x, pad).reshape(x.shape[:k] + sum(((n, c) for n, c in zip(plan.ns, plan.cs)), ()))
-    return x.transpose(list(range(k)) + [k + 2 * j for j in range(m)] + [k + 2 * j + 1 for j in range(m)])
-
-
-def from_blocks(y, plan: _Plan):
-    """The inverse of :func:`to_blocks`."""
-    if not plan.blocked:
-        return y
-    k, m = plan.k, len(plan.inner)
-    order = list(range(k)) + [a for j in range(m) for a in (k + j, k + m + j)]
-    y = y.transpose(order).reshape(y.shape[:k] + tuple(n * c for n, c in zip(plan.ns, plan.cs)))
-    return y[(slice(None),) * k + tuple(slice(0, d) for d in plan.inner)]
-
-
-def _finite(mats, plan: _Plan, g):
+def _finite(mats, plan, g):
     """One bool per layer: every statistic and root of that layer (all its blocks) is finite."""
     ok = jnp.ones(g.shape[:plan.k], bool)
     for m in mats:
         ok = ok & jnp.all(jnp.isfinite(m), axis=tuple(range(plan.k, m.ndim)))
-    return ok.reshape(_flag_shape(g, plan))
+    return ok.reshape(flag_shape(g, plan))
 
 
 def inverse_root(stat, p):
@@ -268,8 +208,8 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
 
     def plans_of(tree, state=None):
         if max_dim is None:
-            return _plans(owner, tree, layer_axes, None, block_size, state.stats)
-        return _plans(owner, tree, layer_axes, max_dim, block_size)
+            return block_plans(owner, tree, layer_axes, None, block_size, state.stats)
+        return block_plans(owner, tree, layer_axes, max_dim, block_size)
 
     def init_fn(params):
         if max_dim is None:
@@ -286,12 +226,12 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
             dims = [c for c, on in zip(plan.cs, plan.on) if on]
             stats.append(tuple(jnp.broadcast_to(eps * jnp.eye(d, dtype=dt), lead + (d, d)) for d in dims))
             roots.append(tuple(jnp.broadcast_to(jnp.eye(d, dtype=dt), lead + (d, d)) for d in dims))
-        n = _n_axes(plans)
+        n = n_axes(plans)
         return ScaleByShampooState(
             jnp.zeros([], jnp.int32), init_hyperparams(**values), zeros_in(params, mu_dtype),
             zeros_in(params, nu_dtype),
-            _per_axis(stats, treedef, plans, n), _per_axis(roots, treedef, plans, n),
-            treedef.unflatten([jnp.ones(_flag_shape(p, plan), bool) for p, plan in zip(leaves, plans)]))
+            per_axis(stats, treedef, plans, n), per_axis(roots, treedef, plans, n),
+            treedef.unflatten([jnp.ones(flag_shape(p, plan), bool) for p, plan in zip(leaves, plans)]))
 
     def update_fn(updates, state, params=None):
         del params
@@ -302,20 +242,20 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
         t = (c + 1).astype(beta2.dtype)
         plans = plans_of(updates, state)
         leaves, treedef = jax.tree.flatten(updates)
-        stats_in = _per_leaf(state.stats, treedef, plans)
-        roots_in = _per_leaf(state.roots, treedef, plans)
+        stats_in = per_leaf(state.stats, treedef, plans)
+        roots_in = per_leaf(state.roots, treedef, plans)
 
         new_stats = []
         for g, ss, plan in zip(leaves, stats_in, plans):
             def statistics(g, ss, plan=plan):
                 axes = [a for a, on in enumerate(plan.on) if on]
                 return tuple(store(beta2 * widen(s) + w * mode_statistic(g, a), s.dtype) for s, a in zip(ss, axes))
-            new_stats.append(over_layers(statistics, plan.k + _extra(plan))(to_blocks(widen(g), plan), ss))
+            new_stats.append(over_layers(statistics, plan.k + block_axes(plan))(to_blocks(widen(g), plan), ss))
 
         def refresh(ss):
             out = []
             for s_leaf, plan in zip(ss, plans):
-                root = over_layers(lambda s, p=2 * len(plan.inner): inverse_root(s, p), plan.k + _extra(plan))
+                root = over_layers(lambda s, p=2 * len(plan.inner): inverse_root(s, p), plan.k + block_axes(plan))
                 out.append(tuple(store(root(s), s.dtype) for s in s_leaf))
             return out
 
@@ -335,7 +275,7 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
 
             gw = widen(g)
             a, nu2 = _graft(gw, widen(nu), grafting, hp, t)
-            kb = plan.k + _extra(plan)
+            kb = plan.k + block_axes(plan)
             pdir = over_layers(precondition, kb)(to_blocks(gw, plan), tuple(map(widen, rs)))
             if grafting is not None:
                 pn, an = _layer_norm(pdir, kb), _layer_norm(to_blocks(a, plan), kb)
@@ -349,10 +289,10 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
 
         finite = [_finite(ss + rs, plan, g) for ss, rs, g, plan in zip(new_stats, new_roots, leaves, plans)]
         out = [jnp.where(per_layer(f, u), u, jnp.nan).astype(g.dtype) for u, f, g in zip(out, finite, leaves)]
-        n = _n_axes(plans)
+        n = n_axes(plans)
         new_state = ScaleByShampooState(optax.safe_increment(c), hp, treedef.unflatten(new_mu),
-                                        treedef.unflatten(new_nu), _per_axis(new_stats, treedef, plans, n),
-                                        _per_axis(new_roots, treedef, plans, n), treedef.unflatten(finite))
+                                        treedef.unflatten(new_nu), per_axis(new_stats, treedef, plans, n),
+                                        per_axis(new_roots, treedef, plans, n), treedef.unflatten(finite))
         return treedef.unflatten(out), new_state
 
     return transformation(owner, init_fn, update_fn)

@@ -35,7 +35,8 @@ from optimizers.contract.hyperparams import check_learning_rate, check_range, cu
 from optimizers.contract.layers import LayerAxes, check_layer_axes, leaf_layer_axes, over_layers, per_layer
 from optimizers.contract.masks import leaf_masks
 from optimizers.contract.registry import declare_optimizer, declare_state
-from optimizers.rules.matrix.kronecker import eigenbasis, merge_small_dims, mode_statistic, project
+from optimizers.rules.matrix.kronecker import (check_positive_int, eigenbasis, flag_shape, merge_small_dims, mode_statistic,
+                                              n_axes, per_axis, per_leaf, project, static_int)
 from optimizers.rules.scaling import MaskOrFn
 from schedules import ScalarOrSchedule
 
@@ -77,43 +78,12 @@ def _full(bases, plan: _Plan):
     return [next(it) if on else None for on in plan.on]
 
 
-def _per_leaf(trees, treedef, plans) -> list:
-    """From one tree per axis (``optax.MaskedNode`` where a leaf has no matrix at that axis): per leaf,
-    the tuple of its matrices (the axes with a basis, in order)."""
-    columns = [treedef.flatten_up_to(t) for t in trees]
-    return [tuple(columns[i][j] for i, on in enumerate(plan.on) if on) for j, plan in enumerate(plans)]
-
-
-def _per_axis(per_leaf, treedef, plans, n_axes) -> tuple:
-    """The inverse of :func:`_per_leaf`: one tree per axis, ``optax.MaskedNode`` where there is no matrix."""
-    out = []
-    for i in range(n_axes):
-        column = []
-        for mats, plan in zip(per_leaf, plans):
-            if i < len(plan.on) and plan.on[i]:
-                column.append(mats[sum(plan.on[:i])])
-            else:
-                column.append(optax.MaskedNode())
-        out.append(treedef.unflatten(column))
-    return tuple(out)
-
-
 def _finite_layers(mats, g, plan: _Plan):
     """One bool per layer: every matrix of that layer is finite (reduced over the non-layer axes only)."""
     ok = jnp.ones(g.shape[:plan.k], bool)
     for m in mats:
         ok = ok & jnp.all(jnp.isfinite(m), axis=(-2, -1))
-    return ok.reshape(_flag_shape(g, plan))
-
-
-def _flag_shape(x, plan: _Plan) -> tuple:
-    """The layer axes, then 1s (so that ``state_shardings`` tells the layer axis from an equal-sized other);
-    a scalar for a leaf without layer axes."""
-    return () if plan.k == 0 else x.shape[:plan.k] + (1,) * (x.ndim - plan.k)
-
-
-def _n_axes(plans) -> int:
-    return max((len(p.on) for p in plans if any(p.on)), default=0)
+    return ok.reshape(flag_shape(g, plan))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,13 +111,6 @@ def _check_soap(owner, b1, b2, shampoo_beta, eps, precondition_frequency, max_pr
     check_positive_int(owner, "max_precond_dim", max_precond_dim, traced_ok=True)
 
 
-def static_int(value):
-    """``value`` as an int, or ``None`` when it is traced (``optax.inject_hyperparams`` under ``jit``)."""
-    if isinstance(value, jax.core.Tracer):
-        return None
-    return int(value)
-
-
 def _plans_from_state(owner, tree, layer_axes, stats):
     """The plans when ``max_precond_dim`` is traced (``optax.inject_hyperparams`` makes it an array):
     read from which axes have a statistic in the state (``merge_dims=False``)."""
@@ -160,17 +123,6 @@ def _plans_from_state(owner, tree, layer_axes, stats):
         on = tuple(i < len(columns) and not isinstance(columns[i][j], optax.MaskedNode) for i in range(len(inner)))
         plans.append(_Plan(k, inner, on))
     return plans
-
-
-def check_positive_int(owner: str, name: str, value, traced_ok: bool = False) -> None:
-    """``ValueError`` naming ``name`` unless ``value`` is an int > 0; with ``traced_ok`` an integer array too
-    (``optax.inject_hyperparams`` hands the factory its numbers as arrays, traced under ``jit``)."""
-    if traced_ok and isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jnp.integer) and value.ndim == 0:
-        if isinstance(value, jax.core.Tracer):
-            return
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
 
 
 def _qr_refresh(stats, bases, nu, plan: _Plan):
@@ -284,11 +236,11 @@ def scale_by_soap(b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
             dims = [d for d, on in zip(plan.merged, plan.on) if on]
             stats.append(tuple(jnp.zeros(lead + (d, d), pdtype(p)) for d in dims))
             bases.append(tuple(jnp.broadcast_to(jnp.eye(d, dtype=pdtype(p)), lead + (d, d)) for d in dims))
-        n = _n_axes(plans)
+        n = n_axes(plans)
         return ScaleBySoapState(jnp.zeros([], jnp.int32), init_hyperparams(**values), zeros_in(params, mu_dtype),
-                                zeros_in(params, nu_dtype), _per_axis(stats, treedef, plans, n),
-                                _per_axis(bases, treedef, plans, n),
-                                treedef.unflatten([jnp.ones(_flag_shape(p, plan), bool) for p, plan in zip(leaves, plans)]))
+                                zeros_in(params, nu_dtype), per_axis(stats, treedef, plans, n),
+                                per_axis(bases, treedef, plans, n),
+                                treedef.unflatten([jnp.ones(flag_shape(p, plan), bool) for p, plan in zip(leaves, plans)]))
 
     def update_fn(updates, state, params=None):
         del params
@@ -301,8 +253,8 @@ def scale_by_soap(b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
         plans = plans_of(updates, state)
         leaves, treedef = jax.tree.flatten(updates)
         mus, nus = jax.tree.leaves(state.mu), jax.tree.leaves(state.nu)
-        stats_in = _per_leaf(state.stats, treedef, plans)
-        bases_in = _per_leaf(state.bases, treedef, plans)
+        stats_in = per_leaf(state.stats, treedef, plans)
+        bases_in = per_leaf(state.bases, treedef, plans)
         first = c == 0
         out, new_mu, new_nu, new_stats = [], [], [], []
         for g, m, v, ss, qs, plan in zip(leaves, mus, nus, stats_in, bases_in, plans):
@@ -356,8 +308,8 @@ def scale_by_soap(b1: ScalarOrSchedule = 0.95, b2: ScalarOrSchedule = 0.95,
         finite = [_finite_layers(ss + qs, g, plan) for ss, qs, g, plan in zip(new_stats, new_bases, leaves, plans)]
         out = [jnp.where(per_layer(f, u), u, jnp.nan).astype(g.dtype) for u, f, g in zip(out, finite, leaves)]
         new_state = ScaleBySoapState(optax.safe_increment(c), hp, treedef.unflatten(new_mu),
-                                     treedef.unflatten(new_nu), _per_axis(new_stats, treedef, plans, _n_axes(plans)),
-                                     _per_axis(new_bases, treedef, plans, _n_axes(plans)), treedef.unflatten(finite))
+                                     treedef.unflatten(new_nu), per_axis(new_stats, treedef, plans, n_axes(plans)),
+                                     per_axis(new_bases, treedef, plans, n_axes(plans)), treedef.unflatten(finite))
         return treedef.unflatten(out), new_state
 
     return transformation(owner, init_fn, update_fn)
