@@ -112,7 +112,7 @@ from optimizers.rules.momentum.momentum import sgd as sgd
 from optimizers.rules.momentum.momentum import trace as trace
 from optimizers.rules.matrix.muon import ScaleByMuonState as ScaleByMuonState
 from optimizers.rules.matrix.muon import muon as muon
-from optimizers.rules.matrix.muon import normuon as normuon
+from optimizers.rules.matrix.normuon import normuon as normuon
 from optimizers.rules.matrix.newton_schulz import orthogonalize as orthogonalize
 from optimizers.rules.matrix.muon import scale_by_muon as scale_by_muon
 from optimizers.rules.matrix.shampoo import ScaleByShampooState as ScaleByShampooState

@@ -21,6 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import schedules
 from schedules._base import check_range as check_range  # noqa: F401  (re-exported for the transforms)
@@ -249,3 +250,21 @@ def either(owner: str, name: str, value, optax_name: str, optax_value, default=N
     if value is None:
         value = optax_value
     return default if value is None else value
+
+
+def with_prefixed_hyperparams(tx: optax.GradientTransformation, prefix: str) -> optax.GradientTransformation:
+    """``tx`` with its hyperparameters named ``prefix + name`` in its state (AdamW's as ``muon``'s
+    keywords: ``adam_learning_rate``, ``adam_b1``, ...), so that ``get_hyperparams`` and
+    ``set_hyperparams`` tell them from Muon's ``learning_rate``, ``weight_decay`` and ``eps``."""
+
+    def rename(state, fn):
+        return _visit(state, lambda node, _: node._replace(hyperparams={fn(k): v for k, v in node.hyperparams.items()}))
+
+    def init_fn(params):
+        return rename(tx.init(params), lambda k: prefix + k)
+
+    def update_fn(updates, state, params=None):
+        updates, state = tx.update(updates, rename(state, lambda k: k[len(prefix):]), params)
+        return updates, rename(state, lambda k: prefix + k)
+
+    return optax.GradientTransformation(init_fn, update_fn)

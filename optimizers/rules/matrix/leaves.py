@@ -8,8 +8,10 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from optax.contrib import MuonDimensionNumbers
 
+from optimizers.contract.checks import transformation
 from optimizers.contract.layers import LayerAxes, leaf_layer_axes
 from optimizers.rules.matrix.newton_schulz import WeightDimNumOrFn
 from optimizers.rules.scaling import MaskOrFn
@@ -139,3 +141,25 @@ def _to_matrices(x, spec: _Spec):
 
 def _fans(shape, spec: _Spec):
     return math.prod(shape[a] for a in spec.reduction), math.prod(shape[a] for a in spec.output)
+
+
+def scale_by_shape(owner, layer_axes, dims, consistent_rms) -> optax.GradientTransformation:
+    r"""Each Muon leaf times :math:`\sqrt{\max(1, d_{out}/d_{in})}`, or :math:`c\sqrt{\max(d_{in}, d_{out})}`."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        leaves, treedef = jax.tree.flatten(updates)
+        out = []
+        for g, spec in zip(leaves, _specs(owner, updates, layer_axes, dims)):
+            if spec is None:
+                out.append(g)
+                continue
+            fan_in, fan_out = _fans(g.shape, spec)
+            if consistent_rms is None:
+                scale = math.sqrt(max(1.0, fan_out / fan_in)) if fan_in else 1.0  # an empty matrix: any
+            else:
+                scale = math.sqrt(max(fan_in, fan_out)) * consistent_rms
+            out.append((scale * g).astype(g.dtype))
+        return treedef.unflatten(out), state
+
+    return transformation(owner, lambda params: optax.EmptyState(), update_fn)

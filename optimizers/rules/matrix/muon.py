@@ -18,7 +18,6 @@ with :math:`s = \sqrt{\max(1, n/m)}` for a kernel of shape :math:`(m, n) = (d_{i
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional
 
 import jax
@@ -27,14 +26,16 @@ import optax
 from optax.contrib import MuonDimensionNumbers
 
 from optimizers.contract.checks import is_float, transformation
-from optimizers.contract.dtypes import check_state_dtype, moment_dtype, reject_complex, store, widen, zeros_in
-from optimizers.contract.hyperparams import _visit, check_range, current_hyperparams, given, init_hyperparams
+from optimizers.contract.dtypes import check_state_dtype, reject_complex, store, widen, zeros_in
+from optimizers.contract.hyperparams import (check_range, current_hyperparams, given, init_hyperparams,
+                                             with_prefixed_hyperparams)
 from optimizers.contract.layers import LayerAxes, check_layer_axes
 from optimizers.contract.moments import ema
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.adaptive.adam import scale_by_adam
 from optimizers.rules.matrix.distributed import check_distributed, orthogonalize_all
-from optimizers.rules.matrix.leaves import _fans, _Spec, _spec_tree, _specs, _to_matrices
+from optimizers.rules.matrix.leaves import _Spec, _spec_tree, _specs, _to_matrices, scale_by_shape
+from optimizers.rules.matrix.neurons import _check_normalization, _neuron_normalize, _neuron_zeros
 from optimizers.rules.matrix.newton_schulz import (_FORMS, _JORDAN, NsCoeffs, WeightDimNumOrFn, _check_preconditioning,
                                                    _check_steps, _coefficients, _iteration_coefficients, _orthogonalize)
 from optimizers.rules.scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
@@ -51,29 +52,6 @@ class ScaleByMuonState(NamedTuple):
     hyperparams: dict  # {"beta": ..., "eps": ...} (and "beta2" with normalization="neuron")
     mu: optax.Updates  # B_t, the momentum of the Muon leaves (optax.MaskedNode at the others)
     nu: optax.Updates = None  # NorMuon's v_t, per layer and output neuron: batch + (1, d_out); else MaskedNode
-
-
-_NORMALIZATIONS = (None, "neuron")
-_NORMUON_EPS = 1e-10  # the NorMuon reference code's, in 1/(sqrt(v)+eps) and in the norm ratio
-
-
-def _check_normalization(owner, normalization, adaptive):
-    if normalization not in _NORMALIZATIONS:
-        raise ValueError(f"{owner}: normalization must be one of {_NORMALIZATIONS}, got {normalization!r}")
-    if normalization is not None and adaptive:
-        raise ValueError(f"{owner}: normalization={normalization!r} and adaptive=True are exclusive (two different "
-                         f"rescalings of the orthogonalized matrix)")
-
-
-def _neuron_normalize(o, v_old, b2):
-    r"""NorMuon's step on orthogonalized matrices ``o`` (batch + (d_in, d_out)): the per-output-neuron
-    second moment :math:`v_t = \beta_2 v_{t-1} + (1-\beta_2)\,\mathrm{mean}_{d_{in}}(O_t^2)`, then
-    :math:`\hat O = O/(\sqrt{v_t}+\epsilon)` rescaled to :math:`O`'s Frobenius norm (per matrix)."""
-    v = b2 * v_old + (1 - b2) * jnp.mean(o * o, axis=-2, keepdims=True)
-    n = o / (jnp.sqrt(v) + _NORMUON_EPS)
-    before = jnp.sqrt(jnp.sum(o * o, axis=(-2, -1), keepdims=True))
-    after = jnp.sqrt(jnp.sum(n * n, axis=(-2, -1), keepdims=True))
-    return n * (before / (after + _NORMUON_EPS)), v
 
 
 def _check_form(owner, form):
@@ -251,34 +229,6 @@ def _scale_by_muon(owner, ns_coeffs, ns_steps, beta, eps, mu_dtype, nesterov, ad
     return transformation(owner, init_fn, update_fn)
 
 
-def _neuron_zeros(p, spec, dtype):
-    """NorMuon's zero second moment of one leaf: its matrices' shape with ``d_in`` collapsed to 1."""
-    batch = tuple(p.shape[a] for a in spec.batch)
-    return jnp.zeros(batch + (1, _fans(p.shape, spec)[1]), moment_dtype(p.dtype, dtype))
-
-
-def _scale_by_shape(owner, layer_axes, dims, consistent_rms) -> optax.GradientTransformation:
-    r"""Each Muon leaf times :math:`\sqrt{\max(1, d_{out}/d_{in})}`, or :math:`c\sqrt{\max(d_{in}, d_{out})}`."""
-
-    def update_fn(updates, state, params=None):
-        del params
-        leaves, treedef = jax.tree.flatten(updates)
-        out = []
-        for g, spec in zip(leaves, _specs(owner, updates, layer_axes, dims)):
-            if spec is None:
-                out.append(g)
-                continue
-            fan_in, fan_out = _fans(g.shape, spec)
-            if consistent_rms is None:
-                scale = math.sqrt(max(1.0, fan_out / fan_in)) if fan_in else 1.0  # an empty matrix: any
-            else:
-                scale = math.sqrt(max(fan_in, fan_out)) * consistent_rms
-            out.append((scale * g).astype(g.dtype))
-        return treedef.unflatten(out), state
-
-    return transformation(owner, lambda params: optax.EmptyState(), update_fn)
-
-
 _ADJUST = {"original": None, "match_rms_adamw": 0.2}
 
 
@@ -379,64 +329,6 @@ def muon(learning_rate: ScalarOrSchedule, ns_coeffs: NsCoeffs = _JORDAN, ns_step
     return _muon("muon", None, 0.95, **locals())
 
 
-@declare_optimizer(paper="Li et al. 2025",
-                   update=('matrices (per layer with `layer_axes`): `O=NS₅((1-μ)g+μB)`; `v=β₂v+(1-β₂)mean_in(O²)` per '
-                           'output neuron; `Ô=O/(√v+ε)·‖O‖/‖O/(√v+ε)‖`; `θ=θ(1-γλ)-γs·Ô`; AdamW for the other leaves'),
-                   test_kwargs=dict(learning_rate=0.02, adam_learning_rate=0.01))
-def normuon(learning_rate: ScalarOrSchedule, ns_coeffs: NsCoeffs = _JORDAN, ns_steps: int = 5,
-            beta: ScalarOrSchedule = 0.95, eps: Optional[ScalarOrSchedule] = None, weight_decay: ScalarOrSchedule = 0.0,
-            weight_decay_mask: MaskOrFn = None, mu_dtype=None, *, beta2: ScalarOrSchedule = 0.95,
-            nesterov: bool = True, adaptive: bool = False, preconditioning: str = "frobenius",
-            adam_b1: ScalarOrSchedule = 0.9, adam_b2: ScalarOrSchedule = 0.999, adam_eps_root: ScalarOrSchedule = 0.0,
-            adam_weight_decay: ScalarOrSchedule = 0.0, adam_learning_rate: Optional[ScalarOrSchedule] = None,
-            muon_weight_dimension_numbers: WeightDimNumOrFn = None, consistent_rms: Optional[float] = None,
-            layer_axes: LayerAxes = None, ns_dtype=jnp.float32, form: str = "reference",
-            adjust_lr: Optional[str] = None, muon_mask: MaskOrFn = None, adam_eps: ScalarOrSchedule = 1e-8,
-            adam_nesterov: Optional[bool] = None, nu_dtype=None,
-         distributed: Optional[tuple] = None) -> optax.GradientTransformation:
-    r"""NorMuon: Muon whose orthogonalized update is normalized per output neuron; AdamW for the other leaves.
-
-    Exactly the authors' reference code (``normuon_update`` and the step of
-    github.com/zichongli5/NorMuon), per matrix (per layer with ``layer_axes``):
-
-    .. math::
-        B_t = \mu B_{t-1} + (1-\mu) G_t, \qquad O_t = \mathrm{NS}_5\big((1-\mu) G_t + \mu B_t\big), \\
-        v_t = \beta_2 v_{t-1} + (1-\beta_2)\,\mathrm{mean}_{d_{in}}(O_t \odot O_t) \in \mathbb{R}^{d_{out}},
-        \qquad \hat O_t = O_t\,\mathrm{diag}\big(1/(\sqrt{v_t} + 10^{-10})\big), \\
-        W_t = W_{t-1}(1 - \gamma\lambda) - \gamma\, s\,
-        \frac{\lVert O_t\rVert_F}{\lVert \hat O_t\rVert_F + 10^{-10}}\,\hat O_t
-
-    with :math:`v_0 = 0`, no bias correction, and :func:`muon`'s shape scale :math:`s`. **Which
-    normalization:** the second moment of each output neuron (a column of the kernel
-    :math:`(d_{in}, d_{out})`, a row of a PyTorch ``(out, in)`` weight: the code's
-    ``mean(dim=-1)`` and its ``(out, 1)`` state), per layer of a stack; it is the state's ``nu``
-    (declared nonnegative). **Which scale and why:** the code's: :math:`\hat O_t` is brought back
-    to the Frobenius norm of :math:`O_t` and then multiplied by Muon's
-    :math:`s = \sqrt{\max(1, d_{out}/d_{in})}` (the code's ``max(1, rows/cols)**0.5``). The paper's
-    Algorithm 1 writes the learning rate :math:`0.2\gamma\sqrt{mn}/\lVert \hat O_t\rVert_F`
-    instead (update RMS 0.2); since :math:`\lVert O_t\rVert_F \approx \sqrt{\min(m, n)}`,
-    ``consistent_rms=0.2`` (:math:`s = 0.2\sqrt{\max(m, n)}`) gives that RMS up to how orthogonal
-    :math:`O_t` is. The code is the default because the standard here is the authors'
-    implementation where it and the paper's pseudo-code differ.
-
-    Every keyword is :func:`muon`'s (forms, masks, layer axes, AdamW's branch) with the same
-    meaning, plus ``beta2``; ``form="optax"`` is optax's Muon momentum, then the normalization.
-
-    .. warning::
-        optax and torch have no NorMuon. The authors' code iterates in bfloat16 (here float32
-        unless ``ns_dtype``) and, like Jordan's Muon, reads the shape of an ``(out, in)`` weight.
-
-    Args:
-        beta2: :math:`\beta_2 \in [0, 1)` of the per-neuron second moment (the code's 0.95), or a schedule.
-        others: see :func:`muon` (``adaptive=True`` is refused: a second rescaling of :math:`O_t`).
-
-    References:
-        Li et al., "NorMuon: Making Muon more efficient and scalable", arXiv:2510.05491, 2025
-        (github.com/zichongli5/NorMuon); Jordan et al. 2024 (Muon).
-    """
-    return _muon("normuon", "neuron", **locals())
-
-
 def _muon(owner, normalization, beta2, learning_rate, ns_coeffs, ns_steps, beta, eps, weight_decay, weight_decay_mask,
           mu_dtype, nesterov, adaptive, preconditioning, adam_b1, adam_b2, adam_eps_root, adam_weight_decay,
           adam_learning_rate, muon_weight_dimension_numbers, consistent_rms, layer_axes, ns_dtype, form, adjust_lr,
@@ -488,32 +380,14 @@ def _muon(owner, normalization, beta2, learning_rate, ns_coeffs, ns_steps, beta,
                        preconditioning=preconditioning, weight_dimension_numbers=branch_dims, layer_axes=None,
                        ns_dtype=ns_dtype, form=form, normalization=normalization, beta2=beta2,
                        distributed=distributed),
-        _scale_by_shape(owner, None, branch_dims, consistent_rms),
+        scale_by_shape(owner, None, branch_dims, consistent_rms),
         add_decayed_weights(weight_decay, weight_decay_mask),
         scale_by_learning_rate(learning_rate),
     )
-    adam_branch = _prefixed(optax.chain(  # AdamW (optimizers.adamw's chain)
+    adam_branch = with_prefixed_hyperparams(optax.chain(  # AdamW (optimizers.adamw's chain)
         scale_by_adam(adam_b1, adam_b2, adam_eps, adam_eps_root, mu_dtype, nesterov=adam_nesterov, nu_dtype=nu_dtype),
         add_decayed_weights(adam_weight_decay),
         scale_by_learning_rate(adam_lr),
     ), "adam_")
     partitioned = optax.partition({"muon": muon_branch, "adam": adam_branch}, labels)
     return transformation(owner, partitioned.init, partitioned.update)  # checked trees, named paths
-
-
-def _prefixed(tx: optax.GradientTransformation, prefix: str) -> optax.GradientTransformation:
-    """``tx`` with its hyperparameters named ``prefix + name`` in its state (AdamW's as ``muon``'s
-    keywords: ``adam_learning_rate``, ``adam_b1``, ...), so that ``get_hyperparams`` and
-    ``set_hyperparams`` tell them from Muon's ``learning_rate``, ``weight_decay`` and ``eps``."""
-
-    def rename(state, fn):
-        return _visit(state, lambda node, _: node._replace(hyperparams={fn(k): v for k, v in node.hyperparams.items()}))
-
-    def init_fn(params):
-        return rename(tx.init(params), lambda k: prefix + k)
-
-    def update_fn(updates, state, params=None):
-        updates, state = tx.update(updates, rename(state, lambda k: k[len(prefix):]), params)
-        return updates, rename(state, lambda k: prefix + k)
-
-    return optax.GradientTransformation(init_fn, update_fn)
