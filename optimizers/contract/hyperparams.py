@@ -16,6 +16,7 @@ chains and optax wrappers included.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import jax
@@ -268,3 +269,28 @@ def with_prefixed_hyperparams(tx: optax.GradientTransformation, prefix: str) -> 
         return updates, rename(state, lambda k: prefix + k)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def static_int(value):
+    """``value`` as a Python int, or ``None`` when it is traced (``optax.inject_hyperparams`` under ``jit``)."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        pass
+    try:
+        return int(value)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError, TypeError, ValueError,
+            OverflowError):
+        return None
+
+
+def check_count(owner: str, name: str, value, low: int = 1, traced_ok: bool = False) -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is an int (not a bool) of at least ``low``; with
+    ``traced_ok`` an integer scalar array too (``optax.inject_hyperparams`` hands the factory its numbers
+    as arrays, traced under ``jit``, where only the type can be checked)."""
+    if traced_ok and isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jnp.integer) and value.ndim == 0:
+        if isinstance(value, jax.core.Tracer):
+            return
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{owner}: {name} must be an int >= {low}, got {value!r}")

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers.contract.checks import transformation
-from optimizers.contract.hyperparams import either
+from optimizers.contract.hyperparams import check_count, either
 
 
 class ApplyIfFiniteState(NamedTuple):
@@ -35,8 +35,7 @@ def _all_finite(tree) -> jax.Array:
 
 
 def _check_count(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"apply_if_finite: {name} must be an integer >= 1, got {value!r}")
+    check_count("apply_if_finite", name, value)
 
 
 def apply_if_finite(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import jax
 import optax
 
 import jax.numpy as jnp
@@ -101,21 +100,3 @@ def flag_shape(x, plan) -> tuple:
 
 def n_axes(plans) -> int:
     return max((len(p.on) for p in plans if any(p.on)), default=0)
-
-
-def static_int(value):
-    """``value`` as an int, or ``None`` when it is traced (``optax.inject_hyperparams`` under ``jit``)."""
-    if isinstance(value, jax.core.Tracer):
-        return None
-    return int(value)
-
-
-def check_positive_int(owner: str, name: str, value, traced_ok: bool = False) -> None:
-    """``ValueError`` naming ``name`` unless ``value`` is an int > 0; with ``traced_ok`` an integer array too
-    (``optax.inject_hyperparams`` hands the factory its numbers as arrays, traced under ``jit``)."""
-    if traced_ok and isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jnp.integer) and value.ndim == 0:
-        if isinstance(value, jax.core.Tracer):
-            return
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 from typing import Any, Callable, Sequence, Union
 
 import jax
@@ -12,6 +11,7 @@ import optax
 from optax.contrib import MuonDimensionNumbers
 
 from optimizers.contract.dtypes import widen
+from optimizers.contract.hyperparams import static_int
 
 
 _FORMS = ("reference", "optax")
@@ -73,21 +73,8 @@ def _coefficients(owner: str, ns_coeffs) -> tuple[tuple[tuple[float, float, floa
     return triples, arr.ndim == 2, factor
 
 
-def _static_int(value):
-    """``value`` as a Python int, or ``None`` when it is traced (``optax.inject_hyperparams`` under ``jit``)."""
-    try:
-        return operator.index(value)
-    except TypeError:
-        pass
-    try:
-        return int(value)
-    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError, TypeError, ValueError,
-            OverflowError):
-        return None
-
-
 def _check_steps(owner: str, ns_steps) -> None:
-    steps = _static_int(ns_steps)
+    steps = static_int(ns_steps)
     if isinstance(ns_steps, bool) or (steps is None and not isinstance(ns_steps, jax.Array)):
         raise ValueError(f"{owner}: ns_steps must be an int >= 1, got {ns_steps!r}")
     if steps is not None and (steps < 1 or steps != ns_steps):
@@ -102,12 +89,12 @@ def _iteration_coefficients(owner: str, triples, per_iteration: bool, ns_steps, 
     ``optax.contrib.scale_by_muon`` takes it (at most ``ns_steps`` triples, each used once).
     """
     if per_iteration and form == "optax":
-        steps = _static_int(ns_steps)
+        steps = static_int(ns_steps)
         if steps is not None and len(triples) > steps:
             raise ValueError(f"{owner}: form='optax' takes at most ns_steps={steps} ns_coeffs triples, "
                              f"got {len(triples)}")
         return triples
-    steps = _static_int(ns_steps)
+    steps = static_int(ns_steps)
     if steps is None:
         return _Traced(triples, ns_steps)
     if per_iteration:

@@ -29,12 +29,12 @@ from jax import lax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, reject_complex, store, widen, zeros_in
-from optimizers.contract.hyperparams import check_range, current_hyperparams, given, init_hyperparams
+from optimizers.contract.hyperparams import (check_count, check_range, current_hyperparams, given, init_hyperparams,
+                                             static_int)
 from optimizers.contract.layers import LayerAxes, check_layer_axes, over_layers, per_layer
 from optimizers.contract.registry import declare_optimizer, declare_state
 from optimizers.rules.matrix.blocks import block_axes, block_plans, from_blocks, to_blocks
-from optimizers.rules.matrix.kronecker import (check_positive_int, flag_shape, mode_product, mode_statistic, n_axes, per_axis,
-                                              per_leaf, static_int)
+from optimizers.rules.matrix.kronecker import flag_shape, mode_product, mode_statistic, n_axes, per_axis, per_leaf
 from optimizers.rules.scaling import MaskOrFn, add_decayed_weights, scale_by_learning_rate
 from schedules import ScalarOrSchedule
 
@@ -87,8 +87,8 @@ def _check(owner, b1, b2, eps, precondition_frequency, start_preconditioning_ste
     check_range(owner, "eps", eps, 0.0, low_open=True)
     check_range(owner, "graft_b2", graft_b2, 0.0, 1.0, high_open=True)
     check_range(owner, "graft_eps", graft_eps, 0.0)
-    check_positive_int(owner, "precondition_frequency", precondition_frequency, traced_ok=True)
-    check_positive_int(owner, "max_preconditioner_dim", max_preconditioner_dim, traced_ok=True)
+    check_count(owner, "precondition_frequency", precondition_frequency, traced_ok=True)
+    check_count(owner, "max_preconditioner_dim", max_preconditioner_dim, traced_ok=True)
     if isinstance(start_preconditioning_step, bool) or not isinstance(start_preconditioning_step, (int, jax.Array)) \
             or (isinstance(start_preconditioning_step, int) and start_preconditioning_step < 0):
         raise ValueError(f"{owner}: start_preconditioning_step must be an int >= 0, got {start_preconditioning_step!r}")
@@ -199,7 +199,7 @@ def scale_by_shampoo(b1: ScalarOrSchedule = 0.0, b2: ScalarOrSchedule = 1.0, eps
     _check(owner, b1, b2, eps, precondition_frequency, start_preconditioning_step, max_preconditioner_dim,
            grafting, graft_b2, graft_eps)
     if block_size is not None:
-        check_positive_int(owner, "block_size", block_size)
+        check_count(owner, "block_size", block_size)
     check_layer_axes(owner, layer_axes)
     for name, dt in (("mu_dtype", mu_dtype), ("nu_dtype", nu_dtype), ("precond_dtype", precond_dtype)):
         check_state_dtype(owner, name, dt)

@@ -31,12 +31,13 @@ from jax import lax
 
 from optimizers.contract.checks import transformation
 from optimizers.contract.dtypes import check_state_dtype, reject_complex, store, widen, zeros_in
-from optimizers.contract.hyperparams import check_learning_rate, check_range, current_hyperparams, given, init_hyperparams
+from optimizers.contract.hyperparams import (check_count, check_learning_rate, check_range, current_hyperparams, given,
+                                             init_hyperparams, static_int)
 from optimizers.contract.layers import LayerAxes, check_layer_axes, leaf_layer_axes, over_layers, per_layer
 from optimizers.contract.masks import leaf_masks
 from optimizers.contract.registry import declare_optimizer, declare_state
-from optimizers.rules.matrix.kronecker import (check_positive_int, eigenbasis, flag_shape, merge_small_dims, mode_statistic,
-                                              n_axes, per_axis, per_leaf, project, static_int)
+from optimizers.rules.matrix.kronecker import (eigenbasis, flag_shape, merge_small_dims, mode_statistic, n_axes, per_axis,
+                                              per_leaf, project)
 from optimizers.rules.scaling import MaskOrFn
 from schedules import ScalarOrSchedule
 
@@ -107,8 +108,8 @@ def _check_soap(owner, b1, b2, shampoo_beta, eps, precondition_frequency, max_pr
     if shampoo_beta is not None:
         check_range(owner, "shampoo_beta", shampoo_beta, 0.0, 1.0, high_open=True)
     check_range(owner, "eps", eps, 0.0)
-    check_positive_int(owner, "precondition_frequency", precondition_frequency, traced_ok=True)
-    check_positive_int(owner, "max_precond_dim", max_precond_dim, traced_ok=True)
+    check_count(owner, "precondition_frequency", precondition_frequency, traced_ok=True)
+    check_count(owner, "max_precond_dim", max_precond_dim, traced_ok=True)
 
 
 def _plans_from_state(owner, tree, layer_axes, stats):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from optimizers.contract.checks import transformation
-from optimizers.contract.hyperparams import check_range
+from optimizers.contract.hyperparams import check_count
 from optimizers.contract.registry import declare_state
 from optimizers.rules.quasi_newton.linesearch import real_dtype, scale_by_zoom_linesearch, tree_dot
 from optimizers.rules.scaling import scale_by_learning_rate
@@ -94,9 +94,7 @@ def scale_by_lbfgs(memory_size: int = 10, scale_init_precond: bool = True) -> op
         Liu & Nocedal, "On the limited memory BFGS method for large scale optimization",
         Math. Programming 45, 1989; Nocedal & Wright, "Numerical Optimization", 2006, Algorithms 7.4, 7.5.
     """
-    check_range("scale_by_lbfgs", "memory_size", memory_size, 1)
-    if not isinstance(memory_size, int):
-        raise ValueError(f"scale_by_lbfgs: memory_size must be an integer >= 1, got {memory_size!r}")
+    check_count("scale_by_lbfgs", "memory_size", memory_size)
 
     def init_fn(params):
         stacked = jax.tree.map(lambda p: jnp.zeros((memory_size, *p.shape), p.dtype), params)

@@ -18,6 +18,7 @@ import optax
 
 from optimizers.contract.backend import with_step
 from optimizers.contract.checks import transformation, with_passed_through
+from optimizers.contract.hyperparams import check_count
 from optimizers.contract.masks import MaskOrFn, leaf_masks
 from optimizers.contract.registry import nonnegative_fields, reduces_across_elements, register_nonnegative
 from optimizers.wrappers.quantized.blockwise import per_param_fields, replace_at, run_blockwise
@@ -74,8 +75,7 @@ def _check(bits, block_size, min_size):
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1 \
             or block_size & (block_size - 1):
         raise ValueError(f"with_quantized_state: block_size must be a power of two >= 1, got {block_size!r}")
-    if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 1:
-        raise ValueError(f"with_quantized_state: min_size must be an integer >= 1, got {min_size!r}")
+    check_count("with_quantized_state", "min_size", min_size)
 
 
 def with_quantized_state(optimizer: optax.GradientTransformation, bits: int = 8, block_size: int = 256,
