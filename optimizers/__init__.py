@@ -54,7 +54,8 @@ from optimizers.wrappers.nonfinite import ApplyIfFiniteState, apply_if_finite, c
 from optimizers.rules.layerwise.novograd import ScaleByNovogradState, novograd, scale_by_novograd
 from optimizers.wrappers.plateau import ReduceOnPlateauState, reduce_on_plateau
 from optimizers.rules.lr_free.prodigy import ScaleByProdigyState, prodigy, scale_by_prodigy
-from optimizers.wrappers.quantized.wrapper import QuantizedBuffer, dequantized, with_quantized_state
+from optimizers.wrappers.quantized.codes import QuantizedBuffer, dequantized
+from optimizers.wrappers.quantized.wrapper import with_quantized_state
 from optimizers.rules.adaptive.radam import ScaleByRadamState, radam, scale_by_radam
 from optimizers.rules.adaptive.rmsprop import ScaleByRmsState, rmsprop, scale_by_rms
 from optimizers.rules.momentum.rprop import ScaleByRpropState, rprop, scale_by_rprop

@@ -22,8 +22,7 @@ from optimizers.contract.hyperparams import check_count
 from optimizers.contract.masks import MaskOrFn, leaf_masks
 from optimizers.contract.registry import nonnegative_fields, reduces_across_elements, register_nonnegative
 from optimizers.wrappers.quantized.blockwise import per_param_fields, replace_at, run_blockwise
-from optimizers.wrappers.quantized.codes import (QuantizedBuffer, dequantize, dequantized, is_quantized, layout_of,
-                                                 quantize)
+from optimizers.wrappers.quantized.codes import dequantize, is_quantized, layout_of, quantize
 from optimizers.wrappers.quantized.leafwise import run_leafwise
 
 BITS = (8,)
