@@ -18,6 +18,10 @@ from optimizers.contract.registry import declared_optimizers
 DECLARED = declared_optimizers()
 KWARGS = {name: d.test_kwargs for name, d in DECLARED.items()}
 ALIASES = sorted(DECLARED)
+# Not in the shared suites, which call ``update(grads, state, params)``: their update needs more; their
+# own test files cover jit, a checkpoint round trip, inject_hyperparams and bad input.
+UNDECLARED = {"lbfgs": "its update needs value, grad and value_fn (a line search): tests/rules/quasi_newton/test_lbfgs.py",
+              "sophia": "update(..., obj_fn=f), the objective for its Hessian estimate: tests/rules/adaptive/test_sophia.py"}
 # The wrappers, each around an alias that passes every test on its own: name -> (alias, wrap).
 WRAPPED = {
     "weight_ema(adam)": ("adam", lambda tx: optax.chain(tx, optimizers.weight_ema(0.9))),

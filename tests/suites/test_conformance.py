@@ -16,16 +16,10 @@ import pytest
 from flax import nnx
 from flax.training import train_state
 from helpers import random_tree
-from registry import ALIASES, CHAIN_NAMES, KWARGS, NAMES, make, other_value, scheduled_names
+from registry import ALIASES, CHAIN_NAMES, KWARGS, NAMES, UNDECLARED, make, other_value, scheduled_names
 
 import optimizers
 import schedules
-
-# Not in the shared suites, which call ``update(grads, state, params)``: their update needs more; their
-# own test files cover jit, a checkpoint round trip, inject_hyperparams and bad input.
-UNDECLARED = {"lbfgs": "its update needs value, grad and value_fn (a line search): tests/rules/quasi_newton/test_lbfgs.py",
-              "sophia": "update(..., obj_fn=f), the objective for its Hessian estimate: tests/rules/adaptive/test_sophia.py"}
-
 
 def test_every_optimizer_is_enrolled():
     """Every public function whose first parameter is ``learning_rate`` is declared (so it joins the suites)."""
